@@ -1,0 +1,101 @@
+//! Every error the engine returns. Lag and drops are not errors: they are state reported on the
+//! stream (`Batch::lagged`) and in [`Stats`](crate::Stats).
+
+use crate::frame::Event;
+
+/// Why an [`Event`] cannot be encoded into a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// The `event` name contains CR or LF, which would end the field early on the wire.
+    #[error("event name contains a line break")]
+    LineBreakInEvent,
+    /// The `id` contains CR or LF, which would end the field early on the wire.
+    #[error("event id contains a line break")]
+    LineBreakInId,
+    /// The `id` contains NUL; conforming clients ignore such an id, so it could never resume.
+    #[error("event id contains NUL")]
+    NulInId,
+    /// The encoded frame would be larger than the hub's `max_event_bytes`.
+    #[error("encoded event is {size} bytes, over the limit of {max}")]
+    TooLarge {
+        /// Size of the encoded frame in bytes.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+}
+
+/// Why a topic name or a pattern is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The name is empty.
+    #[error("topic name is empty")]
+    Empty,
+    /// The name is longer than the hub's limit (in bytes).
+    #[error("topic name is {len} bytes, over the limit of {max}")]
+    TooLong {
+        /// Length of the name in bytes.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The name contains a control character (U+0000..U+001F, U+007F..U+009F).
+    #[error("topic name contains a control character")]
+    ControlChar,
+    /// The name contains an invisible formatting character (zero-width space, bidi override, ...).
+    #[error("topic name contains an invisible character")]
+    InvisibleChar,
+    /// A topic name contains `*`, which is reserved for patterns.
+    #[error("topic name contains '*', which only patterns may use")]
+    Wildcard,
+}
+
+/// Why [`Hub::publish`](crate::Hub::publish) (or `broadcast`, `send_to`) refused an event.
+///
+/// Nothing was delivered, stored or counted when an error is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The hub was shut down; the event is handed back.
+    #[error("hub is shut down")]
+    Closed(Box<Event>),
+    /// The event cannot be encoded.
+    #[error("invalid event: {0}")]
+    Event(#[from] EventError),
+    /// The topic name is invalid.
+    #[error("invalid topic: {0}")]
+    Topic(#[from] TopicError),
+}
+
+/// Why [`Hub::subscribe`](crate::Hub::subscribe) refused a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The hub was shut down.
+    #[error("hub is shut down")]
+    Closed,
+    /// A topic name or pattern is invalid.
+    #[error("invalid topic {name:?}: {error}")]
+    Topic {
+        /// The offending name, truncated to 64 bytes so an attacker's input is not echoed whole.
+        name: String,
+        /// What is wrong with it.
+        error: TopicError,
+    },
+    /// More topics and patterns than the hub allows per subscription.
+    #[error("{count} topics and patterns, over the limit of {max}")]
+    TooManyTopics {
+        /// How many were asked for.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The hub already has as many subscribers as it allows.
+    #[error("hub is full ({max} subscribers)")]
+    Full {
+        /// The configured limit.
+        max: usize,
+    },
+}

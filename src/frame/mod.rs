@@ -1,0 +1,11 @@
+//! The wire format: events, their one-time encoding into shared frames, and the WHATWG parser.
+//!
+//! This module knows nothing of the hub: it turns an [`Event`] into bytes and bytes back into
+//! events.
+
+mod encode;
+mod event;
+pub mod parse;
+
+pub use encode::Frame;
+pub use event::Event;

@@ -1,0 +1,1 @@
+//! Placeholder while the parser is written in a scratch crate.

@@ -1,0 +1,248 @@
+//! `HubBuilder` and the hub's configuration.
+
+use std::time::Duration;
+
+use crate::hub::Hub;
+use crate::queue::SlowPolicy;
+
+/// The hub's settings; see [`HubBuilder`] for what each one means.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// Default per-subscriber queue bound, in frames.
+    pub(crate) capacity: usize,
+    /// Default slow-client policy.
+    pub(crate) policy: SlowPolicy,
+    /// Most frames one poll of a subscription hands over.
+    pub(crate) max_batch_frames: usize,
+    /// About the most bytes one poll hands over (a single larger frame still goes alone).
+    pub(crate) max_batch_bytes: usize,
+    /// Heartbeat interval; `None` for no heartbeats.
+    pub(crate) heartbeat: Option<Duration>,
+    /// Longest topic name or pattern, in bytes.
+    pub(crate) max_topic_len: usize,
+    /// Most topics plus patterns in one subscription.
+    pub(crate) max_topics_per_subscription: usize,
+    /// Most live subscriptions.
+    pub(crate) max_subscribers: usize,
+    /// Largest encoded event, in bytes.
+    pub(crate) max_event_bytes: usize,
+    /// Whether subscriptions start with a `connected` event by default.
+    pub(crate) connected_event: bool,
+    /// Whether lag is also signalled in-band with a `lagged` event.
+    pub(crate) lag_event: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            capacity: 1024,
+            policy: SlowPolicy::Disconnect,
+            max_batch_frames: 64,
+            max_batch_bytes: 64 * 1024,
+            heartbeat: Some(Duration::from_secs(15)),
+            max_topic_len: 256,
+            max_topics_per_subscription: 64,
+            max_subscribers: usize::MAX,
+            max_event_bytes: 1024 * 1024,
+            connected_event: false,
+            lag_event: true,
+        }
+    }
+}
+
+/// Configures and builds a [`Hub`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use ssehub::{Hub, SlowPolicy};
+///
+/// let hub = Hub::builder()
+///     .with_capacity(256)
+///     .with_slow_policy(SlowPolicy::DropOldest)
+///     .with_heartbeat(Some(Duration::from_secs(10)))
+///     .with_max_batch(32, 32 * 1024)
+///     .build();
+/// # drop(hub);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct HubBuilder {
+    /// The settings so far.
+    config: Config,
+}
+
+impl HubBuilder {
+    /// The defaults: queues of 1,024 frames, `SlowPolicy::Disconnect`, batches of at most 64
+    /// frames or 64 KiB, a heartbeat every 15 s, topic names up to 256 bytes, 64 topics and
+    /// patterns per subscription, no subscriber limit, events up to 1 MiB encoded, no
+    /// `connected` event, `lagged` events on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::HubBuilder::new().build();
+    /// # drop(hub);
+    /// ```
+    pub fn new() -> Self {
+        HubBuilder::default()
+    }
+
+    /// The default bound of each subscriber's queue, in frames (at least 1). A subscription may
+    /// ask for its own with [`Subscribe::with_capacity`](crate::Subscribe::with_capacity).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_capacity(16).build();
+    /// # drop(hub);
+    /// ```
+    pub fn with_capacity(mut self, frames: usize) -> Self {
+        self.config.capacity = frames.max(1);
+        self
+    }
+
+    /// The default slow-client policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_slow_policy(ssehub::SlowPolicy::DropOldest).build();
+    /// # drop(hub);
+    /// ```
+    pub fn with_slow_policy(mut self, policy: SlowPolicy) -> Self {
+        self.config.policy = policy;
+        self
+    }
+
+    /// The batch cap: one poll of a subscription hands over at most `frames` frames and, past
+    /// the first frame, at most `bytes` bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_max_batch(16, 16 * 1024).build();
+    /// # drop(hub);
+    /// ```
+    pub fn with_max_batch(mut self, frames: usize, bytes: usize) -> Self {
+        self.config.max_batch_frames = frames.max(1);
+        self.config.max_batch_bytes = bytes;
+        self
+    }
+
+    /// The heartbeat interval, or `None` for none. One hub-wide timer thread queues a shared
+    /// `: keep-alive` comment to every subscriber that received nothing during the interval.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_heartbeat(None).build();
+    /// # drop(hub);
+    /// ```
+    pub fn with_heartbeat(mut self, interval: Option<std::time::Duration>) -> Self {
+        self.config.heartbeat = interval.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// The longest topic name or pattern accepted, in bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_max_topic_len(64).build();
+    /// assert!(hub.subscribe("x".repeat(65).as_str()).is_err());
+    /// ```
+    pub fn with_max_topic_len(mut self, bytes: usize) -> Self {
+        self.config.max_topic_len = bytes;
+        self
+    }
+
+    /// The most topics plus patterns one subscription may name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_max_topics_per_subscription(2).build();
+    /// assert!(hub.subscribe(["a", "b", "c"]).is_err());
+    /// ```
+    pub fn with_max_topics_per_subscription(mut self, count: usize) -> Self {
+        self.config.max_topics_per_subscription = count;
+        self
+    }
+
+    /// The most live subscriptions; more are refused with `SubscribeError::Full`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_max_subscribers(1).build();
+    /// let _first = hub.subscribe("a")?;
+    /// assert!(hub.subscribe("a").is_err());
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    pub fn with_max_subscribers(mut self, count: usize) -> Self {
+        self.config.max_subscribers = count;
+        self
+    }
+
+    /// The largest encoded event accepted, in bytes; larger ones are refused with
+    /// `EventError::TooLarge`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_max_event_bytes(16).build();
+    /// assert!(hub.publish("t", ssehub::Event::new("x".repeat(100))).is_err());
+    /// ```
+    pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_event_bytes = bytes;
+        self
+    }
+
+    /// Whether subscriptions start with a `connected` event (`event: connected`, data
+    /// `{"id":N}`, no `id:` line so it never moves a client's resume point). A subscription may
+    /// override it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_connected_event(true).build();
+    /// let mut sub = hub.subscribe("t")?;
+    /// let first = sub.try_recv()?.expect("the connected event");
+    /// let expected = format!("event: connected\ndata: {{\"id\":{}}}\n\n", sub.id());
+    /// assert_eq!(first.frames()[0].as_ref(), expected.as_bytes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_connected_event(mut self, enabled: bool) -> Self {
+        self.config.connected_event = enabled;
+        self
+    }
+
+    /// Whether a subscriber that lost frames (`DropOldest`, `Conflate`) gets an `event: lagged`
+    /// frame with the number lost as data, before its next frames. On by default; the count is
+    /// on [`Batch::lagged`](crate::Batch::lagged) either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_lag_event(false).build();
+    /// # drop(hub);
+    /// ```
+    pub fn with_lag_event(mut self, enabled: bool) -> Self {
+        self.config.lag_event = enabled;
+        self
+    }
+
+    /// Builds the hub and, if heartbeats are on, starts its timer thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().build();
+    /// assert!(!hub.is_closed());
+    /// ```
+    pub fn build(self) -> Hub {
+        Hub::from_config(self.config)
+    }
+}

@@ -1,0 +1,165 @@
+//! `Subscribe`: what a new subscription asks for.
+
+use crate::queue::SlowPolicy;
+
+/// A subscription request: topics, patterns and per-subscriber settings.
+///
+/// `&str`, `String` and arrays of `&str` convert into a request for those topics, so the common
+/// case is `hub.subscribe("news")` or `hub.subscribe(["a", "b"])`.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::{Hub, SlowPolicy, Subscribe};
+///
+/// let hub = Hub::new();
+/// let sub = hub.subscribe(
+///     Subscribe::new()
+///         .with_topic("news")
+///         .with_pattern("price:*")
+///         .with_policy(SlowPolicy::DropOldest)
+///         .with_capacity(128),
+/// )?;
+/// assert_eq!(hub.topic_subscriber_count("news"), 1);
+/// # drop(sub);
+/// # Ok::<(), ssehub::SubscribeError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Subscribe {
+    /// Exact topic names.
+    pub(crate) topics: Vec<String>,
+    /// Glob patterns.
+    pub(crate) patterns: Vec<String>,
+    /// Overrides the hub's slow-client policy.
+    pub(crate) policy: Option<SlowPolicy>,
+    /// Overrides the hub's queue bound.
+    pub(crate) capacity: Option<usize>,
+    /// Overrides the hub's `connected` event setting.
+    pub(crate) connected_event: Option<bool>,
+}
+
+impl Subscribe {
+    /// A request for nothing yet: such a subscriber still receives broadcasts and targeted
+    /// sends.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::new();
+    /// let sub = hub.subscribe(ssehub::Subscribe::new())?;
+    /// hub.broadcast(ssehub::Event::new("to everyone"))?;
+    /// assert_eq!(sub.queued(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new() -> Self {
+        Subscribe::default()
+    }
+
+    /// Adds an exact topic.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let request = ssehub::Subscribe::new().with_topic("a").with_topic("b");
+    /// # drop(request);
+    /// ```
+    pub fn with_topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// Adds several exact topics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let request = ssehub::Subscribe::new().with_topics(["a", "b"]);
+    /// # drop(request);
+    /// ```
+    pub fn with_topics<I, T>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.topics.extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds a glob pattern (see [`Pattern`](crate::Pattern)): every topic it matches, now or
+    /// later, is received.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let request = ssehub::Subscribe::new().with_pattern("fleet:*:temp");
+    /// # drop(request);
+    /// ```
+    pub fn with_pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.patterns.push(pattern.into());
+        self
+    }
+
+    /// This subscriber's slow-client policy.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let request = ssehub::Subscribe::from("t").with_policy(ssehub::SlowPolicy::DropOldest);
+    /// # drop(request);
+    /// ```
+    pub fn with_policy(mut self, policy: SlowPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// This subscriber's queue bound, in frames (at least 1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let request = ssehub::Subscribe::from("t").with_capacity(8);
+    /// # drop(request);
+    /// ```
+    pub fn with_capacity(mut self, frames: usize) -> Self {
+        self.capacity = Some(frames.max(1));
+        self
+    }
+
+    /// Whether this subscription starts with a `connected` event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let request = ssehub::Subscribe::from("t").with_connected_event(true);
+    /// # drop(request);
+    /// ```
+    pub fn with_connected_event(mut self, enabled: bool) -> Self {
+        self.connected_event = Some(enabled);
+        self
+    }
+}
+
+impl From<&str> for Subscribe {
+    fn from(topic: &str) -> Self {
+        Subscribe::new().with_topic(topic)
+    }
+}
+
+impl From<String> for Subscribe {
+    fn from(topic: String) -> Self {
+        Subscribe::new().with_topic(topic)
+    }
+}
+
+impl<const N: usize> From<[&str; N]> for Subscribe {
+    fn from(topics: [&str; N]) -> Self {
+        Subscribe::new().with_topics(topics)
+    }
+}
+
+impl From<&[&str]> for Subscribe {
+    fn from(topics: &[&str]) -> Self {
+        Subscribe::new().with_topics(topics.iter().copied())
+    }
+}

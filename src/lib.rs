@@ -1,0 +1,102 @@
+//! A lock-free, high-throughput Server-Sent Events broadcast engine.
+//!
+//! ```
+//! use ssehub::{Event, Hub, Subscribe};
+//!
+//! let hub = Hub::new();
+//! let mut client = hub.subscribe(Subscribe::new().with_topic("news").with_pattern("price:*"))?;
+//!
+//! hub.publish("price:BTC", Event::new("64000.5").with_event("tick").with_id("1"))?;
+//! hub.publish("news", Event::new("markets open"))?;
+//!
+//! // One poll hands over everything queued: one write for the socket.
+//! let batch = client.try_recv()?.expect("two frames");
+//! assert_eq!(
+//!     batch.into_bytes().as_ref(),
+//!     b"event: tick\nid: 1\ndata: 64000.5\n\ndata: markets open\n\n".as_slice()
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Why
+//!
+//! A feed that pushes small events to tens of thousands of connections spends its time on work
+//! repeated per connection. ssehub does each piece of work once:
+//!
+//! - **Encode once.** An [`Event`] is validated and encoded into one [`bytes::Bytes`] frame;
+//!   every receiver gets a reference count of the same allocation.
+//! - **Copy-on-write registry.** Topic maps and subscriber sets are immutable snapshots behind
+//!   `arc-swap`: a publish loads them with no lock and allocates nothing per subscriber.
+//!   Subscribes copy O(log n) trie nodes, never the whole set.
+//! - **Bounded per-client queues, drained in batches.** A poll of a [`Subscription`] hands over
+//!   everything queued as one [`Batch`] (a vectored [`bytes::Buf`]), so a burst costs one write,
+//!   and the consumer is woken once per burst.
+//! - **One timer.** Heartbeats come from one hub-wide thread, not one timer per connection.
+//!
+//! # The slow-client contract
+//!
+//! Each subscriber has a queue of at most `capacity` frames (1,024 by default;
+//! [`HubBuilder::with_capacity`], [`Subscribe::with_capacity`]). A publish never waits for a
+//! subscriber. When a frame arrives at a full queue, the subscriber's [`SlowPolicy`] decides:
+//!
+//! - [`SlowPolicy::Disconnect`] (default): the queue is freed at once, the stream ends with
+//!   [`EndReason::Slow`] and [`Stats::slow_disconnects`] counts it. The client reconnects and
+//!   resumes from its last event id.
+//! - [`SlowPolicy::DropOldest`]: the oldest frame is dropped; the next [`Batch`] reports how many
+//!   were lost ([`Batch::lagged`]) and, unless disabled, starts with an `event: lagged` frame.
+//! - [`SlowPolicy::Conflate`]: a queued frame with the same key is replaced by the new one, so
+//!   the client gets the latest value per key; a queue full of distinct keys drops its oldest.
+//!
+//! A subscriber that never reads holds at most its bound in frames (references to shared
+//! frames), and never slows the publisher or the other subscribers.
+//!
+//! # Differences from the alternatives
+//!
+//! - `tokio::sync::broadcast` keeps one ring for all receivers: a receiver that falls behind
+//!   lags by the ring's size, and each receiver pulls (and clones) values one at a time.
+//!   ssehub pushes into per-client queues, so policies differ per client, and drains in
+//!   batches.
+//! - axum's `Sse` formats each event per connection and runs a keep-alive timer per
+//!   connection; ssehub encodes once per event and runs one timer per hub.
+//! - `async-broadcast` applies back-pressure to the sender when a receiver is full; ssehub never
+//!   lets a receiver slow the sender.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | `metrics` | counters and gauges through the [`metrics`](https://docs.rs/metrics) facade |
+
+#![deny(
+    missing_docs,
+    missing_debug_implementations,
+    unsafe_op_in_unsafe_fn,
+    rustdoc::broken_intra_doc_links
+)]
+#![doc(test(attr(deny(warnings))))]
+
+mod batch;
+mod error;
+mod frame;
+mod heartbeat;
+mod hub;
+mod idmap;
+mod queue;
+mod registry;
+mod stats;
+mod subscription;
+mod sync;
+mod topic;
+
+#[cfg(all(test, ssehub_loom))]
+mod tests;
+
+pub use batch::Batch;
+pub use error::{EventError, PublishError, SubscribeError, TopicError};
+pub use frame::parse;
+pub use frame::{Event, Frame};
+pub use hub::{Hub, HubBuilder, Published, Subscribe};
+pub use queue::{ConflateKey, EndReason, SlowPolicy};
+pub use stats::Stats;
+pub use subscription::{SubscriberId, Subscription};
+pub use topic::Pattern;

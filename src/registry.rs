@@ -1,0 +1,368 @@
+//! The copy-on-write registry: which subscribers receive which topic.
+//!
+//! Readers (every publish) `load` snapshots and never lock: the topic map is a persistent hash
+//! map (`imbl`), each topic's subscriber set and the set of all subscribers are [`IdMap`]s.
+//! Writers (subscribe, unsubscribe, a publish that creates a topic) serialise on one mutex that
+//! also guards the bookkeeping readers never need (which topics and patterns each subscriber
+//! asked for, how many of them put it on each topic), and publish new snapshots with `rcu`.
+//! Each write copies O(log n) trie nodes, so n subscribes to one topic cost O(n log n), not
+//! O(n²).
+//!
+//! A subscriber is on a topic's set at most once, however many of its topics and patterns match
+//! the topic, so it receives each event once. Patterns are matched against a topic when either
+//! first appears, never per publish.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::idmap::IdMap;
+use crate::queue::Queue;
+use crate::sync::{arc_swap, lock, Arc, ArcSwap, Guard, Mutex, SharedStr};
+use crate::topic::Pattern;
+
+/// One subscriber, as publishers see it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The subscriber's id.
+    pub(crate) id: u64,
+    /// Its bounded queue.
+    pub(crate) queue: Queue,
+}
+
+/// One topic, as publishers see it.
+#[derive(Debug)]
+pub(crate) struct TopicState {
+    /// The topic's name (also the conflation key of `ConflateKey::Topic`).
+    pub(crate) name: SharedStr,
+    /// Everyone who receives this topic's events.
+    pub(crate) subscribers: ArcSwap<IdMap<Arc<Slot>>>,
+    /// Serialises publishes to this topic, so every subscriber sees one order. Uncontended with
+    /// one publisher per topic; other topics never wait on it.
+    pub(crate) sequencer: Mutex<()>,
+}
+
+/// The read side of the topic map.
+pub(crate) type TopicMap = imbl::HashMap<SharedStr, Arc<TopicState>>;
+
+/// Writer-side record of a topic.
+#[derive(Debug)]
+struct TopicEntry {
+    /// The published state.
+    state: Arc<TopicState>,
+    /// Subscriber id to the number of its topics and patterns that match this topic.
+    members: HashMap<u64, u32>,
+    /// The patterns that match this topic.
+    patterns: Vec<Box<str>>,
+}
+
+/// Writer-side record of a pattern.
+#[derive(Debug)]
+struct PatternEntry {
+    /// The compiled pattern.
+    pattern: Pattern,
+    /// Who subscribed to it.
+    subscribers: HashSet<u64>,
+    /// The existing topics it matches.
+    topics: HashSet<SharedStr>,
+}
+
+/// Writer-side record of a subscriber.
+#[derive(Debug)]
+struct SubscriberEntry {
+    /// Its slot.
+    slot: Arc<Slot>,
+    /// The topics it asked for (distinct).
+    topics: Vec<SharedStr>,
+    /// The patterns it asked for (distinct).
+    patterns: Vec<Box<str>>,
+}
+
+/// Everything writers share, under one lock.
+#[derive(Debug, Default)]
+struct Writer {
+    /// Set by shutdown: no more subscribers.
+    closed: bool,
+    /// Live topics.
+    topics: HashMap<SharedStr, TopicEntry>,
+    /// Live patterns, by source text.
+    patterns: HashMap<Box<str>, PatternEntry>,
+    /// Live subscribers.
+    subscribers: HashMap<u64, SubscriberEntry>,
+}
+
+/// Why the registry refused a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Shut down.
+    Closed,
+    /// At the subscriber limit.
+    Full,
+}
+
+/// The registry.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    /// Topic name to state.
+    topics: ArcSwap<TopicMap>,
+    /// Every subscriber, for broadcasts and targeted sends.
+    subscribers: ArcSwap<IdMap<Arc<Slot>>>,
+    /// Every live pattern, so a publish to a topic nobody named can tell cheaply whether a
+    /// pattern wants it.
+    patterns: ArcSwap<Vec<Pattern>>,
+    /// The writers' lock and bookkeeping.
+    writer: Mutex<Writer>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub(crate) fn new() -> Registry {
+        Registry {
+            topics: arc_swap(TopicMap::new()),
+            subscribers: arc_swap(IdMap::new()),
+            patterns: arc_swap(Vec::new()),
+            writer: Mutex::new(Writer::default()),
+        }
+    }
+
+    /// The state of `topic` if it exists (lock-free).
+    pub(crate) fn topic(&self, topic: &str) -> Option<Arc<TopicState>> {
+        self.topics.load().get(topic).cloned()
+    }
+
+    /// The state a publish to `topic` goes through: the existing one (lock-free), or, when a
+    /// live pattern matches a topic that does not exist yet, a new one holding the pattern's
+    /// subscribers. `None` when nobody can receive it.
+    pub(crate) fn topic_for_publish(&self, topic: &str) -> Option<Arc<TopicState>> {
+        if let Some(state) = self.topic(topic) {
+            return Some(state);
+        }
+        if !self.patterns.load().iter().any(|p| p.matches(topic)) {
+            return None;
+        }
+        let mut writer = lock(&self.writer);
+        if writer.closed {
+            return None;
+        }
+        let name: SharedStr = topic.into();
+        let state = self.ensure_topic(&mut writer, &name);
+        // A pattern subscriber may have left between the check and the lock.
+        let empty = writer.topics.get(&name).is_some_and(|e| e.members.is_empty());
+        if empty {
+            self.remove_topic(&mut writer, &name);
+            return None;
+        }
+        Some(state)
+    }
+
+    /// Every subscriber (lock-free snapshot).
+    pub(crate) fn subscribers(&self) -> Guard<IdMap<Arc<Slot>>> {
+        self.subscribers.load()
+    }
+
+    /// Number of live topics.
+    pub(crate) fn topic_count(&self) -> usize {
+        self.topics.load().len()
+    }
+
+    /// Each topic and its subscriber count.
+    pub(crate) fn topic_counts(&self) -> Vec<(String, usize)> {
+        self.topics
+            .load()
+            .iter()
+            .map(|(name, state)| (name.to_string(), state.subscribers.load().len()))
+            .collect()
+    }
+
+    /// Registers `slot` on `topics` and `patterns` (both distinct).
+    pub(crate) fn subscribe(
+        &self,
+        slot: &Arc<Slot>,
+        topics: Vec<SharedStr>,
+        patterns: Vec<Pattern>,
+        max_subscribers: usize,
+    ) -> Result<(), Refused> {
+        let mut writer = lock(&self.writer);
+        if writer.closed {
+            return Err(Refused::Closed);
+        }
+        if writer.subscribers.len() >= max_subscribers {
+            return Err(Refused::Full);
+        }
+        let id = slot.id;
+        writer.subscribers.insert(
+            id,
+            SubscriberEntry {
+                slot: slot.clone(),
+                topics: topics.clone(),
+                patterns: patterns.iter().map(|p| Box::from(p.as_str())).collect(),
+            },
+        );
+        self.subscribers.rcu(|all| all.insert(id, slot.clone()));
+        for topic in &topics {
+            self.ensure_topic(&mut writer, topic);
+            Self::add_member(&mut writer, topic, slot);
+        }
+        let mut new_pattern = false;
+        for pattern in patterns {
+            let source: Box<str> = pattern.as_str().into();
+            if !writer.patterns.contains_key(&source) {
+                new_pattern = true;
+                let matched: HashSet<SharedStr> =
+                    writer.topics.keys().filter(|t| pattern.matches(t)).cloned().collect();
+                for topic in &matched {
+                    if let Some(entry) = writer.topics.get_mut(topic) {
+                        entry.patterns.push(source.clone());
+                    }
+                }
+                writer.patterns.insert(
+                    source.clone(),
+                    PatternEntry { pattern, subscribers: HashSet::new(), topics: matched },
+                );
+            }
+            let matched: Vec<SharedStr> = match writer.patterns.get_mut(&source) {
+                Some(entry) => {
+                    entry.subscribers.insert(id);
+                    entry.topics.iter().cloned().collect()
+                }
+                None => Vec::new(),
+            };
+            for topic in &matched {
+                Self::add_member(&mut writer, topic, slot);
+            }
+        }
+        if new_pattern {
+            self.publish_patterns(&writer);
+        }
+        Ok(())
+    }
+
+    /// Removes subscriber `id` everywhere; its slot, if it was registered.
+    pub(crate) fn unsubscribe(&self, id: u64) -> Option<Arc<Slot>> {
+        let mut writer = lock(&self.writer);
+        let entry = writer.subscribers.remove(&id)?;
+        self.subscribers.rcu(|all| all.remove(id));
+        for topic in &entry.topics {
+            self.remove_member(&mut writer, topic, id);
+        }
+        let mut dropped_pattern = false;
+        for source in &entry.patterns {
+            let (matched, now_empty) = match writer.patterns.get_mut(source) {
+                Some(p) => {
+                    p.subscribers.remove(&id);
+                    (p.topics.iter().cloned().collect::<Vec<_>>(), p.subscribers.is_empty())
+                }
+                None => continue,
+            };
+            if now_empty {
+                dropped_pattern = true;
+                writer.patterns.remove(source);
+                for topic in &matched {
+                    if let Some(t) = writer.topics.get_mut(topic) {
+                        t.patterns.retain(|p| p != source);
+                    }
+                }
+            }
+            for topic in &matched {
+                self.remove_member(&mut writer, topic, id);
+            }
+        }
+        if dropped_pattern {
+            self.publish_patterns(&writer);
+        }
+        Some(entry.slot)
+    }
+
+    /// Refuses new subscribers from now on and returns every current slot.
+    pub(crate) fn close(&self) -> Vec<Arc<Slot>> {
+        let mut writer = lock(&self.writer);
+        writer.closed = true;
+        writer.subscribers.values().map(|e| e.slot.clone()).collect()
+    }
+
+    /// Returns the topic's state, creating it (and adding the subscribers of every pattern that
+    /// matches it) if needed.
+    fn ensure_topic(&self, writer: &mut Writer, name: &SharedStr) -> Arc<TopicState> {
+        if let Some(entry) = writer.topics.get(name) {
+            return entry.state.clone();
+        }
+        let state = Arc::new(TopicState {
+            name: name.clone(),
+            subscribers: arc_swap(IdMap::new()),
+            sequencer: Mutex::new(()),
+        });
+        let mut members = HashMap::new();
+        let mut set = IdMap::new();
+        let mut patterns = Vec::new();
+        for (source, pattern) in writer.patterns.iter_mut() {
+            if !pattern.pattern.matches(name) {
+                continue;
+            }
+            pattern.topics.insert(name.clone());
+            patterns.push(source.clone());
+            for id in &pattern.subscribers {
+                let count = members.entry(*id).or_insert(0u32);
+                if *count == 0 {
+                    if let Some(sub) = writer.subscribers.get(id) {
+                        set = set.insert(*id, sub.slot.clone());
+                    }
+                }
+                *count += 1;
+            }
+        }
+        state.subscribers.store(Arc::new(set));
+        writer.topics.insert(name.clone(), TopicEntry { state: state.clone(), members, patterns });
+        let (key, value) = (name.clone(), state.clone());
+        self.topics.rcu(|map| map.update(key.clone(), value.clone()));
+        state
+    }
+
+    /// Counts one more reason for `slot` to be on `topic`, adding it on the first.
+    fn add_member(writer: &mut Writer, topic: &SharedStr, slot: &Arc<Slot>) {
+        let Some(entry) = writer.topics.get_mut(topic) else {
+            return;
+        };
+        let count = entry.members.entry(slot.id).or_insert(0);
+        if *count == 0 {
+            entry.state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
+        }
+        *count += 1;
+    }
+
+    /// Counts one reason less for `id` to be on `topic`, removing it on the last, and the topic
+    /// when nobody is left.
+    fn remove_member(&self, writer: &mut Writer, topic: &SharedStr, id: u64) {
+        let Some(entry) = writer.topics.get_mut(topic) else {
+            return;
+        };
+        let Some(count) = entry.members.get_mut(&id) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        entry.members.remove(&id);
+        entry.state.subscribers.rcu(|set| set.remove(id));
+        if entry.members.is_empty() {
+            self.remove_topic(writer, topic);
+        }
+    }
+
+    /// Drops a topic nobody receives.
+    fn remove_topic(&self, writer: &mut Writer, topic: &SharedStr) {
+        let Some(entry) = writer.topics.remove(topic) else {
+            return;
+        };
+        for source in &entry.patterns {
+            if let Some(p) = writer.patterns.get_mut(source) {
+                p.topics.remove(topic);
+            }
+        }
+        self.topics.rcu(|map| map.without(topic));
+    }
+
+    /// Publishes the list of live patterns for lock-free checks by publishers.
+    fn publish_patterns(&self, writer: &Writer) {
+        let list: Vec<Pattern> = writer.patterns.values().map(|p| p.pattern.clone()).collect();
+        self.patterns.store(Arc::new(list));
+    }
+}

@@ -1,0 +1,262 @@
+//! The consumer side: a `Stream` of batches of shared frames.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_core::Stream;
+
+use crate::batch::Batch;
+use crate::hub::Shared;
+use crate::queue::EndReason;
+use crate::registry::Slot;
+use crate::sync::Arc;
+
+/// A subscriber's id, unique within a hub; the target of
+/// [`Hub::send_to`](crate::Hub::send_to).
+///
+/// # Examples
+///
+/// ```
+/// let hub = ssehub::Hub::new();
+/// let a = hub.subscribe("t")?;
+/// let b = hub.subscribe("t")?;
+/// assert_ne!(a.id(), b.id());
+/// assert_eq!(a.id().to_string().parse::<u64>()?, a.id().as_u64());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriberId(pub(crate) u64);
+
+impl SubscriberId {
+    /// The id as a number.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::new();
+    /// assert!(hub.subscribe("t")?.id().as_u64() > 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The id with this number (for ids that travelled through a client or a database).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(ssehub::SubscriberId::from_u64(7).as_u64(), 7);
+    /// ```
+    #[must_use]
+    pub fn from_u64(id: u64) -> Self {
+        SubscriberId(id)
+    }
+}
+
+impl fmt::Display for SubscriberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// A live subscription: a [`Stream`] of [`Batch`]es for one client.
+///
+/// Each poll hands over everything queued (up to the hub's batch cap) at once, so a burst
+/// becomes one write. The stream ends when the hub shuts down (after the frames queued before
+/// it), when the subscriber is disconnected as slow, or by [`Hub::disconnect`]; dropping the
+/// subscription unregisters it.
+///
+/// [`Hub::disconnect`]: crate::Hub::disconnect
+///
+/// # Examples
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use ssehub::{Event, Hub};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = Hub::new();
+/// let mut sub = hub.subscribe("news")?;
+/// hub.publish("news", Event::new("hello").with_id("1"))?;
+/// let batch = sub.next().await.expect("one batch");
+/// assert_eq!(batch.frames()[0].as_ref(), b"id: 1\ndata: hello\n\n");
+/// hub.shutdown();
+/// assert!(sub.next().await.is_none());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Subscription {
+    /// The hub, for limits and unregistering.
+    shared: Arc<Shared>,
+    /// This subscriber's queue.
+    slot: Arc<Slot>,
+    /// The `connected` frame, until it is handed over.
+    first: Option<Bytes>,
+    /// Why the stream ended, once it has.
+    ended: Option<EndReason>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.slot.id)
+            .field("queued", &self.slot.queue.len())
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Wraps a registered slot.
+    pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>, first: Option<Bytes>) -> Self {
+        Subscription { shared, slot, first, ended: None }
+    }
+
+    /// This subscriber's id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::new();
+    /// let sub = hub.subscribe("t")?;
+    /// hub.send_to(sub.id(), ssehub::Event::new("just for you"))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn id(&self) -> SubscriberId {
+        SubscriberId(self.slot.id)
+    }
+
+    /// Number of frames waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::new();
+    /// let sub = hub.subscribe("t")?;
+    /// hub.publish("t", ssehub::Event::new("x"))?;
+    /// assert_eq!(sub.queued(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn queued(&self) -> usize {
+        self.slot.queue.len()
+    }
+
+    /// Why the stream ended (`None` while it is live, even if it has been closed and still has
+    /// frames to hand over).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{EndReason, Hub};
+    /// let hub = Hub::new();
+    /// let mut sub = hub.subscribe("t")?;
+    /// hub.shutdown();
+    /// assert!(matches!(sub.try_recv(), Err(EndReason::Shutdown)));
+    /// assert_eq!(sub.end_reason(), Some(EndReason::Shutdown));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.ended
+    }
+
+    /// Waits for the next batch; `None` once the stream has ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: frames stay queued until a call returns them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hub = ssehub::Hub::new();
+    /// let mut sub = hub.subscribe("t")?;
+    /// hub.publish("t", ssehub::Event::new("x"))?;
+    /// assert_eq!(sub.recv().await.map(|b| b.len()), Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv(&mut self) -> Option<Batch> {
+        poll_fn(|cx| self.poll_batch(Some(cx))).await
+    }
+
+    /// The next batch if one is ready: `Ok(None)` when nothing is queued, `Err` once the stream
+    /// has ended.
+    ///
+    /// # Errors
+    ///
+    /// The [`EndReason`] once the stream has ended and everything queued was handed over.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::new();
+    /// let mut sub = hub.subscribe("t")?;
+    /// assert!(sub.try_recv()?.is_none());
+    /// hub.publish("t", ssehub::Event::new("x"))?;
+    /// assert!(sub.try_recv()?.is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_recv(&mut self) -> Result<Option<Batch>, EndReason> {
+        match self.poll_batch(None) {
+            Poll::Ready(Some(batch)) => Ok(Some(batch)),
+            Poll::Ready(None) => Err(self.ended.unwrap_or(EndReason::Dropped)),
+            Poll::Pending => Ok(None),
+        }
+    }
+
+    /// The stream's poll, with `cx` absent for `try_recv`.
+    fn poll_batch(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Option<Batch>> {
+        if self.ended.is_some() {
+            return Poll::Ready(None);
+        }
+        let config = &self.shared.config;
+        let drained = self.slot.queue.drain(
+            config.max_batch_frames,
+            config.max_batch_bytes,
+            cx.map(|cx| cx.waker()),
+        );
+        let drained = match drained {
+            Ok(drained) => drained,
+            Err(reason) => {
+                self.ended = Some(reason);
+                return Poll::Ready(None);
+            }
+        };
+        if drained.frames.is_empty() && drained.lagged == 0 && self.first.is_none() {
+            return Poll::Pending;
+        }
+        let mut frames = drained.frames;
+        let lag_frame = (drained.lagged > 0 && config.lag_event)
+            .then(|| crate::hub::lag_frame(drained.lagged));
+        if self.first.is_some() || lag_frame.is_some() {
+            let front: Vec<Bytes> = self.first.take().into_iter().chain(lag_frame).collect();
+            frames.splice(0..0, front);
+        }
+        Poll::Ready(Some(Batch::new(frames, drained.lagged)))
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Batch;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
+        self.get_mut().poll_batch(Some(cx))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.shared.unsubscribe(&self.slot);
+    }
+}

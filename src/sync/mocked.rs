@@ -1,0 +1,69 @@
+//! loom's instrumented primitives, and a stand-in for `arc_swap::ArcSwap`.
+//!
+//! arc-swap is not loom-aware, so under `--cfg ssehub_loom` the cell is a loom `Mutex<Arc<T>>`
+//! with exactly the methods the engine calls. Its `rcu` runs the closure outside the lock and
+//! retries when the pointer changed in between, as arc-swap's does, so loom explores the re-run
+//! path and a closure that is not safe to re-run fails a model.
+
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+
+/// The loom stand-in for `arc_swap::ArcSwap`.
+pub(crate) struct ArcSwap<T> {
+    /// The current snapshot.
+    cell: Mutex<Arc<T>>,
+}
+
+impl<T> std::fmt::Debug for ArcSwap<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArcSwap")
+    }
+}
+
+/// Builds a cell holding `value`.
+pub(crate) fn arc_swap<T>(value: T) -> ArcSwap<T> {
+    ArcSwap { cell: Mutex::new(Arc::new(value)) }
+}
+
+impl<T> ArcSwap<T> {
+    /// A snapshot of the current value.
+    pub(crate) fn load(&self) -> Arc<T> {
+        self.cell.lock().unwrap().clone()
+    }
+
+    /// A snapshot of the current value, as an owned `Arc`.
+    pub(crate) fn load_full(&self) -> Arc<T> {
+        self.load()
+    }
+
+    /// Replaces the value.
+    pub(crate) fn store(&self, value: Arc<T>) {
+        *self.cell.lock().unwrap() = value;
+    }
+
+    /// Read-copy-update: computes the new value from the current one and swaps it in only if
+    /// nobody swapped in between; otherwise runs `f` again on the newer value.
+    pub(crate) fn rcu<R, F>(&self, mut f: F) -> Arc<T>
+    where
+        F: FnMut(&Arc<T>) -> R,
+        R: Into<Arc<T>>,
+    {
+        let mut current = self.load();
+        loop {
+            let new: Arc<T> = f(&current).into();
+            let mut cell = self.cell.lock().unwrap();
+            if Arc::ptr_eq(&cell, &current) {
+                let previous = std::mem::replace(&mut *cell, new);
+                return previous;
+            }
+            current = cell.clone();
+        }
+    }
+}
+
+/// An immutable shared string (topic names, conflation keys). Plain data with no concurrency of
+/// its own, so it stays std's `Arc` under loom too.
+pub(crate) type SharedStr = std::sync::Arc<str>;
+
+/// A snapshot loaded from an [`ArcSwap`], held for the duration of one operation.
+pub(crate) type Guard<T> = Arc<T>;

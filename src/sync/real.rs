@@ -1,0 +1,19 @@
+//! The production primitives: std, plus `arc-swap` for the copy-on-write snapshots.
+
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A copy-on-write cell: readers `load` a snapshot without locking, writers `rcu` a new one.
+pub(crate) type ArcSwap<T> = arc_swap::ArcSwap<T>;
+
+/// Builds a cell holding `value`.
+pub(crate) fn arc_swap<T>(value: T) -> ArcSwap<T> {
+    arc_swap::ArcSwap::from_pointee(value)
+}
+
+/// An immutable shared string (topic names, conflation keys). Plain data with no concurrency of
+/// its own, so it stays std's `Arc` under loom too.
+pub(crate) type SharedStr = std::sync::Arc<str>;
+
+/// A snapshot loaded from an [`ArcSwap`], held for the duration of one operation.
+pub(crate) type Guard<T> = arc_swap::Guard<Arc<T>>;
