@@ -46,25 +46,27 @@ impl Heartbeat {
     pub(crate) fn start(shared: &std::sync::Arc<Shared>, interval: std::time::Duration) {
         use std::time::Instant;
         let weak = std::sync::Arc::downgrade(shared);
-        let spawned = std::thread::Builder::new().name("ssehub-heartbeat".into()).spawn(move || {
-            let mut next = Instant::now() + interval;
-            loop {
-                let now = Instant::now();
-                if now < next {
-                    std::thread::park_timeout(next - now);
+        let spawned = std::thread::Builder::new()
+            .name("ssehub-heartbeat".into())
+            .spawn(move || {
+                let mut next = Instant::now() + interval;
+                loop {
+                    let now = Instant::now();
+                    if now < next {
+                        std::thread::park_timeout(next - now);
+                    }
+                    let Some(shared) = weak.upgrade() else { return };
+                    if shared.is_closed() {
+                        return;
+                    }
+                    let now = Instant::now();
+                    if now >= next {
+                        tick(&shared);
+                        // Skip missed ticks instead of bursting after a stall.
+                        next = now + interval;
+                    }
                 }
-                let Some(shared) = weak.upgrade() else { return };
-                if shared.is_closed() {
-                    return;
-                }
-                let now = Instant::now();
-                if now >= next {
-                    tick(&shared);
-                    // Skip missed ticks instead of bursting after a stall.
-                    next = now + interval;
-                }
-            }
-        });
+            });
         // Without a thread the hub still works, only without heartbeats; nothing to unwind.
         if let Ok(handle) = spawned {
             *lock(&shared.heartbeat.thread) = Some(handle);

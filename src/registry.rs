@@ -145,7 +145,10 @@ impl Registry {
         let name: SharedStr = topic.into();
         let state = self.ensure_topic(&mut writer, &name);
         // A pattern subscriber may have left between the check and the lock.
-        let empty = writer.topics.get(&name).is_some_and(|e| e.members.is_empty());
+        let empty = writer
+            .topics
+            .get(&name)
+            .is_some_and(|e| e.members.is_empty());
         if empty {
             self.remove_topic(&mut writer, &name);
             return None;
@@ -206,8 +209,12 @@ impl Registry {
             let source: Box<str> = pattern.as_str().into();
             if !writer.patterns.contains_key(&source) {
                 new_pattern = true;
-                let matched: HashSet<SharedStr> =
-                    writer.topics.keys().filter(|t| pattern.matches(t)).cloned().collect();
+                let matched: HashSet<SharedStr> = writer
+                    .topics
+                    .keys()
+                    .filter(|t| pattern.matches(t))
+                    .cloned()
+                    .collect();
                 for topic in &matched {
                     if let Some(entry) = writer.topics.get_mut(topic) {
                         entry.patterns.push(source.clone());
@@ -215,7 +222,11 @@ impl Registry {
                 }
                 writer.patterns.insert(
                     source.clone(),
-                    PatternEntry { pattern, subscribers: HashSet::new(), topics: matched },
+                    PatternEntry {
+                        pattern,
+                        subscribers: HashSet::new(),
+                        topics: matched,
+                    },
                 );
             }
             let matched: Vec<SharedStr> = match writer.patterns.get_mut(&source) {
@@ -248,7 +259,10 @@ impl Registry {
             let (matched, now_empty) = match writer.patterns.get_mut(source) {
                 Some(p) => {
                     p.subscribers.remove(&id);
-                    (p.topics.iter().cloned().collect::<Vec<_>>(), p.subscribers.is_empty())
+                    (
+                        p.topics.iter().cloned().collect::<Vec<_>>(),
+                        p.subscribers.is_empty(),
+                    )
                 }
                 None => continue,
             };
@@ -275,7 +289,11 @@ impl Registry {
     pub(crate) fn close(&self) -> Vec<Arc<Slot>> {
         let mut writer = lock(&self.writer);
         writer.closed = true;
-        writer.subscribers.values().map(|e| e.slot.clone()).collect()
+        writer
+            .subscribers
+            .values()
+            .map(|e| e.slot.clone())
+            .collect()
     }
 
     /// Returns the topic's state, creating it (and adding the subscribers of every pattern that
@@ -309,9 +327,17 @@ impl Registry {
             }
         }
         state.subscribers.store(Arc::new(set));
-        writer.topics.insert(name.clone(), TopicEntry { state: state.clone(), members, patterns });
+        writer.topics.insert(
+            name.clone(),
+            TopicEntry {
+                state: state.clone(),
+                members,
+                patterns,
+            },
+        );
         let (key, value) = (name.clone(), state.clone());
-        self.topics.rcu(|map| map.update(key.clone(), value.clone()));
+        self.topics
+            .rcu(|map| map.update(key.clone(), value.clone()));
         state
     }
 
@@ -322,7 +348,10 @@ impl Registry {
         };
         let count = entry.members.entry(slot.id).or_insert(0);
         if *count == 0 {
-            entry.state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
+            entry
+                .state
+                .subscribers
+                .rcu(|set| set.insert(slot.id, slot.clone()));
         }
         *count += 1;
     }
@@ -362,7 +391,11 @@ impl Registry {
 
     /// Publishes the list of live patterns for lock-free checks by publishers.
     fn publish_patterns(&self, writer: &Writer) {
-        let list: Vec<Pattern> = writer.patterns.values().map(|p| p.pattern.clone()).collect();
+        let list: Vec<Pattern> = writer
+            .patterns
+            .values()
+            .map(|p| p.pattern.clone())
+            .collect();
         self.patterns.store(Arc::new(list));
     }
 }

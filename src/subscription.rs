@@ -115,7 +115,12 @@ impl fmt::Debug for Subscription {
 impl Subscription {
     /// Wraps a registered slot.
     pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>, first: Option<Bytes>) -> Self {
-        Subscription { shared, slot, first, ended: None }
+        Subscription {
+            shared,
+            slot,
+            first,
+            ended: None,
+        }
     }
 
     /// This subscriber's id.
@@ -237,8 +242,8 @@ impl Subscription {
             return Poll::Pending;
         }
         let mut frames = drained.frames;
-        let lag_frame = (drained.lagged > 0 && config.lag_event)
-            .then(|| crate::hub::lag_frame(drained.lagged));
+        let lag_frame =
+            (drained.lagged > 0 && config.lag_event).then(|| crate::hub::lag_frame(drained.lagged));
         if self.first.is_some() || lag_frame.is_some() {
             let front: Vec<Bytes> = self.first.take().into_iter().chain(lag_frame).collect();
             frames.splice(0..0, front);

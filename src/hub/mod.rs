@@ -3,8 +3,8 @@
 mod builder;
 mod subscribe;
 
-pub use builder::HubBuilder;
 pub(crate) use builder::Config;
+pub use builder::HubBuilder;
 pub use subscribe::Subscribe;
 
 use std::collections::HashSet;
@@ -123,7 +123,9 @@ impl Clone for Hub {
     fn clone(&self) -> Self {
         // Relaxed: the count only decides who shuts down last; the Arc orders the rest.
         self.shared.handles.fetch_add(1, Ordering::Relaxed);
-        Hub { shared: self.shared.clone() }
+        Hub {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -237,13 +239,18 @@ impl Hub {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let capacity = request.capacity.unwrap_or(config.capacity);
         let policy = request.policy.unwrap_or(config.policy);
-        let slot = Arc::new(Slot { id, queue: Queue::new(capacity, policy) });
+        let slot = Arc::new(Slot {
+            id,
+            queue: Queue::new(capacity, policy),
+        });
         shared
             .registry
             .subscribe(&slot, topics, patterns, config.max_subscribers)
             .map_err(|refused| match refused {
                 Refused::Closed => SubscribeError::Closed,
-                Refused::Full => SubscribeError::Full { max: config.max_subscribers },
+                Refused::Full => SubscribeError::Full {
+                    max: config.max_subscribers,
+                },
             })?;
         shared.report_sizes();
         let first = request
@@ -462,11 +469,12 @@ impl Hub {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn shutdown_with(&self, last: Event) -> Result<(), PublishError> {
-        let frame = last.normalized().encode()?;
+        let last = last.normalized();
+        let frame = last.encode()?;
         if self.shared.shutdown(Some(frame.as_bytes())) {
             Ok(())
         } else {
-            Err(PublishError::Closed(Box::new(Event::default())))
+            Err(PublishError::Closed(Box::new(last)))
         }
     }
 
@@ -522,7 +530,10 @@ impl Hub {
     /// ```
     #[must_use]
     pub fn topic_subscriber_count(&self, topic: &str) -> usize {
-        self.shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len())
+        self.shared
+            .registry
+            .topic(topic)
+            .map_or(0, |t| t.subscribers.load().len())
     }
 
     /// Every live topic with its subscriber count (allocates; for stats pages, not hot paths).
@@ -550,17 +561,25 @@ impl Shared {
     /// Counts an accepted event.
     fn record(&self, fan: FanOut) -> Published {
         self.counters.published(fan);
-        Published { receivers: usize::try_from(fan.delivered).unwrap_or(usize::MAX) }
+        Published {
+            receivers: usize::try_from(fan.delivered).unwrap_or(usize::MAX),
+        }
     }
 
     /// A snapshot of the statistics.
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot(self.registry.subscribers().len(), self.registry.topic_count())
+        self.counters.snapshot(
+            self.registry.subscribers().len(),
+            self.registry.topic_count(),
+        )
     }
 
     /// Updates the size gauges.
     fn report_sizes(&self) {
-        self.counters.sizes(self.registry.subscribers().len(), self.registry.topic_count());
+        self.counters.sizes(
+            self.registry.subscribers().len(),
+            self.registry.topic_count(),
+        );
     }
 
     /// Unregisters a subscription being dropped.
@@ -614,7 +633,10 @@ fn topic_error(name: &str, error: crate::error::TopicError) -> SubscribeError {
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    SubscribeError::Topic { name: name[..end].to_string(), error }
+    SubscribeError::Topic {
+        name: name[..end].to_string(),
+        error,
+    }
 }
 
 /// The `connected` frame: the subscriber's id, with no `id:` line so it never moves a client's

@@ -1,0 +1,1 @@
+//! Loom models of the engine's internals (`--cfg ssehub_loom`).
