@@ -65,17 +65,21 @@ pub enum ConflateKey {
 }
 
 /// Why a subscription's stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EndReason {
     /// The subscriber could not keep up and its policy is [`SlowPolicy::Disconnect`].
+    #[error("subscriber was too slow")]
     Slow,
     /// The hub was shut down.
+    #[error("hub shut down")]
     Shutdown,
     /// The application ended it (for example through
     /// [`Hub::disconnect`](crate::Hub::disconnect)).
+    #[error("subscriber was disconnected")]
     Disconnected,
     /// The subscription was dropped.
+    #[error("subscription was dropped")]
     Dropped,
 }
 

@@ -38,7 +38,7 @@ impl Frame {
     #[must_use]
     pub fn comment(text: &str) -> Frame {
         let mut buf = BytesMut::with_capacity(text.len() + 3);
-        put_lines(&mut buf, b":", text);
+        put_lines(&mut buf, b"", text);
         Frame {
             bytes: buf.freeze(),
         }
@@ -134,7 +134,7 @@ impl Event {
         // One exact allocation: the frame is written once and shared, so it is worth sizing.
         let mut buf = BytesMut::with_capacity(size);
         for comment in &self.comments {
-            put_lines(&mut buf, b":", comment);
+            put_lines(&mut buf, b"", comment);
         }
         if let Some(event) = &self.event {
             put_field(&mut buf, b"event", event);
@@ -167,7 +167,7 @@ impl Event {
     fn encoded_len(&self) -> usize {
         let mut size = 0;
         for comment in &self.comments {
-            size += lines_len(1, comment);
+            size += lines_len(0, comment);
         }
         if let Some(event) = &self.event {
             size += field_len(5, event.len());

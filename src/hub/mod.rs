@@ -312,7 +312,7 @@ impl Hub {
     ///
     /// ```
     /// let hub = ssehub::Hub::new();
-    /// let (a, b) = (hub.subscribe("a")?, hub.subscribe("b")?);
+    /// let (_a, _b) = (hub.subscribe("a")?, hub.subscribe("b")?);
     /// assert_eq!(hub.broadcast(ssehub::Event::new("maintenance at noon"))?.receivers(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
