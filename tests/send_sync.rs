@@ -1,0 +1,18 @@
+//! The public types can cross threads and tasks.
+
+fn send_sync<T: Send + Sync>() {}
+fn send<T: Send>() {}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    send_sync::<ssehub::Hub>();
+    send_sync::<ssehub::HubBuilder>();
+    send_sync::<ssehub::Subscription>();
+    send_sync::<ssehub::Event>();
+    send_sync::<ssehub::Frame>();
+    send_sync::<ssehub::Pattern>();
+    send_sync::<ssehub::Stats>();
+    send_sync::<ssehub::PublishError>();
+    send_sync::<ssehub::SubscribeError>();
+    send::<ssehub::Batch>();
+}
