@@ -43,9 +43,9 @@ pub(crate) fn tick(shared: &Shared) -> u64 {
 impl Heartbeat {
     /// Starts the timer thread for `shared`. It holds only a weak reference, so it never keeps
     /// a hub alive, and exits at shutdown.
-    pub(crate) fn start(shared: &std::sync::Arc<Shared>, interval: std::time::Duration) {
+    pub(crate) fn start(shared: &crate::sync::Arc<Shared>, interval: std::time::Duration) {
         use std::time::Instant;
-        let weak = std::sync::Arc::downgrade(shared);
+        let weak = crate::sync::Arc::downgrade(shared);
         let spawned = std::thread::Builder::new()
             .name("ssehub-heartbeat".into())
             .spawn(move || {

@@ -100,3 +100,7 @@ pub use queue::{ConflateKey, EndReason, SlowPolicy};
 pub use stats::Stats;
 pub use subscription::{SubscriberId, Subscription};
 pub use topic::Pattern;
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+struct ReadmeDoctests;
