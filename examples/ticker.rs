@@ -16,22 +16,15 @@ const SYMBOLS: [&str; 6] = ["BTC", "ETH", "SOL", "ADA", "DOT", "XRP"];
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seconds: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let hub = Hub::builder()
-        .with_heartbeat(Some(Duration::from_secs(1)))
-        .build();
+    let seconds: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let hub = Hub::builder().with_heartbeat(Some(Duration::from_secs(1))).build();
 
     let mut all = hub.subscribe(Subscribe::new().with_pattern("price:*"))?;
     let mut btc = hub.subscribe("price:BTC")?;
     let mut board = hub.subscribe(
         Subscribe::new()
             .with_pattern("price:*")
-            .with_policy(SlowPolicy::Conflate {
-                key: ConflateKey::Topic,
-            })
+            .with_policy(SlowPolicy::Conflate { key: ConflateKey::Topic })
             .with_capacity(SYMBOLS.len()),
     )?;
 
@@ -59,10 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ))
                 .with_event("price")
                 .with_id(id.to_string());
-                if hub
-                    .publish(&format!("price:{}", SYMBOLS[i]), event)
-                    .is_err()
-                {
+                if hub.publish(&format!("price:{}", SYMBOLS[i]), event).is_err() {
                     break;
                 }
             }
@@ -80,9 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let btc_reader = tokio::spawn(async move {
         while let Some(batch) = btc.next().await {
             for frame in batch {
-                let text = String::from_utf8_lossy(&frame)
-                    .trim_end()
-                    .replace('\n', " | ");
+                let text = String::from_utf8_lossy(&frame).trim_end().replace('\n', " | ");
                 println!("[btc-only]   {text}");
             }
         }
@@ -92,10 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_secs(1)).await;
             match board.try_recv() {
                 Ok(Some(batch)) => {
-                    println!(
-                        "[slow-board] {} latest prices after a second asleep:",
-                        batch.len()
-                    );
+                    println!("[slow-board] {} latest prices after a second asleep:", batch.len());
                     for frame in batch {
                         let text = String::from_utf8_lossy(&frame).into_owned();
                         if let Some(line) = text.lines().find(|l| l.starts_with("data: ")) {

@@ -44,12 +44,7 @@ impl Batch {
     /// A batch of `frames`, preceded by a loss of `lagged` frames.
     pub(crate) fn new(frames: Vec<Bytes>, lagged: u64) -> Batch {
         let remaining = frames.iter().map(Bytes::len).sum();
-        Batch {
-            frames,
-            next: 0,
-            remaining,
-            lagged,
-        }
+        Batch { frames, next: 0, remaining, lagged }
     }
 
     /// Number of frames not yet consumed.
@@ -178,10 +173,7 @@ mod tests {
     use super::*;
 
     fn batch() -> Batch {
-        Batch::new(
-            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"de")],
-            0,
-        )
+        Batch::new(vec![Bytes::from_static(b"abc"), Bytes::from_static(b"de")], 0)
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub(crate) fn tick(shared: &Shared) -> u64 {
         }
     });
     shared.counters.heartbeats(sent);
+    if let Some(limits) = &shared.config.history {
+        // Age out idle topics' history here, so a topic nobody publishes to or receives does
+        // not outlive its events.
+        shared.registry.sweep(std::time::Instant::now(), limits);
+    }
     sent
 }
 
@@ -46,9 +51,8 @@ impl Heartbeat {
     pub(crate) fn start(shared: &crate::sync::Arc<Shared>, interval: std::time::Duration) {
         use std::time::Instant;
         let weak = crate::sync::Arc::downgrade(shared);
-        let spawned = std::thread::Builder::new()
-            .name("ssehub-heartbeat".into())
-            .spawn(move || {
+        let spawned =
+            std::thread::Builder::new().name("ssehub-heartbeat".into()).spawn(move || {
                 let mut next = Instant::now() + interval;
                 loop {
                     let now = Instant::now();

@@ -45,21 +45,13 @@ enum Node<V> {
 
 impl<V> Clone for IdMap<V> {
     fn clone(&self) -> Self {
-        IdMap {
-            root: self.root.clone(),
-            shift: self.shift,
-            len: self.len,
-        }
+        IdMap { root: self.root.clone(), shift: self.shift, len: self.len }
     }
 }
 
 impl<V> Default for IdMap<V> {
     fn default() -> Self {
-        IdMap {
-            root: None,
-            shift: 0,
-            len: 0,
-        }
+        IdMap { root: None, shift: 0, len: 0 }
     }
 }
 
@@ -157,28 +149,17 @@ impl<V: Clone> IdMap<V> {
             while !covers(shift, key) {
                 shift += BITS;
             }
-            return IdMap {
-                root: Some(Arc::new(path(key, shift, val))),
-                shift,
-                len: 1,
-            };
+            return IdMap { root: Some(Arc::new(path(key, shift, val))), shift, len: 1 };
         };
         let mut root = root.clone();
         let mut shift = self.shift;
         while !covers(shift, key) {
             // Grow upwards: the old root becomes slot 0 of a new, higher level.
-            root = Arc::new(Node::Branch {
-                bits: 1,
-                kids: Box::new([root]),
-            });
+            root = Arc::new(Node::Branch { bits: 1, kids: Box::new([root]) });
             shift += BITS;
         }
         let (node, added) = insert_into(&root, shift, key, val);
-        IdMap {
-            root: Some(Arc::new(node)),
-            shift,
-            len: self.len + usize::from(added),
-        }
+        IdMap { root: Some(Arc::new(node)), shift, len: self.len + usize::from(added) }
     }
 
     /// A new version without `key` (an O(1) clone when `key` is absent).
@@ -193,11 +174,9 @@ impl<V: Clone> IdMap<V> {
         match remove_from(root, self.shift, key) {
             None => self.clone(),
             Some(None) => IdMap::new(),
-            Some(Some(node)) => IdMap {
-                root: Some(Arc::new(node)),
-                shift: self.shift,
-                len: self.len - 1,
-            },
+            Some(Some(node)) => {
+                IdMap { root: Some(Arc::new(node)), shift: self.shift, len: self.len - 1 }
+            }
         }
     }
 
@@ -221,15 +200,9 @@ impl<V: Clone> IdMap<V> {
 fn path<V>(key: u64, shift: u32, val: V) -> Node<V> {
     let bits = slot_bit(key, shift);
     if shift == 0 {
-        Node::Leaf {
-            bits,
-            vals: Box::new([val]),
-        }
+        Node::Leaf { bits, vals: Box::new([val]) }
     } else {
-        Node::Branch {
-            bits,
-            kids: Box::new([Arc::new(path(key, shift - BITS, val))]),
-        }
+        Node::Branch { bits, kids: Box::new([Arc::new(path(key, shift - BITS, val))]) }
     }
 }
 
@@ -240,43 +213,19 @@ fn insert_into<V: Clone>(node: &Node<V>, shift: u32, key: u64, val: V) -> (Node<
         Node::Leaf { bits, vals } => {
             let at = position(*bits, bit);
             if bits & bit != 0 {
-                (
-                    Node::Leaf {
-                        bits: *bits,
-                        vals: replaced(vals, at, val),
-                    },
-                    false,
-                )
+                (Node::Leaf { bits: *bits, vals: replaced(vals, at, val) }, false)
             } else {
-                (
-                    Node::Leaf {
-                        bits: bits | bit,
-                        vals: inserted(vals, at, val),
-                    },
-                    true,
-                )
+                (Node::Leaf { bits: bits | bit, vals: inserted(vals, at, val) }, true)
             }
         }
         Node::Branch { bits, kids } => {
             let at = position(*bits, bit);
             if bits & bit != 0 {
                 let (kid, added) = insert_into(&kids[at], shift - BITS, key, val);
-                (
-                    Node::Branch {
-                        bits: *bits,
-                        kids: replaced(kids, at, Arc::new(kid)),
-                    },
-                    added,
-                )
+                (Node::Branch { bits: *bits, kids: replaced(kids, at, Arc::new(kid)) }, added)
             } else {
                 let kid = Arc::new(path(key, shift - BITS, val));
-                (
-                    Node::Branch {
-                        bits: bits | bit,
-                        kids: inserted(kids, at, kid),
-                    },
-                    true,
-                )
+                (Node::Branch { bits: bits | bit, kids: inserted(kids, at, kid) }, true)
             }
         }
     }
@@ -292,10 +241,10 @@ fn remove_from<V: Clone>(node: &Node<V>, shift: u32, key: u64) -> Option<Option<
                 return None;
             }
             let rest = bits & !bit;
-            Some((rest != 0).then(|| Node::Leaf {
-                bits: rest,
-                vals: removed(vals, position(*bits, bit)),
-            }))
+            Some(
+                (rest != 0)
+                    .then(|| Node::Leaf { bits: rest, vals: removed(vals, position(*bits, bit)) }),
+            )
         }
         Node::Branch { bits, kids } => {
             if bits & bit == 0 {
@@ -303,16 +252,12 @@ fn remove_from<V: Clone>(node: &Node<V>, shift: u32, key: u64) -> Option<Option<
             }
             let at = position(*bits, bit);
             Some(match remove_from(&kids[at], shift - BITS, key)? {
-                Some(kid) => Some(Node::Branch {
-                    bits: *bits,
-                    kids: replaced(kids, at, Arc::new(kid)),
-                }),
+                Some(kid) => {
+                    Some(Node::Branch { bits: *bits, kids: replaced(kids, at, Arc::new(kid)) })
+                }
                 None => {
                     let rest = bits & !bit;
-                    (rest != 0).then(|| Node::Branch {
-                        bits: rest,
-                        kids: removed(kids, at),
-                    })
+                    (rest != 0).then(|| Node::Branch { bits: rest, kids: removed(kids, at) })
                 }
             })
         }

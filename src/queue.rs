@@ -107,24 +107,19 @@ impl<'a> FrameKeys<'a> {
         event: Option<&'a str>,
         explicit: Option<&'a str>,
     ) -> Self {
-        FrameKeys {
-            topic,
-            event,
-            explicit,
-            ..FrameKeys::default()
-        }
+        FrameKeys { topic, event, explicit, ..FrameKeys::default() }
     }
 
     /// The key a subscriber with `kind` conflates under.
     fn pick(&self, kind: ConflateKey) -> Option<SharedStr> {
         match kind {
             ConflateKey::Topic => self.topic.cloned(),
-            ConflateKey::EventName => self
-                .event
-                .map(|e| self.event_shared.get_or_init(|| e.into()).clone()),
-            ConflateKey::Explicit => self
-                .explicit
-                .map(|e| self.explicit_shared.get_or_init(|| e.into()).clone()),
+            ConflateKey::EventName => {
+                self.event.map(|e| self.event_shared.get_or_init(|| e.into()).clone())
+            }
+            ConflateKey::Explicit => {
+                self.explicit.map(|e| self.explicit_shared.get_or_init(|| e.into()).clone())
+            }
         }
     }
 }
@@ -240,11 +235,7 @@ impl Queue {
                     outcome = Pushed::Evicted;
                 }
             }
-            inner.entries.push_back(Entry {
-                bytes: bytes.clone(),
-                key,
-                heartbeat: false,
-            });
+            inner.entries.push_back(Entry { bytes: bytes.clone(), key, heartbeat: false });
             (outcome, inner.waker.take())
         };
         if let Some(waker) = waker {
@@ -264,11 +255,7 @@ impl Queue {
             if std::mem::replace(&mut inner.active, false) || !inner.entries.is_empty() {
                 return false;
             }
-            inner.entries.push_back(Entry {
-                bytes: bytes.clone(),
-                key: None,
-                heartbeat: true,
-            });
+            inner.entries.push_back(Entry { bytes: bytes.clone(), key: None, heartbeat: true });
             inner.waker.take()
         };
         if let Some(waker) = waker {
@@ -286,11 +273,7 @@ impl Queue {
             return false;
         }
         if let Some(bytes) = last {
-            inner.entries.push_back(Entry {
-                bytes: bytes.clone(),
-                key: None,
-                heartbeat: false,
-            });
+            inner.entries.push_back(Entry { bytes: bytes.clone(), key: None, heartbeat: false });
         }
         self.end_locked(inner, reason, discard) == Pushed::Disconnected
     }
@@ -303,11 +286,7 @@ impl Queue {
         discard: bool,
     ) -> Pushed {
         inner.ended = Some(reason);
-        let dropped = if discard {
-            std::mem::take(&mut inner.entries)
-        } else {
-            VecDeque::new()
-        };
+        let dropped = if discard { std::mem::take(&mut inner.entries) } else { VecDeque::new() };
         let waker = inner.waker.take();
         drop(inner);
         // Frames are released outside the lock.
@@ -338,10 +317,7 @@ impl Queue {
                     _ => inner.waker = Some(waker.clone()),
                 }
             }
-            return Ok(Drained {
-                frames: Vec::new(),
-                lagged: std::mem::take(&mut inner.lagged),
-            });
+            return Ok(Drained { frames: Vec::new(), lagged: std::mem::take(&mut inner.lagged) });
         }
         let mut count = 0;
         let mut bytes = 0;
@@ -358,10 +334,7 @@ impl Queue {
         if inner.entries.is_empty() && capacity > 128 && count < capacity / 8 {
             inner.entries.shrink_to(count.max(16));
         }
-        Ok(Drained {
-            frames,
-            lagged: std::mem::take(&mut inner.lagged),
-        })
+        Ok(Drained { frames, lagged: std::mem::take(&mut inner.lagged) })
     }
 
     /// The number of queued frames.

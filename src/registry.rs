@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::history::{History, HistoryLimits};
 use crate::idmap::IdMap;
 use crate::queue::Queue;
 use crate::sync::{arc_swap, lock, Arc, ArcSwap, Guard, Mutex, SharedStr};
@@ -35,9 +36,9 @@ pub(crate) struct TopicState {
     pub(crate) name: SharedStr,
     /// Everyone who receives this topic's events.
     pub(crate) subscribers: ArcSwap<IdMap<Arc<Slot>>>,
-    /// Serialises publishes to this topic, so every subscriber sees one order. Uncontended with
-    /// one publisher per topic; other topics never wait on it.
-    pub(crate) sequencer: Mutex<()>,
+    /// The replay ring. Written and read only under the hub's sequencer, so its lock is never
+    /// contended on the publish path.
+    pub(crate) history: Mutex<History>,
 }
 
 /// The read side of the topic map.
@@ -87,6 +88,9 @@ struct Writer {
     patterns: HashMap<Box<str>, PatternEntry>,
     /// Live subscribers.
     subscribers: HashMap<u64, SubscriberEntry>,
+    /// The highest sequence number evicted from the history of a topic that no longer exists: a
+    /// resume point below it may have missed events nobody can replay.
+    floor: u64,
 }
 
 /// Why the registry refused a subscriber.
@@ -128,14 +132,15 @@ impl Registry {
         self.topics.load().get(topic).cloned()
     }
 
-    /// The state a publish to `topic` goes through: the existing one (lock-free), or, when a
-    /// live pattern matches a topic that does not exist yet, a new one holding the pattern's
-    /// subscribers. `None` when nobody can receive it.
-    pub(crate) fn topic_for_publish(&self, topic: &str) -> Option<Arc<TopicState>> {
+    /// The state a publish to `topic` goes through: the existing one (lock-free), or a new one
+    /// when `keep` is set (history is on, so the topic must remember the event) or a live
+    /// pattern matches (the new topic holds the pattern's subscribers). `None` when nobody can
+    /// receive the event and nothing needs to remember it.
+    pub(crate) fn topic_for_publish(&self, topic: &str, keep: bool) -> Option<Arc<TopicState>> {
         if let Some(state) = self.topic(topic) {
             return Some(state);
         }
-        if !self.patterns.load().iter().any(|p| p.matches(topic)) {
+        if !keep && !self.patterns.load().iter().any(|p| p.matches(topic)) {
             return None;
         }
         let mut writer = lock(&self.writer);
@@ -145,15 +150,36 @@ impl Registry {
         let name: SharedStr = topic.into();
         let state = self.ensure_topic(&mut writer, &name);
         // A pattern subscriber may have left between the check and the lock.
-        let empty = writer
-            .topics
-            .get(&name)
-            .is_some_and(|e| e.members.is_empty());
-        if empty {
+        let empty = writer.topics.get(&name).is_some_and(|e| e.members.is_empty());
+        if empty && !keep {
             self.remove_topic(&mut writer, &name);
             return None;
         }
         Some(state)
+    }
+
+    /// Prunes every topic's history by age and removes the topics left with neither
+    /// subscribers nor history.
+    pub(crate) fn sweep(&self, now: std::time::Instant, limits: &HistoryLimits) {
+        let mut writer = lock(&self.writer);
+        let idle: Vec<SharedStr> = writer
+            .topics
+            .iter()
+            .filter(|(_, entry)| {
+                let mut history = lock(&entry.state.history);
+                history.prune(now, limits);
+                entry.members.is_empty() && history.is_empty()
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in idle {
+            self.remove_topic(&mut writer, &name);
+        }
+    }
+
+    /// See [`Writer::floor`].
+    pub(crate) fn floor(&self) -> u64 {
+        lock(&self.writer).floor
     }
 
     /// Every subscriber (lock-free snapshot).
@@ -175,14 +201,15 @@ impl Registry {
             .collect()
     }
 
-    /// Registers `slot` on `topics` and `patterns` (both distinct).
+    /// Registers `slot` on `topics` and `patterns` (both distinct); returns every topic it now
+    /// receives (named or matched).
     pub(crate) fn subscribe(
         &self,
         slot: &Arc<Slot>,
         topics: Vec<SharedStr>,
         patterns: Vec<Pattern>,
         max_subscribers: usize,
-    ) -> Result<(), Refused> {
+    ) -> Result<Vec<Arc<TopicState>>, Refused> {
         let mut writer = lock(&self.writer);
         if writer.closed {
             return Err(Refused::Closed);
@@ -200,21 +227,19 @@ impl Registry {
             },
         );
         self.subscribers.rcu(|all| all.insert(id, slot.clone()));
+        let mut received: HashSet<SharedStr> = HashSet::new();
         for topic in &topics {
             self.ensure_topic(&mut writer, topic);
             Self::add_member(&mut writer, topic, slot);
+            received.insert(topic.clone());
         }
         let mut new_pattern = false;
         for pattern in patterns {
             let source: Box<str> = pattern.as_str().into();
             if !writer.patterns.contains_key(&source) {
                 new_pattern = true;
-                let matched: HashSet<SharedStr> = writer
-                    .topics
-                    .keys()
-                    .filter(|t| pattern.matches(t))
-                    .cloned()
-                    .collect();
+                let matched: HashSet<SharedStr> =
+                    writer.topics.keys().filter(|t| pattern.matches(t)).cloned().collect();
                 for topic in &matched {
                     if let Some(entry) = writer.topics.get_mut(topic) {
                         entry.patterns.push(source.clone());
@@ -222,11 +247,7 @@ impl Registry {
                 }
                 writer.patterns.insert(
                     source.clone(),
-                    PatternEntry {
-                        pattern,
-                        subscribers: HashSet::new(),
-                        topics: matched,
-                    },
+                    PatternEntry { pattern, subscribers: HashSet::new(), topics: matched },
                 );
             }
             let matched: Vec<SharedStr> = match writer.patterns.get_mut(&source) {
@@ -238,12 +259,13 @@ impl Registry {
             };
             for topic in &matched {
                 Self::add_member(&mut writer, topic, slot);
+                received.insert(topic.clone());
             }
         }
         if new_pattern {
             self.publish_patterns(&writer);
         }
-        Ok(())
+        Ok(received.iter().filter_map(|t| writer.topics.get(t).map(|e| e.state.clone())).collect())
     }
 
     /// Removes subscriber `id` everywhere; its slot, if it was registered.
@@ -259,10 +281,7 @@ impl Registry {
             let (matched, now_empty) = match writer.patterns.get_mut(source) {
                 Some(p) => {
                     p.subscribers.remove(&id);
-                    (
-                        p.topics.iter().cloned().collect::<Vec<_>>(),
-                        p.subscribers.is_empty(),
-                    )
+                    (p.topics.iter().cloned().collect::<Vec<_>>(), p.subscribers.is_empty())
                 }
                 None => continue,
             };
@@ -289,11 +308,7 @@ impl Registry {
     pub(crate) fn close(&self) -> Vec<Arc<Slot>> {
         let mut writer = lock(&self.writer);
         writer.closed = true;
-        writer
-            .subscribers
-            .values()
-            .map(|e| e.slot.clone())
-            .collect()
+        writer.subscribers.values().map(|e| e.slot.clone()).collect()
     }
 
     /// Returns the topic's state, creating it (and adding the subscribers of every pattern that
@@ -305,7 +320,7 @@ impl Registry {
         let state = Arc::new(TopicState {
             name: name.clone(),
             subscribers: arc_swap(IdMap::new()),
-            sequencer: Mutex::new(()),
+            history: Mutex::new(History::default()),
         });
         let mut members = HashMap::new();
         let mut set = IdMap::new();
@@ -327,17 +342,9 @@ impl Registry {
             }
         }
         state.subscribers.store(Arc::new(set));
-        writer.topics.insert(
-            name.clone(),
-            TopicEntry {
-                state: state.clone(),
-                members,
-                patterns,
-            },
-        );
+        writer.topics.insert(name.clone(), TopicEntry { state: state.clone(), members, patterns });
         let (key, value) = (name.clone(), state.clone());
-        self.topics
-            .rcu(|map| map.update(key.clone(), value.clone()));
+        self.topics.rcu(|map| map.update(key.clone(), value.clone()));
         state
     }
 
@@ -348,10 +355,7 @@ impl Registry {
         };
         let count = entry.members.entry(slot.id).or_insert(0);
         if *count == 0 {
-            entry
-                .state
-                .subscribers
-                .rcu(|set| set.insert(slot.id, slot.clone()));
+            entry.state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
         }
         *count += 1;
     }
@@ -371,7 +375,7 @@ impl Registry {
         }
         entry.members.remove(&id);
         entry.state.subscribers.rcu(|set| set.remove(id));
-        if entry.members.is_empty() {
+        if entry.members.is_empty() && lock(&entry.state.history).is_empty() {
             self.remove_topic(writer, topic);
         }
     }
@@ -381,6 +385,7 @@ impl Registry {
         let Some(entry) = writer.topics.remove(topic) else {
             return;
         };
+        writer.floor = writer.floor.max(lock(&entry.state.history).last_seq());
         for source in &entry.patterns {
             if let Some(p) = writer.patterns.get_mut(source) {
                 p.topics.remove(topic);
@@ -391,11 +396,7 @@ impl Registry {
 
     /// Publishes the list of live patterns for lock-free checks by publishers.
     fn publish_patterns(&self, writer: &Writer) {
-        let list: Vec<Pattern> = writer
-            .patterns
-            .values()
-            .map(|p| p.pattern.clone())
-            .collect();
+        let list: Vec<Pattern> = writer.patterns.values().map(|p| p.pattern.clone()).collect();
         self.patterns.store(Arc::new(list));
     }
 }

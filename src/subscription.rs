@@ -1,5 +1,6 @@
 //! The consumer side: a `Stream` of batches of shared frames.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -96,8 +97,9 @@ pub struct Subscription {
     shared: Arc<Shared>,
     /// This subscriber's queue.
     slot: Arc<Slot>,
-    /// The `connected` frame, until it is handed over.
-    first: Option<Bytes>,
+    /// Frames that go before anything queued: the `connected` event or `retry:` hint, then the
+    /// replayed events or a `reset`. Bounded by the hub's replay limit.
+    pending: VecDeque<Bytes>,
     /// Why the stream ended, once it has.
     ended: Option<EndReason>,
 }
@@ -114,13 +116,8 @@ impl fmt::Debug for Subscription {
 
 impl Subscription {
     /// Wraps a registered slot.
-    pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>, first: Option<Bytes>) -> Self {
-        Subscription {
-            shared,
-            slot,
-            first,
-            ended: None,
-        }
+    pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>, pending: VecDeque<Bytes>) -> Self {
+        Subscription { shared, slot, pending, ended: None }
     }
 
     /// This subscriber's id.
@@ -226,28 +223,33 @@ impl Subscription {
             return Poll::Ready(None);
         }
         let config = &self.shared.config;
-        let drained = self.slot.queue.drain(
-            config.max_batch_frames,
-            config.max_batch_bytes,
-            cx.map(|cx| cx.waker()),
-        );
-        let drained = match drained {
-            Ok(drained) => drained,
-            Err(reason) => {
-                self.ended = Some(reason);
-                return Poll::Ready(None);
-            }
-        };
-        if drained.frames.is_empty() && drained.lagged == 0 && self.first.is_none() {
+        // Pending frames (connected, replay or reset) go out before live frames, in batches of
+        // the usual size; live frames wait in the queue meanwhile, within its bound.
+        let take = self.pending.len().min(config.max_batch_frames);
+        let mut frames: Vec<Bytes> = self.pending.drain(..take).collect();
+        if !self.pending.is_empty() {
+            return Poll::Ready(Some(Batch::new(frames, 0)));
+        }
+        let room = config.max_batch_frames - frames.len();
+        if room == 0 {
+            return Poll::Ready(Some(Batch::new(frames, 0)));
+        }
+        let drained =
+            match self.slot.queue.drain(room, config.max_batch_bytes, cx.map(|cx| cx.waker())) {
+                Ok(drained) => drained,
+                Err(_) if !frames.is_empty() => return Poll::Ready(Some(Batch::new(frames, 0))),
+                Err(reason) => {
+                    self.ended = Some(reason);
+                    return Poll::Ready(None);
+                }
+            };
+        if frames.is_empty() && drained.frames.is_empty() && drained.lagged == 0 {
             return Poll::Pending;
         }
-        let mut frames = drained.frames;
-        let lag_frame =
-            (drained.lagged > 0 && config.lag_event).then(|| crate::hub::lag_frame(drained.lagged));
-        if self.first.is_some() || lag_frame.is_some() {
-            let front: Vec<Bytes> = self.first.take().into_iter().chain(lag_frame).collect();
-            frames.splice(0..0, front);
+        if drained.lagged > 0 && config.lag_event {
+            frames.push(crate::hub::lag_frame(drained.lagged));
         }
+        frames.extend(drained.frames);
         Poll::Ready(Some(Batch::new(frames, drained.lagged)))
     }
 }

@@ -26,10 +26,7 @@ fn validate_name(name: &str, max_len: usize) -> Result<(), TopicError> {
         return Err(TopicError::Empty);
     }
     if name.len() > max_len {
-        return Err(TopicError::TooLong {
-            len: name.len(),
-            max: max_len,
-        });
+        return Err(TopicError::TooLong { len: name.len(), max: max_len });
     }
     for c in name.chars() {
         if c.is_control() {
@@ -101,16 +98,10 @@ impl Pattern {
     /// Parses a pattern of at most `max_len` bytes.
     pub(crate) fn with_max_len(source: &str, max_len: usize) -> Result<Pattern, TopicError> {
         validate_name(source, max_len)?;
-        let pieces = source.contains('*').then(|| {
-            source
-                .split('*')
-                .map(Box::from)
-                .collect::<Box<[Box<str>]>>()
-        });
-        Ok(Pattern {
-            source: source.into(),
-            pieces,
-        })
+        let pieces = source
+            .contains('*')
+            .then(|| source.split('*').map(Box::from).collect::<Box<[Box<str>]>>());
+        Ok(Pattern { source: source.into(), pieces })
     }
 
     /// Whether `topic` matches, in time linear in `topic.len() + self.as_str().len()`.
@@ -224,15 +215,9 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert_eq!(validate_topic("", 8), Err(TopicError::Empty));
-        assert_eq!(
-            validate_topic("abcdefghi", 8),
-            Err(TopicError::TooLong { len: 9, max: 8 })
-        );
+        assert_eq!(validate_topic("abcdefghi", 8), Err(TopicError::TooLong { len: 9, max: 8 }));
         assert_eq!(validate_topic("a\nb", 8), Err(TopicError::ControlChar));
-        assert_eq!(
-            validate_topic("a\u{200B}b", 8),
-            Err(TopicError::InvisibleChar)
-        );
+        assert_eq!(validate_topic("a\u{200B}b", 8), Err(TopicError::InvisibleChar));
         assert_eq!(validate_topic("a*", 8), Err(TopicError::Wildcard));
         assert_eq!(validate_topic("prix:€", 8), Ok(()));
     }

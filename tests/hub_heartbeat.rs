@@ -18,9 +18,7 @@ fn next_batch(sub: &mut Subscription) -> Vec<u8> {
 
 #[test]
 fn idle_subscribers_get_a_shared_keep_alive_comment() {
-    let hub = Hub::builder()
-        .with_heartbeat(Some(Duration::from_millis(20)))
-        .build();
+    let hub = Hub::builder().with_heartbeat(Some(Duration::from_millis(20))).build();
     let mut a = hub.subscribe("a").unwrap();
     let mut b = hub.subscribe("b").unwrap();
     assert_eq!(next_batch(&mut a), b": keep-alive\n");
@@ -30,15 +28,9 @@ fn idle_subscribers_get_a_shared_keep_alive_comment() {
 
 #[test]
 fn a_heartbeat_never_displaces_or_evicts_an_event() {
-    let hub = Hub::builder()
-        .with_heartbeat(Some(Duration::from_millis(5)))
-        .build();
+    let hub = Hub::builder().with_heartbeat(Some(Duration::from_millis(5))).build();
     let sub = hub
-        .subscribe(
-            Subscribe::from("t")
-                .with_capacity(1)
-                .with_policy(SlowPolicy::DropOldest),
-        )
+        .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::DropOldest))
         .unwrap();
     hub.publish("t", Event::new("kept")).unwrap();
     // Many ticks pass while the one slot is taken by an event.
@@ -50,12 +42,8 @@ fn a_heartbeat_never_displaces_or_evicts_an_event() {
 
 #[test]
 fn an_event_displaces_a_queued_heartbeat_without_loss() {
-    let hub = Hub::builder()
-        .with_heartbeat(Some(Duration::from_millis(5)))
-        .build();
-    let mut sub = hub
-        .subscribe(Subscribe::from("t").with_capacity(1))
-        .unwrap();
+    let hub = Hub::builder().with_heartbeat(Some(Duration::from_millis(5))).build();
+    let mut sub = hub.subscribe(Subscribe::from("t").with_capacity(1)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while sub.queued() == 0 {
         assert!(Instant::now() < deadline, "no heartbeat within 10 s");

@@ -11,8 +11,7 @@ async fn shutdown_ends_every_stream_after_what_was_queued() {
     let mut a = hub.subscribe("t").unwrap();
     let mut b = hub.subscribe(Subscribe::new().with_pattern("*")).unwrap();
     hub.publish("t", Event::new("before")).unwrap();
-    hub.shutdown_with(Event::new("bye").with_retry(Duration::from_secs(3)))
-        .unwrap();
+    hub.shutdown_with(Event::new("bye").with_retry(Duration::from_secs(3))).unwrap();
     for sub in [&mut a, &mut b] {
         let batch = sub.next().await.expect("the queued frames");
         let bytes = batch.into_bytes();
@@ -29,10 +28,7 @@ async fn shutdown_ends_every_stream_after_what_was_queued() {
         Err(PublishError::Closed(event)) => assert_eq!(event.data(), Some("late")),
         other => panic!("expected Closed, got {other:?}"),
     }
-    assert!(matches!(
-        hub.broadcast(Event::new("late")),
-        Err(PublishError::Closed(_))
-    ));
+    assert!(matches!(hub.broadcast(Event::new("late")), Err(PublishError::Closed(_))));
     assert_eq!(hub.subscribe("t").unwrap_err(), SubscribeError::Closed);
     drop((a, b));
     let stats = hub.stats();
@@ -52,10 +48,8 @@ async fn a_parked_stream_wakes_up_at_shutdown() {
     });
     tokio::task::yield_now().await;
     hub.shutdown();
-    let (batches, reason) = tokio::time::timeout(Duration::from_secs(10), reader)
-        .await
-        .unwrap()
-        .unwrap();
+    let (batches, reason) =
+        tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
     assert_eq!((batches, reason), (0, Some(EndReason::Shutdown)));
 }
 
@@ -85,8 +79,7 @@ fn counts_return_to_zero_after_churn() {
                 .unwrap()
             })
             .collect();
-        hub.publish(&format!("p{}:x", round % 3), Event::new("x"))
-            .unwrap();
+        hub.publish(&format!("p{}:x", round % 3), Event::new("x")).unwrap();
         assert_eq!(hub.subscriber_count(), 200);
         drop(subs);
         let stats = hub.stats();

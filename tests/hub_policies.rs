@@ -17,10 +17,7 @@ fn drain(sub: &mut Subscription) -> Vec<String> {
 }
 
 fn frames(batch: Batch) -> Vec<String> {
-    batch
-        .into_iter()
-        .map(|b| String::from_utf8(b.to_vec()).expect("utf-8 frames"))
-        .collect()
+    batch.into_iter().map(|b| String::from_utf8(b.to_vec()).expect("utf-8 frames")).collect()
 }
 
 fn data(n: usize) -> Event {
@@ -30,12 +27,8 @@ fn data(n: usize) -> Event {
 #[test]
 fn disconnect_drops_the_slow_client_and_spares_the_others() {
     let hub = hub();
-    let mut slow = hub
-        .subscribe(Subscribe::from("t").with_capacity(4))
-        .unwrap();
-    let mut fast = hub
-        .subscribe(Subscribe::from("t").with_capacity(4))
-        .unwrap();
+    let mut slow = hub.subscribe(Subscribe::from("t").with_capacity(4)).unwrap();
+    let mut fast = hub.subscribe(Subscribe::from("t").with_capacity(4)).unwrap();
     for n in 0..100 {
         hub.publish("t", data(n)).unwrap();
         // The fast client keeps up; the slow one never reads.
@@ -59,11 +52,7 @@ fn disconnect_drops_the_slow_client_and_spares_the_others() {
 fn drop_oldest_keeps_the_newest_and_reports_the_lag() {
     let hub = hub();
     let mut sub = hub
-        .subscribe(
-            Subscribe::from("t")
-                .with_capacity(3)
-                .with_policy(SlowPolicy::DropOldest),
-        )
+        .subscribe(Subscribe::from("t").with_capacity(3).with_policy(SlowPolicy::DropOldest))
         .unwrap();
     for n in 0..10 {
         hub.publish("t", data(n)).unwrap();
@@ -92,16 +81,9 @@ fn drop_oldest_keeps_the_newest_and_reports_the_lag() {
 
 #[test]
 fn lag_event_can_be_turned_off() {
-    let hub = Hub::builder()
-        .with_heartbeat(None)
-        .with_lag_event(false)
-        .build();
+    let hub = Hub::builder().with_heartbeat(None).with_lag_event(false).build();
     let mut sub = hub
-        .subscribe(
-            Subscribe::from("t")
-                .with_capacity(1)
-                .with_policy(SlowPolicy::DropOldest),
-        )
+        .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::DropOldest))
         .unwrap();
     hub.publish("t", data(1)).unwrap();
     hub.publish("t", data(2)).unwrap();
@@ -113,35 +95,19 @@ fn lag_event_can_be_turned_off() {
 #[test]
 fn conflate_by_topic_keeps_the_latest_per_topic_in_order() {
     let hub = hub();
-    let policy = SlowPolicy::Conflate {
-        key: ConflateKey::Topic,
-    };
+    let policy = SlowPolicy::Conflate { key: ConflateKey::Topic };
     let mut sub = hub
-        .subscribe(
-            Subscribe::new()
-                .with_pattern("price:*")
-                .with_policy(policy)
-                .with_capacity(8),
-        )
+        .subscribe(Subscribe::new().with_pattern("price:*").with_policy(policy).with_capacity(8))
         .unwrap();
-    hub.publish("price:A", Event::new("a1").with_id("1"))
-        .unwrap();
-    hub.publish("price:B", Event::new("b1").with_id("2"))
-        .unwrap();
-    hub.publish("price:A", Event::new("a2").with_id("3"))
-        .unwrap();
-    hub.publish("price:C", Event::new("c1").with_id("4"))
-        .unwrap();
-    hub.publish("price:A", Event::new("a3").with_id("5"))
-        .unwrap();
+    hub.publish("price:A", Event::new("a1").with_id("1")).unwrap();
+    hub.publish("price:B", Event::new("b1").with_id("2")).unwrap();
+    hub.publish("price:A", Event::new("a2").with_id("3")).unwrap();
+    hub.publish("price:C", Event::new("c1").with_id("4")).unwrap();
+    hub.publish("price:A", Event::new("a3").with_id("5")).unwrap();
     // Replaced frames are removed and the newest appended, so ids stay increasing.
     assert_eq!(
         drain(&mut sub),
-        vec![
-            "id: 2\ndata: b1\n\n",
-            "id: 4\ndata: c1\n\n",
-            "id: 5\ndata: a3\n\n"
-        ]
+        vec!["id: 2\ndata: b1\n\n", "id: 4\ndata: c1\n\n", "id: 5\ndata: a3\n\n"]
     );
     let stats = hub.stats();
     assert_eq!(stats.frames_conflated, 2);
@@ -151,59 +117,31 @@ fn conflate_by_topic_keeps_the_latest_per_topic_in_order() {
 #[test]
 fn conflate_by_event_name_and_by_explicit_key() {
     let hub = hub();
-    let by_name = SlowPolicy::Conflate {
-        key: ConflateKey::EventName,
-    };
-    let by_key = SlowPolicy::Conflate {
-        key: ConflateKey::Explicit,
-    };
-    let mut named = hub
-        .subscribe(Subscribe::from("m").with_policy(by_name))
-        .unwrap();
-    let mut keyed = hub
-        .subscribe(Subscribe::from("m").with_policy(by_key))
-        .unwrap();
-    hub.publish("m", Event::new("1").with_event("bid").with_key("X"))
-        .unwrap();
-    hub.publish("m", Event::new("2").with_event("ask").with_key("X"))
-        .unwrap();
-    hub.publish("m", Event::new("3").with_event("bid").with_key("Y"))
-        .unwrap();
+    let by_name = SlowPolicy::Conflate { key: ConflateKey::EventName };
+    let by_key = SlowPolicy::Conflate { key: ConflateKey::Explicit };
+    let mut named = hub.subscribe(Subscribe::from("m").with_policy(by_name)).unwrap();
+    let mut keyed = hub.subscribe(Subscribe::from("m").with_policy(by_key)).unwrap();
+    hub.publish("m", Event::new("1").with_event("bid").with_key("X")).unwrap();
+    hub.publish("m", Event::new("2").with_event("ask").with_key("X")).unwrap();
+    hub.publish("m", Event::new("3").with_event("bid").with_key("Y")).unwrap();
     hub.publish("m", Event::new("4")).unwrap();
     hub.publish("m", Event::new("5")).unwrap();
     assert_eq!(
         drain(&mut named),
-        vec![
-            "event: ask\ndata: 2\n\n",
-            "event: bid\ndata: 3\n\n",
-            "data: 4\n\n",
-            "data: 5\n\n"
-        ]
+        vec!["event: ask\ndata: 2\n\n", "event: bid\ndata: 3\n\n", "data: 4\n\n", "data: 5\n\n"]
     );
     assert_eq!(
         drain(&mut keyed),
-        vec![
-            "event: ask\ndata: 2\n\n",
-            "event: bid\ndata: 3\n\n",
-            "data: 4\n\n",
-            "data: 5\n\n"
-        ]
+        vec!["event: ask\ndata: 2\n\n", "event: bid\ndata: 3\n\n", "data: 4\n\n", "data: 5\n\n"]
     );
 }
 
 #[test]
 fn conflate_with_a_full_queue_of_distinct_keys_drops_the_oldest() {
     let hub = hub();
-    let policy = SlowPolicy::Conflate {
-        key: ConflateKey::Topic,
-    };
+    let policy = SlowPolicy::Conflate { key: ConflateKey::Topic };
     let mut sub = hub
-        .subscribe(
-            Subscribe::new()
-                .with_pattern("k:*")
-                .with_policy(policy)
-                .with_capacity(2),
-        )
+        .subscribe(Subscribe::new().with_pattern("k:*").with_policy(policy).with_capacity(2))
         .unwrap();
     for topic in ["k:1", "k:2", "k:3"] {
         hub.publish(topic, Event::new(topic)).unwrap();
@@ -217,11 +155,7 @@ fn conflate_with_a_full_queue_of_distinct_keys_drops_the_oldest() {
 fn a_subscriber_that_never_reads_holds_at_most_its_bound() {
     let hub = hub();
     let stuck = hub
-        .subscribe(
-            Subscribe::from("t")
-                .with_capacity(16)
-                .with_policy(SlowPolicy::DropOldest),
-        )
+        .subscribe(Subscribe::from("t").with_capacity(16).with_policy(SlowPolicy::DropOldest))
         .unwrap();
     let mut reader = hub.subscribe("t").unwrap();
     for n in 0..10_000 {
@@ -241,11 +175,7 @@ fn publish_never_waits_for_a_parked_consumer() {
     // publisher runs to completion even though the consumer never gets to run in between.
     let hub = hub();
     let sub = hub
-        .subscribe(
-            Subscribe::from("t")
-                .with_capacity(8)
-                .with_policy(SlowPolicy::DropOldest),
-        )
+        .subscribe(Subscribe::from("t").with_capacity(8).with_policy(SlowPolicy::DropOldest))
         .unwrap();
     let publisher = {
         let hub = hub.clone();

@@ -9,11 +9,7 @@ fn hub() -> Hub {
 fn drain(sub: &mut Subscription) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(Some(batch)) = sub.try_recv() {
-        out.extend(
-            batch
-                .into_iter()
-                .map(|b| String::from_utf8(b.to_vec()).unwrap()),
-        );
+        out.extend(batch.into_iter().map(|b| String::from_utf8(b.to_vec()).unwrap()));
     }
     out
 }
@@ -34,9 +30,7 @@ fn topics_reach_only_their_subscribers() {
 fn patterns_match_existing_and_future_topics() {
     let hub = hub();
     let _existing = hub.subscribe("fleet:t1:temp").unwrap();
-    let mut temps = hub
-        .subscribe(Subscribe::new().with_pattern("fleet:*:temp"))
-        .unwrap();
+    let mut temps = hub.subscribe(Subscribe::new().with_pattern("fleet:*:temp")).unwrap();
     hub.publish("fleet:t1:temp", Event::new("20")).unwrap();
     // A topic nobody named yet: the pattern still receives it.
     hub.publish("fleet:t2:temp", Event::new("21")).unwrap();
@@ -69,9 +63,7 @@ fn overlapping_topics_and_patterns_deliver_once() {
 #[test]
 fn leaving_removes_topics_and_patterns() {
     let hub = hub();
-    let a = hub
-        .subscribe(Subscribe::new().with_topic("x").with_pattern("y:*"))
-        .unwrap();
+    let a = hub.subscribe(Subscribe::new().with_topic("x").with_pattern("y:*")).unwrap();
     let b = hub.subscribe(Subscribe::new().with_pattern("y:*")).unwrap();
     hub.publish("y:1", Event::new("1")).unwrap();
     assert_eq!(hub.stats().topics, 2);
@@ -88,9 +80,7 @@ fn leaving_removes_topics_and_patterns() {
 #[test]
 fn broadcast_reaches_everyone_once() {
     let hub = hub();
-    let mut a = hub
-        .subscribe(Subscribe::new().with_topic("a").with_pattern("*"))
-        .unwrap();
+    let mut a = hub.subscribe(Subscribe::new().with_topic("a").with_pattern("*")).unwrap();
     let mut none = hub.subscribe(Subscribe::new()).unwrap();
     assert_eq!(hub.broadcast(Event::new("all")).unwrap().receivers(), 2);
     assert_eq!(drain(&mut a), ["data: all\n\n"]);
@@ -104,8 +94,7 @@ fn targeted_sends_reach_only_their_targets() {
     let mut b = hub.subscribe("t").unwrap();
     let mut c = hub.subscribe("t").unwrap();
     hub.send_to(b.id(), Event::new("for b")).unwrap();
-    hub.send_to_many(&[a.id(), c.id()], Event::new("for a and c"))
-        .unwrap();
+    hub.send_to_many(&[a.id(), c.id()], Event::new("for a and c")).unwrap();
     assert_eq!(drain(&mut a), ["data: for a and c\n\n"]);
     assert_eq!(drain(&mut b), ["data: for b\n\n"]);
     assert_eq!(drain(&mut c), ["data: for a and c\n\n"]);
@@ -131,24 +120,15 @@ fn invalid_names_are_typed_errors() {
     );
     assert!(matches!(
         hub.subscribe("a*"),
-        Err(SubscribeError::Topic {
-            error: TopicError::Wildcard,
-            ..
-        })
+        Err(SubscribeError::Topic { error: TopicError::Wildcard, .. })
     ));
     assert!(matches!(
         hub.subscribe(Subscribe::new().with_pattern("")),
-        Err(SubscribeError::Topic {
-            error: TopicError::Empty,
-            ..
-        })
+        Err(SubscribeError::Topic { error: TopicError::Empty, .. })
     ));
     assert!(matches!(
         hub.subscribe("a\u{202E}b"),
-        Err(SubscribeError::Topic {
-            error: TopicError::InvisibleChar,
-            ..
-        })
+        Err(SubscribeError::Topic { error: TopicError::InvisibleChar, .. })
     ));
     assert_eq!(
         hub.subscribe(["a", "b", "c"]).unwrap_err(),
@@ -169,10 +149,7 @@ fn invalid_names_are_typed_errors() {
 
 #[test]
 fn invalid_events_are_refused_before_anything_is_delivered() {
-    let hub = Hub::builder()
-        .with_heartbeat(None)
-        .with_max_event_bytes(64)
-        .build();
+    let hub = Hub::builder().with_heartbeat(None).with_max_event_bytes(64).build();
     let mut sub = hub.subscribe("t").unwrap();
     for bad in [
         Event::new("x").with_event("a\nb"),
@@ -180,18 +157,9 @@ fn invalid_events_are_refused_before_anything_is_delivered() {
         Event::new("x").with_id("a\0b"),
         Event::new("x".repeat(100)),
     ] {
-        assert!(matches!(
-            hub.publish("t", bad.clone()),
-            Err(PublishError::Event(_))
-        ));
-        assert!(matches!(
-            hub.broadcast(bad.clone()),
-            Err(PublishError::Event(_))
-        ));
-        assert!(matches!(
-            hub.send_to(sub.id(), bad),
-            Err(PublishError::Event(_))
-        ));
+        assert!(matches!(hub.publish("t", bad.clone()), Err(PublishError::Event(_))));
+        assert!(matches!(hub.broadcast(bad.clone()), Err(PublishError::Event(_))));
+        assert!(matches!(hub.send_to(sub.id(), bad), Err(PublishError::Event(_))));
     }
     assert!(drain(&mut sub).is_empty());
     assert_eq!(hub.stats().events_published, 0);
@@ -220,10 +188,7 @@ fn every_receiver_shares_one_encoding() {
 fn many_publishers_to_one_topic_give_every_subscriber_one_order() {
     let hub = hub();
     let mut subs: Vec<_> = (0..4)
-        .map(|_| {
-            hub.subscribe(Subscribe::from("t").with_capacity(10_000))
-                .unwrap()
-        })
+        .map(|_| hub.subscribe(Subscribe::from("t").with_capacity(10_000)).unwrap())
         .collect();
     let threads: Vec<_> = (0..4)
         .map(|p| {

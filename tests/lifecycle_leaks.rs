@@ -14,16 +14,12 @@ fn live_bytes() -> u64 {
 }
 
 fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
 }
 
 fn exercise() {
-    let hub = Hub::builder()
-        .with_heartbeat(Some(Duration::from_millis(2)))
-        .with_capacity(8)
-        .build();
+    let hub =
+        Hub::builder().with_heartbeat(Some(Duration::from_millis(2))).with_capacity(8).build();
     let subs: Vec<_> = (0..100)
         .map(|i| {
             let request = Subscribe::new()
@@ -38,13 +34,8 @@ fn exercise() {
         })
         .collect();
     for n in 0..50 {
-        hub.publish(
-            &format!("t{}", n % 10),
-            Event::new("x").with_id(n.to_string()),
-        )
-        .unwrap();
-        hub.publish(&format!("p{}:{n}", n % 4), Event::new("y"))
-            .unwrap();
+        hub.publish(&format!("t{}", n % 10), Event::new("x").with_id(n.to_string())).unwrap();
+        hub.publish(&format!("p{}:{n}", n % 4), Event::new("y")).unwrap();
     }
     hub.broadcast(Event::new("all")).unwrap();
     std::thread::sleep(Duration::from_millis(20));

@@ -12,18 +12,10 @@ fn counters_and_gauges_reach_the_recorder() {
         let hub = Hub::builder().with_heartbeat(None).build();
         let _a = hub.subscribe("t").unwrap();
         let _slow = hub
-            .subscribe(
-                Subscribe::from("t")
-                    .with_capacity(1)
-                    .with_policy(SlowPolicy::Disconnect),
-            )
+            .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::Disconnect))
             .unwrap();
         let _lag = hub
-            .subscribe(
-                Subscribe::from("t")
-                    .with_capacity(1)
-                    .with_policy(SlowPolicy::DropOldest),
-            )
+            .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::DropOldest))
             .unwrap();
         hub.publish("t", Event::new("1")).unwrap();
         hub.publish("t", Event::new("2")).unwrap();
@@ -43,12 +35,6 @@ fn counters_and_gauges_reach_the_recorder() {
     assert_eq!(counter("ssehub_frames_delivered_total"), 5);
     assert_eq!(counter("ssehub_frames_dropped_total"), 1);
     assert_eq!(counter("ssehub_slow_disconnects_total"), 1);
-    assert!(matches!(
-        values.get("ssehub_subscribers"),
-        Some(DebugValue::Gauge(_))
-    ));
-    assert!(matches!(
-        values.get("ssehub_topics"),
-        Some(DebugValue::Gauge(_))
-    ));
+    assert!(matches!(values.get("ssehub_subscribers"), Some(DebugValue::Gauge(_))));
+    assert!(matches!(values.get("ssehub_topics"), Some(DebugValue::Gauge(_))));
 }

@@ -39,31 +39,23 @@ fn a_burst_wakes_the_consumer_once_and_arrives_in_one_batch() {
 
 #[test]
 fn batches_are_capped_in_frames_and_bytes() {
-    let hub = Hub::builder()
-        .with_heartbeat(None)
-        .with_max_batch(4, 1 << 20)
-        .build();
+    let hub = Hub::builder().with_heartbeat(None).with_max_batch(4, 1 << 20).build();
     let mut sub = hub.subscribe("t").unwrap();
     for n in 0..10 {
         hub.publish("t", Event::new(n.to_string())).unwrap();
     }
-    let sizes: Vec<usize> = std::iter::from_fn(|| sub.try_recv().unwrap())
-        .map(|b| b.len())
-        .collect();
+    let sizes: Vec<usize> =
+        std::iter::from_fn(|| sub.try_recv().unwrap()).map(|b| b.len()).collect();
     assert_eq!(sizes, [4, 4, 2]);
 
-    let hub = Hub::builder()
-        .with_heartbeat(None)
-        .with_max_batch(64, 100)
-        .build();
+    let hub = Hub::builder().with_heartbeat(None).with_max_batch(64, 100).build();
     let mut sub = hub.subscribe("t").unwrap();
     for _ in 0..3 {
         hub.publish("t", Event::new("x".repeat(60))).unwrap();
     }
     // One 67-byte frame fits; two do not; a single frame over the cap still goes alone.
-    let sizes: Vec<usize> = std::iter::from_fn(|| sub.try_recv().unwrap())
-        .map(|b| b.len())
-        .collect();
+    let sizes: Vec<usize> =
+        std::iter::from_fn(|| sub.try_recv().unwrap()).map(|b| b.len()).collect();
     assert_eq!(sizes, [1, 1, 1]);
 }
 
@@ -94,10 +86,7 @@ fn a_batch_is_one_vectored_write_over_the_shared_frames() {
 
 #[test]
 fn the_connected_event_comes_first_and_carries_no_id() {
-    let hub = Hub::builder()
-        .with_heartbeat(None)
-        .with_connected_event(true)
-        .build();
+    let hub = Hub::builder().with_heartbeat(None).with_connected_event(true).build();
     let mut sub = hub.subscribe("t").unwrap();
     hub.publish("t", Event::new("x").with_id("1")).unwrap();
     let frames: Vec<_> = sub.try_recv().unwrap().unwrap().into_iter().collect();
@@ -107,18 +96,14 @@ fn the_connected_event_comes_first_and_carries_no_id() {
     );
     assert!(!frames[0].windows(3).any(|w| w == b"id:"));
     assert_eq!(frames[1], b"id: 1\ndata: x\n\n".as_slice());
-    let mut quiet = hub
-        .subscribe(Subscribe::from("t").with_connected_event(false))
-        .unwrap();
+    let mut quiet = hub.subscribe(Subscribe::from("t").with_connected_event(false)).unwrap();
     assert!(quiet.try_recv().unwrap().is_none());
 }
 
 #[test]
 fn dropping_a_subscription_unregisters_it() {
     let hub = Hub::builder().with_heartbeat(None).build();
-    let sub = hub
-        .subscribe(Subscribe::new().with_topic("t").with_pattern("u:*"))
-        .unwrap();
+    let sub = hub.subscribe(Subscribe::new().with_topic("t").with_pattern("u:*")).unwrap();
     assert_eq!(hub.subscriber_count(), 1);
     drop(sub);
     assert_eq!(hub.subscriber_count(), 0);
@@ -129,10 +114,7 @@ fn dropping_a_subscription_unregisters_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_task_receives_everything_published_from_another_thread() {
     use futures_util::StreamExt;
-    let hub = Hub::builder()
-        .with_heartbeat(None)
-        .with_capacity(100_000)
-        .build();
+    let hub = Hub::builder().with_heartbeat(None).with_capacity(100_000).build();
     let mut sub = hub.subscribe("t").unwrap();
     let publisher = {
         let hub = hub.clone();

@@ -39,9 +39,7 @@ impl Frame {
     pub fn comment(text: &str) -> Frame {
         let mut buf = BytesMut::with_capacity(text.len() + 3);
         put_lines(&mut buf, b"", text);
-        Frame {
-            bytes: buf.freeze(),
-        }
+        Frame { bytes: buf.freeze() }
     }
 
     /// Wraps bytes that are already a complete, valid SSE frame.
@@ -153,9 +151,7 @@ impl Event {
             buf.put_u8(b'\n');
         }
         debug_assert_eq!(buf.len(), size);
-        Ok(Frame {
-            bytes: buf.freeze(),
-        })
+        Ok(Frame { bytes: buf.freeze() })
     }
 
     /// Whether the frame carries fields (and so ends with a blank line).
@@ -200,9 +196,7 @@ fn field_len(name: usize, value: usize) -> usize {
 
 /// Length of `text` written as one field line per line.
 fn lines_len(name: usize, text: &str) -> usize {
-    split_lines(text)
-        .map(|line| field_len(name, line.len()))
-        .sum()
+    split_lines(text).map(|line| field_len(name, line.len())).sum()
 }
 
 /// Writes `name: value\n`, or `name:\n` when the value is empty.
@@ -276,18 +270,12 @@ mod tests {
     use super::*;
 
     fn wire(event: Event) -> Vec<u8> {
-        event
-            .encode()
-            .map(|f| f.into_bytes().to_vec())
-            .unwrap_or_default()
+        event.encode().map(|f| f.into_bytes().to_vec()).unwrap_or_default()
     }
 
     #[test]
     fn data_lines_split_on_every_line_ending() {
-        assert_eq!(
-            wire(Event::new("a\rb\nc\r\nd")),
-            b"data: a\ndata: b\ndata: c\ndata: d\n\n"
-        );
+        assert_eq!(wire(Event::new("a\rb\nc\r\nd")), b"data: a\ndata: b\ndata: c\ndata: d\n\n");
     }
 
     #[test]
@@ -310,19 +298,13 @@ mod tests {
 
     #[test]
     fn invalid_event_is_an_error_not_a_frame() {
-        assert_eq!(
-            Event::new("x").with_event("a\nb").encode(),
-            Err(EventError::LineBreakInEvent)
-        );
+        assert_eq!(Event::new("x").with_event("a\nb").encode(), Err(EventError::LineBreakInEvent));
     }
 
     #[test]
     fn size_limit_counts_the_encoded_frame() {
         let e = Event::new("12345");
         assert_eq!(e.encode_limited(13).map(|f| f.len()), Ok(13));
-        assert_eq!(
-            e.encode_limited(12),
-            Err(EventError::TooLarge { size: 13, max: 12 })
-        );
+        assert_eq!(e.encode_limited(12), Err(EventError::TooLarge { size: 13, max: 12 }));
     }
 }

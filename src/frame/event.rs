@@ -57,10 +57,7 @@ impl Event {
     /// ```
     #[must_use]
     pub fn new(data: impl Into<String>) -> Self {
-        Event {
-            data: Some(data.into()),
-            ..Event::default()
-        }
+        Event { data: Some(data.into()), ..Event::default() }
     }
 
     /// A comment-only frame (`: text`), which clients never dispatch. Without further fields it
@@ -75,10 +72,7 @@ impl Event {
     /// ```
     #[must_use]
     pub fn comment(text: impl Into<String>) -> Self {
-        Event {
-            comments: vec![text.into()],
-            ..Event::default()
-        }
+        Event { comments: vec![text.into()], ..Event::default() }
     }
 
     /// Sets the event type (`event:` field). Must not contain CR or LF.
@@ -321,10 +315,7 @@ mod tests {
 
     #[test]
     fn id_with_nul_is_refused() {
-        assert_eq!(
-            Event::new("x").with_id("a\0b").validate(),
-            Err(EventError::NulInId)
-        );
+        assert_eq!(Event::new("x").with_id("a\0b").validate(), Err(EventError::NulInId));
     }
 
     #[test]
@@ -335,9 +326,6 @@ mod tests {
 
     #[test]
     fn huge_retry_saturates() {
-        assert_eq!(
-            Event::new("x").with_retry(Duration::MAX).retry,
-            Some(u64::MAX)
-        );
+        assert_eq!(Event::new("x").with_retry(Duration::MAX).retry, Some(u64::MAX));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::history::HistoryLimits;
 use crate::hub::Hub;
 use crate::queue::SlowPolicy;
 
@@ -30,6 +31,22 @@ pub(crate) struct Config {
     pub(crate) connected_event: bool,
     /// Whether lag is also signalled in-band with a `lagged` event.
     pub(crate) lag_event: bool,
+    /// Replay history per topic; `None` for none (and no hub-assigned ids).
+    pub(crate) history: Option<HistoryLimits>,
+    /// Most events one reconnect replays.
+    pub(crate) max_replay: usize,
+    /// This hub's epoch, part of every id it assigns.
+    pub(crate) epoch: u64,
+    /// The `retry:` hint each subscription starts with: a base and a random extra up to a
+    /// jitter, so reconnecting clients spread out.
+    pub(crate) retry: Option<(Duration, Duration)>,
+}
+
+/// A new epoch per process start: milliseconds since the UNIX epoch.
+fn default_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Default for Config {
@@ -46,6 +63,10 @@ impl Default for Config {
             max_event_bytes: 1024 * 1024,
             connected_event: false,
             lag_event: true,
+            history: None,
+            max_replay: 1000,
+            epoch: default_epoch(),
+            retry: None,
         }
     }
 }
@@ -231,6 +252,74 @@ impl HubBuilder {
     /// ```
     pub fn with_lag_event(mut self, enabled: bool) -> Self {
         self.config.lag_event = enabled;
+        self
+    }
+
+    /// Keeps per-topic history for `Last-Event-ID` replay, within `limits` (or none with
+    /// `None`, the default). With history on, the hub assigns an id to every event published
+    /// without one: `{epoch:x}-{sequence}`, ordered across topics, so one `Last-Event-ID`
+    /// resumes a multi-topic subscription.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, HistoryLimits};
+    /// let hub = Hub::builder().with_history(Some(HistoryLimits::new())).with_epoch(0xab).build();
+    /// let published = hub.publish("t", Event::new("x"))?;
+    /// assert_eq!(published.id(), Some("ab-1"));
+    /// # Ok::<(), ssehub::PublishError>(())
+    /// ```
+    pub fn with_history(mut self, limits: Option<HistoryLimits>) -> Self {
+        self.config.history = limits;
+        self
+    }
+
+    /// The most events one reconnect replays (1,000 by default); a client that missed more
+    /// gets a `reset` event instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_max_replay(100).build();
+    /// # drop(hub);
+    /// ```
+    pub fn with_max_replay(mut self, events: usize) -> Self {
+        self.config.max_replay = events;
+        self
+    }
+
+    /// The epoch in the ids this hub assigns (by default the start time in milliseconds, so a
+    /// restarted hub recognises ids from its previous life and answers them with a `reset`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_epoch(7).build();
+    /// # drop(hub);
+    /// ```
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.config.epoch = epoch;
+        self
+    }
+
+    /// Starts every subscription with a `retry:` hint of `base` plus a random extra of up to
+    /// `jitter`, so clients that lose their connection together do not come back together.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let hub = ssehub::Hub::builder()
+    ///     .with_retry(Some((Duration::from_secs(2), Duration::from_secs(3))))
+    ///     .build();
+    /// let mut sub = hub.subscribe("t")?;
+    /// let first = sub.try_recv()?.expect("the retry hint").into_bytes();
+    /// let ms: u64 = std::str::from_utf8(&first)?.trim_start_matches("retry: ").trim().parse()?;
+    /// assert!((2000..=5000).contains(&ms));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_retry(mut self, retry: Option<(Duration, Duration)>) -> Self {
+        self.config.retry = retry;
         self
     }
 

@@ -15,9 +15,10 @@ use bytes::Bytes;
 use crate::error::{PublishError, SubscribeError};
 use crate::frame::{Event, Frame};
 use crate::heartbeat::Heartbeat;
+use crate::history::{format_id, parse_id, Parsed, ResetReason, MAX_LAST_EVENT_ID};
 use crate::idmap::IdMap;
 use crate::queue::{EndReason, FrameKeys, Pushed, Queue};
-use crate::registry::{Refused, Registry, Slot};
+use crate::registry::{Refused, Registry, Slot, TopicState};
 use crate::stats::{Counters, FanOut, Stats};
 use crate::subscription::{SubscriberId, Subscription};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, SharedStr};
@@ -27,8 +28,9 @@ use crate::topic::{validate_topic, Pattern};
 ///
 /// Every event is validated, normalised and encoded once into a shared frame, then queued for
 /// each receiver as a reference count: no copy and no allocation per subscriber, and no lock on
-/// the registry. Publishes to one topic are serialised so every subscriber (and the history)
-/// sees one order; publishes to different topics run in parallel.
+/// the registry. Publishes pass one at a time through the hub's sequencer, so every subscriber
+/// sees every event in one order (the order of the ids the hub assigns), which is what lets one
+/// `Last-Event-ID` resume a subscription to many topics exactly.
 ///
 /// When the last `Hub` handle is dropped the hub shuts down, as if [`Hub::shutdown`] was called.
 ///
@@ -64,8 +66,13 @@ pub(crate) struct Shared {
     handles: AtomicUsize,
     /// The next subscriber id.
     next_id: AtomicU64,
-    /// Orders broadcasts among themselves, as the topic sequencer orders a topic's publishes.
-    broadcast_sequencer: Mutex<()>,
+    /// The last sequence number issued. Every publish, broadcast and targeted send holds it
+    /// while it assigns a number, appends to history and queues the frame, so sequence order is
+    /// delivery order for every subscriber; a subscription that resumes holds it while it
+    /// registers and reads history, so nothing falls between replay and live events.
+    sequencer: Mutex<u64>,
+    /// State of the `retry:` jitter generator.
+    jitter: AtomicU64,
     /// The heartbeat timer.
     pub(crate) heartbeat: Heartbeat,
 }
@@ -78,12 +85,15 @@ pub(crate) struct Shared {
 /// let hub = ssehub::Hub::new();
 /// let published = hub.publish("nobody-listens", ssehub::Event::new("x"))?;
 /// assert_eq!(published.receivers(), 0);
+/// assert_eq!(published.id(), None);
 /// # Ok::<(), ssehub::PublishError>(())
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     /// Subscribers the frame was queued for.
     receivers: usize,
+    /// The event's id on the wire, given or assigned.
+    id: Option<String>,
 }
 
 impl Published {
@@ -100,6 +110,22 @@ impl Published {
     #[must_use]
     pub fn receivers(&self) -> usize {
         self.receivers
+    }
+
+    /// The event's id as sent to clients: the publisher's, or the one the hub assigned (with
+    /// history on); `None` for an event without one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::new();
+    /// let published = hub.publish("t", ssehub::Event::new("x").with_id("7"))?;
+    /// assert_eq!(published.id(), Some("7"));
+    /// # Ok::<(), ssehub::PublishError>(())
+    /// ```
+    #[must_use]
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
     }
 }
 
@@ -123,9 +149,7 @@ impl Clone for Hub {
     fn clone(&self) -> Self {
         // Relaxed: the count only decides who shuts down last; the Arc orders the rest.
         self.shared.handles.fetch_add(1, Ordering::Relaxed);
-        Hub {
-            shared: self.shared.clone(),
-        }
+        Hub { shared: self.shared.clone() }
     }
 }
 
@@ -174,7 +198,8 @@ impl Hub {
             closed: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
             next_id: AtomicU64::new(1),
-            broadcast_sequencer: Mutex::new(()),
+            sequencer: Mutex::new(0),
+            jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             heartbeat: Heartbeat::default(),
         });
         if let Some(interval) = heartbeat {
@@ -239,25 +264,40 @@ impl Hub {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let capacity = request.capacity.unwrap_or(config.capacity);
         let policy = request.policy.unwrap_or(config.policy);
-        let slot = Arc::new(Slot {
-            id,
-            queue: Queue::new(capacity, policy),
-        });
-        shared
-            .registry
-            .subscribe(&slot, topics, patterns, config.max_subscribers)
-            .map_err(|refused| match refused {
-                Refused::Closed => SubscribeError::Closed,
-                Refused::Full => SubscribeError::Full {
-                    max: config.max_subscribers,
-                },
-            })?;
+        let slot = Arc::new(Slot { id, queue: Queue::new(capacity, policy) });
+        let refused = |refused| match refused {
+            Refused::Closed => SubscribeError::Closed,
+            Refused::Full => SubscribeError::Full { max: config.max_subscribers },
+        };
+        let mut first = Vec::new();
+        let connected = request.connected_event.unwrap_or(config.connected_event);
+        if connected || config.retry.is_some() {
+            first.push(shared.first_frame(id, connected));
+        }
+        match &request.last_event_id {
+            None => {
+                shared
+                    .registry
+                    .subscribe(&slot, topics, patterns, config.max_subscribers)
+                    .map_err(refused)?;
+            }
+            Some(last) => {
+                // Registering and reading history under the sequencer: every event is either
+                // in the history read here (published before) or queued live (after), never
+                // both, never neither.
+                let sequencer = lock(&shared.sequencer);
+                let received = shared
+                    .registry
+                    .subscribe(&slot, topics, patterns, config.max_subscribers)
+                    .map_err(refused)?;
+                match shared.resolve(last, *sequencer, &received) {
+                    Ok(replay) => first.extend(replay),
+                    Err(reason) => first.push(reset_frame(reason)),
+                }
+            }
+        }
         shared.report_sizes();
-        let first = request
-            .connected_event
-            .unwrap_or(config.connected_event)
-            .then(|| connected_frame(id));
-        Ok(Subscription::new(shared.clone(), slot, first))
+        Ok(Subscription::new(shared.clone(), slot, first.into()))
     }
 
     /// Publishes an event to every subscriber of `topic` (by name or by pattern).
@@ -288,18 +328,19 @@ impl Hub {
             return Err(PublishError::Closed(Box::new(event)));
         }
         validate_topic(topic, shared.config.max_topic_len)?;
-        let event = event.normalized();
-        let frame = event.encode_limited(shared.config.max_event_bytes)?;
-        let fan = match shared.registry.topic_for_publish(topic) {
-            Some(state) => {
-                let _order = lock(&state.sequencer);
-                let subscribers = state.subscribers.load();
-                let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
-                fan_out(&subscribers, frame.as_bytes(), &keys)
+        let history = shared.config.history;
+        shared.sequenced(event, |seq, event, frame| {
+            let Some(state) = shared.registry.topic_for_publish(topic, history.is_some()) else {
+                return FanOut::default();
+            };
+            if let Some(limits) = &history {
+                let given = event.id().filter(|_| !shared.assigns_ids_to(event));
+                lock(&state.history).append(seq, given, frame, std::time::Instant::now(), limits);
             }
-            None => FanOut::default(),
-        };
-        Ok(shared.record(fan))
+            let subscribers = state.subscribers.load();
+            let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
+            fan_out(&subscribers, frame, &keys)
+        })
     }
 
     /// Publishes an event to every subscriber of the hub.
@@ -321,12 +362,11 @@ impl Hub {
         if shared.is_closed() {
             return Err(PublishError::Closed(Box::new(event)));
         }
-        let event = event.normalized();
-        let frame = event.encode_limited(shared.config.max_event_bytes)?;
-        let _order = lock(&shared.broadcast_sequencer);
-        let subscribers = shared.registry.subscribers();
-        let keys = FrameKeys::new(None, event.event(), event.key());
-        Ok(shared.record(fan_out(&subscribers, frame.as_bytes(), &keys)))
+        shared.sequenced(event, |_, event, frame| {
+            let subscribers = shared.registry.subscribers();
+            let keys = FrameKeys::new(None, event.event(), event.key());
+            fan_out(&subscribers, frame, &keys)
+        })
     }
 
     /// Sends an event to one subscriber.
@@ -372,21 +412,21 @@ impl Hub {
         if shared.is_closed() {
             return Err(PublishError::Closed(Box::new(event)));
         }
-        let event = event.normalized();
-        let frame = event.encode_limited(shared.config.max_event_bytes)?;
-        let subscribers = shared.registry.subscribers();
-        let keys = FrameKeys::new(None, event.event(), event.key());
-        let mut fan = FanOut::default();
-        let mut done = HashSet::with_capacity(ids.len());
-        for id in ids {
-            if !done.insert(*id) {
-                continue;
+        shared.sequenced(event, |_, event, frame| {
+            let subscribers = shared.registry.subscribers();
+            let keys = FrameKeys::new(None, event.event(), event.key());
+            let mut fan = FanOut::default();
+            let mut done = HashSet::with_capacity(ids.len());
+            for id in ids {
+                if !done.insert(*id) {
+                    continue;
+                }
+                if let Some(slot) = subscribers.get(id.0) {
+                    count(&mut fan, slot.queue.push(frame, &keys));
+                }
             }
-            if let Some(slot) = subscribers.get(id.0) {
-                count(&mut fan, slot.queue.push(frame.as_bytes(), &keys));
-            }
-        }
-        Ok(shared.record(fan))
+            fan
+        })
     }
 
     /// Ends one subscriber's stream (after what is already queued), as an application decision;
@@ -530,10 +570,7 @@ impl Hub {
     /// ```
     #[must_use]
     pub fn topic_subscriber_count(&self, topic: &str) -> usize {
-        self.shared
-            .registry
-            .topic(topic)
-            .map_or(0, |t| t.subscribers.load().len())
+        self.shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len())
     }
 
     /// Every live topic with its subscriber count (allocates; for stats pages, not hot paths).
@@ -558,28 +595,128 @@ impl Shared {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Counts an accepted event.
-    fn record(&self, fan: FanOut) -> Published {
+    /// Whether the hub assigns this event its id (history on, none given).
+    fn assigns_ids_to(&self, event: &Event) -> bool {
+        self.config.history.is_some() && event.id().is_none()
+    }
+
+    /// Runs one publish through the sequencer: normalises and encodes the event (with an
+    /// assigned id if the hub assigns one), then calls `deliver` with the sequence number, the
+    /// event and its frame, all under the sequencer so deliveries happen in sequence order.
+    fn sequenced(
+        &self,
+        event: Event,
+        deliver: impl FnOnce(u64, &Event, &Bytes) -> FanOut,
+    ) -> Result<Published, PublishError> {
+        let max = self.config.max_event_bytes;
+        let mut event = event.normalized();
+        // Validate (and, with the publisher's own id, encode) before taking the sequencer, so
+        // a refused event costs no sequence number and holds no lock.
+        event.validate()?;
+        let assigned = self.assigns_ids_to(&event);
+        let preencoded = if assigned { None } else { Some(event.encode_limited(max)?) };
+        let mut sequencer = lock(&self.sequencer);
+        let seq = *sequencer + 1;
+        let frame = match preencoded {
+            Some(frame) => frame,
+            None => {
+                event.id = Some(format_id(self.config.epoch, seq));
+                event.encode_limited(max)?
+            }
+        };
+        *sequencer = seq;
+        let fan = deliver(seq, &event, frame.as_bytes());
+        drop(sequencer);
         self.counters.published(fan);
-        Published {
+        Ok(Published {
             receivers: usize::try_from(fan.delivered).unwrap_or(usize::MAX),
+            id: event.id,
+        })
+    }
+
+    /// The frames a resuming subscription gets first: the events after `last` on the topics it
+    /// receives, oldest first, or why that cannot be exact. Called under the sequencer, with
+    /// `current` the last sequence number issued.
+    fn resolve(
+        &self,
+        last: &str,
+        current: u64,
+        topics: &[Arc<TopicState>],
+    ) -> Result<Vec<Bytes>, ResetReason> {
+        if last.len() > MAX_LAST_EVENT_ID || last.chars().any(char::is_control) {
+            return Err(ResetReason::Malformed);
         }
+        let unknown = if self.config.history.is_some() {
+            ResetReason::UnknownId
+        } else {
+            ResetReason::NoHistory
+        };
+        let resume = match parse_id(last, self.config.epoch) {
+            Parsed::Ours(seq) if seq > current => return Err(ResetReason::Malformed),
+            Parsed::Ours(seq) => seq,
+            Parsed::OtherEpoch => return Err(ResetReason::OtherEpoch),
+            Parsed::Foreign => {
+                topics.iter().filter_map(|t| lock(&t.history).find(last)).max().ok_or(unknown)?
+            }
+        };
+        if resume == current {
+            return Ok(Vec::new());
+        }
+        if self.config.history.is_none() {
+            return Err(ResetReason::NoHistory);
+        }
+        if resume < self.registry.floor() {
+            return Err(ResetReason::TooOld);
+        }
+        let max = self.config.max_replay;
+        let mut missed: Vec<(u64, Bytes)> = Vec::new();
+        for topic in topics {
+            let history = lock(&topic.history);
+            if resume < history.evicted_upto() {
+                return Err(ResetReason::TooOld);
+            }
+            missed.extend(history.after(resume, max).map(|e| (e.seq, e.frame.clone())));
+            if missed.len() > max {
+                return Err(ResetReason::TooMany);
+            }
+        }
+        missed.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(missed.into_iter().map(|(_, frame)| frame).collect())
+    }
+
+    /// The first frame of a subscription: the `connected` event and/or the `retry:` hint.
+    fn first_frame(&self, id: u64, connected: bool) -> Bytes {
+        let mut event = if connected {
+            Event::new(format!("{{\"id\":{id}}}")).with_event("connected")
+        } else {
+            Event::default()
+        };
+        if let Some((base, jitter)) = self.config.retry {
+            event = event.with_retry(base + self.jitter(jitter));
+        }
+        event.encode().map(Frame::into_bytes).unwrap_or_default()
+    }
+
+    /// A random duration up to `max` (xorshift: spreading clients out needs no cryptography).
+    pub(crate) fn jitter(&self, max: std::time::Duration) -> std::time::Duration {
+        let mut x = self.jitter.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Relaxed: a lost update only repeats a random number.
+        self.jitter.store(x, Ordering::Relaxed);
+        let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        std::time::Duration::from_millis(if ms == 0 { 0 } else { x % (ms + 1) })
     }
 
     /// A snapshot of the statistics.
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot(
-            self.registry.subscribers().len(),
-            self.registry.topic_count(),
-        )
+        self.counters.snapshot(self.registry.subscribers().len(), self.registry.topic_count())
     }
 
     /// Updates the size gauges.
     fn report_sizes(&self) {
-        self.counters.sizes(
-            self.registry.subscribers().len(),
-            self.registry.topic_count(),
-        );
+        self.counters.sizes(self.registry.subscribers().len(), self.registry.topic_count());
     }
 
     /// Unregisters a subscription being dropped.
@@ -633,16 +770,12 @@ fn topic_error(name: &str, error: crate::error::TopicError) -> SubscribeError {
     while !name.is_char_boundary(end) {
         end -= 1;
     }
-    SubscribeError::Topic {
-        name: name[..end].to_string(),
-        error,
-    }
+    SubscribeError::Topic { name: name[..end].to_string(), error }
 }
 
-/// The `connected` frame: the subscriber's id, with no `id:` line so it never moves a client's
-/// resume point.
-fn connected_frame(id: u64) -> Bytes {
-    Bytes::from(format!("event: connected\ndata: {{\"id\":{id}}}\n\n"))
+/// The `reset` frame: the client must resync; no `id:` line.
+fn reset_frame(reason: ResetReason) -> Bytes {
+    Bytes::from(format!("event: reset\ndata: {{\"reason\":\"{reason}\"}}\n\n"))
 }
 
 /// The in-band lag signal: how many frames were lost, no `id:` line.

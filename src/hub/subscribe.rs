@@ -37,6 +37,8 @@ pub struct Subscribe {
     pub(crate) capacity: Option<usize>,
     /// Overrides the hub's `connected` event setting.
     pub(crate) connected_event: Option<bool>,
+    /// The client's `Last-Event-ID`, to resume from.
+    pub(crate) last_event_id: Option<String>,
 }
 
 impl Subscribe {
@@ -136,6 +138,34 @@ impl Subscribe {
     /// ```
     pub fn with_connected_event(mut self, enabled: bool) -> Self {
         self.connected_event = Some(enabled);
+        self
+    }
+}
+
+impl Subscribe {
+    /// Resumes after the event with this id (a reconnecting client's `Last-Event-ID`): the
+    /// subscription first gets exactly the events of its topics published after it, in order,
+    /// then live events, with no gap and no duplicate. When that cannot be exact (unknown or
+    /// malformed id, another epoch, events already evicted, more than the replay limit), it gets
+    /// one `event: reset` frame with data `{"reason":"..."}` (see
+    /// [`ResetReason`](crate::ResetReason)) and then live events.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, HistoryLimits, Subscribe};
+    ///
+    /// let hub = Hub::builder().with_history(Some(HistoryLimits::new())).build();
+    /// let first = hub.publish("t", Event::new("1"))?.id().unwrap_or_default().to_string();
+    /// hub.publish("t", Event::new("2"))?;
+    /// let mut sub = hub.subscribe(Subscribe::from("t").with_last_event_id(first))?;
+    /// let replayed = sub.try_recv()?.expect("the missed event");
+    /// assert_eq!(replayed.len(), 1);
+    /// assert!(replayed.frames()[0].ends_with(b"data: 2\n\n"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_last_event_id(mut self, id: impl Into<String>) -> Self {
+        self.last_event_id = Some(id.into());
         self
     }
 }

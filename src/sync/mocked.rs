@@ -22,9 +22,7 @@ impl<T> std::fmt::Debug for ArcSwap<T> {
 
 /// Builds a cell holding `value`.
 pub(crate) fn arc_swap<T>(value: T) -> ArcSwap<T> {
-    ArcSwap {
-        cell: Mutex::new(Arc::new(value)),
-    }
+    ArcSwap { cell: Mutex::new(Arc::new(value)) }
 }
 
 impl<T> ArcSwap<T> {
