@@ -98,4 +98,8 @@ pub enum SubscribeError {
         /// The configured limit.
         max: usize,
     },
+    /// A session resume token was presented by a principal other than the session's owner.
+    /// The attempt is counted in [`Stats::session_hijacks`](crate::Stats::session_hijacks).
+    #[error("session token belongs to another principal")]
+    SessionRefused,
 }

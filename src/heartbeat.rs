@@ -36,11 +36,9 @@ pub(crate) fn tick(shared: &Shared) -> u64 {
         }
     });
     shared.counters.heartbeats(sent);
-    if let Some(limits) = &shared.config.history {
-        // Age out idle topics' history here, so a topic nobody publishes to or receives does
-        // not outlive its events.
-        shared.registry.sweep(std::time::Instant::now(), limits);
-    }
+    // Age out idle topics' history and expired sessions here, so neither outlives its TTL
+    // without anyone touching it.
+    shared.sweep();
     sent
 }
 

@@ -131,8 +131,19 @@ struct Entry {
     bytes: Bytes,
     /// The conflation key (only for conflating subscribers).
     key: Option<SharedStr>,
+    /// What kind of frame it is.
+    kind: Kind,
+}
+
+/// The kinds of queued frames that are treated differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A topic event or a broadcast: replayable from history.
+    Event,
+    /// A targeted send: a resumed session takes these over from the old connection.
+    Targeted,
     /// A heartbeat, which any event may displace.
-    heartbeat: bool,
+    Heartbeat,
 }
 
 /// What a push did, for the publisher's statistics.
@@ -203,6 +214,16 @@ impl Queue {
 
     /// Pushes a frame, applying the slow-client policy when full.
     pub(crate) fn push(&self, bytes: &Bytes, keys: &FrameKeys) -> Pushed {
+        self.push_kind(bytes, keys, Kind::Event)
+    }
+
+    /// Pushes a targeted frame (see [`Kind::Targeted`]).
+    pub(crate) fn push_targeted(&self, bytes: &Bytes, keys: &FrameKeys) -> Pushed {
+        self.push_kind(bytes, keys, Kind::Targeted)
+    }
+
+    /// Pushes a frame of `kind`, applying the slow-client policy when full.
+    fn push_kind(&self, bytes: &Bytes, keys: &FrameKeys, kind: Kind) -> Pushed {
         let key = match self.policy {
             SlowPolicy::Conflate { key } => keys.pick(key),
             _ => None,
@@ -225,7 +246,7 @@ impl Queue {
                 }
             }
             if inner.entries.len() >= self.capacity {
-                if inner.entries.front().is_some_and(|e| e.heartbeat) {
+                if inner.entries.front().is_some_and(|e| e.kind == Kind::Heartbeat) {
                     inner.entries.pop_front();
                 } else if self.policy == SlowPolicy::Disconnect {
                     return self.end_locked(inner, EndReason::Slow, true);
@@ -235,7 +256,7 @@ impl Queue {
                     outcome = Pushed::Evicted;
                 }
             }
-            inner.entries.push_back(Entry { bytes: bytes.clone(), key, heartbeat: false });
+            inner.entries.push_back(Entry { bytes: bytes.clone(), key, kind });
             (outcome, inner.waker.take())
         };
         if let Some(waker) = waker {
@@ -255,7 +276,11 @@ impl Queue {
             if std::mem::replace(&mut inner.active, false) || !inner.entries.is_empty() {
                 return false;
             }
-            inner.entries.push_back(Entry { bytes: bytes.clone(), key: None, heartbeat: true });
+            inner.entries.push_back(Entry {
+                bytes: bytes.clone(),
+                key: None,
+                kind: Kind::Heartbeat,
+            });
             inner.waker.take()
         };
         if let Some(waker) = waker {
@@ -273,9 +298,22 @@ impl Queue {
             return false;
         }
         if let Some(bytes) = last {
-            inner.entries.push_back(Entry { bytes: bytes.clone(), key: None, heartbeat: false });
+            inner.entries.push_back(Entry { bytes: bytes.clone(), key: None, kind: Kind::Event });
         }
         self.end_locked(inner, reason, discard) == Pushed::Disconnected
+    }
+
+    /// Closes the queue as [`EndReason::Disconnected`] and takes the targeted frames it still
+    /// held, in order, for a session resuming on another connection. `None` if it was already
+    /// closed (its frames then belong to nobody else).
+    pub(crate) fn close_taking_targeted(&self) -> Option<Vec<Bytes>> {
+        let mut inner = lock(&self.inner);
+        if inner.ended.is_some() {
+            return None;
+        }
+        let entries = std::mem::take(&mut inner.entries);
+        self.end_locked(inner, EndReason::Disconnected, true);
+        Some(entries.into_iter().filter(|e| e.kind == Kind::Targeted).map(|e| e.bytes).collect())
     }
 
     /// Ends the queue with the lock held, then wakes the consumer after releasing it.

@@ -27,6 +27,8 @@ pub(crate) struct Slot {
     pub(crate) id: u64,
     /// Its bounded queue.
     pub(crate) queue: Queue,
+    /// Who it is, if the application said.
+    pub(crate) principal: Option<SharedStr>,
 }
 
 /// One topic, as publishers see it.

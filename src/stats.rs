@@ -42,6 +42,10 @@ pub struct Stats {
     pub slow_disconnects: u64,
     /// Heartbeat frames queued to idle subscribers.
     pub heartbeats: u64,
+    /// Sessions remembered (live or waiting for their client).
+    pub sessions: usize,
+    /// Session tokens presented by another principal (refused).
+    pub session_hijacks: u64,
 }
 
 /// The hub's counters.
@@ -59,6 +63,8 @@ pub(crate) struct Counters {
     slow_disconnects: CachePadded<AtomicU64>,
     /// See [`Stats::heartbeats`].
     heartbeats: CachePadded<AtomicU64>,
+    /// See [`Stats::session_hijacks`].
+    session_hijacks: CachePadded<AtomicU64>,
 }
 
 /// What one fan-out did.
@@ -112,6 +118,13 @@ impl Counters {
         metrics::counter!("ssehub_heartbeats_total").increment(n);
     }
 
+    /// Records a refused session token.
+    pub(crate) fn hijack(&self) {
+        add(&self.session_hijacks, 1);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("ssehub_session_hijacks_total").increment(1);
+    }
+
     /// Reports the registry's sizes as gauges.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn sizes(&self, subscribers: usize, topics: usize) {
@@ -133,6 +146,8 @@ impl Counters {
             frames_conflated: self.frames_conflated.load(Ordering::Relaxed),
             slow_disconnects: self.slow_disconnects.load(Ordering::Relaxed),
             heartbeats: self.heartbeats.load(Ordering::Relaxed),
+            sessions: 0,
+            session_hijacks: self.session_hijacks.load(Ordering::Relaxed),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::batch::Batch;
 use crate::hub::Shared;
 use crate::queue::EndReason;
 use crate::registry::Slot;
-use crate::sync::Arc;
+use crate::sync::{Arc, SharedStr};
 
 /// A subscriber's id, unique within a hub; the target of
 /// [`Hub::send_to`](crate::Hub::send_to).
@@ -102,6 +102,10 @@ pub struct Subscription {
     pending: VecDeque<Bytes>,
     /// Why the stream ended, once it has.
     ended: Option<EndReason>,
+    /// The session this connection serves, if any.
+    session: Option<SharedStr>,
+    /// The topics it named (for presence).
+    named: Vec<SharedStr>,
 }
 
 impl fmt::Debug for Subscription {
@@ -116,8 +120,28 @@ impl fmt::Debug for Subscription {
 
 impl Subscription {
     /// Wraps a registered slot.
-    pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>, pending: VecDeque<Bytes>) -> Self {
-        Subscription { shared, slot, pending, ended: None }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        slot: Arc<Slot>,
+        pending: VecDeque<Bytes>,
+        session: Option<SharedStr>,
+        named: Vec<SharedStr>,
+    ) -> Self {
+        Subscription { shared, slot, pending, ended: None, session, named }
+    }
+
+    /// The id of the session this subscription serves, when the hub issues sessions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::new();
+    /// assert_eq!(hub.subscribe("t")?.session_id(), None);
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    #[must_use]
+    pub fn session_id(&self) -> Option<&str> {
+        self.session.as_deref()
     }
 
     /// This subscriber's id.
@@ -264,6 +288,6 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.shared.unsubscribe(&self.slot);
+        self.shared.unsubscribe(&self.slot, self.session.as_ref(), &self.named);
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::history::HistoryLimits;
 use crate::hub::Hub;
 use crate::queue::SlowPolicy;
+use crate::session::SessionLimits;
 
 /// The hub's settings; see [`HubBuilder`] for what each one means.
 #[derive(Debug, Clone)]
@@ -40,6 +41,10 @@ pub(crate) struct Config {
     /// The `retry:` hint each subscription starts with: a base and a random extra up to a
     /// jitter, so reconnecting clients spread out.
     pub(crate) retry: Option<(Duration, Duration)>,
+    /// Resumable sessions; `None` for none.
+    pub(crate) sessions: Option<SessionLimits>,
+    /// Whether subscribing to and leaving a topic publishes `join`/`leave` on `presence:TOPIC`.
+    pub(crate) presence: bool,
 }
 
 /// A new epoch per process start: milliseconds since the UNIX epoch.
@@ -67,6 +72,8 @@ impl Default for Config {
             max_replay: 1000,
             epoch: default_epoch(),
             retry: None,
+            sessions: None,
+            presence: false,
         }
     }
 }
@@ -320,6 +327,49 @@ impl HubBuilder {
     /// ```
     pub fn with_retry(mut self, retry: Option<(Duration, Duration)>) -> Self {
         self.config.retry = retry;
+        self
+    }
+
+    /// Issues a resumable session to every subscription (`None`, the default, for none). The
+    /// session's id and its unguessable resume token go out in the `connected` event
+    /// (`{"id":N,"session":"…","token":"…"}`); a client that reconnects within the TTL with
+    /// [`Subscribe::with_session_token`](crate::Subscribe::with_session_token) gets back its
+    /// topics and patterns and the targeted sends
+    /// ([`Hub::send_to_session`](crate::Hub::send_to_session)) it missed. A
+    /// token presented by another principal is refused
+    /// ([`SubscribeError::SessionRefused`](crate::SubscribeError::SessionRefused)) and counted;
+    /// an expired or unknown one starts a fresh session.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_sessions(Some(ssehub::SessionLimits::new())).build();
+    /// assert!(hub.subscribe("t")?.session_id().is_some());
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    pub fn with_sessions(mut self, limits: Option<SessionLimits>) -> Self {
+        self.config.sessions = limits;
+        self
+    }
+
+    /// Publishes presence: when a subscription names topic `T` (patterns do not count), a
+    /// `join` event goes to topic `presence:T`, and a `leave` event when it ends, with data
+    /// `{"subscriber":N,"principal":"…"|null,"subscribers":COUNT}`. Off by default. The current
+    /// count is always available from
+    /// [`Hub::topic_subscriber_count`](crate::Hub::topic_subscriber_count).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let hub = ssehub::Hub::builder().with_presence(true).build();
+    /// let watcher = hub.subscribe("presence:room")?;
+    /// let member = hub.subscribe("room")?;
+    /// drop(member);
+    /// assert_eq!(watcher.queued(), 2);
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    pub fn with_presence(mut self, enabled: bool) -> Self {
+        self.config.presence = enabled;
         self
     }
 

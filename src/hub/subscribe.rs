@@ -39,6 +39,10 @@ pub struct Subscribe {
     pub(crate) connected_event: Option<bool>,
     /// The client's `Last-Event-ID`, to resume from.
     pub(crate) last_event_id: Option<String>,
+    /// Who the client is, as the application authenticated it.
+    pub(crate) principal: Option<String>,
+    /// A session resume token.
+    pub(crate) session_token: Option<String>,
 }
 
 impl Subscribe {
@@ -166,6 +170,51 @@ impl Subscribe {
     /// ```
     pub fn with_last_event_id(mut self, id: impl Into<String>) -> Self {
         self.last_event_id = Some(id.into());
+        self
+    }
+}
+
+impl Subscribe {
+    /// Who the client is (as the application's authentication decided). Sessions are bound to
+    /// it, and presence events name it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let request = ssehub::Subscribe::from("t").with_principal("user-42");
+    /// # drop(request);
+    /// ```
+    pub fn with_principal(mut self, principal: impl Into<String>) -> Self {
+        self.principal = Some(principal.into());
+        self
+    }
+
+    /// Resumes the session this token was issued for (see
+    /// [`HubBuilder::with_sessions`](crate::HubBuilder::with_sessions)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, SessionLimits, Subscribe};
+    ///
+    /// let hub = Hub::builder().with_sessions(Some(SessionLimits::new())).build();
+    /// let mut first = hub.subscribe(Subscribe::from("room").with_principal("ann"))?;
+    /// let connected = first.try_recv()?.expect("the connected event").into_bytes();
+    /// let text = std::str::from_utf8(&connected)?;
+    /// let token = text.split("\"token\":\"").nth(1).and_then(|t| t.split('"').next()).unwrap_or("");
+    /// let session = first.session_id().unwrap_or_default().to_string();
+    /// drop(first);
+    ///
+    /// hub.send_to_session(&session, Event::new("while you were away"))?;
+    /// let mut back = hub.subscribe(Subscribe::new().with_principal("ann").with_session_token(token))?;
+    /// assert_eq!(back.session_id(), Some(session.as_str()));
+    /// let frames = back.try_recv()?.expect("connected, then the missed send");
+    /// assert_eq!(frames.frames()[1].as_ref(), b"data: while you were away\n\n");
+    /// assert_eq!(hub.topic_subscriber_count("room"), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_session_token(mut self, token: impl Into<String>) -> Self {
+        self.session_token = Some(token.into());
         self
     }
 }

@@ -1,0 +1,540 @@
+//! `Shared`: the state behind every `Hub` handle and `Subscription`, and the operations on it.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{Config, Published, Subscribe};
+use crate::error::{PublishError, SubscribeError, TopicError};
+use crate::frame::{Event, Frame};
+use crate::heartbeat::Heartbeat;
+use crate::history::{format_id, parse_id, Parsed, ResetReason, MAX_LAST_EVENT_ID};
+use crate::idmap::IdMap;
+use crate::queue::{EndReason, FrameKeys, Pushed, Queue};
+use crate::registry::{Refused, Registry, Slot, TopicState};
+use crate::session::{Hijack, Sessions};
+use crate::stats::{Counters, FanOut, Stats};
+use crate::subscription::{SubscriberId, Subscription};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, SharedStr};
+use crate::topic::{validate_topic, Pattern};
+
+/// The state behind every `Hub` handle and `Subscription`.
+pub(crate) struct Shared {
+    /// Settings.
+    pub(crate) config: Config,
+    /// Who receives what.
+    pub(crate) registry: Registry,
+    /// Statistics.
+    pub(crate) counters: Counters,
+    /// Set once by shutdown.
+    closed: AtomicBool,
+    /// Resumable sessions.
+    sessions: Sessions,
+    /// Live `Hub` handles; the last one to go shuts the hub down.
+    pub(crate) handles: AtomicUsize,
+    /// The next subscriber id.
+    next_id: AtomicU64,
+    /// The last sequence number issued. Every publish, broadcast and targeted send holds it
+    /// while it assigns a number, appends to history and queues the frame, so sequence order is
+    /// delivery order for every subscriber; a subscription that resumes holds it while it
+    /// registers and reads history, so nothing falls between replay and live events.
+    sequencer: Mutex<u64>,
+    /// State of the `retry:` jitter generator.
+    jitter: AtomicU64,
+    /// The heartbeat timer.
+    pub(crate) heartbeat: Heartbeat,
+}
+
+impl Shared {
+    /// Whether shutdown has begun. Acquire pairs with the Release in `shutdown`.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Builds the shared state (the heartbeat is started by the caller).
+    pub(crate) fn new(config: Config) -> Shared {
+        Shared {
+            config,
+            registry: Registry::new(),
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+            sessions: Sessions::default(),
+            handles: AtomicUsize::new(1),
+            next_id: AtomicU64::new(1),
+            sequencer: Mutex::new(0),
+            jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            heartbeat: Heartbeat::default(),
+        }
+    }
+
+    /// See [`Hub::subscribe`](super::Hub::subscribe).
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        request: Subscribe,
+    ) -> Result<Subscription, SubscribeError> {
+        let config = &self.config;
+        if self.is_closed() {
+            return Err(SubscribeError::Closed);
+        }
+        // Check the request before touching any session, so a bad request changes nothing.
+        self.checked_names(&request.topics, &request.patterns)?;
+        // Relaxed: ids only need to be unique.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let capacity = request.capacity.unwrap_or(config.capacity);
+        let policy = request.policy.unwrap_or(config.policy);
+        let principal: Option<SharedStr> = request.principal.as_deref().map(SharedStr::from);
+        let slot = Arc::new(Slot { id, queue: Queue::new(capacity, policy), principal });
+        let mut pending = Vec::new();
+        let (mut topic_names, mut pattern_names) = (request.topics, request.patterns);
+        let mut session = None;
+        if let Some(limits) = &config.sessions {
+            let opened = self.sessions.open(
+                limits,
+                request.session_token.as_deref(),
+                request.principal.as_deref(),
+                &topic_names,
+                &pattern_names,
+                &slot,
+                Instant::now(),
+            );
+            match opened {
+                Ok(opened) if !opened.id.is_empty() => {
+                    topic_names = opened.topics;
+                    pattern_names = opened.patterns;
+                    session = Some((opened.id, opened.token, opened.missed));
+                }
+                Ok(_) => {}
+                Err(Hijack) => {
+                    self.counters.hijack();
+                    return Err(SubscribeError::SessionRefused);
+                }
+            }
+        }
+        let detach = |session: &Option<(SharedStr, String, Vec<Bytes>)>| {
+            if let Some((sid, _, _)) = session {
+                self.sessions.detach(sid, id, Instant::now());
+            }
+        };
+        let (topics, patterns) = match self.checked_names(&topic_names, &pattern_names) {
+            Ok(names) => names,
+            Err(error) => {
+                detach(&session);
+                return Err(error);
+            }
+        };
+        let connected = request.connected_event.unwrap_or(config.connected_event);
+        if connected || config.retry.is_some() || session.is_some() {
+            let ids = session.as_ref().map(|(sid, token, _)| (&**sid, token.as_str()));
+            pending.push(self.first_frame(id, connected || session.is_some(), ids));
+        }
+        if let Some((_, _, missed)) = &mut session {
+            pending.append(missed);
+        }
+        let refused = |refused| match refused {
+            Refused::Closed => SubscribeError::Closed,
+            Refused::Full => SubscribeError::Full { max: config.max_subscribers },
+        };
+        let named: Vec<SharedStr> = topics.clone();
+        let registered = match &request.last_event_id {
+            None => {
+                self.registry.subscribe(&slot, topics, patterns, config.max_subscribers).map(drop)
+            }
+            Some(last) => {
+                // Registering and reading history under the sequencer: every event is either
+                // in the history read here (published before) or queued live (after), never
+                // both, never neither.
+                let sequencer = lock(&self.sequencer);
+                self.registry.subscribe(&slot, topics, patterns, config.max_subscribers).map(
+                    |received| match self.resolve(last, *sequencer, &received) {
+                        Ok(replay) => pending.extend(replay),
+                        Err(reason) => pending.push(reset_frame(reason)),
+                    },
+                )
+            }
+        };
+        if let Err(refusal) = registered {
+            detach(&session);
+            return Err(refused(refusal));
+        }
+        self.report_sizes();
+        if config.presence {
+            self.presence(&slot, &named, "join");
+        }
+        let session_id = session.map(|(sid, _, _)| sid);
+        Ok(Subscription::new(self.clone(), slot, VecDeque::from(pending), session_id, named))
+    }
+
+    /// Validates and de-duplicates topic names and patterns, within the per-subscription limit.
+    fn checked_names(
+        &self,
+        topics: &[String],
+        patterns: &[String],
+    ) -> Result<(Vec<SharedStr>, Vec<Pattern>), SubscribeError> {
+        let config = &self.config;
+        let count = topics.len() + patterns.len();
+        if count > config.max_topics_per_subscription {
+            return Err(SubscribeError::TooManyTopics {
+                count,
+                max: config.max_topics_per_subscription,
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut checked_topics: Vec<SharedStr> = Vec::with_capacity(topics.len());
+        for name in topics {
+            validate_topic(name, config.max_topic_len).map_err(|error| topic_error(name, error))?;
+            if seen.insert(name.as_str()) {
+                checked_topics.push(name.as_str().into());
+            }
+        }
+        let mut seen = HashSet::new();
+        let mut checked_patterns = Vec::with_capacity(patterns.len());
+        for source in patterns {
+            let pattern = Pattern::with_max_len(source, config.max_topic_len)
+                .map_err(|error| topic_error(source, error))?;
+            if seen.insert(source.as_str()) {
+                checked_patterns.push(pattern);
+            }
+        }
+        Ok((checked_topics, checked_patterns))
+    }
+
+    /// See [`Hub::publish`](super::Hub::publish).
+    pub(crate) fn publish(&self, topic: &str, event: Event) -> Result<Published, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::Closed(Box::new(event)));
+        }
+        validate_topic(topic, self.config.max_topic_len)?;
+        let history = self.config.history;
+        self.sequenced(event, |seq, event, frame| {
+            let Some(state) = self.registry.topic_for_publish(topic, history.is_some()) else {
+                return FanOut::default();
+            };
+            if let Some(limits) = &history {
+                let given = event.id().filter(|_| !self.assigns_ids_to(event));
+                lock(&state.history).append(seq, given, frame, Instant::now(), limits);
+            }
+            let subscribers = state.subscribers.load();
+            let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
+            fan_out(&subscribers, frame, &keys)
+        })
+    }
+
+    /// See [`Hub::broadcast`](super::Hub::broadcast).
+    pub(crate) fn broadcast(&self, event: Event) -> Result<Published, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::Closed(Box::new(event)));
+        }
+        self.sequenced(event, |_, event, frame| {
+            let subscribers = self.registry.subscribers();
+            let keys = FrameKeys::new(None, event.event(), event.key());
+            fan_out(&subscribers, frame, &keys)
+        })
+    }
+
+    /// See [`Hub::send_to_many`](super::Hub::send_to_many).
+    pub(crate) fn send_to_many(
+        &self,
+        ids: &[SubscriberId],
+        event: Event,
+    ) -> Result<Published, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::Closed(Box::new(event)));
+        }
+        self.sequenced(event, |_, event, frame| {
+            let subscribers = self.registry.subscribers();
+            let keys = FrameKeys::new(None, event.event(), event.key());
+            let mut fan = FanOut::default();
+            let mut done = HashSet::with_capacity(ids.len());
+            for id in ids {
+                if !done.insert(*id) {
+                    continue;
+                }
+                if let Some(slot) = subscribers.get(id.as_u64()) {
+                    count(&mut fan, slot.queue.push_targeted(frame, &keys));
+                }
+            }
+            fan
+        })
+    }
+
+    /// See [`Hub::send_to_session`](super::Hub::send_to_session).
+    pub(crate) fn send_to_session(
+        &self,
+        session: &str,
+        event: Event,
+    ) -> Result<Published, PublishError> {
+        if self.is_closed() {
+            return Err(PublishError::Closed(Box::new(event)));
+        }
+        let Some(limits) = self.config.sessions else {
+            return self.sequenced(event, |_, _, _| FanOut::default());
+        };
+        self.sequenced(event, |_, event, frame| {
+            let keys = FrameKeys::new(None, event.event(), event.key());
+            let mut fan = FanOut::default();
+            if let Some(pushed) = self.sessions.send(&limits, session, frame, &keys) {
+                count(&mut fan, pushed);
+            }
+            fan
+        })
+    }
+
+    /// Publishes a presence event (`join` or `leave`) for each of `topics` to its
+    /// `presence:TOPIC` channel. Presence channels have no presence of their own.
+    pub(crate) fn presence(&self, slot: &Slot, topics: &[SharedStr], kind: &str) {
+        for topic in topics.iter().filter(|t| !t.starts_with("presence:")) {
+            let principal =
+                slot.principal.as_deref().map_or_else(|| "null".to_string(), json_string);
+            let data = format!(
+                "{{\"subscriber\":{},\"principal\":{principal},\"subscribers\":{}}}",
+                slot.id,
+                self.registry.topic(topic).map_or(0, |t| t.subscribers.load().len())
+            );
+            // Only fails after shutdown or for a name too long with the prefix: no one to tell.
+            let _ = self.publish(&format!("presence:{topic}"), Event::new(data).with_event(kind));
+        }
+    }
+
+    /// Whether the hub assigns this event its id (history on, none given).
+    fn assigns_ids_to(&self, event: &Event) -> bool {
+        self.config.history.is_some() && event.id().is_none()
+    }
+
+    /// Runs one publish through the sequencer: normalises and encodes the event (with an
+    /// assigned id if the hub assigns one), then calls `deliver` with the sequence number, the
+    /// event and its frame, all under the sequencer so deliveries happen in sequence order.
+    fn sequenced(
+        &self,
+        event: Event,
+        deliver: impl FnOnce(u64, &Event, &Bytes) -> FanOut,
+    ) -> Result<Published, PublishError> {
+        let max = self.config.max_event_bytes;
+        let mut event = event.normalized();
+        // Validate (and, with the publisher's own id, encode) before taking the sequencer, so
+        // a refused event costs no sequence number and holds no lock.
+        event.validate()?;
+        let assigned = self.assigns_ids_to(&event);
+        let preencoded = if assigned { None } else { Some(event.encode_limited(max)?) };
+        let mut sequencer = lock(&self.sequencer);
+        let seq = *sequencer + 1;
+        let frame = match preencoded {
+            Some(frame) => frame,
+            None => {
+                event.id = Some(format_id(self.config.epoch, seq));
+                event.encode_limited(max)?
+            }
+        };
+        *sequencer = seq;
+        let fan = deliver(seq, &event, frame.as_bytes());
+        drop(sequencer);
+        self.counters.published(fan);
+        Ok(Published {
+            receivers: usize::try_from(fan.delivered).unwrap_or(usize::MAX),
+            id: event.id,
+        })
+    }
+
+    /// The frames a resuming subscription gets first: the events after `last` on the topics it
+    /// receives, oldest first, or why that cannot be exact. Called under the sequencer, with
+    /// `current` the last sequence number issued.
+    fn resolve(
+        &self,
+        last: &str,
+        current: u64,
+        topics: &[Arc<TopicState>],
+    ) -> Result<Vec<Bytes>, ResetReason> {
+        if last.len() > MAX_LAST_EVENT_ID || last.chars().any(char::is_control) {
+            return Err(ResetReason::Malformed);
+        }
+        let unknown = if self.config.history.is_some() {
+            ResetReason::UnknownId
+        } else {
+            ResetReason::NoHistory
+        };
+        let resume = match parse_id(last, self.config.epoch) {
+            Parsed::Ours(seq) if seq > current => return Err(ResetReason::Malformed),
+            Parsed::Ours(seq) => seq,
+            Parsed::OtherEpoch => return Err(ResetReason::OtherEpoch),
+            Parsed::Foreign => {
+                topics.iter().filter_map(|t| lock(&t.history).find(last)).max().ok_or(unknown)?
+            }
+        };
+        if resume == current {
+            return Ok(Vec::new());
+        }
+        if self.config.history.is_none() {
+            return Err(ResetReason::NoHistory);
+        }
+        if resume < self.registry.floor() {
+            return Err(ResetReason::TooOld);
+        }
+        let max = self.config.max_replay;
+        let mut missed: Vec<(u64, Bytes)> = Vec::new();
+        for topic in topics {
+            let history = lock(&topic.history);
+            if resume < history.evicted_upto() {
+                return Err(ResetReason::TooOld);
+            }
+            missed.extend(history.after(resume, max).map(|e| (e.seq, e.frame.clone())));
+            if missed.len() > max {
+                return Err(ResetReason::TooMany);
+            }
+        }
+        missed.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(missed.into_iter().map(|(_, frame)| frame).collect())
+    }
+
+    /// The first frame of a subscription: the `connected` event (with the session's id and
+    /// token, if any) and/or the `retry:` hint. No `id:` line, so it never moves a client's
+    /// resume point.
+    fn first_frame(&self, id: u64, connected: bool, session: Option<(&str, &str)>) -> Bytes {
+        let mut event = match (connected, session) {
+            (true, Some((sid, token))) => Event::new(format!(
+                "{{\"id\":{id},\"session\":{},\"token\":{}}}",
+                json_string(sid),
+                json_string(token)
+            ))
+            .with_event("connected"),
+            (true, None) => Event::new(format!("{{\"id\":{id}}}")).with_event("connected"),
+            (false, _) => Event::default(),
+        };
+        if let Some((base, jitter)) = self.config.retry {
+            event = event.with_retry(base + self.jitter(jitter));
+        }
+        event.encode().map(Frame::into_bytes).unwrap_or_default()
+    }
+
+    /// A random duration up to `max` (xorshift: spreading clients out needs no cryptography).
+    pub(crate) fn jitter(&self, max: std::time::Duration) -> std::time::Duration {
+        let mut x = self.jitter.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Relaxed: a lost update only repeats a random number.
+        self.jitter.store(x, Ordering::Relaxed);
+        let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+        std::time::Duration::from_millis(if ms == 0 { 0 } else { x % (ms + 1) })
+    }
+
+    /// A snapshot of the statistics.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut stats = self.stats_counters();
+        stats.sessions = self.sessions.len();
+        stats
+    }
+
+    /// The counters with the registry's sizes.
+    fn stats_counters(&self) -> Stats {
+        self.counters.snapshot(self.registry.subscribers().len(), self.registry.topic_count())
+    }
+
+    /// Updates the size gauges.
+    fn report_sizes(&self) {
+        self.counters.sizes(self.registry.subscribers().len(), self.registry.topic_count());
+    }
+
+    /// Unregisters a subscription being dropped.
+    pub(crate) fn unsubscribe(
+        &self,
+        slot: &Slot,
+        session: Option<&SharedStr>,
+        named: &[SharedStr],
+    ) {
+        slot.queue.close(EndReason::Dropped, None, true);
+        if let Some(session) = session {
+            self.sessions.detach(session, slot.id, Instant::now());
+        }
+        self.registry.unsubscribe(slot.id);
+        self.report_sizes();
+        if self.config.presence {
+            self.presence(slot, named, "leave");
+        }
+    }
+
+    /// Ages out sessions and history; called by the heartbeat thread.
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        if let Some(limits) = &self.config.sessions {
+            self.sessions.sweep(limits, now);
+        }
+        if let Some(limits) = &self.config.history {
+            self.registry.sweep(now, limits);
+        }
+    }
+
+    /// Shuts down once; returns whether this call did it.
+    pub(crate) fn shutdown(&self, last: Option<&Bytes>) -> bool {
+        // AcqRel: publishers that see `closed` must also see everything before it.
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        for slot in self.registry.close() {
+            slot.queue.close(EndReason::Shutdown, last, false);
+        }
+        self.heartbeat.stop();
+        true
+    }
+}
+
+/// Queues `bytes` for every subscriber in `subscribers`.
+fn fan_out(subscribers: &IdMap<Arc<Slot>>, bytes: &Bytes, keys: &FrameKeys<'_>) -> FanOut {
+    let mut fan = FanOut::default();
+    subscribers.for_each(|slot| count(&mut fan, slot.queue.push(bytes, keys)));
+    fan
+}
+
+/// Adds one push's outcome to the fan-out totals.
+fn count(fan: &mut FanOut, pushed: Pushed) {
+    match pushed {
+        Pushed::Queued => fan.delivered += 1,
+        Pushed::Conflated => {
+            fan.delivered += 1;
+            fan.conflated += 1;
+        }
+        Pushed::Evicted => {
+            fan.delivered += 1;
+            fan.dropped += 1;
+        }
+        Pushed::Disconnected => fan.slow += 1,
+        Pushed::Closed => {}
+    }
+}
+
+/// Truncates a refused name for the error, so a hostile 10 KB name is not echoed whole.
+fn topic_error(name: &str, error: TopicError) -> SubscribeError {
+    let mut end = name.len().min(64);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    SubscribeError::Topic { name: name[..end].to_string(), error }
+}
+
+/// `s` as a JSON string literal.
+pub(crate) fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The `reset` frame: the client must resync; no `id:` line.
+fn reset_frame(reason: ResetReason) -> Bytes {
+    Bytes::from(format!("event: reset\ndata: {{\"reason\":\"{reason}\"}}\n\n"))
+}
+
+/// The in-band lag signal: how many frames were lost, no `id:` line.
+pub(crate) fn lag_frame(lost: u64) -> Bytes {
+    Frame::from_encoded(Bytes::from(format!("event: lagged\ndata: {lost}\n\n"))).into_bytes()
+}

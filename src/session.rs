@@ -1,0 +1,398 @@
+//! Resumable sessions: a client that reconnects with its token within the TTL gets back its
+//! subscriptions and the targeted sends it missed.
+//!
+//! A session is issued at connect (its id and an unguessable token go out in the `connected`
+//! event). While its connection lives, targeted sends to the session go to that connection's
+//! queue; when the connection ends, they wait in a bounded buffer until the client resumes or the
+//! TTL runs out. A token is bound to the principal it was issued to: presented by another one, it
+//! is refused and counted as a hijack attempt. Topic events are not buffered here: the client's
+//! `Last-Event-ID` replays them from history.
+//!
+//! Every session operation takes the sessions lock, which also orders the hand-over: a targeted
+//! send goes either to the old connection (and is taken from its queue by the resume) or to the
+//! new one, never to both or neither.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::queue::{FrameKeys, Pushed};
+use crate::registry::Slot;
+use crate::sync::{lock, Arc, Mutex, SharedStr};
+
+/// Settings of resumable sessions.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = ssehub::SessionLimits::new()
+///     .with_ttl(Duration::from_secs(120))
+///     .with_buffer(50)
+///     .with_max_sessions(100_000);
+/// assert_eq!(limits.ttl(), Duration::from_secs(120));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct SessionLimits {
+    /// How long a disconnected session waits for its client.
+    ttl: Duration,
+    /// Most targeted frames buffered while disconnected.
+    buffer: usize,
+    /// Most sessions remembered; past it, the longest-disconnected one is forgotten.
+    max_sessions: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits { ttl: Duration::from_secs(300), buffer: 100, max_sessions: 100_000 }
+    }
+}
+
+impl SessionLimits {
+    /// A 5-minute TTL, 100 buffered targeted sends, 100,000 sessions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(ssehub::SessionLimits::new().buffer(), 100);
+    /// ```
+    pub fn new() -> Self {
+        SessionLimits::default()
+    }
+
+    /// How long a disconnected session waits for its client.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let l = ssehub::SessionLimits::new().with_ttl(Duration::from_secs(1));
+    /// assert_eq!(l.ttl(), Duration::from_secs(1));
+    /// ```
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Most targeted sends buffered while disconnected (the oldest go first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(ssehub::SessionLimits::new().with_buffer(3).buffer(), 3);
+    /// ```
+    pub fn with_buffer(mut self, frames: usize) -> Self {
+        self.buffer = frames;
+        self
+    }
+
+    /// Most sessions remembered; past it, the longest-disconnected one is forgotten.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(ssehub::SessionLimits::new().with_max_sessions(9).max_sessions(), 9);
+    /// ```
+    pub fn with_max_sessions(mut self, sessions: usize) -> Self {
+        self.max_sessions = sessions;
+        self
+    }
+
+    /// How long a disconnected session waits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(ssehub::SessionLimits::new().ttl().as_secs() > 0);
+    /// ```
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Most targeted sends buffered while disconnected.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(ssehub::SessionLimits::new().buffer() > 0);
+    /// ```
+    #[must_use]
+    pub fn buffer(&self) -> usize {
+        self.buffer
+    }
+
+    /// Most sessions remembered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(ssehub::SessionLimits::new().max_sessions() > 0);
+    /// ```
+    #[must_use]
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+}
+
+/// Where a session's targeted sends go.
+#[derive(Debug)]
+enum State {
+    /// To this connection.
+    Live(Arc<Slot>),
+    /// Into a buffer, until the client resumes or the TTL runs out.
+    Away {
+        /// When the connection ended.
+        since: Instant,
+        /// Buffered frames, oldest first.
+        buffer: VecDeque<Bytes>,
+    },
+}
+
+/// One session.
+#[derive(Debug)]
+struct Session {
+    /// The resume token.
+    token: String,
+    /// Who it was issued to.
+    principal: Option<String>,
+    /// The topics and patterns to restore on resume.
+    topics: Vec<String>,
+    /// See `topics`.
+    patterns: Vec<String>,
+    /// Where targeted sends go.
+    state: State,
+}
+
+/// What a new connection gets from the session store.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// The session's id.
+    pub(crate) id: SharedStr,
+    /// Its token (new or presented).
+    pub(crate) token: String,
+    /// Targeted frames missed while away (or taken from a previous live connection).
+    pub(crate) missed: Vec<Bytes>,
+    /// Topics to restore.
+    pub(crate) topics: Vec<String>,
+    /// Patterns to restore.
+    pub(crate) patterns: Vec<String>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hijack;
+
+/// All sessions.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    /// Sessions by id, and ids by token.
+    inner: Mutex<Inner>,
+}
+
+/// The store under its lock.
+#[derive(Debug, Default)]
+struct Inner {
+    /// Sessions by id.
+    by_id: HashMap<SharedStr, Session>,
+    /// Session ids by token.
+    by_token: HashMap<String, SharedStr>,
+}
+
+/// `n` random bytes as lower-case hex, from the operating system's generator: tokens must be
+/// unguessable. Falls back to an error only if the OS generator fails.
+fn random_hex(n: usize) -> Result<String, getrandom::Error> {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Sessions {
+    /// Opens a session for the connection with `slot`: resumes the one `token` names if it is
+    /// live or within its TTL and belongs to `principal`, else issues a new one. The slot becomes
+    /// the session's target at once.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open(
+        &self,
+        limits: &SessionLimits,
+        token: Option<&str>,
+        principal: Option<&str>,
+        topics: &[String],
+        patterns: &[String],
+        slot: &Arc<Slot>,
+        now: Instant,
+    ) -> Result<Opened, Hijack> {
+        let mut inner = lock(&self.inner);
+        let known = token.and_then(|t| inner.by_token.get(t).cloned());
+        if let Some(id) = known {
+            let expired = inner.by_id.get(&id).is_some_and(|s| s.expired(limits, now));
+            if expired {
+                inner.remove(&id);
+            } else if let Some(session) = inner.by_id.get_mut(&id) {
+                if session.principal.as_deref() != principal {
+                    return Err(Hijack);
+                }
+                let missed = match std::mem::replace(&mut session.state, State::Live(slot.clone()))
+                {
+                    State::Away { buffer, .. } => buffer.into(),
+                    // Resumed while the old connection still looked alive: its queue is
+                    // closed and its undelivered targeted frames move here.
+                    State::Live(old) => old.queue.close_taking_targeted().unwrap_or_default(),
+                };
+                for topic in topics {
+                    if !session.topics.contains(topic) {
+                        session.topics.push(topic.clone());
+                    }
+                }
+                for pattern in patterns {
+                    if !session.patterns.contains(pattern) {
+                        session.patterns.push(pattern.clone());
+                    }
+                }
+                return Ok(Opened {
+                    id,
+                    token: session.token.clone(),
+                    missed,
+                    topics: session.topics.clone(),
+                    patterns: session.patterns.clone(),
+                });
+            }
+        }
+        if inner.by_id.len() >= limits.max_sessions {
+            inner.forget_oldest_away();
+        }
+        let (id, token) = match (random_hex(8), random_hex(16)) {
+            (Ok(id), Ok(token)) => (SharedStr::from(id), token),
+            // Without OS randomness no unguessable token can be issued; the connection simply
+            // gets no session.
+            _ => return Ok(Opened::none()),
+        };
+        inner.by_token.insert(token.clone(), id.clone());
+        inner.by_id.insert(
+            id.clone(),
+            Session {
+                token: token.clone(),
+                principal: principal.map(str::to_string),
+                topics: topics.to_vec(),
+                patterns: patterns.to_vec(),
+                state: State::Live(slot.clone()),
+            },
+        );
+        Ok(Opened {
+            id,
+            token,
+            missed: Vec::new(),
+            topics: topics.to_vec(),
+            patterns: patterns.to_vec(),
+        })
+    }
+
+    /// The connection with `slot_id` ended: session `id` starts waiting for its client.
+    pub(crate) fn detach(&self, id: &SharedStr, slot_id: u64, now: Instant) {
+        if let Some(session) = lock(&self.inner).by_id.get_mut(id) {
+            if matches!(&session.state, State::Live(slot) if slot.id == slot_id) {
+                session.state = State::Away { since: now, buffer: VecDeque::new() };
+            }
+        }
+    }
+
+    /// Sends a targeted frame to session `id`: to its connection, or into its buffer. Returns
+    /// the push outcome, `None` for an unknown session.
+    pub(crate) fn send(
+        &self,
+        limits: &SessionLimits,
+        id: &str,
+        frame: &Bytes,
+        keys: &FrameKeys<'_>,
+    ) -> Option<Pushed> {
+        let mut inner = lock(&self.inner);
+        let session = inner.by_id.get_mut(id)?;
+        Some(match &mut session.state {
+            State::Live(slot) => slot.queue.push_targeted(frame, keys),
+            State::Away { buffer, .. } => {
+                let evicted = buffer.len() >= limits.buffer;
+                if evicted {
+                    buffer.pop_front();
+                }
+                if limits.buffer > 0 {
+                    buffer.push_back(frame.clone());
+                }
+                if evicted {
+                    Pushed::Evicted
+                } else {
+                    Pushed::Queued
+                }
+            }
+        })
+    }
+
+    /// Forgets sessions disconnected for longer than the TTL.
+    pub(crate) fn sweep(&self, limits: &SessionLimits, now: Instant) {
+        lock(&self.inner).expire(limits, now);
+    }
+
+    /// Number of remembered sessions.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.inner).by_id.len()
+    }
+}
+
+impl Opened {
+    /// A connection without a session (the OS could not provide randomness).
+    fn none() -> Opened {
+        Opened {
+            id: SharedStr::from(""),
+            token: String::new(),
+            missed: Vec::new(),
+            topics: Vec::new(),
+            patterns: Vec::new(),
+        }
+    }
+}
+
+impl Session {
+    /// Whether it has waited for its client longer than the TTL.
+    fn expired(&self, limits: &SessionLimits, now: Instant) -> bool {
+        matches!(self.state, State::Away { since, .. } if now.saturating_duration_since(since) > limits.ttl)
+    }
+}
+
+impl Inner {
+    /// Drops sessions disconnected for longer than the TTL.
+    fn expire(&mut self, limits: &SessionLimits, now: Instant) {
+        let expired: Vec<SharedStr> = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| s.expired(limits, now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.remove(&id);
+        }
+    }
+
+    /// Forgets the session disconnected the longest.
+    fn forget_oldest_away(&mut self) {
+        let oldest = self
+            .by_id
+            .iter()
+            .filter_map(|(id, s)| match s.state {
+                State::Away { since, .. } => Some((since, id.clone())),
+                State::Live(_) => None,
+            })
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, id)| id);
+        if let Some(id) = oldest {
+            self.remove(&id);
+        }
+    }
+
+    /// Removes one session.
+    fn remove(&mut self, id: &SharedStr) {
+        if let Some(session) = self.by_id.remove(id) {
+            self.by_token.remove(&session.token);
+        }
+    }
+}
