@@ -270,11 +270,13 @@ impl Registry {
         Ok(received.iter().filter_map(|t| writer.topics.get(t).map(|e| e.state.clone())).collect())
     }
 
-    /// Removes subscriber `id` everywhere; its slot, if it was registered.
-    pub(crate) fn unsubscribe(&self, id: u64) -> Option<Arc<Slot>> {
+    /// Removes subscriber `id` everywhere; its slot and the topics it received, if it was
+    /// registered.
+    pub(crate) fn unsubscribe(&self, id: u64) -> Option<(Arc<Slot>, Vec<SharedStr>)> {
         let mut writer = lock(&self.writer);
         let entry = writer.subscribers.remove(&id)?;
         self.subscribers.rcu(|all| all.remove(id));
+        let mut left: Vec<SharedStr> = entry.topics.clone();
         for topic in &entry.topics {
             self.remove_member(&mut writer, topic, id);
         }
@@ -299,11 +301,14 @@ impl Registry {
             for topic in &matched {
                 self.remove_member(&mut writer, topic, id);
             }
+            left.extend(matched);
         }
         if dropped_pattern {
             self.publish_patterns(&writer);
         }
-        Some(entry.slot)
+        left.sort_unstable();
+        left.dedup();
+        Some((entry.slot, left))
     }
 
     /// Refuses new subscribers from now on and returns every current slot.

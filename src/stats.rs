@@ -46,6 +46,8 @@ pub struct Stats {
     pub sessions: usize,
     /// Session tokens presented by another principal (refused).
     pub session_hijacks: u64,
+    /// Producers (or their stop callbacks) that panicked.
+    pub producer_panics: u64,
 }
 
 /// The hub's counters.
@@ -65,6 +67,8 @@ pub(crate) struct Counters {
     heartbeats: CachePadded<AtomicU64>,
     /// See [`Stats::session_hijacks`].
     session_hijacks: CachePadded<AtomicU64>,
+    /// See [`Stats::producer_panics`].
+    producer_panics: CachePadded<AtomicU64>,
 }
 
 /// What one fan-out did.
@@ -125,6 +129,13 @@ impl Counters {
         metrics::counter!("ssehub_session_hijacks_total").increment(1);
     }
 
+    /// Records a producer panic.
+    pub(crate) fn producer_panic(&self) {
+        add(&self.producer_panics, 1);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("ssehub_producer_panics_total").increment(1);
+    }
+
     /// Reports the registry's sizes as gauges.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn sizes(&self, subscribers: usize, topics: usize) {
@@ -148,6 +159,7 @@ impl Counters {
             heartbeats: self.heartbeats.load(Ordering::Relaxed),
             sessions: 0,
             session_hijacks: self.session_hijacks.load(Ordering::Relaxed),
+            producer_panics: self.producer_panics.load(Ordering::Relaxed),
         }
     }
 }

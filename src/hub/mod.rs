@@ -9,7 +9,7 @@ pub use subscribe::Subscribe;
 
 mod shared;
 
-pub(crate) use shared::{lag_frame, Shared};
+pub(crate) use shared::{json_string, lag_frame, Shared};
 
 use std::fmt;
 
@@ -279,6 +279,34 @@ impl Hub {
         event: Event,
     ) -> Result<Published, PublishError> {
         self.shared.send_to_many(ids, event)
+    }
+
+    /// Registers an on-demand producer (see [`Producer`](crate::Producer)): from now on, each
+    /// topic it covers runs one instance of it while the topic has subscribers. Call it from
+    /// within a Tokio runtime; instances run there.
+    ///
+    /// # Errors
+    ///
+    /// [`ProducerError::NoRuntime`](crate::ProducerError::NoRuntime) outside a runtime,
+    /// [`ProducerError::Target`](crate::ProducerError::Target) for an invalid topic or pattern,
+    /// [`ProducerError::Closed`](crate::ProducerError::Closed) after shutdown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hub = ssehub::Hub::new();
+    /// hub.add_producer(ssehub::Producer::new("feed", |ctx| async move {
+    ///     ctx.publish(ssehub::Event::new("first")).map(drop).map_err(|e| e.to_string())
+    /// }))?;
+    /// let mut sub = hub.subscribe("feed")?;
+    /// assert_eq!(sub.recv().await.map(|b| b.into_bytes()), Some("data: first\n\n".into()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn add_producer(&self, producer: crate::Producer) -> Result<(), crate::ProducerError> {
+        self.shared.add_producer(producer)
     }
 
     /// Sends an event to a session (see [`HubBuilder::with_sessions`]): to its connection

@@ -11,6 +11,7 @@ use crate::frame::{Event, Frame};
 use crate::heartbeat::Heartbeat;
 use crate::history::{format_id, parse_id, Parsed, ResetReason, MAX_LAST_EVENT_ID};
 use crate::idmap::IdMap;
+use crate::producer::{Producer, ProducerError, Producers};
 use crate::queue::{EndReason, FrameKeys, Pushed, Queue};
 use crate::registry::{Refused, Registry, Slot, TopicState};
 use crate::session::{Hijack, Sessions};
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Resumable sessions.
     sessions: Sessions,
+    /// On-demand producers.
+    pub(crate) producers: Producers,
     /// Live `Hub` handles; the last one to go shuts the hub down.
     pub(crate) handles: AtomicUsize,
     /// The next subscriber id.
@@ -60,6 +63,7 @@ impl Shared {
             counters: Counters::default(),
             closed: AtomicBool::new(false),
             sessions: Sessions::default(),
+            producers: Producers::default(),
             handles: AtomicUsize::new(1),
             next_id: AtomicU64::new(1),
             sequencer: Mutex::new(0),
@@ -137,25 +141,34 @@ impl Shared {
         };
         let named: Vec<SharedStr> = topics.clone();
         let registered = match &request.last_event_id {
-            None => {
-                self.registry.subscribe(&slot, topics, patterns, config.max_subscribers).map(drop)
-            }
+            None => self.registry.subscribe(&slot, topics, patterns, config.max_subscribers),
             Some(last) => {
                 // Registering and reading history under the sequencer: every event is either
                 // in the history read here (published before) or queued live (after), never
                 // both, never neither.
                 let sequencer = lock(&self.sequencer);
-                self.registry.subscribe(&slot, topics, patterns, config.max_subscribers).map(
-                    |received| match self.resolve(last, *sequencer, &received) {
+                let registered =
+                    self.registry.subscribe(&slot, topics, patterns, config.max_subscribers);
+                if let Ok(received) = &registered {
+                    match self.resolve(last, *sequencer, received) {
                         Ok(replay) => pending.extend(replay),
                         Err(reason) => pending.push(reset_frame(reason)),
-                    },
-                )
+                    }
+                }
+                registered
             }
         };
-        if let Err(refusal) = registered {
-            detach(&session);
-            return Err(refused(refusal));
+        let received = match registered {
+            Ok(received) => received,
+            Err(refusal) => {
+                detach(&session);
+                return Err(refused(refusal));
+            }
+        };
+        if self.producers.any() {
+            for topic in &received {
+                Producers::reconcile(self, &topic.name);
+            }
         }
         self.report_sizes();
         if config.presence {
@@ -197,6 +210,19 @@ impl Shared {
             }
         }
         Ok((checked_topics, checked_patterns))
+    }
+
+    /// See [`Hub::add_producer`](super::Hub::add_producer).
+    pub(crate) fn add_producer(self: &Arc<Self>, producer: Producer) -> Result<(), ProducerError> {
+        if self.is_closed() {
+            return Err(ProducerError::Closed);
+        }
+        self.producers.add(producer, self.config.max_topic_len)?;
+        // Topics that already have subscribers get their instance now.
+        for (topic, _) in self.registry.topic_counts() {
+            Producers::reconcile(self, &SharedStr::from(topic));
+        }
+        Ok(())
     }
 
     /// See [`Hub::publish`](super::Hub::publish).
@@ -436,7 +462,7 @@ impl Shared {
 
     /// Unregisters a subscription being dropped.
     pub(crate) fn unsubscribe(
-        &self,
+        self: &Arc<Self>,
         slot: &Slot,
         session: Option<&SharedStr>,
         named: &[SharedStr],
@@ -445,8 +471,13 @@ impl Shared {
         if let Some(session) = session {
             self.sessions.detach(session, slot.id, Instant::now());
         }
-        self.registry.unsubscribe(slot.id);
+        let left = self.registry.unsubscribe(slot.id).map(|(_, left)| left).unwrap_or_default();
         self.report_sizes();
+        if self.producers.any() {
+            for topic in &left {
+                Producers::reconcile(self, topic);
+            }
+        }
         if self.config.presence {
             self.presence(slot, named, "leave");
         }
@@ -472,6 +503,7 @@ impl Shared {
         for slot in self.registry.close() {
             slot.queue.close(EndReason::Shutdown, last, false);
         }
+        self.producers.stop_all();
         self.heartbeat.stop();
         true
     }

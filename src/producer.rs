@@ -1,0 +1,501 @@
+//! On-demand producers: a task per topic that runs while the topic has subscribers.
+//!
+//! A producer is registered for a topic or a pattern. When a topic it covers gains its first
+//! subscriber, the hub spawns the producer for that topic on the Tokio runtime it was registered
+//! from; when the last subscriber leaves (after an optional linger), the producer's future is
+//! dropped. A producer may also end by itself (a stop condition). Its error is published to the
+//! topic as an `error` event and a panic is caught and reported the same way; neither affects the
+//! hub or other producers. A callback runs whenever a producer stops.
+//!
+//! Membership changes are reported to the producer table after the registry's lock is released,
+//! so two changes can arrive out of order; each report therefore re-reads the topic's current
+//! subscriber count and reconciles to it, under the table's lock. The last report after the last
+//! change sees the final count, so a producer never runs twice for one topic and never stays
+//! stopped (unless it stopped itself) while the topic has subscribers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::{PublishError, TopicError};
+use crate::frame::Event;
+use crate::hub::{Published, Shared};
+use crate::sync::{lock, Arc, Mutex, SharedStr};
+use crate::topic::Pattern;
+
+/// Why a producer stopped, as told to its stop callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Its topic has had no subscriber for the linger time.
+    Idle,
+    /// Its future returned `Ok(())`: it stopped by itself.
+    Finished,
+    /// Its future returned an error (also published as an `error` event).
+    Failed(String),
+    /// It panicked (also published as an `error` event, and counted).
+    Panicked,
+    /// The hub shut down.
+    Shutdown,
+}
+
+/// The boxed future a producer returns.
+type ProducerFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// A type-erased producer function.
+type StartFn = dyn Fn(ProducerContext) -> ProducerFuture + Send + Sync;
+/// A type-erased stop callback.
+type StopFn = dyn Fn(&str, &StopReason) + Send + Sync;
+
+/// An on-demand producer: what runs, for which topics, and how it stops.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use ssehub::{Event, Hub, Producer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = Hub::builder().with_heartbeat(None).build();
+/// hub.add_producer(
+///     Producer::new("clock:*", |ctx| async move {
+///         let mut tick = tokio::time::interval(Duration::from_millis(10));
+///         loop {
+///             tick.tick().await;
+///             if ctx.publish(Event::new("tick")).is_err() {
+///                 return Ok::<(), std::io::Error>(());
+///             }
+///         }
+///     })
+///     .with_linger(Duration::from_millis(50)),
+/// )?;
+/// let mut sub = hub.subscribe("clock:utc")?;
+/// assert!(sub.recv().await.is_some()); // the producer started with the first subscriber
+/// # Ok(())
+/// # }
+/// ```
+pub struct Producer {
+    /// The topics it serves: a topic name or a pattern, checked by `Hub::add_producer`.
+    target: String,
+    /// Starts one instance for a topic.
+    start: Arc<StartFn>,
+    /// How long an idle topic keeps its producer.
+    linger: Duration,
+    /// Called when an instance stops.
+    on_stop: Option<Arc<StopFn>>,
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("target", &self.target)
+            .field("linger", &self.linger)
+            .finish()
+    }
+}
+
+impl Producer {
+    /// A producer for the topics `target` matches (a topic name or a glob pattern). `start` is
+    /// called with a [`ProducerContext`] each time a topic it covers gains its first
+    /// subscriber; the future it returns runs until the topic is idle, the hub shuts down, or it
+    /// returns.
+    ///
+    /// `target` is checked by [`Hub::add_producer`](crate::Hub::add_producer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let producer = ssehub::Producer::new("device:*", |_ctx| async { Ok::<(), String>(()) });
+    /// # drop(producer);
+    /// ```
+    #[must_use]
+    pub fn new<F, Fut, E>(target: &str, start: F) -> Producer
+    where
+        F: Fn(ProducerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + 'static,
+    {
+        let target = target.to_string();
+        let start: Arc<StartFn> = Arc::new(move |ctx| {
+            let fut = start(ctx);
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) }) as ProducerFuture
+        });
+        Producer { target, start, linger: Duration::ZERO, on_stop: None }
+    }
+
+    /// How long a topic with no subscriber keeps its producer running (zero by default), so a
+    /// client that reconnects quickly finds it still warm.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let p = ssehub::Producer::new("t", |_| async { Ok::<(), String>(()) })
+    ///     .with_linger(Duration::from_secs(5));
+    /// # drop(p);
+    /// ```
+    #[must_use]
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// A callback run each time an instance stops, with its topic and why.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let p = ssehub::Producer::new("t", |_| async { Ok::<(), String>(()) })
+    ///     .with_on_stop(|topic, reason| eprintln!("{topic}: producer stopped ({reason:?})"));
+    /// # drop(p);
+    /// ```
+    #[must_use]
+    pub fn with_on_stop(
+        mut self,
+        on_stop: impl Fn(&str, &StopReason) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_stop = Some(Arc::new(on_stop));
+        self
+    }
+}
+
+/// What a running producer instance gets: its topic, a way to publish to it, and a signal to
+/// stop.
+pub struct ProducerContext {
+    /// The topic this instance serves.
+    topic: SharedStr,
+    /// The hub (not a `Hub` handle, so a running producer does not keep a hub from shutting
+    /// down when its last handle is dropped).
+    shared: Arc<Shared>,
+    /// Becomes `true` when the instance must stop.
+    stop: watch::Receiver<bool>,
+}
+
+impl fmt::Debug for ProducerContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProducerContext").field("topic", &self.topic).finish()
+    }
+}
+
+impl ProducerContext {
+    /// The topic this instance serves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let p = ssehub::Producer::new("t", |ctx| async move {
+    ///     assert_eq!(ctx.topic(), "t");
+    ///     Ok::<(), String>(())
+    /// });
+    /// # drop(p);
+    /// ```
+    #[must_use]
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publishes an event to this instance's topic.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::publish`](crate::Hub::publish); `PublishError::Closed` once the hub shut down.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let p = ssehub::Producer::new("t", |ctx| async move {
+    ///     ctx.publish(ssehub::Event::new("hello")).map(drop).map_err(|e| e.to_string())
+    /// });
+    /// # drop(p);
+    /// ```
+    pub fn publish(&self, event: Event) -> Result<Published, PublishError> {
+        self.shared.publish(&self.topic, event)
+    }
+
+    /// Resolves when this instance must stop (its future is also dropped then, so awaiting this
+    /// is only needed for work that must finish cleanly).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let p = ssehub::Producer::new("t", |mut ctx| async move {
+    ///     ctx.stopped().await;
+    ///     Ok::<(), String>(())
+    /// });
+    /// # drop(p);
+    /// ```
+    pub async fn stopped(&mut self) {
+        // An error means the sender is gone, which also means stop.
+        let _ = self.stop.wait_for(|stop| *stop).await;
+    }
+}
+
+/// One instance: running, lingering, stopping, or ended by itself.
+#[derive(Debug)]
+struct Running {
+    /// Distinguishes this instance from earlier ones on the same topic.
+    generation: u64,
+    /// Tells the instance to stop.
+    stop: watch::Sender<bool>,
+    /// Becomes `true` once the instance's future has been dropped.
+    done: watch::Receiver<bool>,
+    /// Set when it ended by itself: not restarted until the topic goes idle first.
+    finished: bool,
+    /// Set once it was told to stop; a new subscriber then starts a new instance, which waits
+    /// for this one to be gone.
+    stopping: bool,
+    /// The linger timer running for it, if any (its number, so a stale timer does nothing).
+    linger: Option<u64>,
+}
+
+/// Every producer and every instance.
+#[derive(Default)]
+pub(crate) struct Producers {
+    /// Under one lock: registration and reconciliation are rare and short.
+    inner: Mutex<Table>,
+}
+
+impl fmt::Debug for Producers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Producers")
+    }
+}
+
+/// A registered producer with its compiled target and runtime.
+struct Spec {
+    /// Which topics it serves.
+    target: Pattern,
+    /// The producer.
+    producer: Producer,
+    /// The runtime it was registered from, where its instances run.
+    handle: tokio::runtime::Handle,
+}
+
+/// The producers and their instances.
+#[derive(Default)]
+struct Table {
+    /// Registered producers; the first whose target matches a topic serves it.
+    specs: Vec<Spec>,
+    /// Instances by topic.
+    running: HashMap<SharedStr, Running>,
+    /// The next instance generation (and linger timer number).
+    next: u64,
+}
+
+/// Why a producer cannot be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProducerError {
+    /// `add_producer` was called outside a Tokio runtime, where nothing could run it.
+    #[error("producers need a Tokio runtime; call add_producer from within one")]
+    NoRuntime,
+    /// The target is not a valid topic name or pattern.
+    #[error("invalid producer target: {0}")]
+    Target(#[from] TopicError),
+    /// The hub was shut down.
+    #[error("hub is shut down")]
+    Closed,
+}
+
+impl Producers {
+    /// Whether any producer is registered (a cheap check before reconciling).
+    pub(crate) fn any(&self) -> bool {
+        !lock(&self.inner).specs.is_empty()
+    }
+
+    /// Registers a producer from within a Tokio runtime.
+    pub(crate) fn add(&self, producer: Producer, max_len: usize) -> Result<(), ProducerError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| ProducerError::NoRuntime)?;
+        let target = Pattern::with_max_len(&producer.target, max_len)?;
+        lock(&self.inner).specs.push(Spec { target, producer, handle });
+        Ok(())
+    }
+
+    /// Brings `topic`'s instance in line with its current subscriber count.
+    pub(crate) fn reconcile(shared: &Arc<Shared>, topic: &SharedStr) {
+        let count = shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
+        let mut guard = lock(&shared.producers.inner);
+        let table = &mut *guard;
+        let Some(spec) = table.specs.iter().find(|s| s.target.matches(topic)) else {
+            return;
+        };
+        let entry = table.running.get_mut(topic);
+        if count > 0 {
+            if let Some(running) = entry {
+                if !running.stopping {
+                    // Running, lingering (a subscriber came back in time) or ended by itself.
+                    running.linger = None;
+                    return;
+                }
+            }
+            if shared.is_closed() {
+                return;
+            }
+            let previous = table.running.get(topic).map(|r| r.done.clone());
+            table.next += 1;
+            let generation = table.next;
+            let (stop, stop_rx) = watch::channel(false);
+            let (done_tx, done) = watch::channel(false);
+            let ctx = ProducerContext {
+                topic: topic.clone(),
+                shared: shared.clone(),
+                stop: stop_rx.clone(),
+            };
+            let instance = Instance {
+                shared: shared.clone(),
+                topic: topic.clone(),
+                generation,
+                start: spec.producer.start.clone(),
+                ctx,
+                on_stop: spec.producer.on_stop.clone(),
+                handle: spec.handle.clone(),
+            };
+            spec.handle.spawn(instance.supervise(previous, stop_rx, done_tx));
+            table.running.insert(
+                topic.clone(),
+                Running { generation, stop, done, finished: false, stopping: false, linger: None },
+            );
+            return;
+        }
+        let Some(running) = entry else {
+            return;
+        };
+        if running.finished {
+            // Ended by itself and now idle: the next subscriber may start it again.
+            table.running.remove(topic);
+        } else if !running.stopping && running.linger.is_none() {
+            if spec.producer.linger.is_zero() {
+                running.stopping = true;
+                let _ = running.stop.send(true);
+            } else {
+                table.next += 1;
+                running.linger = Some(table.next);
+                let (timer, linger, shared, topic) =
+                    (table.next, spec.producer.linger, shared.clone(), topic.clone());
+                spec.handle.spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    Producers::linger_over(&shared, &topic, timer);
+                });
+            }
+        }
+    }
+
+    /// A linger timer ran out: stop the instance if it is still the one lingering.
+    fn linger_over(shared: &Arc<Shared>, topic: &SharedStr, timer: u64) {
+        let count = shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
+        let mut table = lock(&shared.producers.inner);
+        if let Some(running) = table.running.get_mut(topic) {
+            if running.linger == Some(timer) && count == 0 {
+                running.linger = None;
+                running.stopping = true;
+                let _ = running.stop.send(true);
+            }
+        }
+    }
+
+    /// An instance ended: forget it, or remember that it finished by itself while its topic
+    /// still has subscribers (so it is not restarted for them).
+    fn ended(shared: &Shared, topic: &SharedStr, generation: u64, by_itself: bool) {
+        let count = shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
+        let mut table = lock(&shared.producers.inner);
+        if let Some(running) = table.running.get_mut(topic) {
+            if running.generation == generation {
+                if by_itself && count > 0 && !running.stopping {
+                    running.finished = true;
+                } else {
+                    table.running.remove(topic);
+                }
+            }
+        }
+    }
+
+    /// Stops every instance (hub shutdown).
+    pub(crate) fn stop_all(&self) {
+        for running in lock(&self.inner).running.values_mut() {
+            running.stopping = true;
+            let _ = running.stop.send(true);
+        }
+    }
+}
+
+/// Everything one instance's supervisor needs.
+struct Instance {
+    /// The hub.
+    shared: Arc<Shared>,
+    /// The topic served.
+    topic: SharedStr,
+    /// This instance's generation.
+    generation: u64,
+    /// The producer function.
+    start: Arc<StartFn>,
+    /// The context handed to it.
+    ctx: ProducerContext,
+    /// The stop callback.
+    on_stop: Option<Arc<StopFn>>,
+    /// Where it runs.
+    handle: tokio::runtime::Handle,
+}
+
+impl Instance {
+    /// Waits for the previous instance on the topic to be gone, runs this one as its own task
+    /// until it ends or is told to stop, then reports how it ended.
+    async fn supervise(
+        self,
+        previous: Option<watch::Receiver<bool>>,
+        mut stop: watch::Receiver<bool>,
+        done: watch::Sender<bool>,
+    ) {
+        if let Some(mut previous) = previous {
+            // Never two instances at once: the old one's future is dropped first.
+            let _ = previous.wait_for(|gone| *gone).await;
+        }
+        let Instance { shared, topic, generation, start, ctx, on_stop, handle } = self;
+        // The instance runs as its own task, so a panic in it is caught by the runtime and seen
+        // here as a `JoinError` instead of unwinding through the hub.
+        let mut task = handle.spawn(start(ctx));
+        let reason = tokio::select! {
+            joined = &mut task => match joined {
+                Ok(Ok(())) => StopReason::Finished,
+                Ok(Err(error)) => StopReason::Failed(error),
+                Err(error) if error.is_panic() => StopReason::Panicked,
+                Err(_) => StopReason::Idle,
+            },
+            () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                task.abort();
+                // Wait until the future is dropped before anyone starts a successor.
+                let _ = (&mut task).await;
+                if shared.is_closed() { StopReason::Shutdown } else { StopReason::Idle }
+            }
+        };
+        let _ = done.send(true);
+        match &reason {
+            StopReason::Failed(error) => report(&shared, &topic, error),
+            StopReason::Panicked => {
+                shared.counters.producer_panic();
+                report(&shared, &topic, "producer panicked");
+            }
+            _ => {}
+        }
+        let by_itself =
+            matches!(reason, StopReason::Finished | StopReason::Failed(_) | StopReason::Panicked);
+        Producers::ended(&shared, &topic, generation, by_itself);
+        if let Some(on_stop) = on_stop {
+            // The callback is the application's code: contain a panic in it like a producer's.
+            let call = std::panic::AssertUnwindSafe(|| on_stop(&topic, &reason));
+            if std::panic::catch_unwind(call).is_err() {
+                shared.counters.producer_panic();
+            }
+        }
+    }
+}
+
+/// Publishes a producer's failure to its topic as an `error` event.
+fn report(shared: &Shared, topic: &str, error: &str) {
+    let data = format!("{{\"error\":{}}}", crate::hub::json_string(error));
+    // After shutdown there is nobody left to tell.
+    let _ = shared.publish(topic, Event::new(data).with_event("error"));
+}
