@@ -99,7 +99,7 @@ pub use error::{EventError, PublishError, SubscribeError, TopicError};
 pub use frame::parse;
 pub use frame::{Event, Frame};
 pub use history::{HistoryLimits, ResetReason};
-pub use hub::{Hub, HubBuilder, Published, Subscribe};
+pub use hub::{Hub, HubBuilder, Pacing, Published, Subscribe};
 pub use producer::{Producer, ProducerContext, ProducerError, StopReason};
 pub use queue::{ConflateKey, EndReason, SlowPolicy};
 pub use session::SessionLimits;

@@ -101,3 +101,53 @@ fn disconnecting_ends_a_stream_after_its_queue() {
     }
     assert!(!hub.disconnect(a.id()));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_paced_shutdown_ends_streams_batch_by_batch_with_jittered_retry() {
+    use ssehub::Pacing;
+    let hub = Hub::builder().with_heartbeat(None).build();
+    let mut subs: Vec<_> = (0..50).map(|_| hub.subscribe("t").unwrap()).collect();
+    hub.publish("t", Event::new("last event")).unwrap();
+    let pacing = Pacing::new()
+        .with_batch(10)
+        .with_interval(Duration::from_secs(3600))
+        .with_retry(Duration::from_secs(1), Duration::from_secs(2));
+    let shutdown = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.shutdown_paced(&pacing).await })
+    };
+    // On this single-threaded runtime the shutdown task runs to its first pause here.
+    tokio::task::yield_now().await;
+    assert!(hub.is_closed());
+    assert!(matches!(hub.publish("t", Event::new("late")), Err(PublishError::Closed(_))));
+    assert_eq!(hub.subscribe("t").unwrap_err(), SubscribeError::Closed);
+    let mut retries = Vec::new();
+    let mut still_open = 0;
+    for sub in &mut subs {
+        let batch = sub.try_recv().unwrap().expect("the queued event");
+        let text = String::from_utf8(batch.into_bytes().to_vec()).unwrap();
+        match text.split_once("retry: ") {
+            Some((before, after)) => {
+                assert_eq!(before, "data: last event\n\n");
+                retries.push(after.trim().parse::<u64>().unwrap());
+                assert_eq!(sub.try_recv().unwrap_err(), EndReason::Shutdown);
+            }
+            None => {
+                assert_eq!(text, "data: last event\n\n");
+                assert!(sub.try_recv().unwrap().is_none(), "not yet ended");
+                still_open += 1;
+            }
+        }
+    }
+    // One batch ended; the rest wait for theirs.
+    assert_eq!((retries.len(), still_open), (10, 40));
+    assert!(retries.iter().all(|ms| (1000..=3000).contains(ms)));
+    assert!(retries.iter().any(|ms| *ms != retries[0]), "retry hints are jittered");
+    shutdown.abort();
+    // A plain shutdown ends the rest at once; a second paced one has nothing to do.
+    hub.shutdown();
+    assert!(!hub.shutdown_paced(&Pacing::new()).await);
+    for sub in &mut subs {
+        assert!(matches!(sub.try_recv(), Err(EndReason::Shutdown)));
+    }
+}

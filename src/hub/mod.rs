@@ -49,6 +49,97 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// How [`Hub::shutdown_paced`] spreads the end of the streams.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let pacing = ssehub::Pacing::new()
+///     .with_batch(500)
+///     .with_interval(Duration::from_millis(100))
+///     .with_retry(Duration::from_secs(1), Duration::from_secs(10));
+/// # drop(pacing);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Pacing {
+    /// Streams ended together.
+    pub(crate) batch: usize,
+    /// Pause between batches.
+    pub(crate) interval: std::time::Duration,
+    /// Base of the final `retry:` hint.
+    pub(crate) retry: std::time::Duration,
+    /// Most random extra added to it, per stream.
+    pub(crate) jitter: std::time::Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            batch: 500,
+            interval: std::time::Duration::from_millis(100),
+            retry: std::time::Duration::from_secs(1),
+            jitter: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+impl Pacing {
+    /// 500 streams every 100 ms, each told to retry after 1 s plus up to 5 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pacing = ssehub::Pacing::new();
+    /// # drop(pacing);
+    /// ```
+    pub fn new() -> Self {
+        Pacing::default()
+    }
+
+    /// Streams ended together (at least 1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pacing = ssehub::Pacing::new().with_batch(100);
+    /// # drop(pacing);
+    /// ```
+    pub fn with_batch(mut self, streams: usize) -> Self {
+        self.batch = streams.max(1);
+        self
+    }
+
+    /// Pause between batches.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pacing = ssehub::Pacing::new().with_interval(std::time::Duration::from_millis(50));
+    /// # drop(pacing);
+    /// ```
+    pub fn with_interval(mut self, interval: std::time::Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The final `retry:` hint: `base` plus a random extra of up to `jitter` per stream.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let pacing = ssehub::Pacing::new().with_retry(Duration::from_secs(2), Duration::from_secs(8));
+    /// # drop(pacing);
+    /// ```
+    pub fn with_retry(mut self, base: std::time::Duration, jitter: std::time::Duration) -> Self {
+        self.retry = base;
+        self.jitter = jitter;
+        self
+    }
+}
+
 /// What a publish did.
 ///
 /// # Examples
@@ -419,6 +510,43 @@ impl Hub {
         } else {
             Err(PublishError::Closed(Box::new(last)))
         }
+    }
+
+    /// Shuts the hub down gracefully, in paced batches: at once, new subscribes and publishes
+    /// fail with `Closed` and producers and the heartbeat stop; then every `pacing.batch`
+    /// streams, each gets a final `retry:` of `pacing.retry` plus its own random extra of up to
+    /// `pacing.jitter` and ends after what was queued for it, one batch every
+    /// `pacing.interval`. Thousands of clients thus reconnect (to another node, or to this one
+    /// restarted) spread out instead of in the same second. Returns `false` if the hub was
+    /// already shut down. It never waits for clients: streams end on their next poll.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes leaves the remaining streams open until they are
+    /// dropped or [`Hub::shutdown`] is called (which then ends them at once).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ssehub::{Hub, Pacing};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hub = Hub::new();
+    /// let mut subs = (0..10).map(|_| hub.subscribe("t")).collect::<Result<Vec<_>, _>>()?;
+    /// let pacing = Pacing::new().with_batch(4).with_interval(Duration::from_millis(1));
+    /// assert!(hub.shutdown_paced(&pacing).await);
+    /// for sub in &mut subs {
+    ///     let last = sub.recv().await.expect("the final retry hint").into_bytes();
+    ///     assert!(last.starts_with(b"retry: "));
+    ///     assert!(sub.recv().await.is_none());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown_paced(&self, pacing: &Pacing) -> bool {
+        self.shared.shutdown_paced(pacing).await
     }
 
     /// Whether the hub was shut down.

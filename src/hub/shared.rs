@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Config, Published, Subscribe};
+use super::{Config, Pacing, Published, Subscribe};
 use crate::error::{PublishError, SubscribeError, TopicError};
 use crate::frame::{Event, Frame};
 use crate::heartbeat::Heartbeat;
@@ -494,17 +494,41 @@ impl Shared {
         }
     }
 
-    /// Shuts down once; returns whether this call did it.
+    /// Shuts down; returns whether this call started the shutdown. Streams still open (a paced
+    /// shutdown that was cancelled) are ended by every call.
     pub(crate) fn shutdown(&self, last: Option<&Bytes>) -> bool {
         // AcqRel: publishers that see `closed` must also see everything before it.
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return false;
-        }
+        let first = !self.closed.swap(true, Ordering::AcqRel);
+        let last = if first { last } else { None };
         for slot in self.registry.close() {
             slot.queue.close(EndReason::Shutdown, last, false);
         }
         self.producers.stop_all();
         self.heartbeat.stop();
+        first
+    }
+
+    /// Shuts down in paced batches; returns whether this call did it.
+    pub(crate) async fn shutdown_paced(&self, pacing: &Pacing) -> bool {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        // Closed to new subscribers and publishes at once; streams end batch by batch.
+        let slots = self.registry.close();
+        self.producers.stop_all();
+        self.heartbeat.stop();
+        let mut batches = slots.chunks(pacing.batch.max(1)).peekable();
+        while let Some(batch) = batches.next() {
+            for slot in batch {
+                // Each stream its own jittered `retry:`, so its client comes back at its own time.
+                let retry = pacing.retry + self.jitter(pacing.jitter);
+                let frame = Event::default().with_retry(retry).encode().map(Frame::into_bytes).ok();
+                slot.queue.close(EndReason::Shutdown, frame.as_ref(), false);
+            }
+            if batches.peek().is_some() {
+                tokio::time::sleep(pacing.interval).await;
+            }
+        }
         true
     }
 }
