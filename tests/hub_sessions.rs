@@ -54,7 +54,8 @@ fn a_resumed_session_gets_its_topics_and_missed_sends_back() {
     for n in 1..=3 {
         hub.send_to_session(&session, Event::new(format!("dm{n}"))).unwrap();
     }
-    let mut back = hub.subscribe(Subscribe::new().with_principal("ann").with_session_token(&token)).unwrap();
+    let mut back =
+        hub.subscribe(Subscribe::new().with_principal("ann").with_session_token(&token)).unwrap();
     assert_eq!(back.session_id(), Some(session.as_str()));
     hub.publish("a", Event::new("topic a")).unwrap();
     hub.publish("b:1", Event::new("pattern b")).unwrap();
@@ -68,7 +69,9 @@ fn a_resumed_session_gets_its_topics_and_missed_sends_back() {
 fn a_token_from_another_principal_is_refused_and_counted() {
     let hub = session_hub(SessionLimits::new());
     let (_sub, _, token) = connect(&hub, Subscribe::from("t").with_principal("ann"));
-    let err = hub.subscribe(Subscribe::from("t").with_principal("mallory").with_session_token(&token)).unwrap_err();
+    let err = hub
+        .subscribe(Subscribe::from("t").with_principal("mallory").with_session_token(&token))
+        .unwrap_err();
     assert_eq!(err, SubscribeError::SessionRefused);
     let err = hub.subscribe(Subscribe::from("t").with_session_token(&token)).unwrap_err();
     assert_eq!(err, SubscribeError::SessionRefused);
@@ -81,10 +84,12 @@ fn an_expired_or_unknown_token_gets_a_fresh_session() {
     let (sub, session, token) = connect(&hub, Subscribe::from("t"));
     drop(sub);
     std::thread::sleep(Duration::from_millis(60));
-    let (_fresh, fresh_session, fresh_token) = connect(&hub, Subscribe::from("t").with_session_token(&token));
+    let (_fresh, fresh_session, fresh_token) =
+        connect(&hub, Subscribe::from("t").with_session_token(&token));
     assert_ne!(fresh_session, session);
     assert_ne!(fresh_token, token);
-    let (_other, other_session, _) = connect(&hub, Subscribe::from("t").with_session_token("not-a-token"));
+    let (_other, other_session, _) =
+        connect(&hub, Subscribe::from("t").with_session_token("not-a-token"));
     assert_ne!(other_session, session);
     assert_eq!(hub.stats().session_hijacks, 0);
 }
