@@ -76,6 +76,8 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod batch;
+#[cfg(feature = "client")]
+pub mod client;
 mod error;
 mod frame;
 mod heartbeat;
