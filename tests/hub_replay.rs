@@ -190,7 +190,15 @@ fn replay_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
     // event exactly once, in order.
     let start =
         published.iter().position(|id| Some(id) == received.first()).expect("first id published");
-    assert_eq!(received, published[start..]);
+    let expected = &published[start..];
+    assert_eq!(received.len(), expected.len());
+    if let Some(at) = received.iter().zip(expected).position(|(got, want)| got != want) {
+        panic!(
+            "diverges at {at}: got {:?}, expected {:?}",
+            &received[at..at + 1],
+            &expected[at..at + 1]
+        );
+    }
     let mut seen = HashMap::new();
     for id in &received {
         assert!(seen.insert(id.clone(), ()).is_none(), "duplicate {id}");

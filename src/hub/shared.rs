@@ -140,8 +140,19 @@ impl Shared {
             Refused::Full => SubscribeError::Full { max: config.max_subscribers },
         };
         let named: Vec<SharedStr> = topics.clone();
+        // A subscription to several topics (or a pattern, which may match several) must start
+        // on all of them at one point in the sequence, or an event on one topic could slip by
+        // while a later one on another arrives: registering under the sequencer makes the
+        // start atomic. One exact topic is a single snapshot swap, atomic by itself.
+        let atomic_start = topics.len() + patterns.len() > 1 || !patterns.is_empty();
         let registered = match &request.last_event_id {
-            None => self.registry.subscribe(&slot, topics, patterns, config.max_subscribers),
+            None if !atomic_start => {
+                self.registry.subscribe(&slot, topics, patterns, config.max_subscribers)
+            }
+            None => {
+                let _sequencer = lock(&self.sequencer);
+                self.registry.subscribe(&slot, topics, patterns, config.max_subscribers)
+            }
             Some(last) => {
                 // Registering and reading history under the sequencer: every event is either
                 // in the history read here (published before) or queued live (after), never
