@@ -37,6 +37,7 @@ struct NaiveCow {
 }
 
 impl NaiveCow {
+    /// Adds `id`, copying the whole set.
     fn insert(&self, id: u64) {
         let mut current = self.current.lock().expect("not poisoned");
         let mut next = Vec::with_capacity(current.len() + 1);
@@ -45,12 +46,14 @@ impl NaiveCow {
         *current = Arc::new(next);
     }
 
+    /// Removes `id`, copying the rest of the set.
     fn remove(&self, id: u64) {
         let mut current = self.current.lock().expect("not poisoned");
         let next: Vec<u64> = current.iter().copied().filter(|&x| x != id).collect();
         *current = Arc::new(next);
     }
 
+    /// Number of ids.
     fn len(&self) -> usize {
         self.current.lock().expect("not poisoned").len()
     }
@@ -86,12 +89,11 @@ fn naive_cycle(n: usize) -> Duration {
     elapsed
 }
 
+/// ssehub at every size, the naive set at the smaller ones.
 fn churn(c: &mut Criterion) {
     // Sanity checks outside the measurement: both contenders do the work they claim.
     let hub = Hub::builder().with_heartbeat(None).build();
-    let subs: Vec<_> = (0..1_000)
-        .map(|_| hub.subscribe(TOPIC).expect("subscribe"))
-        .collect();
+    let subs: Vec<_> = (0..1_000).map(|_| hub.subscribe(TOPIC).expect("subscribe")).collect();
     assert_eq!(hub.topic_subscriber_count(TOPIC), 1_000);
     drop(subs);
     assert_eq!(hub.subscriber_count(), 0);

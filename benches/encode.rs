@@ -30,6 +30,7 @@ fn lines(lines: usize, sep: &str) -> String {
         .join(sep)
 }
 
+/// The benchmarked event: `data` with `event: tick` and an id.
 fn event(data: &str) -> Event {
     Event::new(data).with_event("tick").with_id(ID)
 }
@@ -50,15 +51,12 @@ fn format_multi(id: &str, data: &str) -> String {
     out
 }
 
+/// `encode` against `format!`, then `normalized`.
 fn encode(c: &mut Criterion) {
     let single = "x".repeat(128);
     let multi = lines(LINES, "\n");
     let cases = [
-        (
-            "single_line_128B",
-            single.as_str(),
-            format_single as fn(&str, &str) -> String,
-        ),
+        ("single_line_128B", single.as_str(), format_single as fn(&str, &str) -> String),
         ("multi_line_1KiB", multi.as_str(), format_multi),
     ];
 

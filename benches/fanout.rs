@@ -23,7 +23,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use ssehub::{Event, Hub, Subscription};
 use tokio::sync::{broadcast, mpsc};
 
@@ -40,6 +43,7 @@ const FANOUT_N: [usize; 3] = [1, 100, 10_000];
 /// Subscriber counts for the publish-only measurement.
 const PUBLISH_N: [usize; 3] = [100, 1_000, 10_000];
 
+/// The event data: `PAYLOAD` bytes, one line.
 fn payload() -> String {
     "x".repeat(PAYLOAD)
 }
@@ -52,40 +56,36 @@ fn format_frame(seq: u64, data: &str) -> String {
 
 /// One `K`-event round through a contender; returns the number of frames the receivers took.
 trait Round {
+    /// Publishes `K` events and has every receiver take them all.
     fn round(&mut self) -> usize;
 }
 
+/// ssehub: one hub, `n` subscriptions to one topic.
 struct Ssehub {
+    /// The hub.
     hub: Hub,
+    /// The receivers.
     subs: Vec<Subscription>,
+    /// The event data.
     payload: String,
+    /// The last event id.
     seq: u64,
 }
 
 impl Ssehub {
     fn new(n: usize) -> Self {
-        let hub = Hub::builder()
-            .with_heartbeat(None)
-            .with_capacity(CAPACITY)
-            .build();
-        let subs = (0..n)
-            .map(|_| hub.subscribe(TOPIC).expect("subscribe"))
-            .collect();
-        Ssehub {
-            hub,
-            subs,
-            payload: payload(),
-            seq: 0,
-        }
+        let hub = Hub::builder().with_heartbeat(None).with_capacity(CAPACITY).build();
+        let subs = (0..n).map(|_| hub.subscribe(TOPIC).expect("subscribe")).collect();
+        Ssehub { hub, subs, payload: payload(), seq: 0 }
     }
 
+    /// The next event, as a publisher builds it.
     fn next_event(&mut self) -> Event {
         self.seq += 1;
-        Event::new(self.payload.clone())
-            .with_event("tick")
-            .with_id(self.seq.to_string())
+        Event::new(self.payload.clone()).with_event("tick").with_id(self.seq.to_string())
     }
 
+    /// Every subscription takes everything queued; returns the frames taken.
     fn drain(&mut self) -> usize {
         let mut received = 0;
         for sub in &mut self.subs {
@@ -108,10 +108,15 @@ impl Round for Ssehub {
     }
 }
 
+/// `tokio::sync::broadcast`: one channel, `n` receivers, frames encoded once per publish.
 struct TokioBroadcast {
+    /// The sender.
     tx: broadcast::Sender<Bytes>,
+    /// The receivers.
     rxs: Vec<broadcast::Receiver<Bytes>>,
+    /// The event data.
     payload: String,
+    /// The last event id.
     seq: u64,
 }
 
@@ -119,12 +124,7 @@ impl TokioBroadcast {
     fn new(n: usize) -> Self {
         let (tx, _) = broadcast::channel(CAPACITY);
         let rxs = (0..n).map(|_| tx.subscribe()).collect();
-        TokioBroadcast {
-            tx,
-            rxs,
-            payload: payload(),
-            seq: 0,
-        }
+        TokioBroadcast { tx, rxs, payload: payload(), seq: 0 }
     }
 }
 
@@ -148,10 +148,15 @@ impl Round for TokioBroadcast {
     }
 }
 
+/// The common hand-written hub: a locked map of bounded channels, a frame formatted per client.
 struct Handrolled {
+    /// Client id to its channel.
     clients: Mutex<HashMap<u64, mpsc::Sender<String>>>,
+    /// The receivers.
     rxs: Vec<mpsc::Receiver<String>>,
+    /// The event data.
     payload: String,
+    /// The last event id.
     seq: u64,
 }
 
@@ -164,12 +169,7 @@ impl Handrolled {
             clients.insert(id, tx);
             rxs.push(rx);
         }
-        Handrolled {
-            clients: Mutex::new(clients),
-            rxs,
-            payload: payload(),
-            seq: 0,
-        }
+        Handrolled { clients: Mutex::new(clients), rxs, payload: payload(), seq: 0 }
     }
 }
 
@@ -196,19 +196,26 @@ impl Round for Handrolled {
     }
 }
 
-/// Runs one round and checks every receiver took every event, then benchmarks rounds.
-fn bench_rounds(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+/// Benchmarks rounds of the contender `make(n)` builds; before the first measurement (and only
+/// when this benchmark is selected), runs one round and checks every receiver took every event.
+fn bench_rounds<R: Round>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     n: usize,
-    mut contender: impl Round,
+    make: impl Fn(usize) -> R,
 ) {
-    assert_eq!(contender.round(), n * K, "{name} at N={n} lost deliveries");
+    let mut contender = None;
     group.bench_function(BenchmarkId::new(name, n), |b| {
+        let contender = contender.get_or_insert_with(|| {
+            let mut contender = make(n);
+            assert_eq!(contender.round(), n * K, "{name} at N={n} lost deliveries");
+            contender
+        });
         b.iter(|| black_box(contender.round()))
     });
 }
 
+/// The three contenders at each `N`.
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
     for n in FANOUT_N {
@@ -216,23 +223,28 @@ fn fanout(c: &mut Criterion) {
         // A 10,000-subscriber round takes tens of milliseconds (the hand-rolled hub over 100):
         // fewer, longer samples keep the run within its time budget.
         group.sample_size(if n >= 10_000 { 10 } else { 50 });
-        bench_rounds(&mut group, "ssehub", n, Ssehub::new(n));
-        bench_rounds(&mut group, "tokio_broadcast", n, TokioBroadcast::new(n));
-        bench_rounds(&mut group, "handrolled", n, Handrolled::new(n));
+        bench_rounds(&mut group, "ssehub", n, Ssehub::new);
+        bench_rounds(&mut group, "tokio_broadcast", n, TokioBroadcast::new);
+        bench_rounds(&mut group, "handrolled", n, Handrolled::new);
     }
     group.finish();
 }
 
+/// `Hub::publish` alone, per delivery.
 fn publish_only(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish_only");
     for n in PUBLISH_N {
         // One iteration is one publish: `n` deliveries.
         group.throughput(Throughput::Elements(n as u64));
         group.sample_size(if n >= 10_000 { 20 } else { 50 });
-        let mut hub = Ssehub::new(n);
-        assert_eq!(hub.round(), n * K, "ssehub at N={n} lost deliveries");
+        let mut hub = None;
         let mut events = Vec::with_capacity(K);
         group.bench_function(BenchmarkId::new("ssehub", n), |b| {
+            let hub = hub.get_or_insert_with(|| {
+                let mut hub = Ssehub::new(n);
+                assert_eq!(hub.round(), n * K, "ssehub at N={n} lost deliveries");
+                hub
+            });
             b.iter_custom(|iters| {
                 let mut elapsed = Duration::ZERO;
                 let mut left = iters;

@@ -94,7 +94,7 @@ pub enum ClientEvent {
 /// ```
 /// use std::time::Duration;
 /// let backoff = ssehub::client::Backoff::new(Duration::from_millis(500), Duration::from_secs(30), 0.5);
-/// # drop(backoff);
+/// # let _ = backoff;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
@@ -121,7 +121,7 @@ impl Backoff {
     /// ```
     /// use std::time::Duration;
     /// let quick = ssehub::client::Backoff::new(Duration::from_millis(10), Duration::from_secs(1), 0.0);
-    /// # drop(quick);
+    /// # let _ = quick;
     /// ```
     #[must_use]
     pub fn new(initial: Duration, max: Duration, jitter: f64) -> Backoff {

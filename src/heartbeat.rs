@@ -10,7 +10,9 @@
 use bytes::Bytes;
 
 use crate::hub::Shared;
-use crate::sync::{lock, Mutex};
+#[cfg(not(ssehub_loom))]
+use crate::sync::lock;
+use crate::sync::Mutex;
 
 /// The heartbeat frame, shared by every subscriber.
 pub(crate) static KEEP_ALIVE: &[u8] = b": keep-alive\n";
@@ -23,10 +25,13 @@ pub(crate) struct Heartbeat {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Unused under loom, where models call [`tick`] themselves.
     #[cfg(ssehub_loom)]
+    #[allow(dead_code)]
     thread: Mutex<()>,
 }
 
 /// Queues a heartbeat to every idle subscriber; returns how many got one.
+// Under loom there is no timer thread: only the models call it (and what it calls).
+#[cfg_attr(all(ssehub_loom, not(test)), allow(dead_code))]
 pub(crate) fn tick(shared: &Shared) -> u64 {
     let frame = Bytes::from_static(KEEP_ALIVE);
     let mut sent = 0;

@@ -66,6 +66,10 @@
 //! | feature | what it adds |
 //! | --- | --- |
 //! | `metrics` | counters and gauges through the [`metrics`](https://docs.rs/metrics) facade |
+//! | `axum` | [`axum::events`]: an [`Endpoint`] as an axum 0.8 route; [`axum::EventStream`]: a [`Subscription`] as a response |
+//! | `hyper` | [`hyper::serve`] and a hyper 1 service over an [`Endpoint`]; [`hyper::Body`]: one vectored write per [`Batch`] |
+//! | `server` | [`server::Server`]: the native listener, which owns each socket after the request |
+//! | `client` | [`client::EventSource`]: a reconnecting SSE client yielding parsed events |
 
 #![deny(
     missing_docs,
@@ -75,6 +79,8 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
+mod adapters;
 mod batch;
 #[cfg(feature = "client")]
 pub mod client;
@@ -87,6 +93,8 @@ mod idmap;
 mod producer;
 mod queue;
 mod registry;
+#[cfg(feature = "server")]
+pub mod server;
 mod session;
 mod stats;
 mod subscription;
@@ -96,6 +104,14 @@ mod topic;
 #[cfg(all(test, ssehub_loom))]
 mod tests;
 
+#[cfg(feature = "axum")]
+pub use adapters::axum;
+#[cfg(feature = "hyper")]
+pub use adapters::hyper;
+#[cfg(any(feature = "axum", feature = "hyper"))]
+pub use adapters::resolve::{self, PathTopic, QueryTopics, Rejection, Resolver};
+#[cfg(any(feature = "axum", feature = "hyper"))]
+pub use adapters::{Cors, Endpoint};
 pub use batch::Batch;
 pub use error::{EventError, PublishError, SubscribeError, TopicError};
 pub use frame::parse;

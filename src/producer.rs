@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::error::{PublishError, TopicError};
 use crate::frame::Event;
 use crate::hub::{Published, Shared};
-use crate::sync::{lock, Arc, Mutex, SharedStr};
+use crate::sync::{lock, Arc, Mutex, PlainArc, SharedStr};
 use crate::topic::Pattern;
 
 /// Why a producer stopped, as told to its stop callback.
@@ -82,11 +82,11 @@ pub struct Producer {
     /// The topics it serves: a topic name or a pattern, checked by `Hub::add_producer`.
     target: String,
     /// Starts one instance for a topic.
-    start: Arc<StartFn>,
+    start: PlainArc<StartFn>,
     /// How long an idle topic keeps its producer.
     linger: Duration,
     /// Called when an instance stops.
-    on_stop: Option<Arc<StopFn>>,
+    on_stop: Option<PlainArc<StopFn>>,
 }
 
 impl fmt::Debug for Producer {
@@ -120,7 +120,7 @@ impl Producer {
         E: fmt::Display + 'static,
     {
         let target = target.to_string();
-        let start: Arc<StartFn> = Arc::new(move |ctx| {
+        let start: PlainArc<StartFn> = PlainArc::new(move |ctx| {
             let fut = start(ctx);
             Box::pin(async move { fut.await.map_err(|e| e.to_string()) }) as ProducerFuture
         });
@@ -158,7 +158,7 @@ impl Producer {
         mut self,
         on_stop: impl Fn(&str, &StopReason) + Send + Sync + 'static,
     ) -> Self {
-        self.on_stop = Some(Arc::new(on_stop));
+        self.on_stop = Some(PlainArc::new(on_stop));
         self
     }
 }
@@ -213,7 +213,7 @@ impl ProducerContext {
     /// # drop(p);
     /// ```
     pub fn publish(&self, event: Event) -> Result<Published, PublishError> {
-        self.shared.publish(&self.topic, event)
+        Shared::publish(&self.shared, &self.topic, event)
     }
 
     /// Resolves when this instance must stop (its future is also dropped then, so awaiting this
@@ -431,11 +431,11 @@ struct Instance {
     /// This instance's generation.
     generation: u64,
     /// The producer function.
-    start: Arc<StartFn>,
+    start: PlainArc<StartFn>,
     /// The context handed to it.
     ctx: ProducerContext,
     /// The stop callback.
-    on_stop: Option<Arc<StopFn>>,
+    on_stop: Option<PlainArc<StopFn>>,
     /// Where it runs.
     handle: tokio::runtime::Handle,
 }
@@ -494,8 +494,8 @@ impl Instance {
 }
 
 /// Publishes a producer's failure to its topic as an `error` event.
-fn report(shared: &Shared, topic: &str, error: &str) {
+fn report(shared: &Arc<Shared>, topic: &str, error: &str) {
     let data = format!("{{\"error\":{}}}", crate::hub::json_string(error));
     // After shutdown there is nobody left to tell.
-    let _ = shared.publish(topic, Event::new(data).with_event("error"));
+    let _ = Shared::publish(shared, topic, Event::new(data).with_event("error"));
 }

@@ -95,6 +95,17 @@ struct Writer {
     floor: u64,
 }
 
+/// A subscriber taken out of the registry.
+#[derive(Debug)]
+pub(crate) struct Removed {
+    /// Its slot.
+    pub(crate) slot: Arc<Slot>,
+    /// The topics it named.
+    pub(crate) named: Vec<SharedStr>,
+    /// Every topic it received (named or matched by its patterns).
+    pub(crate) left: Vec<SharedStr>,
+}
+
 /// Why the registry refused a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -270,9 +281,9 @@ impl Registry {
         Ok(received.iter().filter_map(|t| writer.topics.get(t).map(|e| e.state.clone())).collect())
     }
 
-    /// Removes subscriber `id` everywhere; its slot and the topics it received, if it was
-    /// registered.
-    pub(crate) fn unsubscribe(&self, id: u64) -> Option<(Arc<Slot>, Vec<SharedStr>)> {
+    /// Removes subscriber `id` everywhere; what was removed, if it was registered (`None` if it
+    /// was removed before: removal happens once).
+    pub(crate) fn unsubscribe(&self, id: u64) -> Option<Removed> {
         let mut writer = lock(&self.writer);
         let entry = writer.subscribers.remove(&id)?;
         self.subscribers.rcu(|all| all.remove(id));
@@ -308,7 +319,7 @@ impl Registry {
         }
         left.sort_unstable();
         left.dedup();
-        Some((entry.slot, left))
+        Some(Removed { slot: entry.slot, named: entry.topics, left })
     }
 
     /// Refuses new subscribers from now on and returns every current slot.

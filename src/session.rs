@@ -299,18 +299,19 @@ impl Sessions {
     }
 
     /// Sends a targeted frame to session `id`: to its connection, or into its buffer. Returns
-    /// the push outcome, `None` for an unknown session.
+    /// the push outcome and the connection's subscriber id (if it has one), `None` for an
+    /// unknown session.
     pub(crate) fn send(
         &self,
         limits: &SessionLimits,
         id: &str,
         frame: &Bytes,
         keys: &FrameKeys<'_>,
-    ) -> Option<Pushed> {
+    ) -> Option<(Pushed, Option<u64>)> {
         let mut inner = lock(&self.inner);
         let session = inner.by_id.get_mut(id)?;
         Some(match &mut session.state {
-            State::Live(slot) => slot.queue.push_targeted(frame, keys),
+            State::Live(slot) => (slot.queue.push_targeted(frame, keys), Some(slot.id)),
             State::Away { buffer, .. } => {
                 let evicted = buffer.len() >= limits.buffer;
                 if evicted {
@@ -319,11 +320,7 @@ impl Sessions {
                 if limits.buffer > 0 {
                     buffer.push_back(frame.clone());
                 }
-                if evicted {
-                    Pushed::Evicted
-                } else {
-                    Pushed::Queued
-                }
+                (if evicted { Pushed::Evicted } else { Pushed::Queued }, None)
             }
         })
     }

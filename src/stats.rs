@@ -72,7 +72,7 @@ pub(crate) struct Counters {
 }
 
 /// What one fan-out did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 pub(crate) struct FanOut {
     /// Frames queued.
     pub(crate) delivered: u64,
@@ -82,6 +82,9 @@ pub(crate) struct FanOut {
     pub(crate) conflated: u64,
     /// Subscribers closed as slow.
     pub(crate) slow: u64,
+    /// Their ids, to take them out of the registry once the publish is done (allocates only
+    /// when a subscriber was dropped).
+    pub(crate) slow_ids: Vec<u64>,
 }
 
 /// Adds `n` to a counter. Relaxed: these are statistics, read with no ordering expectations.
@@ -93,7 +96,7 @@ fn add(counter: &AtomicU64, n: u64) {
 
 impl Counters {
     /// Records one accepted event and what its fan-out did.
-    pub(crate) fn published(&self, fan: FanOut) {
+    pub(crate) fn published(&self, fan: &FanOut) {
         add(&self.events_published, 1);
         add(&self.frames_delivered, fan.delivered);
         add(&self.frames_dropped, fan.dropped);

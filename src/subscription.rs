@@ -104,8 +104,6 @@ pub struct Subscription {
     ended: Option<EndReason>,
     /// The session this connection serves, if any.
     session: Option<SharedStr>,
-    /// The topics it named (for presence).
-    named: Vec<SharedStr>,
 }
 
 impl fmt::Debug for Subscription {
@@ -125,9 +123,8 @@ impl Subscription {
         slot: Arc<Slot>,
         pending: VecDeque<Bytes>,
         session: Option<SharedStr>,
-        named: Vec<SharedStr>,
     ) -> Self {
-        Subscription { shared, slot, pending, ended: None, session, named }
+        Subscription { shared, slot, pending, ended: None, session }
     }
 
     /// The id of the session this subscription serves, when the hub issues sessions.
@@ -288,6 +285,6 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.shared.unsubscribe(&self.slot, self.session.as_ref(), &self.named);
+        Shared::unsubscribe(&self.shared, &self.slot, self.session.as_ref());
     }
 }

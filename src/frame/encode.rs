@@ -230,7 +230,7 @@ fn split_lines(text: &str) -> impl Iterator<Item = &str> {
             return None;
         }
         let rest = &bytes[start..];
-        match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        match memchr::memchr2(b'\r', b'\n', rest) {
             Some(i) => {
                 let line = &text[start..start + i];
                 let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');

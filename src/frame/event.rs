@@ -281,23 +281,23 @@ fn has_line_break(s: &str) -> bool {
     s.bytes().any(|b| b == b'\r' || b == b'\n')
 }
 
-/// Rewrites CRLF and CR as LF; allocates only when `s` holds a CR.
+/// Rewrites CRLF and CR as LF; allocates only when `s` holds a CR. Copies the runs between CRs
+/// as slices (CR is ASCII, so every run boundary is a char boundary).
 fn normalize_in_place(s: &mut String) {
-    if !s.contains('\r') {
+    let bytes = s.as_bytes();
+    let Some(first) = memchr::memchr(b'\r', bytes) else {
         return;
-    }
+    };
     let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\r' {
-            if chars.peek() == Some(&'\n') {
-                chars.next();
-            }
-            out.push('\n');
-        } else {
-            out.push(c);
-        }
+    let mut start = 0;
+    let mut at = Some(first);
+    while let Some(cr) = at {
+        out.push_str(&s[start..cr]);
+        out.push('\n');
+        start = if bytes.get(cr + 1) == Some(&b'\n') { cr + 2 } else { cr + 1 };
+        at = memchr::memchr(b'\r', &bytes[start..]).map(|i| start + i);
     }
+    out.push_str(&s[start..]);
     *s = out;
 }
 

@@ -59,7 +59,7 @@ pub struct Hub {
 ///     .with_batch(500)
 ///     .with_interval(Duration::from_millis(100))
 ///     .with_retry(Duration::from_secs(1), Duration::from_secs(10));
-/// # drop(pacing);
+/// # let _ = pacing;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -92,7 +92,7 @@ impl Pacing {
     ///
     /// ```
     /// let pacing = ssehub::Pacing::new();
-    /// # drop(pacing);
+    /// # let _ = pacing;
     /// ```
     pub fn new() -> Self {
         Pacing::default()
@@ -104,7 +104,7 @@ impl Pacing {
     ///
     /// ```
     /// let pacing = ssehub::Pacing::new().with_batch(100);
-    /// # drop(pacing);
+    /// # let _ = pacing;
     /// ```
     pub fn with_batch(mut self, streams: usize) -> Self {
         self.batch = streams.max(1);
@@ -117,7 +117,7 @@ impl Pacing {
     ///
     /// ```
     /// let pacing = ssehub::Pacing::new().with_interval(std::time::Duration::from_millis(50));
-    /// # drop(pacing);
+    /// # let _ = pacing;
     /// ```
     pub fn with_interval(mut self, interval: std::time::Duration) -> Self {
         self.interval = interval;
@@ -131,7 +131,7 @@ impl Pacing {
     /// ```
     /// use std::time::Duration;
     /// let pacing = ssehub::Pacing::new().with_retry(Duration::from_secs(2), Duration::from_secs(8));
-    /// # drop(pacing);
+    /// # let _ = pacing;
     /// ```
     pub fn with_retry(mut self, base: std::time::Duration, jitter: std::time::Duration) -> Self {
         self.retry = base;
@@ -283,7 +283,7 @@ impl Hub {
     /// # Ok::<(), ssehub::SubscribeError>(())
     /// ```
     pub fn subscribe(&self, request: impl Into<Subscribe>) -> Result<Subscription, SubscribeError> {
-        self.shared.subscribe(request.into())
+        Shared::subscribe(&self.shared, request.into())
     }
 
     /// Publishes an event to every subscriber of `topic` (by name or by pattern).
@@ -309,7 +309,7 @@ impl Hub {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn publish(&self, topic: &str, event: Event) -> Result<Published, PublishError> {
-        self.shared.publish(topic, event)
+        Shared::publish(&self.shared, topic, event)
     }
 
     /// Publishes an event to every subscriber of the hub.
@@ -327,7 +327,7 @@ impl Hub {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn broadcast(&self, event: Event) -> Result<Published, PublishError> {
-        self.shared.broadcast(event)
+        Shared::broadcast(&self.shared, event)
     }
 
     /// Sends an event to one subscriber.
@@ -369,7 +369,7 @@ impl Hub {
         ids: &[SubscriberId],
         event: Event,
     ) -> Result<Published, PublishError> {
-        self.shared.send_to_many(ids, event)
+        Shared::send_to_many(&self.shared, ids, event)
     }
 
     /// Registers an on-demand producer (see [`Producer`](crate::Producer)): from now on, each
@@ -397,7 +397,7 @@ impl Hub {
     /// # }
     /// ```
     pub fn add_producer(&self, producer: crate::Producer) -> Result<(), crate::ProducerError> {
-        self.shared.add_producer(producer)
+        Shared::add_producer(&self.shared, producer)
     }
 
     /// Sends an event to a session (see [`HubBuilder::with_sessions`]): to its connection
@@ -420,7 +420,7 @@ impl Hub {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn send_to_session(&self, session: &str, event: Event) -> Result<Published, PublishError> {
-        self.shared.send_to_session(session, event)
+        Shared::send_to_session(&self.shared, session, event)
     }
 
     /// Ends one subscriber's stream (after what is already queued), as an application decision;

@@ -74,17 +74,17 @@ impl Shared {
 
     /// See [`Hub::subscribe`](super::Hub::subscribe).
     pub(crate) fn subscribe(
-        self: &Arc<Self>,
+        this: &Arc<Self>,
         request: Subscribe,
     ) -> Result<Subscription, SubscribeError> {
-        let config = &self.config;
-        if self.is_closed() {
+        let config = &this.config;
+        if this.is_closed() {
             return Err(SubscribeError::Closed);
         }
         // Check the request before touching any session, so a bad request changes nothing.
-        self.checked_names(&request.topics, &request.patterns)?;
+        this.checked_names(&request.topics, &request.patterns)?;
         // Relaxed: ids only need to be unique.
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = this.next_id.fetch_add(1, Ordering::Relaxed);
         let capacity = request.capacity.unwrap_or(config.capacity);
         let policy = request.policy.unwrap_or(config.policy);
         let principal: Option<SharedStr> = request.principal.as_deref().map(SharedStr::from);
@@ -93,7 +93,7 @@ impl Shared {
         let (mut topic_names, mut pattern_names) = (request.topics, request.patterns);
         let mut session = None;
         if let Some(limits) = &config.sessions {
-            let opened = self.sessions.open(
+            let opened = this.sessions.open(
                 limits,
                 request.session_token.as_deref(),
                 request.principal.as_deref(),
@@ -110,17 +110,17 @@ impl Shared {
                 }
                 Ok(_) => {}
                 Err(Hijack) => {
-                    self.counters.hijack();
+                    this.counters.hijack();
                     return Err(SubscribeError::SessionRefused);
                 }
             }
         }
         let detach = |session: &Option<(SharedStr, String, Vec<Bytes>)>| {
             if let Some((sid, _, _)) = session {
-                self.sessions.detach(sid, id, Instant::now());
+                this.sessions.detach(sid, id, Instant::now());
             }
         };
-        let (topics, patterns) = match self.checked_names(&topic_names, &pattern_names) {
+        let (topics, patterns) = match this.checked_names(&topic_names, &pattern_names) {
             Ok(names) => names,
             Err(error) => {
                 detach(&session);
@@ -130,7 +130,7 @@ impl Shared {
         let connected = request.connected_event.unwrap_or(config.connected_event);
         if connected || config.retry.is_some() || session.is_some() {
             let ids = session.as_ref().map(|(sid, token, _)| (&**sid, token.as_str()));
-            pending.push(self.first_frame(id, connected || session.is_some(), ids));
+            pending.push(this.first_frame(id, connected || session.is_some(), ids));
         }
         if let Some((_, _, missed)) = &mut session {
             pending.append(missed);
@@ -139,7 +139,7 @@ impl Shared {
             Refused::Closed => SubscribeError::Closed,
             Refused::Full => SubscribeError::Full { max: config.max_subscribers },
         };
-        let named: Vec<SharedStr> = topics.clone();
+        let named: Vec<SharedStr> = if config.presence { topics.clone() } else { Vec::new() };
         // A subscription to several topics (or a pattern, which may match several) must start
         // on all of them at one point in the sequence, or an event on one topic could slip by
         // while a later one on another arrives: registering under the sequencer makes the
@@ -147,21 +147,21 @@ impl Shared {
         let atomic_start = topics.len() + patterns.len() > 1 || !patterns.is_empty();
         let registered = match &request.last_event_id {
             None if !atomic_start => {
-                self.registry.subscribe(&slot, topics, patterns, config.max_subscribers)
+                this.registry.subscribe(&slot, topics, patterns, config.max_subscribers)
             }
             None => {
-                let _sequencer = lock(&self.sequencer);
-                self.registry.subscribe(&slot, topics, patterns, config.max_subscribers)
+                let _sequencer = lock(&this.sequencer);
+                this.registry.subscribe(&slot, topics, patterns, config.max_subscribers)
             }
             Some(last) => {
                 // Registering and reading history under the sequencer: every event is either
                 // in the history read here (published before) or queued live (after), never
                 // both, never neither.
-                let sequencer = lock(&self.sequencer);
+                let sequencer = lock(&this.sequencer);
                 let registered =
-                    self.registry.subscribe(&slot, topics, patterns, config.max_subscribers);
+                    this.registry.subscribe(&slot, topics, patterns, config.max_subscribers);
                 if let Ok(received) = &registered {
-                    match self.resolve(last, *sequencer, received) {
+                    match this.resolve(last, *sequencer, received) {
                         Ok(replay) => pending.extend(replay),
                         Err(reason) => pending.push(reset_frame(reason)),
                     }
@@ -176,17 +176,17 @@ impl Shared {
                 return Err(refused(refusal));
             }
         };
-        if self.producers.any() {
+        if this.producers.any() {
             for topic in &received {
-                Producers::reconcile(self, &topic.name);
+                Producers::reconcile(this, &topic.name);
             }
         }
-        self.report_sizes();
+        this.report_sizes();
         if config.presence {
-            self.presence(&slot, &named, "join");
+            Shared::presence(this, &slot, &named, "join");
         }
         let session_id = session.map(|(sid, _, _)| sid);
-        Ok(Subscription::new(self.clone(), slot, VecDeque::from(pending), session_id, named))
+        Ok(Subscription::new(this.clone(), slot, VecDeque::from(pending), session_id))
     }
 
     /// Validates and de-duplicates topic names and patterns, within the per-subscription limit.
@@ -224,31 +224,35 @@ impl Shared {
     }
 
     /// See [`Hub::add_producer`](super::Hub::add_producer).
-    pub(crate) fn add_producer(self: &Arc<Self>, producer: Producer) -> Result<(), ProducerError> {
-        if self.is_closed() {
+    pub(crate) fn add_producer(this: &Arc<Self>, producer: Producer) -> Result<(), ProducerError> {
+        if this.is_closed() {
             return Err(ProducerError::Closed);
         }
-        self.producers.add(producer, self.config.max_topic_len)?;
+        this.producers.add(producer, this.config.max_topic_len)?;
         // Topics that already have subscribers get their instance now.
-        for (topic, _) in self.registry.topic_counts() {
-            Producers::reconcile(self, &SharedStr::from(topic));
+        for (topic, _) in this.registry.topic_counts() {
+            Producers::reconcile(this, &SharedStr::from(topic));
         }
         Ok(())
     }
 
     /// See [`Hub::publish`](super::Hub::publish).
-    pub(crate) fn publish(&self, topic: &str, event: Event) -> Result<Published, PublishError> {
-        if self.is_closed() {
+    pub(crate) fn publish(
+        this: &Arc<Self>,
+        topic: &str,
+        event: Event,
+    ) -> Result<Published, PublishError> {
+        if this.is_closed() {
             return Err(PublishError::Closed(Box::new(event)));
         }
-        validate_topic(topic, self.config.max_topic_len)?;
-        let history = self.config.history;
-        self.sequenced(event, |seq, event, frame| {
-            let Some(state) = self.registry.topic_for_publish(topic, history.is_some()) else {
+        validate_topic(topic, this.config.max_topic_len)?;
+        let history = this.config.history;
+        Shared::sequenced(this, event, |seq, event, frame| {
+            let Some(state) = this.registry.topic_for_publish(topic, history.is_some()) else {
                 return FanOut::default();
             };
             if let Some(limits) = &history {
-                let given = event.id().filter(|_| !self.assigns_ids_to(event));
+                let given = event.id().filter(|_| !this.assigns_ids_to(event));
                 lock(&state.history).append(seq, given, frame, Instant::now(), limits);
             }
             let subscribers = state.subscribers.load();
@@ -258,12 +262,12 @@ impl Shared {
     }
 
     /// See [`Hub::broadcast`](super::Hub::broadcast).
-    pub(crate) fn broadcast(&self, event: Event) -> Result<Published, PublishError> {
-        if self.is_closed() {
+    pub(crate) fn broadcast(this: &Arc<Self>, event: Event) -> Result<Published, PublishError> {
+        if this.is_closed() {
             return Err(PublishError::Closed(Box::new(event)));
         }
-        self.sequenced(event, |_, event, frame| {
-            let subscribers = self.registry.subscribers();
+        Shared::sequenced(this, event, |_, event, frame| {
+            let subscribers = this.registry.subscribers();
             let keys = FrameKeys::new(None, event.event(), event.key());
             fan_out(&subscribers, frame, &keys)
         })
@@ -271,15 +275,15 @@ impl Shared {
 
     /// See [`Hub::send_to_many`](super::Hub::send_to_many).
     pub(crate) fn send_to_many(
-        &self,
+        this: &Arc<Self>,
         ids: &[SubscriberId],
         event: Event,
     ) -> Result<Published, PublishError> {
-        if self.is_closed() {
+        if this.is_closed() {
             return Err(PublishError::Closed(Box::new(event)));
         }
-        self.sequenced(event, |_, event, frame| {
-            let subscribers = self.registry.subscribers();
+        Shared::sequenced(this, event, |_, event, frame| {
+            let subscribers = this.registry.subscribers();
             let keys = FrameKeys::new(None, event.event(), event.key());
             let mut fan = FanOut::default();
             let mut done = HashSet::with_capacity(ids.len());
@@ -288,7 +292,7 @@ impl Shared {
                     continue;
                 }
                 if let Some(slot) = subscribers.get(id.as_u64()) {
-                    count(&mut fan, slot.queue.push_targeted(frame, &keys));
+                    count(&mut fan, slot.queue.push_targeted(frame, &keys), Some(slot.id));
                 }
             }
             fan
@@ -297,21 +301,21 @@ impl Shared {
 
     /// See [`Hub::send_to_session`](super::Hub::send_to_session).
     pub(crate) fn send_to_session(
-        &self,
+        this: &Arc<Self>,
         session: &str,
         event: Event,
     ) -> Result<Published, PublishError> {
-        if self.is_closed() {
+        if this.is_closed() {
             return Err(PublishError::Closed(Box::new(event)));
         }
-        let Some(limits) = self.config.sessions else {
-            return self.sequenced(event, |_, _, _| FanOut::default());
+        let Some(limits) = this.config.sessions else {
+            return Shared::sequenced(this, event, |_, _, _| FanOut::default());
         };
-        self.sequenced(event, |_, event, frame| {
+        Shared::sequenced(this, event, |_, event, frame| {
             let keys = FrameKeys::new(None, event.event(), event.key());
             let mut fan = FanOut::default();
-            if let Some(pushed) = self.sessions.send(&limits, session, frame, &keys) {
-                count(&mut fan, pushed);
+            if let Some((pushed, slot)) = this.sessions.send(&limits, session, frame, &keys) {
+                count(&mut fan, pushed, slot);
             }
             fan
         })
@@ -319,17 +323,18 @@ impl Shared {
 
     /// Publishes a presence event (`join` or `leave`) for each of `topics` to its
     /// `presence:TOPIC` channel. Presence channels have no presence of their own.
-    pub(crate) fn presence(&self, slot: &Slot, topics: &[SharedStr], kind: &str) {
+    pub(crate) fn presence(this: &Arc<Self>, slot: &Slot, topics: &[SharedStr], kind: &str) {
         for topic in topics.iter().filter(|t| !t.starts_with("presence:")) {
             let principal =
                 slot.principal.as_deref().map_or_else(|| "null".to_string(), json_string);
             let data = format!(
                 "{{\"subscriber\":{},\"principal\":{principal},\"subscribers\":{}}}",
                 slot.id,
-                self.registry.topic(topic).map_or(0, |t| t.subscribers.load().len())
+                this.registry.topic(topic).map_or(0, |t| t.subscribers.load().len())
             );
             // Only fails after shutdown or for a name too long with the prefix: no one to tell.
-            let _ = self.publish(&format!("presence:{topic}"), Event::new(data).with_event(kind));
+            let event = Event::new(data).with_event(kind);
+            let _ = Shared::publish(this, &format!("presence:{topic}"), event);
         }
     }
 
@@ -342,30 +347,37 @@ impl Shared {
     /// assigned id if the hub assigns one), then calls `deliver` with the sequence number, the
     /// event and its frame, all under the sequencer so deliveries happen in sequence order.
     fn sequenced(
-        &self,
+        this: &Arc<Self>,
         event: Event,
         deliver: impl FnOnce(u64, &Event, &Bytes) -> FanOut,
     ) -> Result<Published, PublishError> {
-        let max = self.config.max_event_bytes;
+        let max = this.config.max_event_bytes;
         let mut event = event.normalized();
         // Validate (and, with the publisher's own id, encode) before taking the sequencer, so
         // a refused event costs no sequence number and holds no lock.
         event.validate()?;
-        let assigned = self.assigns_ids_to(&event);
+        let assigned = this.assigns_ids_to(&event);
         let preencoded = if assigned { None } else { Some(event.encode_limited(max)?) };
-        let mut sequencer = lock(&self.sequencer);
+        let mut sequencer = lock(&this.sequencer);
         let seq = *sequencer + 1;
         let frame = match preencoded {
             Some(frame) => frame,
             None => {
-                event.id = Some(format_id(self.config.epoch, seq));
+                event.id = Some(format_id(this.config.epoch, seq));
                 event.encode_limited(max)?
             }
         };
         *sequencer = seq;
         let fan = deliver(seq, &event, frame.as_bytes());
         drop(sequencer);
-        self.counters.published(fan);
+        this.counters.published(&fan);
+        // A subscriber dropped as slow leaves the registry now, not when its connection gets
+        // around to dropping the subscription: a writer blocked on a full socket may not poll
+        // its stream for a long time. Only on this rare path does a publish take the registry's
+        // writer lock, and only after the sequencer is released.
+        for id in &fan.slow_ids {
+            Shared::remove(this, *id);
+        }
         Ok(Published {
             receivers: usize::try_from(fan.delivered).unwrap_or(usize::MAX),
             id: event.id,
@@ -472,25 +484,28 @@ impl Shared {
     }
 
     /// Unregisters a subscription being dropped.
-    pub(crate) fn unsubscribe(
-        self: &Arc<Self>,
-        slot: &Slot,
-        session: Option<&SharedStr>,
-        named: &[SharedStr],
-    ) {
+    pub(crate) fn unsubscribe(this: &Arc<Self>, slot: &Slot, session: Option<&SharedStr>) {
         slot.queue.close(EndReason::Dropped, None, true);
         if let Some(session) = session {
-            self.sessions.detach(session, slot.id, Instant::now());
+            this.sessions.detach(session, slot.id, Instant::now());
         }
-        let left = self.registry.unsubscribe(slot.id).map(|(_, left)| left).unwrap_or_default();
-        self.report_sizes();
-        if self.producers.any() {
-            for topic in &left {
-                Producers::reconcile(self, topic);
+        Shared::remove(this, slot.id);
+    }
+
+    /// Takes subscriber `id` out of the registry (once: later calls do nothing), then reports
+    /// what that changed: sizes, presence, producers.
+    fn remove(this: &Arc<Self>, id: u64) {
+        let Some(removed) = this.registry.unsubscribe(id) else {
+            return;
+        };
+        this.report_sizes();
+        if this.producers.any() {
+            for topic in &removed.left {
+                Producers::reconcile(this, topic);
             }
         }
-        if self.config.presence {
-            self.presence(slot, named, "leave");
+        if this.config.presence {
+            Shared::presence(this, &removed.slot, &removed.named, "leave");
         }
     }
 
@@ -547,12 +562,12 @@ impl Shared {
 /// Queues `bytes` for every subscriber in `subscribers`.
 fn fan_out(subscribers: &IdMap<Arc<Slot>>, bytes: &Bytes, keys: &FrameKeys<'_>) -> FanOut {
     let mut fan = FanOut::default();
-    subscribers.for_each(|slot| count(&mut fan, slot.queue.push(bytes, keys)));
+    subscribers.for_each(|slot| count(&mut fan, slot.queue.push(bytes, keys), Some(slot.id)));
     fan
 }
 
 /// Adds one push's outcome to the fan-out totals.
-fn count(fan: &mut FanOut, pushed: Pushed) {
+fn count(fan: &mut FanOut, pushed: Pushed, slot: Option<u64>) {
     match pushed {
         Pushed::Queued => fan.delivered += 1,
         Pushed::Conflated => {
@@ -563,7 +578,10 @@ fn count(fan: &mut FanOut, pushed: Pushed) {
             fan.delivered += 1;
             fan.dropped += 1;
         }
-        Pushed::Disconnected => fan.slow += 1,
+        Pushed::Disconnected => {
+            fan.slow += 1;
+            fan.slow_ids.extend(slot);
+        }
         Pushed::Closed => {}
     }
 }

@@ -31,11 +31,6 @@ impl<T> ArcSwap<T> {
         self.cell.lock().unwrap().clone()
     }
 
-    /// A snapshot of the current value, as an owned `Arc`.
-    pub(crate) fn load_full(&self) -> Arc<T> {
-        self.load()
-    }
-
     /// Replaces the value.
     pub(crate) fn store(&self, value: Arc<T>) {
         *self.cell.lock().unwrap() = value;
@@ -67,3 +62,7 @@ pub(crate) type SharedStr = std::sync::Arc<str>;
 
 /// A snapshot loaded from an [`ArcSwap`], held for the duration of one operation.
 pub(crate) type Guard<T> = Arc<T>;
+
+/// An `Arc` for shared immutable values with no concurrency of their own (callbacks, settings):
+/// std's even under loom, which need not explore them.
+pub(crate) type PlainArc<T> = std::sync::Arc<T>;

@@ -17,3 +17,7 @@ pub(crate) type SharedStr = std::sync::Arc<str>;
 
 /// A snapshot loaded from an [`ArcSwap`], held for the duration of one operation.
 pub(crate) type Guard<T> = arc_swap::Guard<Arc<T>>;
+
+/// An `Arc` for shared immutable values with no concurrency of their own (callbacks, settings):
+/// std's even under loom, which need not explore them.
+pub(crate) type PlainArc<T> = std::sync::Arc<T>;

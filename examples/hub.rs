@@ -1,0 +1,410 @@
+//! The hub server: an SSE hub with a publish API, stats, metrics and a live demo page.
+//!
+//! ```sh
+//! cargo run --release --example hub -- --demo      # then open http://127.0.0.1:8080/
+//! cargo run --release --example hub -- --help      # every flag and environment variable
+//! ```
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /events?topic=A&topic=B&pattern=P` | the stream; `Last-Event-ID` (header, or `lastEventId` query parameter) resumes |
+//! | `POST /publish?topic=NAME` | body `{"data": string, "id"?: string, "event"?: string, "retry"?: integer}` (unknown fields are refused); `200 {"id": ..., "receivers": N}`, `400 {"error": ...}`, `401` without the `--publish-token` |
+//! | `POST /disconnect?topic=NAME` | ends the topic's streams: `200 {"disconnected": N}`; `403` unless `--allow-disconnect` |
+//! | `GET /stats`, `GET /metrics` | JSON stats, Prometheus text |
+//! | `GET /` | the live demo page; `GET /demo/market` is its snapshot (`404` without `--demo`) |
+//!
+//! One port: `/events` is served by ssehub's native listener (`ssehub::server`), which owns each
+//! stream's socket after the request and writes every batch with one vectored write; every other
+//! route is an axum router the listener hands the connection to.
+//!
+//! The wire format (ids exactly as published, `: keep-alive` heartbeats, a `connected` event
+//! with no `id:`) is the engine's; this file only wires HTTP to it.
+
+// The crate root is `examples/hub.rs`, so modules are looked up beside it: point at `hub/`.
+#[path = "hub/config.rs"]
+mod config;
+#[path = "hub/market.rs"]
+mod market;
+#[path = "hub/stats.rs"]
+mod stats;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use ssehub::server::Server;
+use ssehub::{Endpoint, Event, HistoryLimits, Hub, PublishError};
+
+use crate::config::{Command, Config};
+use crate::market::Market;
+use crate::stats::Rates;
+
+/// How long shutdown may take once signalled before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+struct App {
+    /// The engine.
+    hub: Hub,
+    /// Settings.
+    config: Arc<Config>,
+    /// Counter samples for the rates in the stats.
+    rates: Arc<Rates>,
+    /// The demo market, with `--demo`.
+    market: Option<Arc<Mutex<Market>>>,
+}
+
+/// The body of `POST /publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    /// The event's data; line breaks become one `data:` line each.
+    data: String,
+    /// The event's id; without it the hub assigns one.
+    id: Option<String>,
+    /// The event's name (`event:` field).
+    event: Option<String>,
+    /// The reconnect delay to hint, in milliseconds.
+    retry: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() {
+    let command = Command::parse(std::env::args().skip(1), |var| std::env::var(var).ok());
+    let config = match command {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", config::HELP);
+            return;
+        }
+        Err(message) => {
+            eprintln!("error: {message}\n\nTry `--help` for the flags.");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = serve(config).await {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}
+
+/// Builds the hub from the settings.
+fn build_hub(config: &Config) -> Hub {
+    let history =
+        (config.history > 0).then(|| HistoryLimits::new().with_max_events(config.history));
+    Hub::builder()
+        .with_history(history)
+        .with_connected_event(true)
+        .with_retry(Some((config.retry, config.retry_jitter)))
+        .with_heartbeat(config.heartbeat)
+        .build()
+}
+
+/// Runs the server until a signal, then shuts down gracefully.
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let hub = build_hub(&config);
+    let market = config.demo.then(|| Arc::new(Mutex::new(Market::new())));
+    if let Some(market) = &market {
+        tokio::spawn(market::run(hub.clone(), market.clone(), config.demo_rate));
+    }
+    let rates = Arc::new(Rates::new());
+    tokio::spawn(sample(hub.clone(), rates.clone()));
+    let app = App { hub: hub.clone(), config: Arc::new(config), rates, market };
+    let shutdown_with = shutdown_hint(&app.config);
+    let signal = signals()?;
+
+    // Tests and scripts read this line to learn the port (`--addr 127.0.0.1:0` picks one).
+    println!("ssehub hub listening on http://{}", listener.local_addr()?);
+    if app.market.is_some() {
+        println!("demo market: publishing to price:* at {} updates/s", app.config.demo_rate);
+    }
+
+    // `/events` is served by ssehub's native listener, which owns each stream's socket; every
+    // other route goes to the axum router below, on the same port and connection.
+    let (endpoint, routes) = router(app);
+    let server = Server::new(endpoint.clone()).with_path("/events").with_fallback(routes);
+    server
+        .serve_with_shutdown(listener, async move {
+            let name = signal.await;
+            println!("{name}: shutting down");
+            // Every stream gets the final retry hint, then ends.
+            let _ = hub.shutdown_with(shutdown_with);
+        })
+        .await;
+    // The streams end by themselves after their last frame; give them a moment to flush.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while endpoint.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if endpoint.connection_count() > 0 {
+        println!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// The frame every stream gets at shutdown: a reconnect hint of the base delay plus jitter, so
+/// the clients of a restarting server come back spread out rather than all at once.
+fn shutdown_hint(config: &Config) -> Event {
+    let jitter_ms = u64::try_from(config.retry_jitter.as_millis()).unwrap_or(u64::MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let extra = if jitter_ms == 0 { 0 } else { nanos % (jitter_ms + 1) };
+    Event::default().with_retry(config.retry + Duration::from_millis(extra))
+}
+
+/// Listens for Ctrl-C (SIGINT) and SIGTERM from now on (so a signal that comes before the
+/// server runs is not lost); the future resolves to the first signal's name.
+fn signals() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
+    }
+}
+
+/// Samples the counters for the rates, until the hub shuts down.
+async fn sample(hub: Hub, rates: Arc<Rates>) {
+    let mut interval = tokio::time::interval(stats::SAMPLE_EVERY);
+    while !hub.is_closed() {
+        interval.tick().await;
+        rates.sample(&hub.stats());
+    }
+}
+
+/// The SSE endpoint, and every other route.
+fn router(app: App) -> (Endpoint, Router) {
+    // The crate's adapter: topics and patterns from the query, resume from `Last-Event-ID` (or
+    // `lastEventId`), limits, and the stream itself.
+    let mut endpoint = Endpoint::new(app.hub.clone());
+    if let Some(max) = app.config.max_connections {
+        endpoint = endpoint.with_max_connections(max);
+    }
+    let routes = Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", include_str!("hub/index.html")) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", include_str!("hub/app.js")) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", include_str!("hub/style.css")) }),
+        )
+        .route("/publish", post(publish))
+        .route("/disconnect", post(disconnect))
+        .route("/stats", get(stats_json))
+        .route("/metrics", get(metrics))
+        .route("/demo/market", get(market_snapshot));
+    (endpoint, routes.with_state(app))
+}
+
+/// A static asset. `no-cache` so a rebuilt server serves its new page at once.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body)
+        .into_response()
+}
+
+/// `POST /publish?topic=NAME`.
+async fn publish(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    app.authorize(&headers)?;
+    let topic = topic_param(query.as_deref())?;
+    let body: PublishBody = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
+    let mut event = Event::new(body.data);
+    if let Some(id) = body.id {
+        event = event.with_id(id);
+    }
+    if let Some(name) = body.event {
+        event = event.with_event(name);
+    }
+    if let Some(ms) = body.retry {
+        event = event.with_retry(Duration::from_millis(ms));
+    }
+    match app.hub.publish(&topic, event) {
+        Ok(published) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "id": published.id(), "receivers": published.receivers() }),
+        )),
+        Err(PublishError::Closed(_)) => {
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
+        }
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+/// `POST /disconnect?topic=NAME`.
+async fn disconnect(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    if !app.config.allow_disconnect {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "disconnect is disabled; start the server with --allow-disconnect",
+        ));
+    }
+    app.authorize(&headers)?;
+    let topic = topic_param(query.as_deref())?;
+    let ended = app.hub.disconnect_topic(&topic);
+    Ok(json(StatusCode::OK, &serde_json::json!({ "disconnected": ended })))
+}
+
+/// `GET /stats`.
+async fn stats_json(State(app): State<App>) -> Response {
+    let stats = stats::json(&app.hub, &app.rates, app.config.stats_top, app.market.is_some());
+    json(StatusCode::OK, &stats)
+}
+
+/// `GET /metrics`.
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        stats::prometheus(&app.hub, &app.rates, app.config.stats_top),
+    )
+        .into_response()
+}
+
+/// `GET /demo/market`: every symbol with its recent prices, so the page starts full.
+async fn market_snapshot(State(app): State<App>) -> Response {
+    match &app.market {
+        Some(market) => {
+            let snapshot = market.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+            json(StatusCode::OK, &snapshot)
+        }
+        None => error(StatusCode::NOT_FOUND, "no demo feed; start the server with --demo")
+            .into_response(),
+    }
+}
+
+impl App {
+    /// Checks the bearer token, when one is configured.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(token) = &self.config.publish_token else { return Ok(()) };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            // The scheme is case-insensitive (RFC 9110, section 11.1).
+            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
+        if given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
+            return Ok(());
+        }
+        Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+    }
+}
+
+/// Compares in time independent of where the first difference is, so the token cannot be
+/// guessed byte by byte from response times.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The one `topic` query parameter.
+fn topic_param(query: Option<&str>) -> Result<String, Refusal> {
+    let mut topics = query_pairs(query.unwrap_or("")).filter(|(k, _)| k == "topic").map(|(_, v)| v);
+    match (topics.next(), topics.next()) {
+        (Some(topic), None) => Ok(topic),
+        (None, _) => Err(error(StatusCode::BAD_REQUEST, "missing query parameter: topic")),
+        (Some(_), Some(_)) => Err(error(StatusCode::BAD_REQUEST, "give exactly one topic")),
+    }
+}
+
+/// A JSON response.
+fn json(status: StatusCode, value: &serde_json::Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+/// A refused request: answered with its status and `{"error": reason}`.
+#[derive(Debug)]
+struct Refusal {
+    /// The status.
+    status: StatusCode,
+    /// Why, for the client.
+    reason: String,
+}
+
+/// A refusal with this status and reason.
+fn error(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    Refusal { status, reason: reason.into() }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = json(self.status, &serde_json::json!({ "error": self.reason }));
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` pairs (`+` is a space, `%XX` a byte; invalid
+/// escapes are kept as they are, invalid UTF-8 is replaced).
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(key), decode(value))
+    })
+}
+
+/// Percent-decodes one query component.
+fn decode(component: &str) -> String {
+    let bytes = component.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

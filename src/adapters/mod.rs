@@ -1,0 +1,13 @@
+//! HTTP adapters: an [`Endpoint`] (resolver, limits, CORS) shared by the axum and hyper
+//! front-ends, which only turn its answers into their response types. They use the engine's
+//! public API and hold no fan-out logic.
+
+#[cfg(feature = "axum")]
+pub mod axum;
+pub(crate) mod endpoint;
+#[cfg(feature = "hyper")]
+pub mod hyper;
+pub mod resolve;
+mod send_timeout;
+
+pub use endpoint::{Cors, Endpoint};

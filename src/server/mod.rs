@@ -1,0 +1,450 @@
+//! The native SSE listener (feature `server`): ssehub's own accept loop.
+//!
+//! It reads the request head with `httparse` (size limit, header-read timeout, 400/404/405/431
+//! for bad requests), asks the same [`Endpoint`] as the axum and hyper adapters (resolver,
+//! limits, CORS), answers the SSE response head, and then owns the socket: no HTTP library state
+//! stays behind. Each connection's task waits for its subscription's next batch and writes it
+//! with one vectored write (one `IoSlice` per shared frame, up to the hub's batch cap), so a
+//! burst costs one system call, and it watches the socket for the peer closing. Requests for
+//! other paths go to an optional fallback (an axum `Router`, served by hyper on the same
+//! connection) or get 404.
+//!
+//! The body of a stream is delimited by closing the connection (no chunked encoding, so no
+//! per-write framing); the response carries `connection: close`.
+
+mod request;
+mod rewind;
+
+use crate::sync::PlainArc as StdArc;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use bytes::Buf;
+use http::header::{CONNECTION, CONTENT_LENGTH};
+use http::{HeaderMap, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::adapters::endpoint::{Events, Reply};
+use crate::adapters::resolve::Resolver;
+use crate::adapters::Endpoint;
+use crate::batch::Batch;
+use request::{read_head, HeadError, HeadLimits};
+
+/// A type-erased fallback: serves a connection whose request the listener did not take.
+type Fallback = StdArc<
+    dyn Fn(rewind::Rewind) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
+>;
+
+/// ssehub's own SSE listener: serves an [`Endpoint`] at one path, owning each socket after the
+/// request.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::server::Server;
+/// use ssehub::{Endpoint, Event, Hub};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hub = Hub::builder().with_heartbeat(None).build();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let addr = listener.local_addr()?;
+/// tokio::spawn(Server::new(Endpoint::new(hub.clone())).with_path("/events").serve(listener));
+///
+/// let mut client = tokio::net::TcpStream::connect(addr).await?;
+/// client.write_all(b"GET /events?topic=news HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+/// let mut buf = vec![0; 4096];
+/// let n = client.read(&mut buf).await?;
+/// assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+/// while hub.topic_subscriber_count("news") == 0 {
+///     tokio::task::yield_now().await;
+/// }
+/// hub.publish("news", Event::new("hello"))?;
+/// let n = client.read(&mut buf).await?;
+/// assert_eq!(&buf[..n], b"data: hello\n\n");
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server<R> {
+    /// Everything a connection needs, shared.
+    inner: StdArc<Inner<R>>,
+}
+
+/// The listener's settings.
+struct Inner<R> {
+    /// The SSE endpoint.
+    endpoint: Endpoint<R>,
+    /// The path the endpoint is served at; `None` for every path.
+    path: Option<String>,
+    /// Request head limits.
+    head: HeadLimits,
+    /// Longest a write may stay blocked before the peer is considered gone.
+    write_timeout: Duration,
+    /// Where other paths go.
+    fallback: Option<Fallback>,
+}
+
+impl<R> Clone for Server<R> {
+    fn clone(&self) -> Self {
+        Server { inner: self.inner.clone() }
+    }
+}
+
+impl<R> fmt::Debug for Server<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.inner.endpoint)
+            .field("path", &self.inner.path)
+            .field("head", &self.inner.head)
+            .field("write_timeout", &self.inner.write_timeout)
+            .field("fallback", &self.inner.fallback.is_some())
+            .finish()
+    }
+}
+
+impl<R: Resolver> Server<R> {
+    /// A listener for `endpoint` at every path, with 8 KiB request heads read within 10 s, and a
+    /// 30 s write timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()));
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn new(endpoint: Endpoint<R>) -> Self {
+        Server {
+            inner: StdArc::new(Inner {
+                endpoint,
+                path: None,
+                head: HeadLimits { max_bytes: 8 * 1024, timeout: Duration::from_secs(10) },
+                write_timeout: Duration::from_secs(30),
+                fallback: None,
+            }),
+        }
+    }
+
+    /// Serves the endpoint only at `path` (other paths: the fallback, or 404).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new())).with_path("/events");
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_path(self, path: impl Into<String>) -> Self {
+        self.map(|inner| inner.path = Some(path.into()))
+    }
+
+    /// The largest request head accepted (431 beyond) and the longest wait for it (the
+    /// connection is closed after it, which also ends a slowloris client).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_head_limits(4096, Duration::from_secs(5));
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_head_limits(self, max_bytes: usize, timeout: Duration) -> Self {
+        self.map(|inner| inner.head = HeadLimits { max_bytes: max_bytes.max(64), timeout })
+    }
+
+    /// How long a write may stay blocked (a peer that vanished without closing, or a zero TCP
+    /// window) before the connection is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_write_timeout(Duration::from_secs(10));
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_write_timeout(self, timeout: Duration) -> Self {
+        self.map(|inner| inner.write_timeout = timeout)
+    }
+
+    /// Serves requests for other paths with an axum `Router` (through hyper, on the same
+    /// connection), so one port carries the stream and the rest of an application.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use axum::routing::get;
+    /// let app = axum::Router::new().route("/health", get(|| async { "ok" }));
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_path("/events")
+    ///     .with_fallback(app);
+    /// # drop(server);
+    /// ```
+    #[cfg(feature = "axum")]
+    #[must_use]
+    pub fn with_fallback(self, router: ::axum::Router) -> Self {
+        let fallback: Fallback = StdArc::new(move |io| {
+            let router = router.clone();
+            Box::pin(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let mut router = router.clone();
+                    tower_service::Service::call(&mut router, request)
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                // A failed fallback connection concerns that client only.
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
+            })
+        });
+        self.map(|inner| inner.fallback = Some(fallback))
+    }
+
+    /// Applies a settings change (settings are fixed once serving starts).
+    fn map(self, change: impl FnOnce(&mut Inner<R>)) -> Self {
+        match StdArc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                change(&mut inner);
+                Server { inner: StdArc::new(inner) }
+            }
+            Err(shared) => {
+                let mut inner = Inner {
+                    endpoint: shared.endpoint.clone(),
+                    path: shared.path.clone(),
+                    head: shared.head,
+                    write_timeout: shared.write_timeout,
+                    fallback: shared.fallback.clone(),
+                };
+                change(&mut inner);
+                Server { inner: StdArc::new(inner) }
+            }
+        }
+    }
+
+    /// Accepts connections until the future is dropped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops accepting; connections already accepted run on until their
+    /// stream ends (at the latest when the hub shuts down).
+    ///
+    /// # Examples
+    ///
+    /// See [`Server`].
+    pub async fn serve(self, listener: TcpListener) {
+        self.serve_with_shutdown(listener, std::future::pending()).await;
+    }
+
+    /// Accepts connections until `signal` resolves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()));
+    /// server.serve_with_shutdown(listener, async {}).await; // returns at once
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(signal);
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut signal => return,
+            };
+            match accepted {
+                Ok((socket, _)) => {
+                    // Small writes go out at once: latency matters more than packet count.
+                    let _ = socket.set_nodelay(true);
+                    tokio::spawn(self.clone().connection(socket));
+                }
+                // Out of file descriptors or similar: back off briefly instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    /// One connection: the request, then the stream or a refusal.
+    async fn connection(self, mut socket: TcpStream) {
+        let inner = &self.inner;
+        let head = match read_head(&mut socket, inner.head).await {
+            Ok(head) => head,
+            Err(HeadError::Gone) => return,
+            Err(HeadError::Refuse(status, reason)) => {
+                let _ =
+                    write_plain(&mut socket, status, &HeaderMap::new(), reason.as_bytes()).await;
+                return;
+            }
+        };
+        let ours = inner.path.as_deref().is_none_or(|path| head.parts.uri.path() == path);
+        if !ours {
+            match &inner.fallback {
+                Some(fallback) => fallback(rewind::Rewind::new(head.raw, socket)).await,
+                None => {
+                    let _ = write_plain(
+                        &mut socket,
+                        StatusCode::NOT_FOUND,
+                        &HeaderMap::new(),
+                        b"not found",
+                    )
+                    .await;
+                }
+            }
+            return;
+        }
+        if request::has_body(&head.parts) {
+            let reason = b"a request body is not accepted";
+            let _ =
+                write_plain(&mut socket, StatusCode::BAD_REQUEST, &HeaderMap::new(), reason).await;
+            return;
+        }
+        // The raw head is no longer needed: free it before the long-lived part.
+        drop(head.raw);
+        let (parts, reply) = inner.endpoint.answer(&head.parts).await.into_parts();
+        drop(head.parts);
+        match reply {
+            Reply::Stream(events) => {
+                let _ = stream(socket, &parts.headers, events, inner.write_timeout).await;
+            }
+            Reply::Text(body) => {
+                let _ = write_plain(&mut socket, parts.status, &parts.headers, &body).await;
+            }
+            Reply::Empty => {
+                let _ = write_plain(&mut socket, parts.status, &parts.headers, b"").await;
+            }
+        }
+    }
+}
+
+/// Writes a complete response with a body and closes.
+async fn write_plain(
+    socket: &mut TcpStream,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> io::Result<()> {
+    let mut out = response_head(status, headers);
+    out.extend_from_slice(format!("{CONTENT_LENGTH}: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body);
+    socket.write_all(&out).await?;
+    socket.shutdown().await
+}
+
+/// The status line and headers, with `connection: close`, without the final CRLF.
+fn response_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == CONNECTION || name == CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n");
+    out
+}
+
+/// Most bytes a client may send after its request before it is disconnected (SSE clients send
+/// nothing; anything more is a misbehaving or hostile peer).
+const MAX_TRAILING_INPUT: usize = 4096;
+
+/// Streams `events` to the socket until the stream ends or the peer goes away.
+async fn stream(
+    mut socket: TcpStream,
+    headers: &HeaderMap,
+    mut events: Events,
+    write_timeout: Duration,
+) -> io::Result<()> {
+    let mut head = response_head(StatusCode::OK, headers);
+    head.extend_from_slice(b"\r\n");
+    tokio::time::timeout(write_timeout, socket.write_all(&head))
+        .await
+        .map_err(|_| io::ErrorKind::TimedOut)??;
+    drop(head);
+    let mut probe = [0u8; 64];
+    let mut trailing = 0usize;
+    loop {
+        let next = tokio::select! {
+            next = poll_fn(|cx| events.poll_batch(cx)) => next,
+            ready = socket.readable() => {
+                ready?;
+                match socket.try_read(&mut probe) {
+                    // The peer closed (FIN): end here; dropping `events` unsubscribes.
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        trailing += n;
+                        if trailing > MAX_TRAILING_INPUT {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(error) => return Err(error),
+                }
+            }
+        };
+        match next {
+            Some(Ok(mut batch)) => write_batch(&mut socket, &mut batch, write_timeout).await?,
+            // Dropped as slow: close without ceremony; its client reconnects and resumes.
+            Some(Err(_)) => return Ok(()),
+            // Ended by the hub: a clean end of the body.
+            None => return socket.shutdown().await,
+        }
+    }
+}
+
+/// Writes a whole batch with vectored writes (usually one), each bounded by `timeout`.
+async fn write_batch(
+    socket: &mut TcpStream,
+    batch: &mut Batch,
+    timeout: Duration,
+) -> io::Result<()> {
+    while batch.has_remaining() {
+        let mut slices = [IoSlice::new(&[]); 64];
+        let count = batch.chunks_vectored(&mut slices);
+        let written = tokio::time::timeout(timeout, socket.write_vectored(&slices[..count]))
+            .await
+            .map_err(|_| io::ErrorKind::TimedOut)??;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        batch.advance(written);
+    }
+    Ok(())
+}
+
+impl<R> Server<R> {
+    /// The endpoint served (its [`connection_count`](Endpoint::connection_count) counts open
+    /// streams).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()));
+    /// assert_eq!(server.endpoint().connection_count(), 0);
+    /// ```
+    pub fn endpoint(&self) -> &Endpoint<R> {
+        &self.inner.endpoint
+    }
+}

@@ -1,0 +1,155 @@
+//! Reading and checking one request head with `httparse`, within size and time limits.
+
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{Method, Request, StatusCode, Version};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Most headers a request may have.
+const MAX_HEADERS: usize = 64;
+
+/// The limits on a request head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    /// Largest head (request line plus headers), in bytes.
+    pub(crate) max_bytes: usize,
+    /// Longest wait for the complete head.
+    pub(crate) timeout: Duration,
+}
+
+/// Why a head was not accepted.
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    /// The connection closed, failed or timed out before a complete head: nothing to answer.
+    Gone,
+    /// A refusal to send before closing.
+    Refuse(StatusCode, &'static str),
+}
+
+/// A parsed head and every byte read so far (the head and anything after it).
+#[derive(Debug)]
+pub(crate) struct Head {
+    /// The request, for the resolver.
+    pub(crate) parts: Parts,
+    /// The raw bytes read, so a fallback server can re-read the request from the start.
+    pub(crate) raw: Vec<u8>,
+}
+
+/// Whether a request announces a body (a stream request must not: it would be left unread).
+pub(crate) fn has_body(parts: &Parts) -> bool {
+    parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
+}
+
+/// Reads one request head.
+pub(crate) async fn read_head(
+    socket: &mut TcpStream,
+    limits: HeadLimits,
+) -> Result<Head, HeadError> {
+    let read = async {
+        // Small to start: most SSE requests are a few hundred bytes, and this buffer is freed
+        // once the head is parsed, before the stream starts.
+        let mut raw = Vec::with_capacity(512);
+        loop {
+            if raw.len() >= limits.max_bytes {
+                return Err(HeadError::Refuse(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request head too large",
+                ));
+            }
+            let want = (limits.max_bytes - raw.len()).min(4096);
+            raw.reserve(want);
+            let start = raw.len();
+            raw.resize(start + want, 0);
+            let n = match socket.read(&mut raw[start..]).await {
+                Ok(0) | Err(_) => return Err(HeadError::Gone),
+                Ok(n) => n,
+            };
+            raw.truncate(start + n);
+            if let Some(parts) = parse(&raw)? {
+                return Ok(Head { parts, raw });
+            }
+        }
+    };
+    tokio::time::timeout(limits.timeout, read).await.unwrap_or(Err(HeadError::Gone))
+}
+
+/// Parses a complete head, `Ok(None)` if more bytes are needed.
+fn parse(raw: &[u8]) -> Result<Option<Parts>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let status = match request.parse(raw) {
+        Ok(status) => status,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::Refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many headers",
+            ));
+        }
+        Err(_) => return Err(HeadError::Refuse(StatusCode::BAD_REQUEST, "malformed request")),
+    };
+    if status.is_partial() {
+        return Ok(None);
+    }
+    let bad = |reason| HeadError::Refuse(StatusCode::BAD_REQUEST, reason);
+    let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
+        .map_err(|_| bad("bad method"))?;
+    let version = match request.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut builder =
+        Request::builder().method(method).uri(request.path.unwrap_or("/")).version(version);
+    for header in request.headers.iter() {
+        builder = builder.header(header.name, header.value);
+    }
+    let request = builder.body(()).map_err(|_| bad("malformed request"))?;
+    let (parts, ()) = request.into_parts();
+    Ok(Some(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(raw: &[u8]) -> Option<StatusCode> {
+        match parse(raw) {
+            Err(HeadError::Refuse(status, _)) => Some(status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn parses_a_stream_request() {
+        let parts = parse(b"GET /events?topic=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n")
+            .ok()
+            .flatten();
+        let parts = parts.expect("complete");
+        assert_eq!(parts.uri.path(), "/events");
+        assert_eq!(parts.uri.query(), Some("topic=a"));
+        assert_eq!(parts.headers["last-event-id"], "7");
+    }
+
+    #[test]
+    fn partial_heads_wait_for_more() {
+        assert!(matches!(parse(b"GET /events HTTP/1.1\r\nHo"), Ok(None)));
+    }
+
+    #[test]
+    fn bad_heads_are_refused_with_the_right_status() {
+        assert_eq!(refused(b"GARBAGE\r\n\r\n"), Some(StatusCode::BAD_REQUEST));
+        let many: String = (0..100).map(|i| format!("x-h{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(refused(raw.as_bytes()), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        let body = |raw: &[u8]| parse(raw).ok().flatten().map(|parts| has_body(&parts));
+        assert_eq!(body(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Some(false));
+        assert_eq!(body(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Some(true));
+        assert_eq!(body(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(true));
+    }
+}

@@ -1,0 +1,387 @@
+//! Models of the per-subscriber queue: push, drain and close, wake-ups, the slow-client policies
+//! and heartbeats.
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use bytes::Bytes;
+use loom::thread;
+
+use super::{assert_released, block_on, flag_waker, frame, labels, Outcomes, ALL};
+use crate::queue::{EndReason, FrameKeys, Pushed, Queue, SlowPolicy};
+use crate::sync::Arc;
+
+/// Pushes each frame in turn; the outcomes, in the same order.
+fn push_all(queue: &Queue, frames: &[Bytes]) -> Vec<Pushed> {
+    let keys = FrameKeys::default();
+    frames.iter().map(|f| queue.push(f, &keys)).collect()
+}
+
+/// Drains everything left: the labels and the lag reported with them, then why it ended (`None`
+/// if it is still open).
+fn drain_rest(queue: &Queue) -> (Vec<String>, u64, Option<EndReason>) {
+    let mut seen = Vec::new();
+    let mut lagged = 0;
+    loop {
+        match queue.drain(ALL, ALL, None) {
+            Ok(drained) if drained.frames.is_empty() => {
+                return (seen, lagged + drained.lagged, None);
+            }
+            Ok(drained) => {
+                lagged += drained.lagged;
+                seen.extend(labels(&drained.frames));
+            }
+            Err(reason) => return (seen, lagged, Some(reason)),
+        }
+    }
+}
+
+/// How many of `outcomes` are `which`.
+fn count(outcomes: &[Pushed], which: Pushed) -> usize {
+    outcomes.iter().filter(|&&o| o == which).count()
+}
+
+/// A consumer parked in `block_on` while two producers push: it sees each frame at most once, in
+/// each producer's order, and what it sees plus the lag it is told about is exactly what was
+/// pushed. `block_on` parks until woken, so a lost wake-up is a deadlock loom reports.
+#[test]
+fn loom_queue_drain_vs_two_pushers_sees_each_frame_once_in_order() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(2, SlowPolicy::DropOldest));
+        let (a1, ta1) = frame("a1");
+        let (a2, ta2) = frame("a2");
+        let (b1, tb1) = frame("b1");
+
+        let q = queue.clone();
+        let pa = thread::spawn(move || push_all(&q, &[a1, a2]));
+        let q = queue.clone();
+        let pb = thread::spawn(move || push_all(&q, &[b1]));
+
+        let mut seen: Vec<String> = Vec::new();
+        let mut lagged = 0;
+        block_on(poll_fn(|cx| loop {
+            match queue.drain(ALL, ALL, Some(cx.waker())) {
+                Ok(drained) => {
+                    lagged += drained.lagged;
+                    let empty = drained.frames.is_empty();
+                    seen.extend(labels(&drained.frames));
+                    if seen.len() as u64 + lagged == 3 {
+                        return Poll::Ready(());
+                    }
+                    if empty {
+                        return Poll::Pending;
+                    }
+                }
+                Err(reason) => panic!("the queue ended: {reason:?}"),
+            }
+        }));
+
+        let outcomes: Vec<Pushed> =
+            pa.join().unwrap().into_iter().chain(pb.join().unwrap()).collect();
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "a frame was handed over twice: {seen:?}");
+        let a: Vec<&String> = seen.iter().filter(|l| l.starts_with('a')).collect();
+        assert!(a == ["a1", "a2"] || a.len() < 2, "producer a reordered: {seen:?}");
+        assert_eq!(count(&outcomes, Pushed::Evicted) as u64, lagged, "{outcomes:?} {seen:?}");
+        assert_eq!(count(&outcomes, Pushed::Disconnected), 0);
+        assert_eq!(drain_rest(&queue), (vec![], 0, None));
+        drop(queue);
+        assert_released(&[&ta1, &ta2, &tb1]);
+        OUTCOMES.record(format!("{} lagged {lagged}", seen.join(",")));
+    });
+    OUTCOMES.assert_reached(&[
+        "a1,a2,b1 lagged 0",
+        "a1,b1,a2 lagged 0",
+        "b1,a1,a2 lagged 0",
+        "a2,b1 lagged 1",
+    ]);
+}
+
+/// A drain that found nothing registered its waker; the push that follows must wake it, and a
+/// drain that found a frame registered nothing. The consumer re-polls once with a second waker,
+/// as an executor moving the task would: the push must wake the latest one.
+#[test]
+fn loom_queue_push_wakes_the_waker_of_an_empty_drain() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, SlowPolicy::Disconnect));
+        let (x, tx) = frame("x");
+        let q = queue.clone();
+        let pusher = thread::spawn(move || push_all(&q, &[x]));
+
+        let (flag1, waker1) = flag_waker();
+        let (flag2, waker2) = flag_waker();
+        let mut seen = labels(&queue.drain(ALL, ALL, Some(&waker1)).unwrap().frames);
+        let mut last = &flag1;
+        if seen.is_empty() {
+            seen = labels(&queue.drain(ALL, ALL, Some(&waker2)).unwrap().frames);
+            last = &flag2;
+        }
+        assert_eq!(pusher.join().unwrap(), [Pushed::Queued]);
+
+        OUTCOMES.record(match (seen.is_empty(), std::ptr::eq(last, &flag1)) {
+            (true, _) => "woken",
+            (false, true) => "found at once",
+            (false, false) => "found on the second drain",
+        });
+        if seen.is_empty() {
+            // Both drains came before the push: it must have woken the latest waker.
+            assert!(flag2.woken(), "lost wake-up");
+            assert!(!flag1.woken(), "woke a replaced waker");
+            assert_eq!(drain_rest(&queue), (vec!["x".to_string()], 0, None));
+        } else {
+            assert_eq!(seen, ["x"]);
+            assert!(!last.woken(), "woken though the drain found a frame");
+        }
+        drop(queue);
+        assert_released(&[&tx]);
+    });
+    OUTCOMES.assert_reached(&["woken", "found at once", "found on the second drain"]);
+}
+
+/// Close wakes a parked consumer too, and the consumer then ends with the close's reason.
+#[test]
+fn loom_queue_close_wakes_a_parked_consumer() {
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, SlowPolicy::Disconnect));
+        let q = queue.clone();
+        let closer = thread::spawn(move || q.close(EndReason::Shutdown, None, false));
+
+        let (flag, waker) = flag_waker();
+        let first = queue.drain(ALL, ALL, Some(&waker));
+        assert!(closer.join().unwrap());
+        match first {
+            Ok(drained) => {
+                assert!(drained.frames.is_empty());
+                assert!(flag.woken(), "lost wake-up on close");
+            }
+            Err(reason) => {
+                assert_eq!(reason, EndReason::Shutdown);
+                assert!(!flag.woken());
+            }
+        }
+        assert_eq!(drain_rest(&queue), (vec![], 0, Some(EndReason::Shutdown)));
+    });
+}
+
+/// A close with a goodbye frame racing two pushes: the pushes that returned `Queued` are
+/// delivered, in order, before the goodbye; after the close nothing enters (`Closed` from then
+/// on), and the stream ends after the goodbye.
+#[test]
+fn loom_queue_close_racing_push_admits_nothing_after() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(2, SlowPolicy::Disconnect));
+        let (x1, tx1) = frame("x1");
+        let (x2, tx2) = frame("x2");
+        let (bye, tbye) = frame("bye");
+
+        let q = queue.clone();
+        let pusher = thread::spawn(move || push_all(&q, &[x1, x2]));
+        assert!(queue.close(EndReason::Shutdown, Some(&bye), false));
+        drop(bye);
+        let outcomes = pusher.join().unwrap();
+
+        let queued = count(&outcomes, Pushed::Queued);
+        assert_eq!(queued + count(&outcomes, Pushed::Closed), 2, "{outcomes:?}");
+        assert!(
+            outcomes[..queued].iter().all(|&o| o == Pushed::Queued),
+            "a push was accepted after one was refused: {outcomes:?}"
+        );
+        let mut expected: Vec<String> =
+            ["x1", "x2"][..queued].iter().map(|s| s.to_string()).collect();
+        expected.push("bye".into());
+        assert_eq!(drain_rest(&queue), (expected, 0, Some(EndReason::Shutdown)));
+        drop(queue);
+        assert_released(&[&tx1, &tx2, &tbye]);
+        OUTCOMES.record(format!("queued {queued}"));
+    });
+    OUTCOMES.assert_reached(&["queued 0", "queued 1", "queued 2"]);
+}
+
+/// The close of a dropped subscription (discarding) racing a push: afterwards the queue holds
+/// nothing and every frame is released before the queue itself goes, so no frame entered after
+/// the close.
+#[test]
+fn loom_queue_discarding_close_racing_push_keeps_nothing() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(2, SlowPolicy::Disconnect));
+        let (x1, tx1) = frame("x1");
+        let (x2, tx2) = frame("x2");
+
+        let q = queue.clone();
+        let pusher = thread::spawn(move || push_all(&q, &[x1, x2]));
+        assert!(queue.close(EndReason::Dropped, None, true));
+        let outcomes = pusher.join().unwrap();
+
+        let queued = count(&outcomes, Pushed::Queued);
+        assert!(outcomes[..queued].iter().all(|&o| o == Pushed::Queued), "{outcomes:?}");
+        assert_eq!(queued + count(&outcomes, Pushed::Closed), 2, "{outcomes:?}");
+        assert_eq!(queue.len(), 0);
+        assert_released(&[&tx1, &tx2]);
+        assert_eq!(drain_rest(&queue), (vec![], 0, Some(EndReason::Dropped)));
+        OUTCOMES.record(format!("queued {queued}"));
+    });
+    OUTCOMES.assert_reached(&["queued 0", "queued 1", "queued 2"]);
+}
+
+/// `Disconnect`, capacity 1, a consumer that never reads, two publishers with three frames:
+/// exactly one push is queued, exactly one closes the subscriber as slow, the rest find it
+/// closed; nobody blocks, and the queue is freed at the moment of the slow close.
+#[test]
+fn loom_queue_disconnect_two_publishers_close_once() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, SlowPolicy::Disconnect));
+        let (a1, ta1) = frame("a1");
+        let (a2, ta2) = frame("a2");
+        let (b1, tb1) = frame("b1");
+
+        let q = queue.clone();
+        let pa = thread::spawn(move || push_all(&q, &[a1, a2]));
+        let q = queue.clone();
+        let pb = thread::spawn(move || push_all(&q, &[b1]));
+        let a = pa.join().unwrap();
+        let b = pb.join().unwrap();
+
+        let all: Vec<Pushed> = a.iter().chain(&b).copied().collect();
+        assert_eq!(count(&all, Pushed::Queued), 1, "{a:?} {b:?}");
+        assert_eq!(count(&all, Pushed::Disconnected), 1, "{a:?} {b:?}");
+        assert_eq!(count(&all, Pushed::Closed), 1, "{a:?} {b:?}");
+        // Producer a's second push cannot be the one queued: its first was earlier.
+        assert_ne!(a[1], Pushed::Queued, "{a:?} {b:?}");
+        assert_released(&[&ta1, &ta2, &tb1]);
+        assert_eq!(drain_rest(&queue), (vec![], 0, Some(EndReason::Slow)));
+        OUTCOMES.record(format!("{a:?} {b:?}"));
+    });
+    OUTCOMES.assert_reached(&[
+        "[Queued, Disconnected] [Closed]",
+        "[Queued, Closed] [Disconnected]",
+        "[Disconnected, Closed] [Queued]",
+    ]);
+}
+
+/// A push that finds the queue full (`Disconnect`) racing the subscriber's own drop: the
+/// subscriber is closed exactly once, as slow or as dropped, and nothing is left queued.
+#[test]
+fn loom_queue_slow_close_vs_own_drop_closes_once() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, SlowPolicy::Disconnect));
+        let (a0, ta0) = frame("a0");
+        let (a1, ta1) = frame("a1");
+        assert_eq!(push_all(&queue, &[a0]), [Pushed::Queued]);
+
+        let q = queue.clone();
+        let pusher = thread::spawn(move || push_all(&q, &[a1]));
+        let dropped = queue.close(EndReason::Dropped, None, true);
+        let pushed = pusher.join().unwrap()[0];
+
+        match pushed {
+            Pushed::Disconnected => {
+                assert!(!dropped, "closed twice");
+                assert_eq!(drain_rest(&queue), (vec![], 0, Some(EndReason::Slow)));
+            }
+            Pushed::Closed => {
+                assert!(dropped);
+                assert_eq!(drain_rest(&queue), (vec![], 0, Some(EndReason::Dropped)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_released(&[&ta0, &ta1]);
+        OUTCOMES.record(format!("{pushed:?}"));
+    });
+    OUTCOMES.assert_reached(&["Disconnected", "Closed"]);
+}
+
+/// `DropOldest`, capacity 1, two publishers, a consumer that reads only at the end: what it
+/// gets plus the lag it is told about is exactly what was pushed, the lag equals the evictions,
+/// and the survivor is the last push of one of the producers.
+#[test]
+fn loom_queue_drop_oldest_delivered_plus_lagged_is_exact() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, SlowPolicy::DropOldest));
+        let (a1, ta1) = frame("a1");
+        let (a2, ta2) = frame("a2");
+        let (b1, tb1) = frame("b1");
+
+        let q = queue.clone();
+        let pa = thread::spawn(move || push_all(&q, &[a1, a2]));
+        let q = queue.clone();
+        let pb = thread::spawn(move || push_all(&q, &[b1]));
+        let a = pa.join().unwrap();
+        let b = pb.join().unwrap();
+
+        let all: Vec<Pushed> = a.iter().chain(&b).copied().collect();
+        assert_eq!(count(&all, Pushed::Queued), 1, "{all:?}");
+        assert_eq!(count(&all, Pushed::Evicted), 2, "{all:?}");
+        let (seen, lagged, ended) = drain_rest(&queue);
+        assert_eq!(ended, None);
+        assert_eq!(seen.len() as u64 + lagged, 3);
+        assert_eq!(lagged, 2);
+        assert!(seen == ["a2"] || seen == ["b1"], "{seen:?}");
+        drop(queue);
+        assert_released(&[&ta1, &ta2, &tb1]);
+        OUTCOMES.record(seen.concat());
+    });
+    OUTCOMES.assert_reached(&["a2", "b1"]);
+}
+
+/// A heartbeat tick racing an event into a `Disconnect` queue of capacity 1: the event is always
+/// queued (never refused or turned into a slow close by the heartbeat) and is what the consumer
+/// gets (a heartbeat queued first is displaced without counting as a loss).
+#[test]
+fn loom_queue_heartbeat_never_displaces_an_event() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, SlowPolicy::Disconnect));
+        let (hb, thb) = frame("hb");
+        let (e1, te1) = frame("e1");
+
+        let q = queue.clone();
+        let ticker = thread::spawn(move || q.push_heartbeat(&hb));
+        let pushed = push_all(&queue, &[e1]);
+        let ticked = ticker.join().unwrap();
+
+        assert_eq!(pushed, [Pushed::Queued]);
+        assert_eq!(drain_rest(&queue), (vec!["e1".to_string()], 0, None));
+        drop(queue);
+        assert_released(&[&thb, &te1]);
+        OUTCOMES.record(format!("ticked {ticked}"));
+    });
+    OUTCOMES.assert_reached(&["ticked true", "ticked false"]);
+}
+
+/// Ticks racing two events into a `DropOldest` queue of capacity 1: the second event evicts the
+/// first (lag 1), a heartbeat evicted to make room is never counted as lag, and no heartbeat is
+/// queued behind an event.
+#[test]
+fn loom_queue_heartbeat_never_counts_as_lag() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let queue = Arc::new(Queue::new(1, SlowPolicy::DropOldest));
+        let (hb, thb) = frame("hb");
+        let (e1, te1) = frame("e1");
+        let (e2, te2) = frame("e2");
+
+        let q = queue.clone();
+        let ticker = thread::spawn(move || [q.push_heartbeat(&hb), q.push_heartbeat(&hb)]);
+        let pushed = push_all(&queue, &[e1, e2]);
+        let ticks = ticker.join().unwrap();
+
+        assert_eq!(pushed, [Pushed::Queued, Pushed::Evicted]);
+        // A heartbeat goes only into an empty queue after an idle tick: the second tick follows
+        // either the first (which reset the idle flag or left a heartbeat) or an event.
+        assert!(!ticks[1], "{ticks:?}");
+        assert_eq!(drain_rest(&queue), (vec!["e2".to_string()], 1, None));
+        drop(queue);
+        assert_released(&[&thb, &te1, &te2]);
+        OUTCOMES.record(format!("ticked {}", ticks[0]));
+    });
+    OUTCOMES.assert_reached(&["ticked true", "ticked false"]);
+}

@@ -1,0 +1,278 @@
+//! Models of the copy-on-write registry: publishes that load snapshots and push, racing
+//! subscribes and unsubscribes that swap new snapshots in under the writers' lock.
+
+use bytes::Bytes;
+use loom::thread;
+
+use super::{assert_released, frame, labels, Outcomes, ALL};
+use crate::queue::{EndReason, FrameKeys, Queue, SlowPolicy};
+use crate::registry::{Registry, Slot};
+use crate::sync::{Arc, AtomicBool, Ordering, SharedStr};
+use crate::topic::Pattern;
+
+/// A subscriber with a `Disconnect` queue of capacity 2.
+fn slot(id: u64) -> Arc<Slot> {
+    Arc::new(Slot { id, queue: Queue::new(2, SlowPolicy::Disconnect), principal: None })
+}
+
+/// Subscribes `slot` to the topic `topic`.
+fn subscribe(registry: &Registry, slot: &Arc<Slot>, topic: &str) {
+    let topics: Vec<SharedStr> = vec![topic.into()];
+    registry.subscribe(slot, topics, Vec::new(), usize::MAX).expect("the registry is open");
+}
+
+/// Publishes `bytes` to `topic` the way `Hub::publish` does without history: the topic's state
+/// (lock-free, or created for a matching pattern), a snapshot of its subscribers, one push
+/// each. Returns how many queued it. (The hub runs this under its sequencer, which only orders
+/// concurrent publishers; each model here has one.)
+fn publish(registry: &Registry, topic: &str, bytes: &Bytes) -> usize {
+    let Some(state) = registry.topic_for_publish(topic, false) else {
+        return 0;
+    };
+    let subscribers = state.subscribers.load();
+    let keys = FrameKeys::default();
+    let mut queued = 0;
+    subscribers.for_each(|slot| {
+        if slot.queue.push(bytes, &keys) == crate::queue::Pushed::Queued {
+            queued += 1;
+        }
+    });
+    queued
+}
+
+/// Unsubscribes the way a dropped `Subscription` does: close the queue (discarding), then
+/// unregister.
+fn unsubscribe(registry: &Registry, slot: &Slot) {
+    slot.queue.close(EndReason::Dropped, None, true);
+    registry.unsubscribe(slot.id);
+}
+
+/// Everything queued for `slot`, as labels; empty once it is closed.
+fn received(slot: &Slot) -> Vec<String> {
+    slot.queue.drain(ALL, ALL, None).map(|d| labels(&d.frames)).unwrap_or_default()
+}
+
+/// The ids of every registered subscriber, in order.
+fn all_ids(registry: &Registry) -> Vec<u64> {
+    registry.subscribers().values().iter().map(|s| s.id).collect()
+}
+
+/// The ids of `topic`'s subscribers, in order; `None` when the topic does not exist.
+fn topic_ids(registry: &Registry, topic: &str) -> Option<Vec<u64>> {
+    registry.topic(topic).map(|t| t.subscribers.load().values().iter().map(|s| s.id).collect())
+}
+
+/// `xs` is a suffix of `of`.
+fn is_suffix(xs: &[String], of: &[&str]) -> bool {
+    xs.len() <= of.len() && xs.iter().zip(&of[of.len() - xs.len()..]).all(|(x, o)| x == o)
+}
+
+/// A publisher sends e1 then e2 to a topic while a subscriber is added (creating the topic): it
+/// receives a suffix of [e1, e2] (no gap, no duplicate, no reordering), and the publisher's
+/// counts say the same.
+#[test]
+fn loom_registry_publish_vs_subscribe_sees_a_suffix() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let registry = Arc::new(Registry::new());
+        let a = slot(1);
+        let (e1, te1) = frame("e1");
+        let (e2, te2) = frame("e2");
+
+        let (r, s) = (registry.clone(), a.clone());
+        let subscriber = thread::spawn(move || subscribe(&r, &s, "t"));
+        let n1 = publish(&registry, "t", &e1);
+        let n2 = publish(&registry, "t", &e2);
+        subscriber.join().unwrap();
+
+        let got = received(&a);
+        assert!(is_suffix(&got, &["e1", "e2"]), "{got:?}");
+        assert_eq!((n1, n2), (usize::from(got.len() == 2), usize::from(!got.is_empty())));
+        assert_eq!(topic_ids(&registry, "t"), Some(vec![1]));
+
+        drop((e1, e2));
+        drop(registry);
+        assert_eq!(Arc::strong_count(&a), 1, "the registry still holds the slot");
+        drop(a);
+        assert_released(&[&te1, &te2]);
+        OUTCOMES.record(got.join(","));
+    });
+    OUTCOMES.assert_reached(&["", "e2", "e1,e2"]);
+}
+
+/// A publisher sends e1, e2 while the only subscriber leaves: nothing stays queued for it once
+/// the unsubscribe returned (and nothing enters later), its id is gone from every map, the topic
+/// is gone, and every reference to the slot and the frames is dropped.
+#[test]
+fn loom_registry_publish_vs_unsubscribe_leaves_nothing() {
+    loom::model(|| {
+        let registry = Arc::new(Registry::new());
+        let a = slot(1);
+        subscribe(&registry, &a, "t");
+        let (e1, te1) = frame("e1");
+        let (e2, te2) = frame("e2");
+
+        let (r, s) = (registry.clone(), a.clone());
+        let leaver = thread::spawn(move || {
+            unsubscribe(&r, &s);
+            // Right after the unsubscribe returned, and again after the publisher is done.
+            s.queue.len()
+        });
+        publish(&registry, "t", &e1);
+        publish(&registry, "t", &e2);
+        assert_eq!(leaver.join().unwrap(), 0);
+
+        assert_eq!(a.queue.len(), 0, "a frame reached the slot after the unsubscribe");
+        assert!(matches!(a.queue.drain(ALL, ALL, None), Err(EndReason::Dropped)));
+        assert_eq!(all_ids(&registry), Vec::<u64>::new());
+        assert_eq!(topic_ids(&registry, "t"), None);
+        assert_eq!(registry.topic_count(), 0);
+        assert_eq!(Arc::strong_count(&a), 1, "a snapshot still holds the slot");
+        drop((e1, e2));
+        assert_released(&[&te1, &te2]);
+    });
+}
+
+/// Two subscribes to one topic (which neither finds existing): both are present afterwards, on
+/// the topic and in the map of all subscribers, and both receive the next publish.
+#[test]
+fn loom_registry_subscribe_vs_subscribe_keeps_both() {
+    loom::model(|| {
+        let registry = Arc::new(Registry::new());
+        let a = slot(1);
+        let b = slot(2);
+
+        let (r, s) = (registry.clone(), a.clone());
+        let first = thread::spawn(move || subscribe(&r, &s, "t"));
+        subscribe(&registry, &b, "t");
+        first.join().unwrap();
+
+        assert_eq!(all_ids(&registry), [1, 2]);
+        assert_eq!(topic_ids(&registry, "t"), Some(vec![1, 2]));
+        assert_eq!(registry.topic_count(), 1);
+        let (e, te) = frame("e");
+        assert_eq!(publish(&registry, "t", &e), 2);
+        assert_eq!((received(&a), received(&b)), (vec!["e".into()], vec!["e".into()]));
+        drop(e);
+        assert_released(&[&te]);
+    });
+}
+
+/// A subscribe (A) racing an unsubscribe (B) on the same topic, where B's leaving may remove the
+/// topic A is joining: afterwards A is present, B is gone everywhere and not resurrected, and
+/// only A receives the next publish.
+#[test]
+fn loom_registry_subscribe_vs_unsubscribe_both_visible() {
+    loom::model(|| {
+        let registry = Arc::new(Registry::new());
+        let a = slot(1);
+        let b = slot(2);
+        subscribe(&registry, &b, "t");
+
+        let (r, s) = (registry.clone(), a.clone());
+        let joiner = thread::spawn(move || subscribe(&r, &s, "t"));
+        let removed = registry.unsubscribe(b.id);
+        assert!(removed.is_some_and(|r| Arc::ptr_eq(&r.slot, &b) && r.left == ["t".into()]));
+        joiner.join().unwrap();
+
+        assert_eq!(all_ids(&registry), [1]);
+        assert_eq!(topic_ids(&registry, "t"), Some(vec![1]));
+        assert_eq!(Arc::strong_count(&b), 1, "B is still referenced");
+        let (e, te) = frame("e");
+        assert_eq!(publish(&registry, "t", &e), 1);
+        assert_eq!(received(&a), ["e"]);
+        assert_eq!(received(&b), Vec::<String>::new());
+        drop(e);
+        assert_released(&[&te]);
+    });
+}
+
+/// A pattern subscribe racing a publish to a topic nobody named yet: if the subscribe had
+/// returned before the publish began, the event is delivered; it is never delivered twice, and
+/// the next publish (after both) is delivered through the topic the first one may have created.
+#[test]
+fn loom_registry_pattern_subscribe_vs_publish_to_new_topic() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let registry = Arc::new(Registry::new());
+        let a = slot(1);
+        let done = Arc::new(AtomicBool::new(false));
+        let (e1, te1) = frame("e1");
+        let (e2, te2) = frame("e2");
+
+        let (r, s, d) = (registry.clone(), a.clone(), done.clone());
+        let subscriber = thread::spawn(move || {
+            let patterns = vec![Pattern::new("price:*").unwrap()];
+            r.subscribe(&s, Vec::new(), patterns, usize::MAX).unwrap();
+            // SeqCst: the publisher reads it before it starts; the flag only records "returned
+            // before", the registry's own synchronisation must do the rest.
+            d.store(true, Ordering::SeqCst);
+        });
+        let subscribed_before = done.load(Ordering::SeqCst);
+        let n1 = publish(&registry, "price:x", &e1);
+        subscriber.join().unwrap();
+
+        let got = received(&a);
+        OUTCOMES.record(format!("before {subscribed_before}, got {got:?}"));
+        assert_eq!(got.len(), n1);
+        if subscribed_before {
+            assert_eq!(got, ["e1"], "missed although subscribed first");
+        }
+        assert!(got.is_empty() || got == ["e1"], "{got:?}");
+        if let Some(ids) = topic_ids(&registry, "price:x") {
+            assert_eq!(ids, [1]);
+        }
+        assert_eq!(publish(&registry, "price:x", &e2), 1);
+        assert_eq!(received(&a), ["e2"]);
+        assert_eq!(topic_ids(&registry, "price:x"), Some(vec![1]));
+
+        assert!(registry.unsubscribe(a.id).is_some());
+        assert_eq!(registry.topic_count(), 0);
+        assert_eq!(Arc::strong_count(&a), 1);
+        drop((e1, e2));
+        assert_released(&[&te1, &te2]);
+    });
+    OUTCOMES.assert_reached(&[
+        "before true, got [\"e1\"]",
+        "before false, got [\"e1\"]",
+        "before false, got []",
+    ]);
+}
+
+/// The seam of a topic that is removed and created again: B, its only subscriber, leaves while A
+/// joins and a publisher sends e1, e2, possibly through the removed topic's state. A still gets
+/// a suffix of [e1, e2], B gets nothing after it left, and the topic ends with A alone.
+#[test]
+fn loom_registry_publish_across_topic_removal_and_recreation() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let registry = Arc::new(Registry::new());
+        let a = slot(1);
+        let b = slot(2);
+        subscribe(&registry, &b, "t");
+        let (e1, te1) = frame("e1");
+        let (e2, te2) = frame("e2");
+
+        let (r, s) = (registry.clone(), b.clone());
+        let leaver = thread::spawn(move || unsubscribe(&r, &s));
+        let (r, s) = (registry.clone(), a.clone());
+        let joiner = thread::spawn(move || subscribe(&r, &s, "t"));
+        publish(&registry, "t", &e1);
+        publish(&registry, "t", &e2);
+        leaver.join().unwrap();
+        joiner.join().unwrap();
+
+        let got = received(&a);
+        assert!(is_suffix(&got, &["e1", "e2"]), "{got:?}");
+        assert!(matches!(b.queue.drain(ALL, ALL, None), Err(EndReason::Dropped)));
+        assert_eq!(all_ids(&registry), [1]);
+        assert_eq!(topic_ids(&registry, "t"), Some(vec![1]));
+        assert_eq!(Arc::strong_count(&b), 1);
+        drop((e1, e2));
+        drop(registry);
+        drop(a);
+        assert_released(&[&te1, &te2]);
+        OUTCOMES.record(got.join(","));
+    });
+    OUTCOMES.assert_reached(&["", "e2", "e1,e2"]);
+}
