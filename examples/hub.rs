@@ -39,7 +39,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use ssehub::server::Server;
-use ssehub::{Endpoint, Event, HistoryLimits, Hub, PublishError};
+use ssehub::{Endpoint, Event, HistoryLimits, Hub, Pacing, PublishError};
 
 use crate::config::{Command, Config};
 use crate::market::Market;
@@ -120,7 +120,13 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let rates = Arc::new(Rates::new());
     tokio::spawn(sample(hub.clone(), rates.clone()));
     let app = App { hub: hub.clone(), config: Arc::new(config), rates, market };
-    let shutdown_with = shutdown_hint(&app.config);
+    // At shutdown the streams end 500 at a time, 100 ms apart, each told to come back after
+    // the base retry plus its own random extra: a restart does not bring every client back in
+    // the same second.
+    let pacing = Pacing::new()
+        .with_batch(500)
+        .with_interval(Duration::from_millis(100))
+        .with_retry(app.config.retry, app.config.retry_jitter);
     let signal = signals()?;
 
     // Tests and scripts read this line to learn the port (`--addr 127.0.0.1:0` picks one).
@@ -137,8 +143,9 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .serve_with_shutdown(listener, async move {
             let name = signal.await;
             println!("{name}: shutting down");
-            // Every stream gets the final retry hint, then ends.
-            let _ = hub.shutdown_with(shutdown_with);
+            // New requests get 503 from here on; every stream gets its final retry hint and
+            // ends, batch by batch.
+            hub.shutdown_paced(&pacing).await;
         })
         .await;
     // The streams end by themselves after their last frame; give them a moment to flush.
@@ -151,17 +158,6 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("stopped");
     Ok(())
-}
-
-/// The frame every stream gets at shutdown: a reconnect hint of the base delay plus jitter, so
-/// the clients of a restarting server come back spread out rather than all at once.
-fn shutdown_hint(config: &Config) -> Event {
-    let jitter_ms = u64::try_from(config.retry_jitter.as_millis()).unwrap_or(u64::MAX);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()));
-    let extra = if jitter_ms == 0 { 0 } else { nanos % (jitter_ms + 1) };
-    Event::default().with_retry(config.retry + Duration::from_millis(extra))
 }
 
 /// Listens for Ctrl-C (SIGINT) and SIGTERM from now on (so a signal that comes before the
