@@ -279,15 +279,27 @@ impl<R: Resolver> Server<R> {
     }
 
     /// One connection: the request, then the stream or a refusal.
-    async fn connection(self, mut socket: TcpStream) {
+    async fn connection(self, socket: TcpStream) {
+        // The request phase runs boxed: its state (buffers, the resolver's future, timers) is
+        // freed before the stream starts, instead of sizing every idle connection's task.
+        let Some((socket, head, events)) = Box::pin(self.request(socket)).await else {
+            return;
+        };
+        let _ = stream(socket, head, events, self.inner.write_timeout).await;
+    }
+
+    /// Reads and answers the request; for a stream, the socket, the response head to send and
+    /// the events.
+    async fn request(&self, mut socket: TcpStream) -> Option<(TcpStream, Vec<u8>, Events)> {
         let inner = &self.inner;
-        let head = match read_head(&mut socket, inner.head).await {
+        let socket_ref = &mut socket;
+        let head = match read_head(socket_ref, inner.head).await {
             Ok(head) => head,
-            Err(HeadError::Gone) => return,
+            Err(HeadError::Gone) => return None,
             Err(HeadError::Refuse(status, reason)) => {
                 let _ =
                     write_plain(&mut socket, status, &HeaderMap::new(), reason.as_bytes()).await;
-                return;
+                return None;
             }
         };
         let ours = inner.path.as_deref().is_none_or(|path| head.parts.uri.path() == path);
@@ -304,27 +316,28 @@ impl<R: Resolver> Server<R> {
                     .await;
                 }
             }
-            return;
+            return None;
         }
         if request::has_body(&head.parts) {
             let reason = b"a request body is not accepted";
             let _ =
                 write_plain(&mut socket, StatusCode::BAD_REQUEST, &HeaderMap::new(), reason).await;
-            return;
+            return None;
         }
-        // The raw head is no longer needed: free it before the long-lived part.
-        drop(head.raw);
         let (parts, reply) = inner.endpoint.answer(&head.parts).await.into_parts();
-        drop(head.parts);
         match reply {
             Reply::Stream(events) => {
-                let _ = stream(socket, &parts.headers, events, inner.write_timeout).await;
+                let mut head = response_head(StatusCode::OK, &parts.headers);
+                head.extend_from_slice(b"\r\n");
+                Some((socket, head, events))
             }
             Reply::Text(body) => {
                 let _ = write_plain(&mut socket, parts.status, &parts.headers, &body).await;
+                None
             }
             Reply::Empty => {
                 let _ = write_plain(&mut socket, parts.status, &parts.headers, b"").await;
+                None
             }
         }
     }
@@ -370,26 +383,27 @@ fn response_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
 const MAX_TRAILING_INPUT: usize = 4096;
 
 /// Streams `events` to the socket until the stream ends or the peer goes away.
+///
+/// This is the state every idle connection keeps, so it holds no buffer across an await: the
+/// `IoSlice` array and the read probe live on the stack of a synchronous step, and the write
+/// timer exists only while a write is blocked.
 async fn stream(
     mut socket: TcpStream,
-    headers: &HeaderMap,
+    head: Vec<u8>,
     mut events: Events,
     write_timeout: Duration,
 ) -> io::Result<()> {
-    let mut head = response_head(StatusCode::OK, headers);
-    head.extend_from_slice(b"\r\n");
-    tokio::time::timeout(write_timeout, socket.write_all(&head))
+    Box::pin(tokio::time::timeout(write_timeout, socket.write_all(&head)))
         .await
         .map_err(|_| io::ErrorKind::TimedOut)??;
     drop(head);
-    let mut probe = [0u8; 64];
     let mut trailing = 0usize;
     loop {
         let next = tokio::select! {
             next = poll_fn(|cx| events.poll_batch(cx)) => next,
             ready = socket.readable() => {
                 ready?;
-                match socket.try_read(&mut probe) {
+                match socket.try_read(&mut [0u8; 64]) {
                     // The peer closed (FIN): end here; dropping `events` unsubscribes.
                     Ok(0) => return Ok(()),
                     Ok(n) => {
@@ -414,22 +428,31 @@ async fn stream(
     }
 }
 
-/// Writes a whole batch with vectored writes (usually one), each bounded by `timeout`.
+/// Writes a whole batch with vectored writes (usually one); a write blocked for longer than
+/// `timeout` ends the connection.
 async fn write_batch(
     socket: &mut TcpStream,
     batch: &mut Batch,
     timeout: Duration,
 ) -> io::Result<()> {
     while batch.has_remaining() {
-        let mut slices = [IoSlice::new(&[]); 64];
-        let count = batch.chunks_vectored(&mut slices);
-        let written = tokio::time::timeout(timeout, socket.write_vectored(&slices[..count]))
-            .await
-            .map_err(|_| io::ErrorKind::TimedOut)??;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+        let written = {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let count = batch.chunks_vectored(&mut slices);
+            socket.try_write_vectored(&slices[..count])
+        };
+        match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => batch.advance(n),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // Boxed: a blocked write is the rare path, and its timer would otherwise size
+                // every connection's task.
+                Box::pin(tokio::time::timeout(timeout, socket.writable()))
+                    .await
+                    .map_err(|_| io::ErrorKind::TimedOut)??;
+            }
+            Err(error) => return Err(error),
         }
-        batch.advance(written);
     }
     Ok(())
 }
