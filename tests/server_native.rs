@@ -193,3 +193,20 @@ async fn other_paths_can_go_to_an_axum_router_on_the_same_port() {
     let (_client, head) = open(addr, "/events?topic=t").await;
     assert!(head.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn a_kept_alive_client_gets_its_stream_from_the_listener_after_a_fallback_request() {
+    let hub = hub();
+    let app = axum::Router::new().route("/page", axum::routing::get(|| async { "page" }));
+    let addr =
+        start(Server::new(Endpoint::new(hub.clone())).with_path("/events").with_fallback(app))
+            .await;
+    // A browser asks for the page on a keep-alive connection...
+    let answer =
+        exchange(addr, b"GET /page HTTP/1.1\r\nhost: t\r\nconnection: keep-alive\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // ...which the server closed, so the stream comes on a new one, to the listener.
+    let (_client, head) = open(addr, "/events?topic=t").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

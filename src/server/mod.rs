@@ -175,7 +175,9 @@ impl<R: Resolver> Server<R> {
     }
 
     /// Serves requests for other paths with an axum `Router` (through hyper, on the same
-    /// connection), so one port carries the stream and the rest of an application.
+    /// connection), so one port carries the stream and the rest of an application. Such a
+    /// connection answers that one request and closes (`connection: close`), so a client's next
+    /// request, perhaps the stream, comes back to the listener.
     ///
     /// # Examples
     ///
@@ -197,9 +199,13 @@ impl<R: Resolver> Server<R> {
                     let mut router = router.clone();
                     tower_service::Service::call(&mut router, request)
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(
+                let mut builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );
+                // One request per connection: a browser reuses a kept-alive connection for its
+                // next request, which may be the stream, and that must come back to the
+                // listener rather than stay with the router.
+                builder.http1().keep_alive(false);
                 // A failed fallback connection concerns that client only.
                 let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
             })
