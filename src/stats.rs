@@ -28,7 +28,8 @@ use crate::sync::{AtomicU64, Ordering};
 pub struct Stats {
     /// Live subscriptions.
     pub subscribers: usize,
-    /// Live topics (topics with at least one subscriber).
+    /// Live topics: those with at least one subscriber, and, with history on, those whose
+    /// history still holds events.
     pub topics: usize,
     /// Events accepted by `publish`, `broadcast` and `send_to`.
     pub events_published: u64,
