@@ -36,7 +36,10 @@ pub(crate) fn tick(shared: &Shared) -> u64 {
     let frame = Bytes::from_static(KEEP_ALIVE);
     let mut sent = 0;
     shared.registry.subscribers().for_each(|slot| {
-        if slot.queue.push_heartbeat(&frame) {
+        // Read before the queue's lock is taken: the subscriber's drain takes its feeds' lock
+        // first and the queue's inside it.
+        let rings_idle = slot.ring_waiting() == 0;
+        if slot.queue.push_heartbeat(&frame, rings_idle) {
             sent += 1;
         }
     });

@@ -112,7 +112,6 @@ impl<V: Clone> IdMap<V> {
     }
 
     /// Whether the map is empty.
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -188,7 +187,6 @@ impl<V: Clone> IdMap<V> {
     }
 
     /// The values, in key order (allocates; not for hot paths).
-    #[cfg(test)]
     pub(crate) fn values(&self) -> Vec<V> {
         let mut out = Vec::with_capacity(self.len);
         self.for_each(|v| out.push(v.clone()));

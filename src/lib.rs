@@ -93,6 +93,7 @@ mod idmap;
 mod producer;
 mod queue;
 mod registry;
+mod ring;
 #[cfg(feature = "server")]
 pub mod server;
 mod session;

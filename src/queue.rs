@@ -1,9 +1,13 @@
 //! The bounded per-subscriber queue and the slow-client policies.
 //!
-//! Publishers push shared frames (a refcount, never a copy); the subscriber's stream drains
-//! everything queued in one go. The queue is a `VecDeque` behind a per-subscriber mutex: the
-//! critical section is a push or an O(batch) drain, contended only when the consumer drains while
-//! a publisher pushes, and it keeps memory proportional to what is queued (a preallocated ring of
+//! Topic events reach most subscribers through their topics' shared rings (`ring.rs`); this
+//! queue holds what is one subscriber's own: broadcasts, targeted sends, heartbeats, the final
+//! frame of a shutdown, and, for a subscriber whose policy is `Conflate`, its topic events too
+//! (replacing a queued frame by key needs a queue of its own). Every entry carries its sequence
+//! number, so a drain can merge the queue with the rings in publish order.
+//!
+//! The queue is a `VecDeque` behind a per-subscriber mutex: the critical section is a push or
+//! an O(batch) drain, and memory stays proportional to what is queued (a preallocated ring of
 //! `capacity` slots would cost every idle connection its full bound). The consumer's waker is
 //! taken by the first push after it parked, so a burst wakes it once.
 
@@ -14,6 +18,7 @@ use bytes::Bytes;
 
 use std::cell::OnceCell;
 
+use crate::ring::{Feed, Taken};
 use crate::sync::{lock, Mutex, SharedStr};
 
 /// What a subscriber's queue does when it is full.
@@ -126,8 +131,7 @@ impl<'a> FrameKeys<'a> {
 
 /// What the queue knows about a frame beyond its bytes, kept only by queues that need it (a
 /// conflating subscriber's, or one that received a targeted send), in a deque parallel to the
-/// frames. Plain queues hold 32-byte `Bytes` entries and nothing else: at 10,000 subscribers
-/// the entries written per publish are most of the fan-out's memory traffic.
+/// frames, so a plain queue's entries stay a sequence number and a `Bytes`.
 #[derive(Debug, Clone, Default)]
 struct Mark {
     /// The conflation key.
@@ -163,8 +167,9 @@ pub(crate) enum Pushed {
 /// The queue's state under its lock.
 #[derive(Debug)]
 struct Inner {
-    /// Queued frames, oldest first.
-    entries: VecDeque<Bytes>,
+    /// Queued `(sequence number, frame)`, oldest first. Heartbeats carry 0 (they go before
+    /// anything), the final frame of a close carries the hub's sequence number at the close.
+    entries: VecDeque<(u64, Bytes)>,
     /// One mark per entry, once any entry needed one.
     marks: Option<VecDeque<Mark>>,
     /// Whether the front entry is a heartbeat (heartbeats only enter an empty queue).
@@ -173,6 +178,10 @@ struct Inner {
     waker: Option<Waker>,
     /// Set when the queue is closed; the consumer drains what is left, then ends.
     ended: Option<EndReason>,
+    /// The last sequence number the subscriber may still take from its rings: `u64::MAX`
+    /// while open, the hub's sequence number at a close that lets queued frames out, 0 after
+    /// one that discards them.
+    rings_upto: u64,
     /// Frames evicted since the consumer last drained.
     lagged: u64,
     /// Whether anything was pushed since the last heartbeat tick.
@@ -195,8 +204,23 @@ pub(crate) struct Queue {
 pub(crate) struct Drained {
     /// The frames, oldest first.
     pub(crate) frames: Vec<Bytes>,
-    /// Frames lost to eviction before these.
+    /// Frames lost to eviction before these (queue and rings).
     pub(crate) lagged: u64,
+    /// Of `lagged`, the ring entries skipped (counted as dropped by the caller: no publish saw
+    /// them go).
+    pub(crate) skipped: u64,
+    /// Nothing was ready but an entry of a publish still in progress is queued: poll again.
+    pub(crate) retry: bool,
+}
+
+/// Why a merged drain stopped the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The stream has ended and everything it may still hand over was handed over.
+    Ended(EndReason),
+    /// The subscriber fell more than its bound behind a ring and its policy is `Disconnect`:
+    /// the queue is now closed as slow.
+    Overflowed,
 }
 
 impl Queue {
@@ -209,6 +233,7 @@ impl Queue {
                 heartbeat_front: false,
                 waker: None,
                 ended: None,
+                rings_upto: u64::MAX,
                 lagged: 0,
                 active: false,
             }),
@@ -217,18 +242,36 @@ impl Queue {
         }
     }
 
-    /// Pushes a frame, applying the slow-client policy when full.
-    pub(crate) fn push(&self, bytes: &Bytes, keys: &FrameKeys) -> Pushed {
-        self.push_kind(bytes, keys, Kind::Event)
+    /// The most frames this subscriber may have waiting.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// What happens when it falls behind.
+    pub(crate) fn policy(&self) -> SlowPolicy {
+        self.policy
+    }
+
+    /// Pushes the frame of event `seq`, applying the slow-client policy when full.
+    pub(crate) fn push(&self, seq: u64, bytes: &Bytes, keys: &FrameKeys) -> Pushed {
+        self.push_kind(seq, bytes, keys, Kind::Event)
     }
 
     /// Pushes a targeted frame (see [`Kind::Targeted`]).
-    pub(crate) fn push_targeted(&self, bytes: &Bytes, keys: &FrameKeys) -> Pushed {
-        self.push_kind(bytes, keys, Kind::Targeted)
+    pub(crate) fn push_targeted(&self, seq: u64, bytes: &Bytes, keys: &FrameKeys) -> Pushed {
+        self.push_kind(seq, bytes, keys, Kind::Targeted)
+    }
+
+    /// Wakes the consumer if it is parked (a ring it reads has a new entry).
+    pub(crate) fn wake(&self) {
+        let waker = lock(&self.inner).waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Pushes a frame of `kind`, applying the slow-client policy when full.
-    fn push_kind(&self, bytes: &Bytes, keys: &FrameKeys, kind: Kind) -> Pushed {
+    fn push_kind(&self, seq: u64, bytes: &Bytes, keys: &FrameKeys, kind: Kind) -> Pushed {
         let key = match self.policy {
             SlowPolicy::Conflate { key } => keys.pick(key),
             _ => None,
@@ -265,7 +308,7 @@ impl Queue {
             }
             let mark = (key.is_some() || kind == Kind::Targeted)
                 .then(|| Mark { key, targeted: kind == Kind::Targeted });
-            inner.push_back(bytes.clone(), mark);
+            inner.push_back(seq, bytes.clone(), mark);
             (outcome, inner.waker.take())
         };
         if let Some(waker) = waker {
@@ -274,9 +317,10 @@ impl Queue {
         outcome
     }
 
-    /// Queues a heartbeat if nothing was pushed since the last tick and the queue is empty, so
-    /// it never displaces an event or delays one. Returns whether it was queued.
-    pub(crate) fn push_heartbeat(&self, bytes: &Bytes) -> bool {
+    /// Queues a heartbeat if nothing was pushed or taken since the last tick, the queue is
+    /// empty and `rings_idle` (nothing waits in the subscriber's rings), so it never displaces
+    /// an event or delays one. Returns whether it was queued.
+    pub(crate) fn push_heartbeat(&self, bytes: &Bytes, rings_idle: bool) -> bool {
         let waker = {
             let mut inner = lock(&self.inner);
             if inner.ended.is_some() {
@@ -285,7 +329,10 @@ impl Queue {
             if std::mem::replace(&mut inner.active, false) || !inner.entries.is_empty() {
                 return false;
             }
-            inner.push_back(bytes.clone(), None);
+            if !rings_idle {
+                return false;
+            }
+            inner.push_back(0, bytes.clone(), None);
             inner.heartbeat_front = true;
             inner.waker.take()
         };
@@ -295,18 +342,74 @@ impl Queue {
         true
     }
 
-    /// Closes the queue: the consumer ends after draining what is queued (or at once when
-    /// `discard` is set). A `last` frame, if given, is queued beyond the bound. Returns `false`
-    /// if it was already closed.
-    pub(crate) fn close(&self, reason: EndReason, last: Option<&Bytes>, discard: bool) -> bool {
+    /// Closes the queue: the consumer ends after draining what is queued and what its rings
+    /// hold up to sequence number `upto` (or at once when `discard` is set). A `last` frame,
+    /// if given, is queued beyond the bound, after those. Returns `false` if it was already
+    /// closed.
+    pub(crate) fn close(
+        &self,
+        reason: EndReason,
+        last: Option<&Bytes>,
+        discard: bool,
+        upto: u64,
+    ) -> bool {
         let mut inner = lock(&self.inner);
         if inner.ended.is_some() {
             return false;
         }
+        inner.rings_upto = upto;
         if let Some(bytes) = last {
-            inner.push_back(bytes.clone(), None);
+            inner.push_back(upto, bytes.clone(), None);
         }
         self.end_locked(inner, reason, discard) == Pushed::Disconnected
+    }
+
+    /// Closes the queue with `reason` after taking in `from_rings` (entries the subscriber had
+    /// still to read from its rings, in sequence order), merged with its own entries by sequence
+    /// number: the stream hands all of them over and ends without reading a ring again.
+    /// Returns `false` if it was already closed.
+    pub(crate) fn close_absorbing(&self, reason: EndReason, from_rings: Vec<(u64, Bytes)>) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner.ended.is_some() {
+            return false;
+        }
+        if !from_rings.is_empty() {
+            let own = std::mem::take(&mut inner.entries);
+            let mut marks = inner.marks.take().map(VecDeque::into_iter);
+            let mut own = own.into_iter().peekable();
+            let mut rings = from_rings.into_iter().peekable();
+            let mut merged_marks = marks.as_ref().map(|_| VecDeque::new());
+            loop {
+                let take_ring = match (own.peek(), rings.peek()) {
+                    (Some((a, _)), Some((b, _))) => b <= a,
+                    (None, Some(_)) => true,
+                    (Some(_), None) => false,
+                    (None, None) => break,
+                };
+                let (entry, mark) = if take_ring {
+                    (rings.next(), Some(Mark::default()))
+                } else {
+                    (own.next(), marks.as_mut().and_then(Iterator::next))
+                };
+                if let Some(entry) = entry {
+                    inner.entries.push_back(entry);
+                }
+                if let (Some(list), Some(mark)) = (&mut merged_marks, mark) {
+                    list.push_back(mark);
+                }
+            }
+            inner.marks = merged_marks;
+            inner.heartbeat_front = false;
+        }
+        // Its rings are done with: it ends after what it holds now.
+        inner.rings_upto = 0;
+        self.end_locked(inner, reason, false);
+        true
+    }
+
+    /// Whether the queue is closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.inner).ended.is_some()
     }
 
     /// Closes the queue as [`EndReason::Disconnected`] and takes the targeted frames it still
@@ -324,7 +427,14 @@ impl Queue {
         let Some(marks) = marks else {
             return Some(Vec::new());
         };
-        Some(entries.into_iter().zip(marks).filter(|(_, m)| m.targeted).map(|(b, _)| b).collect())
+        Some(
+            entries
+                .into_iter()
+                .zip(marks)
+                .filter(|(_, m)| m.targeted)
+                .map(|((_, b), _)| b)
+                .collect(),
+        )
     }
 
     /// Ends the queue with the lock held, then wakes the consumer after releasing it.
@@ -336,6 +446,7 @@ impl Queue {
     ) -> Pushed {
         inner.ended = Some(reason);
         let dropped = if discard {
+            inner.rings_upto = 0;
             inner.heartbeat_front = false;
             inner.marks = None;
             std::mem::take(&mut inner.entries)
@@ -372,18 +483,19 @@ impl Queue {
                     _ => inner.waker = Some(waker.clone()),
                 }
             }
-            return Ok(Drained { frames: Vec::new(), lagged: std::mem::take(&mut inner.lagged) });
+            let lagged = std::mem::take(&mut inner.lagged);
+            return Ok(Drained { lagged, ..Drained::default() });
         }
         let mut count = 0;
         let mut bytes = 0;
-        for entry in inner.entries.iter().take(max_frames.max(1)) {
+        for (_, entry) in inner.entries.iter().take(max_frames.max(1)) {
             if count > 0 && bytes + entry.len() > max_bytes {
                 break;
             }
             bytes += entry.len();
             count += 1;
         }
-        let frames: Vec<Bytes> = inner.entries.drain(..count).collect();
+        let frames: Vec<Bytes> = inner.entries.drain(..count).map(|(_, b)| b).collect();
         if let Some(marks) = &mut inner.marks {
             marks.drain(..count);
         }
@@ -393,7 +505,164 @@ impl Queue {
         if inner.entries.is_empty() && capacity > 128 && count < capacity / 8 {
             inner.entries.shrink_to(count.max(16));
         }
-        Ok(Drained { frames, lagged: std::mem::take(&mut inner.lagged) })
+        Ok(Drained { frames, lagged: std::mem::take(&mut inner.lagged), ..Drained::default() })
+    }
+
+    /// Takes the next batch for a subscriber that reads `feeds`: this queue's entries and the
+    /// rings' entries merged in sequence order, up to `max_frames` frames and about `max_bytes`
+    /// bytes (at least one frame), never past sequence number `watermark` (the last publish
+    /// that is complete: an entry after it may still be missing from another source, and
+    /// taking it would reorder). Registers `waker` when nothing is ready.
+    pub(crate) fn drain_merged(
+        &self,
+        feeds: &[Feed],
+        watermark: u64,
+        max_frames: usize,
+        max_bytes: usize,
+        waker: Option<&Waker>,
+    ) -> Result<Drained, Stop> {
+        let max_frames = max_frames.max(1);
+        let mut inner = lock(&self.inner);
+        // Once closed, the close fixed how far the rings go (the watermark read before this
+        // lock may predate it); while open, the watermark does.
+        let upto = if inner.ended.is_some() { inner.rings_upto } else { watermark };
+        // Closed and discarded (dropped as slow, or gone): the rings hold nothing for it.
+        let feeds = if inner.rings_upto == 0 { &[] } else { feeds };
+        if inner.heartbeat_front && feeds.iter().any(|f| f.ring.tail() > f.member.cursor()) {
+            // An event is waiting: the keep-alive has no more work to do.
+            inner.pop_front();
+        }
+        // A closed queue takes no more entries, so all of its own are complete; an open one's
+        // past the watermark belong to a publish still in progress.
+        let ready = if inner.ended.is_some() {
+            inner.entries.len()
+        } else {
+            inner.entries.iter().take_while(|(seq, _)| *seq <= watermark).count()
+        };
+        let mut drained = Drained::default();
+        let mut taken_rings = 0;
+        if feeds.len() == 1 && ready == 0 {
+            // The common case: one topic, nothing of its own; no merge.
+            let feed = &feeds[0];
+            let cursor = feed.member.cursor();
+            let waiting = feed.ring.waiting(cursor, self.capacity).min(max_frames);
+            drained.frames.reserve_exact(waiting);
+            let taken = feed.ring.take_into(
+                cursor,
+                self.capacity,
+                self.policy,
+                upto,
+                max_frames,
+                max_bytes,
+                &mut drained.frames,
+            );
+            if taken.overflowed {
+                self.end_locked(inner, EndReason::Slow, true);
+                return Err(Stop::Overflowed);
+            }
+            if taken.count > 0 || taken.skipped > 0 {
+                feed.member.advance(taken.from + taken.count as u64);
+            }
+            drained.skipped = taken.skipped;
+            taken_rings = taken.count;
+        } else if !feeds.is_empty() {
+            // Several sources: take each one's candidates, then merge by sequence number (the
+            // ring first on a tie: a close's final frame carries the last sequence number).
+            let mut lists: Vec<(Vec<(u64, Bytes)>, Taken)> = Vec::with_capacity(feeds.len());
+            for feed in feeds {
+                let mut list = Vec::new();
+                let taken = feed.ring.take(
+                    feed.member.cursor(),
+                    self.capacity,
+                    self.policy,
+                    upto,
+                    max_frames,
+                    max_bytes,
+                    |seq, frame| list.push((seq, frame.clone())),
+                );
+                if taken.overflowed {
+                    self.end_locked(inner, EndReason::Slow, true);
+                    return Err(Stop::Overflowed);
+                }
+                drained.skipped += taken.skipped;
+                lists.push((list, taken));
+            }
+            let mut heads = vec![0usize; lists.len()];
+            let mut from_queue = 0;
+            let mut bytes = 0;
+            while drained.frames.len() < max_frames {
+                let mut best: Option<(u64, usize)> = None;
+                for (i, (list, _)) in lists.iter().enumerate() {
+                    if let Some((seq, _)) = list.get(heads[i]) {
+                        if best.is_none_or(|(s, _)| *seq < s) {
+                            best = Some((*seq, i));
+                        }
+                    }
+                }
+                let queued = (from_queue < ready).then(|| inner.entries[from_queue].0);
+                let frame = match (best, queued) {
+                    (Some((seq, i)), q) if q.is_none_or(|q| seq <= q) => {
+                        let frame = &lists[i].0[heads[i]].1;
+                        if !drained.frames.is_empty() && bytes + frame.len() > max_bytes {
+                            break;
+                        }
+                        heads[i] += 1;
+                        frame.clone()
+                    }
+                    (_, _) if queued.is_some() => {
+                        let frame = &inner.entries[from_queue].1;
+                        if !drained.frames.is_empty() && bytes + frame.len() > max_bytes {
+                            break;
+                        }
+                        from_queue += 1;
+                        frame.clone()
+                    }
+                    _ => break,
+                };
+                bytes += frame.len();
+                drained.frames.push(frame);
+            }
+            for (feed, ((_, taken), head)) in feeds.iter().zip(lists.iter().zip(&heads)) {
+                if *head > 0 || taken.skipped > 0 {
+                    feed.member.advance(taken.from + *head as u64);
+                }
+                taken_rings += head;
+            }
+            inner.pop_many(from_queue);
+        } else if ready > 0 {
+            let mut bytes = 0;
+            let mut count = 0;
+            for (_, frame) in inner.entries.iter().take(ready.min(max_frames)) {
+                if count > 0 && bytes + frame.len() > max_bytes {
+                    break;
+                }
+                bytes += frame.len();
+                count += 1;
+            }
+            drained.frames.extend(inner.entries.iter().take(count).map(|(_, b)| b.clone()));
+            inner.pop_many(count);
+        }
+        if taken_rings > 0 {
+            inner.active = true;
+        }
+        drained.lagged = std::mem::take(&mut inner.lagged) + drained.skipped;
+        if drained.frames.is_empty() && drained.lagged == 0 {
+            if let Some(reason) = inner.ended {
+                if inner.entries.is_empty() {
+                    return Err(Stop::Ended(reason));
+                }
+            }
+            // An entry past the watermark belongs to a publish still in progress: its wake may
+            // already have been spent on this poll, so ask to be polled again.
+            drained.retry = inner.entries.len() > ready;
+            if let Some(waker) = waker {
+                match &inner.waker {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => inner.waker = Some(waker.clone()),
+                }
+            }
+        }
+        Ok(drained)
     }
 
     /// The number of queued frames.
@@ -404,14 +673,26 @@ impl Queue {
 
 impl Inner {
     /// Appends a frame, with its mark if it has one (starting the marks if needed).
-    fn push_back(&mut self, bytes: Bytes, mark: Option<Mark>) {
+    fn push_back(&mut self, seq: u64, bytes: Bytes, mark: Option<Mark>) {
         if mark.is_some() && self.marks.is_none() {
             self.marks = Some(std::iter::repeat_n(Mark::default(), self.entries.len()).collect());
         }
-        self.entries.push_back(bytes);
+        self.entries.push_back((seq, bytes));
         if let Some(marks) = &mut self.marks {
             marks.push_back(mark.unwrap_or_default());
         }
+    }
+
+    /// Drops the `count` oldest frames (taken by a drain).
+    fn pop_many(&mut self, count: usize) {
+        if count == 0 {
+            return;
+        }
+        self.entries.drain(..count);
+        if let Some(marks) = &mut self.marks {
+            marks.drain(..count);
+        }
+        self.heartbeat_front = false;
     }
 
     /// Drops the oldest frame.

@@ -16,7 +16,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::history::{History, HistoryLimits};
 use crate::idmap::IdMap;
-use crate::queue::Queue;
+use crate::queue::{Queue, SlowPolicy};
+use crate::ring::{Feed, Member, Ring};
 use crate::sync::{arc_swap, lock, Arc, ArcSwap, Guard, Mutex, SharedStr};
 use crate::topic::Pattern;
 
@@ -29,6 +30,29 @@ pub(crate) struct Slot {
     pub(crate) queue: Queue,
     /// Who it is, if the application said.
     pub(crate) principal: Option<SharedStr>,
+    /// The rings of the topics it receives (empty for a conflating subscriber, which gets
+    /// topic events in its queue). Changed by registry writers, read by the subscriber's drain.
+    /// Each feed's member points back at this slot: the registry takes the feeds out when the
+    /// subscriber leaves, which breaks the cycle.
+    pub(crate) feeds: Mutex<Vec<Feed>>,
+}
+
+impl Slot {
+    /// A subscriber with this id, queue and principal, on no topic yet.
+    pub(crate) fn new(id: u64, queue: Queue, principal: Option<SharedStr>) -> Slot {
+        Slot { id, queue, principal, feeds: Mutex::new(Vec::new()) }
+    }
+
+    /// Whether it takes topic events from rings (every policy but `Conflate`).
+    pub(crate) fn reads_rings(&self) -> bool {
+        !matches!(self.queue.policy(), SlowPolicy::Conflate { .. })
+    }
+
+    /// Frames waiting in its rings (each capped at its bound).
+    pub(crate) fn ring_waiting(&self) -> usize {
+        let capacity = self.queue.capacity();
+        lock(&self.feeds).iter().map(|f| f.ring.waiting(f.member.cursor(), capacity)).sum()
+    }
 }
 
 /// One topic, as publishers see it.
@@ -38,6 +62,12 @@ pub(crate) struct TopicState {
     pub(crate) name: SharedStr,
     /// Everyone who receives this topic's events.
     pub(crate) subscribers: ArcSwap<IdMap<Arc<Slot>>>,
+    /// Those who read the topic's ring (all but the conflating ones), with their cursors.
+    pub(crate) readers: ArcSwap<IdMap<Arc<Member>>>,
+    /// Those who get each event pushed into their queue (the conflating ones).
+    pub(crate) pushed: ArcSwap<IdMap<Arc<Slot>>>,
+    /// The shared log the readers take events from.
+    pub(crate) ring: Arc<Ring>,
     /// The replay ring. Written and read only under the hub's sequencer, so its lock is never
     /// contended on the publish path.
     pub(crate) history: Mutex<History>,
@@ -338,10 +368,12 @@ impl Registry {
         let state = Arc::new(TopicState {
             name: name.clone(),
             subscribers: arc_swap(IdMap::new()),
+            readers: arc_swap(IdMap::new()),
+            pushed: arc_swap(IdMap::new()),
+            ring: Arc::new(Ring::new()),
             history: Mutex::new(History::default()),
         });
         let mut members = HashMap::new();
-        let mut set = IdMap::new();
         let mut patterns = Vec::new();
         for (source, pattern) in writer.patterns.iter_mut() {
             if !pattern.pattern.matches(name) {
@@ -353,13 +385,12 @@ impl Registry {
                 let count = members.entry(*id).or_insert(0u32);
                 if *count == 0 {
                     if let Some(sub) = writer.subscribers.get(id) {
-                        set = set.insert(*id, sub.slot.clone());
+                        attach(&state, &sub.slot);
                     }
                 }
                 *count += 1;
             }
         }
-        state.subscribers.store(Arc::new(set));
         writer.topics.insert(name.clone(), TopicEntry { state: state.clone(), members, patterns });
         let (key, value) = (name.clone(), state.clone());
         self.topics.rcu(|map| map.update(key.clone(), value.clone()));
@@ -373,7 +404,7 @@ impl Registry {
         };
         let count = entry.members.entry(slot.id).or_insert(0);
         if *count == 0 {
-            entry.state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
+            attach(&entry.state, slot);
         }
         *count += 1;
     }
@@ -392,7 +423,7 @@ impl Registry {
             return;
         }
         entry.members.remove(&id);
-        entry.state.subscribers.rcu(|set| set.remove(id));
+        detach(&entry.state, id);
         if entry.members.is_empty() && lock(&entry.state.history).is_empty() {
             self.remove_topic(writer, topic);
         }
@@ -416,5 +447,56 @@ impl Registry {
     fn publish_patterns(&self, writer: &Writer) {
         let list: Vec<Pattern> = writer.patterns.values().map(|p| p.pattern.clone()).collect();
         self.patterns.store(Arc::new(list));
+    }
+}
+
+/// Puts `slot` on `state`: on its ring (starting at the tail) or its push list, and on its
+/// subscriber set. Called with the writer lock held.
+fn attach(state: &Arc<TopicState>, slot: &Arc<Slot>) {
+    if slot.queue.is_closed() {
+        // Ended, waiting for its owner to drop it (a pattern matched a new topic meanwhile):
+        // nothing more to receive.
+    } else if slot.reads_rings() {
+        let cursor = state.ring.join(slot.queue.capacity());
+        let member = Arc::new(Member::new(slot.clone(), cursor));
+        let feed = Feed { topic: state.clone(), ring: state.ring.clone(), member: member.clone() };
+        lock(&slot.feeds).push(feed);
+        state.readers.rcu(|set| set.insert(slot.id, member.clone()));
+        // A subscriber parked on its other rings is not parked on this one yet (a pattern
+        // just matched a new topic): wake it, so its next poll parks here too.
+        slot.queue.wake();
+    } else {
+        state.pushed.rcu(|set| set.insert(slot.id, slot.clone()));
+    }
+    state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // A subscriber's feeds point at members that point back at it; a dropped subscription
+        // takes them out, but a registry dropped with subscribers still in it (a model, a test)
+        // must not leak them.
+        for entry in lock(&self.writer).subscribers.values() {
+            lock(&entry.slot.feeds).clear();
+        }
+    }
+}
+
+/// Takes subscriber `id` off `state`. Called with the writer lock held.
+fn detach(state: &TopicState, id: u64) {
+    let slot = state.subscribers.load().get(id).cloned();
+    state.subscribers.rcu(|set| set.remove(id));
+    let Some(slot) = slot else {
+        return;
+    };
+    if slot.reads_rings() {
+        state.readers.rcu(|set| set.remove(id));
+        state.ring.leave(id);
+        lock(&slot.feeds).retain(|f| !Arc::ptr_eq(&f.ring, &state.ring));
+        if state.readers.load().is_empty() {
+            state.ring.clear();
+        }
+    } else {
+        state.pushed.rcu(|set| set.remove(id));
     }
 }

@@ -305,13 +305,14 @@ impl Sessions {
         &self,
         limits: &SessionLimits,
         id: &str,
+        seq: u64,
         frame: &Bytes,
         keys: &FrameKeys<'_>,
     ) -> Option<(Pushed, Option<u64>)> {
         let mut inner = lock(&self.inner);
         let session = inner.by_id.get_mut(id)?;
         Some(match &mut session.state {
-            State::Live(slot) => (slot.queue.push_targeted(frame, keys), Some(slot.id)),
+            State::Live(slot) => (slot.queue.push_targeted(seq, frame, keys), Some(slot.id)),
             State::Away { buffer, .. } => {
                 let evicted = buffer.len() >= limits.buffer;
                 if evicted {

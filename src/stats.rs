@@ -86,6 +86,9 @@ pub(crate) struct FanOut {
     /// Their ids, to take them out of the registry once the publish is done (allocates only
     /// when a subscriber was dropped).
     pub(crate) slow_ids: Vec<u64>,
+    /// The ring the event went into, whose parked readers are woken once the publish is
+    /// complete.
+    pub(crate) ring: Option<crate::sync::Arc<crate::ring::Ring>>,
 }
 
 /// Adds `n` to a counter. Relaxed: these are statistics, read with no ordering expectations.
@@ -124,6 +127,22 @@ impl Counters {
         add(&self.heartbeats, n);
         #[cfg(feature = "metrics")]
         metrics::counter!("ssehub_heartbeats_total").increment(n);
+    }
+
+    /// Records what a subscriber's drain found: ring entries it skipped (`DropOldest`) and
+    /// whether it was dropped for falling behind (`Disconnect`).
+    pub(crate) fn drained(&self, skipped: u64, slow: bool) {
+        add(&self.frames_dropped, skipped);
+        add(&self.slow_disconnects, u64::from(slow));
+        #[cfg(feature = "metrics")]
+        {
+            if skipped > 0 {
+                metrics::counter!("ssehub_frames_dropped_total").increment(skipped);
+            }
+            if slow {
+                metrics::counter!("ssehub_slow_disconnects_total").increment(1);
+            }
+        }
     }
 
     /// Records a refused session token.

@@ -157,7 +157,7 @@ fn conflate_with_a_full_queue_of_distinct_keys_drops_the_oldest() {
 #[test]
 fn a_subscriber_that_never_reads_holds_at_most_its_bound() {
     let hub = hub();
-    let stuck = hub
+    let mut stuck = hub
         .subscribe(Subscribe::from("t").with_capacity(16).with_policy(SlowPolicy::DropOldest))
         .unwrap();
     let mut reader = hub.subscribe("t").unwrap();
@@ -169,6 +169,11 @@ fn a_subscriber_that_never_reads_holds_at_most_its_bound() {
         }
     }
     assert_eq!(stuck.queued(), 16);
+    // The loss is counted when the stream learns of it: its next batch reports the lag and
+    // hands over the newest 16.
+    let batch = stuck.try_recv().unwrap().expect("a batch");
+    assert_eq!(batch.lagged(), 10_000 - 16);
+    assert_eq!(batch.len(), 1 + 16);
     assert_eq!(hub.stats().frames_dropped, 10_000 - 16);
 }
 

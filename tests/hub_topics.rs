@@ -209,3 +209,57 @@ fn many_publishers_to_one_topic_give_every_subscriber_one_order() {
         assert_eq!(drain(sub), first);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_pattern_subscriber_wakes_for_a_topic_that_appears_later() {
+    // The subscriber parks on the rings it has; the publish creates a topic its pattern
+    // matches, with a ring it was never parked on.
+    let hub = hub();
+    let mut sub =
+        hub.subscribe(Subscribe::new().with_topic("chat").with_pattern("room:*")).unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let batch = tokio::time::timeout(std::time::Duration::from_secs(10), sub.recv())
+                .await
+                .expect("woken within 10 s")
+                .expect("live");
+            got.extend(batch.into_iter().map(|b| String::from_utf8(b.to_vec()).unwrap()));
+        }
+        got
+    });
+    for (topic, data) in [("room:1", "1"), ("chat", "2"), ("room:2", "3")] {
+        // Let the reader park before each publish.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        hub.publish(topic, Event::new(data)).unwrap();
+    }
+    assert_eq!(reader.await.unwrap(), ["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"]);
+}
+
+#[test]
+fn events_on_several_topics_arrive_in_publish_order() {
+    let hub = hub();
+    let mut sub =
+        hub.subscribe(Subscribe::new().with_topics(["a", "b"]).with_pattern("c:*")).unwrap();
+    let mut expected = Vec::new();
+    for n in 0..300 {
+        let topic = ["a", "b", "c:1", "c:2"][n % 4];
+        hub.publish(topic, Event::new(n.to_string())).unwrap();
+        if n % 7 == 0 {
+            hub.broadcast(Event::new(format!("all {n}"))).unwrap();
+            expected.push(format!("data: all {n}\n\n"));
+        }
+        if n % 11 == 0 {
+            hub.send_to(sub.id(), Event::new(format!("you {n}"))).unwrap();
+        }
+        expected.insert(expected.len() - usize::from(n % 7 == 0), format!("data: {n}\n\n"));
+        if n % 11 == 0 {
+            expected.push(format!("data: you {n}\n\n"));
+        }
+        if n % 50 == 49 {
+            let got = drain(&mut sub);
+            assert_eq!(got, expected);
+            expected.clear();
+        }
+    }
+}

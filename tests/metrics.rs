@@ -14,11 +14,13 @@ fn counters_and_gauges_reach_the_recorder() {
         let _slow = hub
             .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::Disconnect))
             .unwrap();
-        let _lag = hub
+        let mut lag = hub
             .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::DropOldest))
             .unwrap();
         hub.publish("t", Event::new("1")).unwrap();
         hub.publish("t", Event::new("2")).unwrap();
+        // The lagging subscriber's loss is counted when its stream learns of it.
+        assert_eq!(lag.try_recv().unwrap().map(|b| b.lagged()), Some(1));
     });
     let values: std::collections::HashMap<String, DebugValue> = snapshotter
         .snapshot()

@@ -160,7 +160,9 @@ pub struct Published {
 }
 
 impl Published {
-    /// How many subscribers the frame was queued for.
+    /// How many subscribers the frame was queued for: the subscribers of the topic when the
+    /// publish took its snapshot, less those it found too slow to keep (a subscriber being
+    /// dropped at that very moment may still be counted).
     ///
     /// # Examples
     ///
@@ -437,10 +439,8 @@ impl Hub {
     /// # Ok::<(), ssehub::SubscribeError>(())
     /// ```
     pub fn disconnect(&self, id: SubscriberId) -> bool {
-        match self.shared.registry.subscribers().get(id.0) {
-            Some(slot) => slot.queue.close(EndReason::Disconnected, None, false),
-            None => false,
-        }
+        let slot = self.shared.registry.subscribers().get(id.0).cloned();
+        slot.is_some_and(|slot| Shared::end(&self.shared, &slot, EndReason::Disconnected))
     }
 
     /// Ends the streams of every current subscriber of `topic` (by name or pattern), as
@@ -458,13 +458,8 @@ impl Hub {
         let Some(state) = self.shared.registry.topic(topic) else {
             return 0;
         };
-        let mut ended = 0;
-        state.subscribers.load().for_each(|slot| {
-            if slot.queue.close(EndReason::Disconnected, None, false) {
-                ended += 1;
-            }
-        });
-        ended
+        let slots = state.subscribers.load().values();
+        slots.iter().filter(|slot| Shared::end(&self.shared, slot, EndReason::Disconnected)).count()
     }
 
     /// Shuts the hub down: new subscribes and publishes fail with `Closed`, every stream ends

@@ -43,6 +43,11 @@ pub(crate) struct Shared {
     /// delivery order for every subscriber; a subscription that resumes holds it while it
     /// registers and reads history, so nothing falls between replay and live events.
     sequencer: Mutex<u64>,
+    /// The last sequence number whose publish is complete (every entry written), stored under
+    /// the sequencer. A subscriber merging several sources (rings, its queue) takes nothing
+    /// past it, or an entry still on its way to one source could be overtaken by a later one
+    /// already in another.
+    watermark: AtomicU64,
     /// State of the `retry:` jitter generator.
     jitter: AtomicU64,
     /// The heartbeat timer.
@@ -50,6 +55,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The last sequence number whose publish is complete.
+    pub(crate) fn watermark(&self) -> u64 {
+        // Acquire pairs with the Release in `sequenced`.
+        self.watermark.load(Ordering::Acquire)
+    }
+
     /// Whether shutdown has begun. Acquire pairs with the Release in `shutdown`.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -67,6 +78,7 @@ impl Shared {
             handles: AtomicUsize::new(1),
             next_id: AtomicU64::new(1),
             sequencer: Mutex::new(0),
+            watermark: AtomicU64::new(0),
             jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             heartbeat: Heartbeat::default(),
         }
@@ -88,7 +100,7 @@ impl Shared {
         let capacity = request.capacity.unwrap_or(config.capacity);
         let policy = request.policy.unwrap_or(config.policy);
         let principal: Option<SharedStr> = request.principal.as_deref().map(SharedStr::from);
-        let slot = Arc::new(Slot { id, queue: Queue::new(capacity, policy), principal });
+        let slot = Arc::new(Slot::new(id, Queue::new(capacity, policy), principal));
         let mut pending = Vec::new();
         let (mut topic_names, mut pattern_names) = (request.topics, request.patterns);
         let mut session = None;
@@ -255,9 +267,38 @@ impl Shared {
                 let given = event.id().filter(|_| !this.assigns_ids_to(event));
                 lock(&state.history).append(seq, given, frame, Instant::now(), limits);
             }
-            let subscribers = state.subscribers.load();
-            let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
-            fan_out(&subscribers, frame, &keys)
+            let mut fan = FanOut::default();
+            let readers = state.readers.load();
+            if !readers.is_empty() {
+                fan.delivered = readers.len() as u64;
+                if state.ring.push(seq, frame) {
+                    let slow = state.ring.scan(&readers).slow;
+                    for member in &slow {
+                        // It did not get this event, whoever closes it (its owner may be
+                        // dropping it right now).
+                        fan.delivered = fan.delivered.saturating_sub(1);
+                        let slot = &member.slot;
+                        if slot.queue.close(EndReason::Slow, None, true, 0) {
+                            fan.slow += 1;
+                            fan.slow_ids.push(slot.id);
+                        }
+                    }
+                    if !slow.is_empty() {
+                        // Off the readers now, under the sequencer, so the next publish does
+                        // not count them; the registry forgets them once this one is done.
+                        state.readers.rcu(|set| {
+                            slow.iter().fold((**set).clone(), |set, m| set.remove(m.slot.id))
+                        });
+                    }
+                }
+                fan.ring = Some(state.ring.clone());
+            }
+            let pushed = state.pushed.load();
+            if !pushed.is_empty() {
+                let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
+                fan_out(&mut fan, &pushed, seq, frame, &keys);
+            }
+            fan
         })
     }
 
@@ -266,10 +307,12 @@ impl Shared {
         if this.is_closed() {
             return Err(PublishError::Closed(Box::new(event)));
         }
-        Shared::sequenced(this, event, |_, event, frame| {
+        Shared::sequenced(this, event, |seq, event, frame| {
             let subscribers = this.registry.subscribers();
             let keys = FrameKeys::new(None, event.event(), event.key());
-            fan_out(&subscribers, frame, &keys)
+            let mut fan = FanOut::default();
+            fan_out(&mut fan, &subscribers, seq, frame, &keys);
+            fan
         })
     }
 
@@ -282,7 +325,7 @@ impl Shared {
         if this.is_closed() {
             return Err(PublishError::Closed(Box::new(event)));
         }
-        Shared::sequenced(this, event, |_, event, frame| {
+        Shared::sequenced(this, event, |seq, event, frame| {
             let subscribers = this.registry.subscribers();
             let keys = FrameKeys::new(None, event.event(), event.key());
             let mut fan = FanOut::default();
@@ -292,7 +335,7 @@ impl Shared {
                     continue;
                 }
                 if let Some(slot) = subscribers.get(id.as_u64()) {
-                    count(&mut fan, slot.queue.push_targeted(frame, &keys), Some(slot.id));
+                    count(&mut fan, slot.queue.push_targeted(seq, frame, &keys), Some(slot.id));
                 }
             }
             fan
@@ -311,10 +354,10 @@ impl Shared {
         let Some(limits) = this.config.sessions else {
             return Shared::sequenced(this, event, |_, _, _| FanOut::default());
         };
-        Shared::sequenced(this, event, |_, event, frame| {
+        Shared::sequenced(this, event, |seq, event, frame| {
             let keys = FrameKeys::new(None, event.event(), event.key());
             let mut fan = FanOut::default();
-            if let Some((pushed, slot)) = this.sessions.send(&limits, session, frame, &keys) {
+            if let Some((pushed, slot)) = this.sessions.send(&limits, session, seq, frame, &keys) {
                 count(&mut fan, pushed, slot);
             }
             fan
@@ -359,6 +402,11 @@ impl Shared {
         let assigned = this.assigns_ids_to(&event);
         let preencoded = if assigned { None } else { Some(event.encode_limited(max)?) };
         let mut sequencer = lock(&this.sequencer);
+        if this.is_closed() {
+            // Shutdown took the sequencer to fix the last sequence number streams hand over:
+            // an event after it would be counted and never delivered.
+            return Err(PublishError::Closed(Box::new(event)));
+        }
         let seq = *sequencer + 1;
         let frame = match preencoded {
             Some(frame) => frame,
@@ -368,8 +416,15 @@ impl Shared {
             }
         };
         *sequencer = seq;
-        let fan = deliver(seq, &event, frame.as_bytes());
+        let mut fan = deliver(seq, &event, frame.as_bytes());
+        // Release pairs with the Acquire in `Subscription::poll_batch`: a subscriber that sees
+        // this number sees every entry of this publish.
+        this.watermark.store(seq, Ordering::Release);
         drop(sequencer);
+        // Wake the ring's parked readers only now that the watermark lets them take the entry.
+        if let Some(ring) = fan.ring.take() {
+            ring.wake_parked();
+        }
         this.counters.published(&fan);
         // A subscriber dropped as slow leaves the registry now, not when its connection gets
         // around to dropping the subscription: a writer blocked on a full socket may not poll
@@ -485,7 +540,7 @@ impl Shared {
 
     /// Unregisters a subscription being dropped.
     pub(crate) fn unsubscribe(this: &Arc<Self>, slot: &Slot, session: Option<&SharedStr>) {
-        slot.queue.close(EndReason::Dropped, None, true);
+        slot.queue.close(EndReason::Dropped, None, true, 0);
         if let Some(session) = session {
             this.sessions.detach(session, slot.id, Instant::now());
         }
@@ -494,7 +549,7 @@ impl Shared {
 
     /// Takes subscriber `id` out of the registry (once: later calls do nothing), then reports
     /// what that changed: sizes, presence, producers.
-    fn remove(this: &Arc<Self>, id: u64) {
+    pub(crate) fn remove(this: &Arc<Self>, id: u64) {
         let Some(removed) = this.registry.unsubscribe(id) else {
             return;
         };
@@ -520,14 +575,53 @@ impl Shared {
         }
     }
 
+    /// Sets `closed` under the sequencer; returns whether this call set it, and the last
+    /// sequence number accepted (no publish gets one after it).
+    fn close_sequence(&self) -> (bool, u64) {
+        let sequencer = lock(&self.sequencer);
+        // AcqRel: publishers that see `closed` must also see everything before it.
+        let first = !self.closed.swap(true, Ordering::AcqRel);
+        (first, *sequencer)
+    }
+
+    /// Ends one subscriber's stream with `reason` after the frames published before this call
+    /// (taken out of its rings into its queue) and takes it out of the registry at once;
+    /// returns whether it was live.
+    pub(crate) fn end(this: &Arc<Self>, slot: &Arc<Slot>, reason: EndReason) -> bool {
+        let closed = {
+            // Under the sequencer: every publish is wholly before (its frame is taken along)
+            // or wholly after (it no longer counts this subscriber).
+            let sequencer = lock(&this.sequencer);
+            let upto = *sequencer;
+            let feeds = std::mem::take(&mut *lock(&slot.feeds));
+            for feed in &feeds {
+                // Off the readers under the sequencer: no later publish counts it.
+                feed.topic.readers.rcu(|set| set.remove(slot.id));
+                feed.ring.leave(slot.id);
+            }
+            let capacity = slot.queue.capacity();
+            let policy = slot.queue.policy();
+            let mut pending: Vec<(u64, Bytes)> = Vec::new();
+            for feed in &feeds {
+                let sink = |seq, frame: &Bytes| pending.push((seq, frame.clone()));
+                let cursor = feed.member.cursor();
+                let _ =
+                    feed.ring.take(cursor, capacity, policy, upto, usize::MAX, usize::MAX, sink);
+            }
+            pending.sort_by_key(|(seq, _)| *seq);
+            slot.queue.close_absorbing(reason, pending)
+        };
+        Shared::remove(this, slot.id);
+        closed
+    }
+
     /// Shuts down; returns whether this call started the shutdown. Streams still open (a paced
     /// shutdown that was cancelled) are ended by every call.
     pub(crate) fn shutdown(&self, last: Option<&Bytes>) -> bool {
-        // AcqRel: publishers that see `closed` must also see everything before it.
-        let first = !self.closed.swap(true, Ordering::AcqRel);
+        let (first, upto) = self.close_sequence();
         let last = if first { last } else { None };
         for slot in self.registry.close() {
-            slot.queue.close(EndReason::Shutdown, last, false);
+            slot.queue.close(EndReason::Shutdown, last, false, upto);
         }
         self.producers.stop_all();
         self.heartbeat.stop();
@@ -536,7 +630,8 @@ impl Shared {
 
     /// Shuts down in paced batches; returns whether this call did it.
     pub(crate) async fn shutdown_paced(&self, pacing: &Pacing) -> bool {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        let (first, upto) = self.close_sequence();
+        if !first {
             return false;
         }
         // Closed to new subscribers and publishes at once; streams end batch by batch.
@@ -549,7 +644,7 @@ impl Shared {
                 // Each stream its own jittered `retry:`, so its client comes back at its own time.
                 let retry = pacing.retry + self.jitter(pacing.jitter);
                 let frame = Event::default().with_retry(retry).encode().map(Frame::into_bytes).ok();
-                slot.queue.close(EndReason::Shutdown, frame.as_ref(), false);
+                slot.queue.close(EndReason::Shutdown, frame.as_ref(), false, upto);
             }
             if batches.peek().is_some() {
                 tokio::time::sleep(pacing.interval).await;
@@ -559,11 +654,15 @@ impl Shared {
     }
 }
 
-/// Queues `bytes` for every subscriber in `subscribers`.
-fn fan_out(subscribers: &IdMap<Arc<Slot>>, bytes: &Bytes, keys: &FrameKeys<'_>) -> FanOut {
-    let mut fan = FanOut::default();
-    subscribers.for_each(|slot| count(&mut fan, slot.queue.push(bytes, keys), Some(slot.id)));
-    fan
+/// Queues the frame of event `seq` for every subscriber in `subscribers`.
+fn fan_out(
+    fan: &mut FanOut,
+    subscribers: &IdMap<Arc<Slot>>,
+    seq: u64,
+    bytes: &Bytes,
+    keys: &FrameKeys<'_>,
+) {
+    subscribers.for_each(|slot| count(fan, slot.queue.push(seq, bytes, keys), Some(slot.id)));
 }
 
 /// Adds one push's outcome to the fan-out totals.

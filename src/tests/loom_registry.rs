@@ -5,14 +5,14 @@ use bytes::Bytes;
 use loom::thread;
 
 use super::{assert_released, frame, labels, Outcomes, ALL};
-use crate::queue::{EndReason, FrameKeys, Queue, SlowPolicy};
+use crate::queue::{EndReason, Queue, SlowPolicy, Stop};
 use crate::registry::{Registry, Slot};
-use crate::sync::{Arc, AtomicBool, Ordering, SharedStr};
+use crate::sync::{lock, Arc, AtomicBool, Ordering, SharedStr};
 use crate::topic::Pattern;
 
-/// A subscriber with a `Disconnect` queue of capacity 2.
+/// A subscriber with a `Disconnect` queue of capacity 2 (a ring reader).
 fn slot(id: u64) -> Arc<Slot> {
-    Arc::new(Slot { id, queue: Queue::new(2, SlowPolicy::Disconnect), principal: None })
+    Arc::new(Slot::new(id, Queue::new(2, SlowPolicy::Disconnect), None))
 }
 
 /// Subscribes `slot` to the topic `topic`.
@@ -22,34 +22,51 @@ fn subscribe(registry: &Registry, slot: &Arc<Slot>, topic: &str) {
 }
 
 /// Publishes `bytes` to `topic` the way `Hub::publish` does without history: the topic's state
-/// (lock-free, or created for a matching pattern), a snapshot of its subscribers, one push
-/// each. Returns how many queued it. (The hub runs this under its sequencer, which only orders
-/// concurrent publishers; each model here has one.)
+/// (lock-free, or created for a matching pattern), a snapshot of its readers, one entry in its
+/// ring, a wake for the parked. Returns how many readers it counted. (The hub runs this under
+/// its sequencer, which only orders concurrent publishers; each model here has one, on one
+/// topic, so the ring's position serves as the sequence number.)
 fn publish(registry: &Registry, topic: &str, bytes: &Bytes) -> usize {
     let Some(state) = registry.topic_for_publish(topic, false) else {
         return 0;
     };
-    let subscribers = state.subscribers.load();
-    let keys = FrameKeys::default();
-    let mut queued = 0;
-    subscribers.for_each(|slot| {
-        if slot.queue.push(bytes, &keys) == crate::queue::Pushed::Queued {
-            queued += 1;
-        }
-    });
-    queued
+    let readers = state.readers.load();
+    if readers.is_empty() {
+        return 0;
+    }
+    let seq = state.ring.tail() + 1;
+    // Two events into bounds of two: no reader can overflow, so the scan has nothing to find.
+    state.ring.push(seq, bytes);
+    state.ring.wake_parked();
+    readers.len()
 }
 
 /// Unsubscribes the way a dropped `Subscription` does: close the queue (discarding), then
 /// unregister.
 fn unsubscribe(registry: &Registry, slot: &Slot) {
-    slot.queue.close(EndReason::Dropped, None, true);
+    slot.queue.close(EndReason::Dropped, None, true, 0);
     registry.unsubscribe(slot.id);
 }
 
-/// Everything queued for `slot`, as labels; empty once it is closed.
+/// Everything waiting for `slot` in its rings and queue, as labels; empty once it is closed.
 fn received(slot: &Slot) -> Vec<String> {
-    slot.queue.drain(ALL, ALL, None).map(|d| labels(&d.frames)).unwrap_or_default()
+    let feeds = lock(&slot.feeds);
+    let drained = slot.queue.drain_merged(&feeds, u64::MAX, ALL, ALL, None);
+    drained.map(|d| labels(&d.frames)).unwrap_or_default()
+}
+
+/// How many frames wait for `slot` (its rings and its queue).
+fn waiting(slot: &Slot) -> usize {
+    slot.queue.len() + slot.ring_waiting()
+}
+
+/// Why `slot`'s stream ended, once it has and nothing is left to hand over.
+fn ended(slot: &Slot) -> Option<EndReason> {
+    let feeds = lock(&slot.feeds);
+    match slot.queue.drain_merged(&feeds, u64::MAX, ALL, ALL, None) {
+        Err(Stop::Ended(reason)) => Some(reason),
+        _ => None,
+    }
 }
 
 /// The ids of every registered subscriber, in order.
@@ -116,14 +133,14 @@ fn loom_registry_publish_vs_unsubscribe_leaves_nothing() {
         let leaver = thread::spawn(move || {
             unsubscribe(&r, &s);
             // Right after the unsubscribe returned, and again after the publisher is done.
-            s.queue.len()
+            waiting(&s)
         });
         publish(&registry, "t", &e1);
         publish(&registry, "t", &e2);
         assert_eq!(leaver.join().unwrap(), 0);
 
-        assert_eq!(a.queue.len(), 0, "a frame reached the slot after the unsubscribe");
-        assert!(matches!(a.queue.drain(ALL, ALL, None), Err(EndReason::Dropped)));
+        assert_eq!(waiting(&a), 0, "a frame reached the slot after the unsubscribe");
+        assert_eq!(ended(&a), Some(EndReason::Dropped));
         assert_eq!(all_ids(&registry), Vec::<u64>::new());
         assert_eq!(topic_ids(&registry, "t"), None);
         assert_eq!(registry.topic_count(), 0);
@@ -154,6 +171,9 @@ fn loom_registry_subscribe_vs_subscribe_keeps_both() {
         assert_eq!(publish(&registry, "t", &e), 2);
         assert_eq!((received(&a), received(&b)), (vec!["e".into()], vec!["e".into()]));
         drop(e);
+        // The topic's ring keeps what was read until a later publish trims it; the registry
+        // going releases it.
+        drop(registry);
         assert_released(&[&te]);
     });
 }
@@ -183,6 +203,7 @@ fn loom_registry_subscribe_vs_unsubscribe_both_visible() {
         assert_eq!(received(&a), ["e"]);
         assert_eq!(received(&b), Vec::<String>::new());
         drop(e);
+        drop(registry);
         assert_released(&[&te]);
     });
 }
@@ -264,7 +285,7 @@ fn loom_registry_publish_across_topic_removal_and_recreation() {
 
         let got = received(&a);
         assert!(is_suffix(&got, &["e1", "e2"]), "{got:?}");
-        assert!(matches!(b.queue.drain(ALL, ALL, None), Err(EndReason::Dropped)));
+        assert_eq!(ended(&b), Some(EndReason::Dropped));
         assert_eq!(all_ids(&registry), [1]);
         assert_eq!(topic_ids(&registry, "t"), Some(vec![1]));
         assert_eq!(Arc::strong_count(&b), 1);

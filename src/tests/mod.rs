@@ -24,6 +24,7 @@ mod loom_heartbeat;
 mod loom_idmap;
 mod loom_queue;
 mod loom_registry;
+mod loom_ring;
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -1,0 +1,479 @@
+//! The per-topic shared log that every reading subscriber of a topic takes its frames from.
+//!
+//! A publish appends one entry (a sequence number and a refcount of the frame) to the topic's
+//! ring, whatever the number of subscribers; each subscriber keeps only a cursor into it, a
+//! position it advances when it drains. So the publisher's work per event is O(1) plus a wake
+//! for each subscriber actually parked, and the memory a burst costs is one entry per event per
+//! topic rather than one per event per subscriber: at 10,000 subscribers the per-subscriber
+//! queue design wrote (and later read back) 10,000 queue entries per event, most of them cache
+//! misses, which is what kept fan-out several times slower than `tokio::sync::broadcast`.
+//!
+//! Slow-client policies become cursor arithmetic:
+//!
+//! - `DropOldest`: a reader more than its capacity behind skips ahead when it drains and reports
+//!   the skipped count as lag.
+//! - `Disconnect`: a reader more than its capacity behind is dropped. The publisher finds it at
+//!   the very publish that overflowed it without looking at every reader on every publish: the
+//!   log keeps `check_at`, the earliest position at which any `Disconnect` reader can overflow
+//!   (cursors only move forward, so none can overflow before it). When the tail reaches it, the
+//!   publisher scans the readers once, drops those over their bound, trims entries everyone has
+//!   read, and computes the next `check_at`. Scans also come at least every `max(readers, 16)`
+//!   publishes, so trimming keeps a quiet topic's log short; amortised, a publish reads about
+//!   one cursor.
+//!
+//! `Conflate` subscribers do not read rings: replacing a queued frame by key needs a queue of
+//! their own, so they keep the per-subscriber queue (`queue.rs`).
+//!
+//! Parked readers register in the ring's `parked` map; a publish drains the map and wakes each
+//! of them once, after the hub's watermark says the event is complete (see `Shared::sequenced`).
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::idmap::IdMap;
+use crate::queue::SlowPolicy;
+use crate::registry::{Slot, TopicState};
+use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
+
+/// Scans come at least this often (in publishes), so a quiet topic's log stays short.
+const MIN_SCAN_INTERVAL: u64 = 16;
+
+/// One subscriber reading one topic's ring.
+#[derive(Debug)]
+pub(crate) struct Member {
+    /// The subscriber.
+    pub(crate) slot: Arc<Slot>,
+    /// The position of the next entry to read. Written by the subscriber's drain (and at
+    /// registration); read by the publisher's scans and by `queued()`.
+    pub(crate) cursor: AtomicU64,
+}
+
+impl Member {
+    /// The subscriber's bound.
+    fn capacity(&self) -> u64 {
+        self.slot.queue.capacity() as u64
+    }
+
+    /// Whether the subscriber is dropped (rather than skipped ahead) when it falls behind.
+    fn disconnects(&self) -> bool {
+        self.slot.queue.policy() == SlowPolicy::Disconnect
+    }
+}
+
+/// The log under its lock.
+#[derive(Debug)]
+struct Log {
+    /// `(sequence number, frame)`, oldest first.
+    entries: VecDeque<Bytes>,
+    /// The sequence number of each entry, in a deque of its own so a reader's batch is a
+    /// straight copy of a run of `entries` (a slice clone the compiler writes in place).
+    seqs: VecDeque<u64>,
+    /// The position of `entries[0]`.
+    first: u64,
+    /// The most entries kept: the largest bound of any reader.
+    capacity: usize,
+    /// When the tail reaches this position, the publisher scans the readers.
+    check_at: u64,
+}
+
+impl Log {
+    /// The position the next entry gets.
+    fn tail(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Readers over their bound whose policy is `Disconnect`.
+    pub(crate) slow: Vec<Arc<Member>>,
+}
+
+/// What one reader took from a ring.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Taken {
+    /// Entries handed over.
+    pub(crate) count: usize,
+    /// Entries skipped because the reader was more than its bound behind (`DropOldest`).
+    pub(crate) skipped: u64,
+    /// The reader fell more than its bound behind and its policy is `Disconnect`.
+    pub(crate) overflowed: bool,
+    /// The position the reader read from (after any skip).
+    pub(crate) from: u64,
+}
+
+/// One ring a subscriber reads, with its place in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Feed {
+    /// The topic (whose `readers` a subscriber that ends leaves at once).
+    pub(crate) topic: Arc<TopicState>,
+    /// The topic's ring.
+    pub(crate) ring: Arc<Ring>,
+    /// The subscriber's cursor in it.
+    pub(crate) member: Arc<Member>,
+}
+
+/// A topic's shared log.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    /// The entries.
+    log: Mutex<Log>,
+    /// The tail position, mirrored for lock-free "anything new?" checks.
+    tail: AtomicU64,
+    /// Readers waiting for the next entry, by subscriber id.
+    parked: Mutex<HashMap<u64, Arc<Member>>>,
+}
+
+impl Ring {
+    /// An empty ring; allocates nothing until the first entry.
+    pub(crate) fn new() -> Ring {
+        Ring {
+            log: Mutex::new(Log {
+                entries: VecDeque::new(),
+                seqs: VecDeque::new(),
+                first: 0,
+                capacity: 1,
+                check_at: MIN_SCAN_INTERVAL,
+            }),
+            tail: AtomicU64::new(0),
+            parked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tail position: readers whose cursor is here have read everything.
+    pub(crate) fn tail(&self) -> u64 {
+        // Acquire pairs with the Release in `push`: a reader that sees the new tail sees the
+        // entry too (it reads entries under the log's lock anyway).
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// Registers a reader with `capacity`: grows the log's bound to it, makes sure the next
+    /// scan comes before the reader can overflow, and returns the position it starts at (the
+    /// tail: it receives what is published from now on).
+    pub(crate) fn join(&self, capacity: usize) -> u64 {
+        let mut log = lock(&self.log);
+        log.capacity = log.capacity.max(capacity);
+        let tail = log.tail();
+        log.check_at = log.check_at.min(tail + capacity as u64 + 1);
+        tail
+    }
+
+    /// Forgets a reader that left: it no longer waits for a wake.
+    pub(crate) fn leave(&self, id: u64) {
+        lock(&self.parked).remove(&id);
+    }
+
+    /// Drops every entry (the last reader left); positions keep counting.
+    pub(crate) fn clear(&self) {
+        let dropped = {
+            let mut log = lock(&self.log);
+            // `check_at` stays: a publish still holding a snapshot with the leavers scans them
+            // at the same point as it would have, and a scan of nobody sets the next one.
+            log.first = log.tail();
+            log.seqs.clear();
+            std::mem::take(&mut log.entries)
+        };
+        // Frames are released outside the lock.
+        drop(dropped);
+    }
+
+    /// Appends one entry, evicting the oldest when full. Returns whether the readers must be
+    /// scanned now ([`Ring::scan`]). Called under the hub's sequencer only, so entries are in
+    /// sequence order.
+    pub(crate) fn push(&self, seq: u64, frame: &Bytes) -> bool {
+        let evicted;
+        let scan;
+        {
+            let mut log = lock(&self.log);
+            evicted = if log.entries.len() >= log.capacity {
+                log.first += 1;
+                log.seqs.pop_front();
+                log.entries.pop_front()
+            } else {
+                None
+            };
+            log.entries.push_back(frame.clone());
+            log.seqs.push_back(seq);
+            let tail = log.tail();
+            scan = tail >= log.check_at;
+            // Release: see `tail`.
+            self.tail.store(tail, Ordering::Release);
+        }
+        drop(evicted);
+        scan
+    }
+
+    /// Checks every reader against its bound: `Disconnect` readers more than their bound
+    /// behind are returned to be dropped; entries every remaining reader has read are trimmed;
+    /// the next check is scheduled. Called by the publisher under the hub's sequencer.
+    pub(crate) fn scan(&self, readers: &IdMap<Arc<Member>>) -> Scan {
+        let mut scan = Scan::default();
+        let trimmed;
+        {
+            let mut log = lock(&self.log);
+            let tail = log.tail();
+            let mut keep_from = tail;
+            let mut check_at = tail + (readers.len() as u64).max(MIN_SCAN_INTERVAL);
+            readers.for_each(|member| {
+                // Acquire pairs with the Release in `advance`.
+                let cursor = member.cursor.load(Ordering::Acquire);
+                let capacity = member.capacity();
+                if member.disconnects() {
+                    if tail - cursor.min(tail) > capacity || cursor < log.first {
+                        scan.slow.push(member.clone());
+                        return;
+                    }
+                    check_at = check_at.min(cursor + capacity + 1);
+                    keep_from = keep_from.min(cursor);
+                } else {
+                    // A lagging `DropOldest` reader will skip to `tail - capacity` anyway.
+                    keep_from = keep_from.min(cursor.max(tail.saturating_sub(capacity)));
+                }
+            });
+            log.check_at = check_at;
+            let drop_count = usize::try_from(keep_from.saturating_sub(log.first))
+                .unwrap_or(usize::MAX)
+                .min(log.entries.len());
+            log.first += drop_count as u64;
+            log.seqs.drain(..drop_count);
+            trimmed = log.entries.drain(..drop_count).collect::<Vec<_>>();
+        }
+        drop(trimmed);
+        scan
+    }
+
+    /// Takes up to `max_frames` entries (and about `max_bytes`, at least one entry) at or after
+    /// `cursor` with a sequence number up to `upto`, handing each to `sink`, and applying the
+    /// reader's bound: a reader more than `capacity` behind skips ahead (`DropOldest`) or is
+    /// reported overflowed (`Disconnect`, nothing taken). Does not move the cursor
+    /// ([`Member::advance`] does).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn take(
+        &self,
+        cursor: u64,
+        capacity: usize,
+        policy: SlowPolicy,
+        upto: u64,
+        max_frames: usize,
+        max_bytes: usize,
+        mut sink: impl FnMut(u64, &Bytes),
+    ) -> Taken {
+        self.take_with(cursor, capacity, policy, upto, max_frames, max_bytes, |log, at, taken| {
+            for i in at..at + taken.count {
+                sink(log.seqs[i], &log.entries[i]);
+            }
+        })
+    }
+
+    /// [`Ring::take`] appending the frames to `out`: the subscriber's batch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn take_into(
+        &self,
+        cursor: u64,
+        capacity: usize,
+        policy: SlowPolicy,
+        upto: u64,
+        max_frames: usize,
+        max_bytes: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Taken {
+        self.take_with(cursor, capacity, policy, upto, max_frames, max_bytes, |log, at, taken| {
+            let (front, back) = log.entries.as_slices();
+            let end = at + taken.count;
+            if at < front.len() {
+                out.extend_from_slice(&front[at..end.min(front.len())]);
+            }
+            if end > front.len() {
+                out.extend_from_slice(&back[at.saturating_sub(front.len())..end - front.len()]);
+            }
+        })
+    }
+
+    /// Works out what a reader takes (see [`Ring::take`]), then has `copy` copy that run of
+    /// entries (from index `at`, `taken.count` of them) with the log locked.
+    #[allow(clippy::too_many_arguments)]
+    fn take_with(
+        &self,
+        cursor: u64,
+        capacity: usize,
+        policy: SlowPolicy,
+        upto: u64,
+        max_frames: usize,
+        max_bytes: usize,
+        copy: impl FnOnce(&Log, usize, &Taken),
+    ) -> Taken {
+        let mut taken = Taken { from: cursor, ..Taken::default() };
+        if self.tail() <= cursor {
+            return taken;
+        }
+        let log = lock(&self.log);
+        let tail = log.tail();
+        let oldest = log.first.max(tail.saturating_sub(capacity as u64));
+        let mut from = cursor;
+        if from < oldest {
+            if policy == SlowPolicy::Disconnect {
+                taken.overflowed = true;
+                return taken;
+            }
+            taken.skipped = oldest - from;
+            from = oldest;
+        }
+        taken.from = from;
+        let at = usize::try_from(from - log.first).unwrap_or(usize::MAX).min(log.entries.len());
+        let available = log.entries.len() - at;
+        // Sequence numbers rise along the log: count those up to `upto`.
+        let mut count = log.seqs.range(at..).take(max_frames.max(1)).take_while(|s| **s <= upto);
+        let mut limit = 0;
+        while count.next().is_some() {
+            limit += 1;
+        }
+        let mut bytes = 0;
+        for frame in log.entries.range(at..at + limit.min(available)) {
+            if taken.count > 0 && bytes + frame.len() > max_bytes {
+                break;
+            }
+            bytes += frame.len();
+            taken.count += 1;
+        }
+        if taken.count > 0 {
+            copy(&log, at, &taken);
+        }
+        taken
+    }
+
+    /// The number of entries a reader at `cursor` with `capacity` has waiting.
+    pub(crate) fn waiting(&self, cursor: u64, capacity: usize) -> usize {
+        usize::try_from(self.tail().saturating_sub(cursor).min(capacity as u64)).unwrap_or(0)
+    }
+
+    /// Registers `member` to be woken by the next publish to this ring.
+    pub(crate) fn park(&self, member: &Arc<Member>) {
+        lock(&self.parked).entry(member.slot.id).or_insert_with(|| member.clone());
+    }
+
+    /// Wakes every parked reader (each once) and forgets them.
+    pub(crate) fn wake_parked(&self) {
+        let parked: Vec<Arc<Member>> = {
+            let mut parked = lock(&self.parked);
+            if parked.is_empty() {
+                return;
+            }
+            parked.drain().map(|(_, member)| member).collect()
+        };
+        for member in parked {
+            member.slot.queue.wake();
+        }
+    }
+
+    /// The number of entries held (for tests and statistics).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.log).entries.len()
+    }
+}
+
+impl Member {
+    /// A reader of a ring, starting at `cursor`.
+    pub(crate) fn new(slot: Arc<Slot>, cursor: u64) -> Member {
+        Member { slot, cursor: AtomicU64::new(cursor) }
+    }
+
+    /// Moves the cursor to `to` after the subscriber took entries up to there.
+    pub(crate) fn advance(&self, to: u64) {
+        // Release: a scan that reads this cursor must see the reader as having read up to it.
+        self.cursor.store(to, Ordering::Release);
+    }
+
+    /// The reader's cursor.
+    pub(crate) fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(all(test, not(ssehub_loom)))]
+mod tests {
+    use super::*;
+    use crate::queue::Queue;
+
+    fn frame(n: u64) -> Bytes {
+        Bytes::from(format!("data: {n}\n\n"))
+    }
+
+    fn reader(id: u64, capacity: usize, policy: SlowPolicy, ring: &Ring) -> Arc<Member> {
+        let slot = Arc::new(Slot::new(id, Queue::new(capacity, policy), None));
+        Arc::new(Member::new(slot, ring.join(capacity)))
+    }
+
+    fn take_all(ring: &Ring, member: &Member) -> (Vec<u64>, Taken) {
+        let mut seqs = Vec::new();
+        let (capacity, policy) = (member.capacity() as usize, member.slot.queue.policy());
+        let taken = ring
+            .take(member.cursor(), capacity, policy, u64::MAX, 64, 1 << 20, |s, _| seqs.push(s));
+        if !taken.overflowed {
+            member.advance(taken.from + taken.count as u64);
+        }
+        (seqs, taken)
+    }
+
+    #[test]
+    fn a_reader_takes_what_was_published_after_it_joined_and_only_up_to_the_watermark() {
+        let ring = Ring::new();
+        ring.push(1, &frame(1));
+        let member = reader(1, 8, SlowPolicy::Disconnect, &ring);
+        for seq in 2..=4 {
+            ring.push(seq, &frame(seq));
+        }
+        let mut seqs = Vec::new();
+        let taken =
+            ring.take(member.cursor(), 8, SlowPolicy::Disconnect, 3, 64, 1 << 20, |s, _| {
+                seqs.push(s)
+            });
+        assert_eq!((seqs, taken.count), (vec![2, 3], 2));
+        member.advance(taken.from + 2);
+        assert_eq!(take_all(&ring, &member).0, [4]);
+        assert_eq!(take_all(&ring, &member).0, Vec::<u64>::new());
+    }
+
+    #[test]
+    fn drop_oldest_skips_ahead_and_reports_the_skip() {
+        let ring = Ring::new();
+        let member = reader(1, 3, SlowPolicy::DropOldest, &ring);
+        for seq in 1..=10 {
+            ring.push(seq, &frame(seq));
+        }
+        let (seqs, taken) = take_all(&ring, &member);
+        assert_eq!((seqs, taken.skipped), (vec![8, 9, 10], 7));
+    }
+
+    #[test]
+    fn the_scan_finds_a_disconnect_reader_at_the_publish_that_overflows_it() {
+        let ring = Ring::new();
+        let stuck = reader(1, 4, SlowPolicy::Disconnect, &ring);
+        let keeping_up = reader(2, 4, SlowPolicy::Disconnect, &ring);
+        let readers = IdMap::new().insert(1, stuck.clone()).insert(2, keeping_up.clone());
+        for seq in 1..=4 {
+            assert!(!ring.push(seq, &frame(seq)), "no overflow possible before the fifth");
+            take_all(&ring, &keeping_up);
+        }
+        assert!(ring.push(5, &frame(5)));
+        let slow: Vec<u64> = ring.scan(&readers).slow.iter().map(|m| m.slot.id).collect();
+        assert_eq!(slow, [1]);
+        assert!(take_all(&ring, &stuck).1.overflowed);
+    }
+
+    #[test]
+    fn scans_trim_what_every_reader_has_read() {
+        let ring = Ring::new();
+        let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
+        let readers = IdMap::new().insert(1, member.clone());
+        for seq in 1..=100 {
+            if ring.push(seq, &frame(seq)) {
+                assert!(ring.scan(&readers).slow.is_empty());
+            }
+            take_all(&ring, &member);
+            assert!(ring.len() <= MIN_SCAN_INTERVAL as usize, "{} entries kept", ring.len());
+        }
+    }
+}
