@@ -28,34 +28,39 @@
 //! - **Copy-on-write registry.** Topic maps and subscriber sets are immutable snapshots behind
 //!   `arc-swap`: a publish loads them with no lock and allocates nothing per subscriber.
 //!   Subscribes copy O(log n) trie nodes, never the whole set.
-//! - **Bounded per-client queues, drained in batches.** A poll of a [`Subscription`] hands over
-//!   everything queued as one [`Batch`] (a vectored [`bytes::Buf`]), so a burst costs one write,
-//!   and the consumer is woken once per burst.
+//! - **One shared ring per topic, a bounded cursor per client, drained in batches.** A publish
+//!   appends one entry to its topic's ring, whatever the number of subscribers; each subscriber
+//!   reads from its own position, within its own bound and slow-client policy. A poll of a
+//!   [`Subscription`] hands over everything waiting as one [`Batch`] (a vectored
+//!   [`bytes::Buf`]), so a burst costs one write, and the consumer is woken once per burst.
 //! - **One timer.** Heartbeats come from one hub-wide thread, not one timer per connection.
 //!
 //! # The slow-client contract
 //!
-//! Each subscriber has a queue of at most `capacity` frames (1,024 by default;
+//! Each subscriber may fall at most `capacity` frames behind (1,024 by default;
 //! [`HubBuilder::with_capacity`], [`Subscribe::with_capacity`]). A publish never waits for a
-//! subscriber. When a frame arrives at a full queue, the subscriber's [`SlowPolicy`] decides:
+//! subscriber. When a subscriber falls further behind, its [`SlowPolicy`] decides:
 //!
-//! - [`SlowPolicy::Disconnect`] (default): the queue is freed at once, the stream ends with
-//!   [`EndReason::Slow`] and [`Stats::slow_disconnects`] counts it. The client reconnects and
-//!   resumes from its last event id.
-//! - [`SlowPolicy::DropOldest`]: the oldest frame is dropped; the next [`Batch`] reports how many
-//!   were lost ([`Batch::lagged`]) and, unless disabled, starts with an `event: lagged` frame.
+//! - [`SlowPolicy::Disconnect`] (default): at the publish that puts it over its bound, the
+//!   stream ends with [`EndReason::Slow`], the subscriber leaves the hub and
+//!   [`Stats::slow_disconnects`] counts it. The client reconnects and resumes from its last
+//!   event id.
+//! - [`SlowPolicy::DropOldest`]: the oldest frames are skipped; the next [`Batch`] reports how
+//!   many were lost ([`Batch::lagged`], counted in [`Stats::frames_dropped`] then) and, unless
+//!   disabled, starts with an `event: lagged` frame.
 //! - [`SlowPolicy::Conflate`]: a queued frame with the same key is replaced by the new one, so
 //!   the client gets the latest value per key; a queue full of distinct keys drops its oldest.
 //!
-//! A subscriber that never reads holds at most its bound in frames (references to shared
-//! frames), and never slows the publisher or the other subscribers.
+//! A subscriber that never reads holds no frames of its own (the topic's ring holds each frame
+//! once for everyone, at most the largest bound of its readers), and never slows the publisher
+//! or the other subscribers.
 //!
 //! # Differences from the alternatives
 //!
-//! - `tokio::sync::broadcast` keeps one ring for all receivers: a receiver that falls behind
-//!   lags by the ring's size, and each receiver pulls (and clones) values one at a time.
-//!   ssehub pushes into per-client queues, so policies differ per client, and drains in
-//!   batches.
+//! - `tokio::sync::broadcast` keeps one ring for all receivers too, but a receiver that falls
+//!   behind lags by the ring's size, and each receiver pulls (and clones) values one at a time.
+//!   ssehub gives each client its own bound and policy over the shared ring, merges several
+//!   topics and its targeted sends in publish order, and drains in batches.
 //! - axum's `Sse` formats each event per connection and runs a keep-alive timer per
 //!   connection; ssehub encodes once per event and runs one timer per hub.
 //! - `async-broadcast` applies back-pressure to the sender when a receiver is full; ssehub never

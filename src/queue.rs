@@ -21,7 +21,7 @@ use std::cell::OnceCell;
 use crate::ring::{Feed, Taken};
 use crate::sync::{lock, Mutex, SharedStr};
 
-/// What a subscriber's queue does when it is full.
+/// What happens to a subscriber that falls more than its bound behind.
 ///
 /// # Examples
 ///
@@ -37,13 +37,14 @@ use crate::sync::{lock, Mutex, SharedStr};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SlowPolicy {
-    /// The subscriber is dropped: its queue is freed, its stream ends with
-    /// [`EndReason::Slow`], and the drop is counted. A client that reconnects with its
-    /// `Last-Event-ID` can resume from history. The default.
+    /// The subscriber is dropped at the publish that puts it over its bound: what it had
+    /// waiting is let go, its stream ends with [`EndReason::Slow`], it leaves the hub, and the
+    /// drop is counted. A client that reconnects with its `Last-Event-ID` can resume from
+    /// history. The default.
     #[default]
     Disconnect,
-    /// The oldest queued frame makes room for the new one; the number of frames lost is
-    /// reported on the next batch ([`Batch::lagged`](crate::Batch::lagged)).
+    /// The oldest frames are skipped so that at most the bound is left; the number lost is
+    /// reported on the next batch ([`Batch::lagged`](crate::Batch::lagged)) and counted then.
     DropOldest,
     /// A queued frame with the same key is replaced by the newer one (the old one is removed
     /// and the new one appended, so ids stay in order), so a slow client gets the latest value
