@@ -4,6 +4,8 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::ring::Run;
+
 /// The frames a subscription yields in one poll: everything that was queued, up to the hub's
 /// batch cap, as shared [`Bytes`] (no copy).
 ///
@@ -30,8 +32,12 @@ use bytes::{Buf, Bytes, BytesMut};
 /// ```
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// The frames; those before `next` have been consumed through `Buf`.
+    /// The frames, when the batch owns them; those before `next` have been consumed through
+    /// `Buf`.
     frames: Vec<Bytes>,
+    /// The frames, when they are a range of a topic ring's chunk (then `frames` is empty):
+    /// one refcount for the whole batch. Turned into `frames` if a write ends mid-frame.
+    run: Option<Run>,
     /// The first frame not yet fully consumed.
     next: usize,
     /// Bytes left across `frames[next..]`.
@@ -44,7 +50,21 @@ impl Batch {
     /// A batch of `frames`, preceded by a loss of `lagged` frames.
     pub(crate) fn new(frames: Vec<Bytes>, lagged: u64) -> Batch {
         let remaining = frames.iter().map(Bytes::len).sum();
-        Batch { frames, next: 0, remaining, lagged }
+        Batch { frames, run: None, next: 0, remaining, lagged }
+    }
+
+    /// A batch of the frames of `run`, preceded by a loss of `lagged` frames.
+    pub(crate) fn from_run(run: Run, lagged: u64) -> Batch {
+        let remaining = run.frames().iter().map(Bytes::len).sum();
+        Batch { frames: Vec::new(), run: Some(run), next: 0, remaining, lagged }
+    }
+
+    /// Every frame, consumed or not.
+    fn all(&self) -> &[Bytes] {
+        match &self.run {
+            Some(run) => run.frames(),
+            None => &self.frames,
+        }
     }
 
     /// Number of frames not yet consumed.
@@ -56,7 +76,7 @@ impl Batch {
     /// ```
     #[must_use]
     pub fn len(&self) -> usize {
-        self.frames.len() - self.next
+        self.all().len() - self.next
     }
 
     /// Whether every frame has been consumed.
@@ -80,7 +100,7 @@ impl Batch {
     /// ```
     #[must_use]
     pub fn frames(&self) -> &[Bytes] {
-        &self.frames[self.next..]
+        &self.all()[self.next..]
     }
 
     /// How many frames this subscriber lost (`SlowPolicy::DropOldest`, or `Conflate` with a full
@@ -108,6 +128,9 @@ impl Batch {
     #[must_use]
     pub fn into_bytes(mut self) -> Bytes {
         if self.len() == 1 {
+            if self.run.is_some() {
+                return self.frames()[0].clone();
+            }
             return self.frames.swap_remove(self.next);
         }
         let mut out = BytesMut::with_capacity(self.remaining);
@@ -124,11 +147,30 @@ impl Buf for Batch {
     }
 
     fn chunk(&self) -> &[u8] {
-        self.frames.get(self.next).map_or(&[], |f| f.as_ref())
+        self.all().get(self.next).map_or(&[], |f| f.as_ref())
     }
 
     fn advance(&mut self, mut cnt: usize) {
         assert!(cnt <= self.remaining, "advance past the end of a batch");
+        if let Some(run) = &self.run {
+            // Whole frames of a shared chunk are skipped; a write that ends mid-frame turns
+            // the rest into owned frames, which can be advanced in place.
+            let frames = run.frames();
+            while let Some(frame) = frames.get(self.next) {
+                if cnt < frame.len() {
+                    break;
+                }
+                cnt -= frame.len();
+                self.remaining -= frame.len();
+                self.next += 1;
+            }
+            if cnt == 0 {
+                return;
+            }
+            self.frames = frames[self.next..].to_vec();
+            self.run = None;
+            self.next = 0;
+        }
         self.remaining -= cnt;
         while cnt > 0 {
             let Some(frame) = self.frames.get_mut(self.next) else {
@@ -160,11 +202,19 @@ impl Buf for Batch {
 
 impl IntoIterator for Batch {
     type Item = Bytes;
-    type IntoIter = std::iter::Skip<std::vec::IntoIter<Bytes>>;
+    type IntoIter = std::vec::IntoIter<Bytes>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        let next = self.next;
-        self.frames.into_iter().skip(next)
+    // The iterator type is the vector's, owned or not, so a shared batch's frames are copied
+    // (refcounts) into one.
+    #[allow(clippy::unnecessary_to_owned)]
+    fn into_iter(mut self) -> Self::IntoIter {
+        match self.run.take() {
+            Some(run) => run.frames()[self.next..].to_vec().into_iter(),
+            None => {
+                self.frames.drain(..self.next);
+                std::mem::take(&mut self.frames).into_iter()
+            }
+        }
     }
 }
 
@@ -194,6 +244,62 @@ mod tests {
         let mut slices = [IoSlice::new(&[]); 4];
         assert_eq!(b.chunks_vectored(&mut slices), 2);
         assert_eq!(&*slices[1], b"de");
+    }
+
+    /// A batch over a shared chunk of three frames, like the one a ring hands out.
+    #[cfg(not(ssehub_loom))]
+    fn shared() -> Batch {
+        let ring = crate::ring::Ring::new();
+        let slot = crate::sync::Arc::new(crate::registry::Slot::new(
+            1,
+            crate::queue::Queue::new(8, crate::queue::SlowPolicy::Disconnect),
+            None,
+        ));
+        let member = crate::ring::Member::new(slot, ring.join(8));
+        for (seq, frame) in [b"abc".as_slice(), b"de", b"fgh"].into_iter().enumerate() {
+            ring.push(seq as u64 + 1, &Bytes::from_static(frame));
+        }
+        let mut out = Vec::new();
+        let (taken, run) = ring.take_run(
+            member.cursor(),
+            8,
+            crate::queue::SlowPolicy::Disconnect,
+            u64::MAX,
+            64,
+            1 << 20,
+            &mut out,
+        );
+        assert_eq!((taken.count, out.len()), (3, 0), "one chunk: a run, no copies");
+        Batch::from_run(run.expect("a run"), 0)
+    }
+
+    #[cfg(not(ssehub_loom))]
+    #[test]
+    fn a_shared_batch_advances_by_whole_frames_then_owns_the_rest_mid_frame() {
+        let mut b = shared();
+        assert_eq!((b.len(), b.remaining()), (3, 8));
+        b.advance(3);
+        assert_eq!((b.chunk(), b.len(), b.remaining()), (&b"de"[..], 2, 5));
+        b.advance(3);
+        assert_eq!((b.chunk(), b.len(), b.remaining()), (&b"gh"[..], 1, 2));
+        assert_eq!(b.frames(), [Bytes::from_static(b"gh")]);
+        b.advance(2);
+        assert!(b.is_empty());
+    }
+
+    #[cfg(not(ssehub_loom))]
+    #[test]
+    fn a_shared_batch_iterates_and_concatenates_like_an_owned_one() {
+        let mut b = shared();
+        b.advance(3);
+        let rest: Vec<Bytes> = b.into_iter().collect();
+        assert_eq!(rest, [Bytes::from_static(b"de"), Bytes::from_static(b"fgh")]);
+        assert_eq!(shared().into_bytes().as_ref(), b"abcdefgh");
+        let mut one = shared();
+        one.advance(5);
+        assert_eq!(one.into_bytes().as_ref(), b"fgh");
+        let slices = &mut [IoSlice::new(&[]); 4];
+        assert_eq!(shared().chunks_vectored(slices), 3);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use std::cell::OnceCell;
 
-use crate::ring::{Feed, Taken};
+use crate::ring::{Feed, Run, Taken};
 use crate::sync::{lock, Mutex, SharedStr};
 
 /// What happens to a subscriber that falls more than its bound behind.
@@ -212,6 +212,16 @@ pub(crate) struct Drained {
     pub(crate) skipped: u64,
     /// Nothing was ready but an entry of a publish still in progress is queued: poll again.
     pub(crate) retry: bool,
+    /// The frames as one run of a ring's chunk instead of `frames` (then empty): the usual
+    /// case of a one-topic subscriber, one refcount for the whole batch.
+    pub(crate) run: Option<Run>,
+}
+
+impl Drained {
+    /// Whether no frame was taken.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.run.is_none()
+    }
 }
 
 /// Why a merged drain stopped the stream.
@@ -545,11 +555,8 @@ impl Queue {
         if feeds.len() == 1 && ready == 0 {
             // The common case: one topic, nothing of its own; no merge.
             let feed = &feeds[0];
-            let cursor = feed.member.cursor();
-            let waiting = feed.ring.waiting(cursor, self.capacity).min(max_frames);
-            drained.frames.reserve_exact(waiting);
-            let taken = feed.ring.take_into(
-                cursor,
+            let (taken, run) = feed.ring.take_run(
+                feed.member.cursor(),
                 self.capacity,
                 self.policy,
                 upto,
@@ -557,6 +564,7 @@ impl Queue {
                 max_bytes,
                 &mut drained.frames,
             );
+            drained.run = run;
             if taken.overflowed {
                 self.end_locked(inner, EndReason::Slow, true);
                 return Err(Stop::Overflowed);
@@ -647,7 +655,7 @@ impl Queue {
             inner.active = true;
         }
         drained.lagged = std::mem::take(&mut inner.lagged) + drained.skipped;
-        if drained.frames.is_empty() && drained.lagged == 0 {
+        if drained.is_empty() && drained.lagged == 0 {
             if let Some(reason) = inner.ended {
                 if inner.entries.is_empty() {
                     return Err(Stop::Ended(reason));

@@ -61,17 +61,50 @@ impl Member {
     }
 }
 
+/// Entries per chunk of the log.
+pub(crate) const CHUNK: usize = 64;
+
+/// A run of up to [`CHUNK`] consecutive entries. Readers take a reference to a chunk and a
+/// range in it as their batch (one refcount for the whole batch instead of one per frame);
+/// the publisher appends to the last chunk in place when no reader holds it, and copies it
+/// first when one does (at most `CHUNK - 1` refcounts per publish, never per subscriber).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Chunk {
+    /// Each entry's sequence number.
+    seqs: Vec<u64>,
+    /// Each entry's frame.
+    pub(crate) frames: Vec<Bytes>,
+}
+
+/// A reader's batch straight out of one chunk: `frames[start..end]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Run {
+    /// The chunk.
+    pub(crate) chunk: Arc<Chunk>,
+    /// The first frame.
+    pub(crate) start: usize,
+    /// One past the last frame.
+    pub(crate) end: usize,
+}
+
+impl Run {
+    /// The frames.
+    pub(crate) fn frames(&self) -> &[Bytes] {
+        &self.chunk.frames[self.start..self.end]
+    }
+}
+
 /// The log under its lock.
 #[derive(Debug)]
 struct Log {
-    /// `(sequence number, frame)`, oldest first.
-    entries: VecDeque<Bytes>,
-    /// The sequence number of each entry, in a deque of its own so a reader's batch is a
-    /// straight copy of a run of `entries` (a slice clone the compiler writes in place).
-    seqs: VecDeque<u64>,
-    /// The position of `entries[0]`.
+    /// The entries, in chunks: every chunk but the last holds [`CHUNK`] entries.
+    chunks: VecDeque<Arc<Chunk>>,
+    /// The position of the first entry of `chunks[0]`: the oldest entry still readable.
     first: u64,
-    /// The most entries kept: the largest bound of any reader.
+    /// The position the next entry gets.
+    tail: u64,
+    /// The fewest entries kept: the largest bound of any reader (up to `CHUNK - 1` more are
+    /// kept, since chunks go whole).
     capacity: usize,
     /// When the tail reaches this position, the publisher scans the readers.
     check_at: u64,
@@ -80,7 +113,34 @@ struct Log {
 impl Log {
     /// The position the next entry gets.
     fn tail(&self) -> u64 {
-        self.first + self.entries.len() as u64
+        self.tail
+    }
+
+    /// The number of entries held.
+    fn len(&self) -> usize {
+        usize::try_from(self.tail - self.first).unwrap_or(usize::MAX)
+    }
+
+    /// The entry at index `i` (0 is the oldest held).
+    fn entry(&self, i: usize) -> (u64, &Bytes) {
+        let chunk = &self.chunks[i / CHUNK];
+        (chunk.seqs[i % CHUNK], &chunk.frames[i % CHUNK])
+    }
+
+    /// Drops whole chunks from the front while they lie before position `keep_from`; returns
+    /// them so they are released outside the lock.
+    fn drop_before(&mut self, keep_from: u64) -> Vec<Arc<Chunk>> {
+        let mut dropped = Vec::new();
+        while self.chunks.len() > 1 && self.first + CHUNK as u64 <= keep_from {
+            dropped.extend(self.chunks.pop_front());
+            self.first += CHUNK as u64;
+        }
+        if self.chunks.len() == 1 && self.tail <= keep_from && self.tail % CHUNK as u64 == 0 {
+            // The last chunk is full and read by everyone: it can go too.
+            dropped.extend(self.chunks.pop_front());
+            self.first = self.tail;
+        }
+        dropped
     }
 }
 
@@ -131,9 +191,9 @@ impl Ring {
     pub(crate) fn new() -> Ring {
         Ring {
             log: Mutex::new(Log {
-                entries: VecDeque::new(),
-                seqs: VecDeque::new(),
+                chunks: VecDeque::new(),
                 first: 0,
+                tail: 0,
                 capacity: 1,
                 check_at: MIN_SCAN_INTERVAL,
             }),
@@ -171,9 +231,12 @@ impl Ring {
             let mut log = lock(&self.log);
             // `check_at` stays: a publish still holding a snapshot with the leavers scans them
             // at the same point as it would have, and a scan of nobody sets the next one.
-            log.first = log.tail();
-            log.seqs.clear();
-            std::mem::take(&mut log.entries)
+            // Positions stay chunk-aligned: the next chunk starts at the next multiple.
+            let aligned = log.tail().next_multiple_of(CHUNK as u64);
+            log.first = aligned;
+            log.tail = aligned;
+            self.tail.store(aligned, Ordering::Release);
+            std::mem::take(&mut log.chunks)
         };
         // Frames are released outside the lock.
         drop(dropped);
@@ -187,15 +250,38 @@ impl Ring {
         let scan;
         {
             let mut log = lock(&self.log);
-            evicted = if log.entries.len() >= log.capacity {
-                log.first += 1;
-                log.seqs.pop_front();
-                log.entries.pop_front()
-            } else {
-                None
-            };
-            log.entries.push_back(frame.clone());
-            log.seqs.push_back(seq);
+            if log.len() % CHUNK == 0 {
+                log.chunks.push_back(Arc::new(Chunk {
+                    seqs: Vec::with_capacity(CHUNK),
+                    frames: Vec::with_capacity(CHUNK),
+                }));
+            }
+            if let Some(last) = log.chunks.back_mut() {
+                if Arc::get_mut(last).is_none() {
+                    // A reader's batch holds it: copy it (the reader keeps the old one).
+                    let copy = Chunk {
+                        seqs: {
+                            let mut v = Vec::with_capacity(CHUNK);
+                            v.extend_from_slice(&last.seqs);
+                            v
+                        },
+                        frames: {
+                            let mut v = Vec::with_capacity(CHUNK);
+                            v.extend_from_slice(&last.frames);
+                            v
+                        },
+                    };
+                    *last = Arc::new(copy);
+                }
+                if let Some(chunk) = Arc::get_mut(last) {
+                    chunk.seqs.push(seq);
+                    chunk.frames.push(frame.clone());
+                }
+            }
+            log.tail += 1;
+            // Keep at least `capacity` entries; older whole chunks go.
+            let keep_from = log.tail.saturating_sub(log.capacity as u64);
+            evicted = log.drop_before(keep_from);
             let tail = log.tail();
             scan = tail >= log.check_at;
             // Release: see `tail`.
@@ -233,12 +319,7 @@ impl Ring {
                 }
             });
             log.check_at = check_at;
-            let drop_count = usize::try_from(keep_from.saturating_sub(log.first))
-                .unwrap_or(usize::MAX)
-                .min(log.entries.len());
-            log.first += drop_count as u64;
-            log.seqs.drain(..drop_count);
-            trimmed = log.entries.drain(..drop_count).collect::<Vec<_>>();
+            trimmed = log.drop_before(keep_from);
         }
         drop(trimmed);
         scan
@@ -262,14 +343,16 @@ impl Ring {
     ) -> Taken {
         self.take_with(cursor, capacity, policy, upto, max_frames, max_bytes, |log, at, taken| {
             for i in at..at + taken.count {
-                sink(log.seqs[i], &log.entries[i]);
+                let (seq, frame) = log.entry(i);
+                sink(seq, frame);
             }
         })
     }
 
-    /// [`Ring::take`] appending the frames to `out`: the subscriber's batch.
+    /// [`Ring::take`] for a subscriber's whole batch: a [`Run`] of one chunk when the entries
+    /// lie in one (one refcount for the batch), otherwise the frames appended to `out`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn take_into(
+    pub(crate) fn take_run(
         &self,
         cursor: u64,
         capacity: usize,
@@ -278,17 +361,30 @@ impl Ring {
         max_frames: usize,
         max_bytes: usize,
         out: &mut Vec<Bytes>,
-    ) -> Taken {
-        self.take_with(cursor, capacity, policy, upto, max_frames, max_bytes, |log, at, taken| {
-            let (front, back) = log.entries.as_slices();
-            let end = at + taken.count;
-            if at < front.len() {
-                out.extend_from_slice(&front[at..end.min(front.len())]);
-            }
-            if end > front.len() {
-                out.extend_from_slice(&back[at.saturating_sub(front.len())..end - front.len()]);
-            }
-        })
+    ) -> (Taken, Option<Run>) {
+        let mut run = None;
+        let taken = self.take_with(
+            cursor,
+            capacity,
+            policy,
+            upto,
+            max_frames,
+            max_bytes,
+            |log, at, taken| {
+                let (first, last) = (at / CHUNK, (at + taken.count - 1) / CHUNK);
+                if first == last {
+                    let start = at % CHUNK;
+                    let chunk = log.chunks[first].clone();
+                    run = Some(Run { chunk, start, end: start + taken.count });
+                } else {
+                    out.reserve(taken.count);
+                    for i in at..at + taken.count {
+                        out.push(log.entry(i).1.clone());
+                    }
+                }
+            },
+        );
+        (taken, run)
     }
 
     /// Works out what a reader takes (see [`Ring::take`]), then has `copy` copy that run of
@@ -321,17 +417,13 @@ impl Ring {
             from = oldest;
         }
         taken.from = from;
-        let at = usize::try_from(from - log.first).unwrap_or(usize::MAX).min(log.entries.len());
-        let available = log.entries.len() - at;
-        // Sequence numbers rise along the log: count those up to `upto`.
-        let mut count = log.seqs.range(at..).take(max_frames.max(1)).take_while(|s| **s <= upto);
-        let mut limit = 0;
-        while count.next().is_some() {
-            limit += 1;
-        }
-        let mut bytes = 0;
-        for frame in log.entries.range(at..at + limit.min(available)) {
-            if taken.count > 0 && bytes + frame.len() > max_bytes {
+        let at = usize::try_from(from - log.first).unwrap_or(usize::MAX).min(log.len());
+        let end = log.len().min(at.saturating_add(max_frames.max(1)));
+        let mut bytes: usize = 0;
+        for i in at..end {
+            let (seq, frame) = log.entry(i);
+            // Sequence numbers rise along the log: stop at the first one past `upto`.
+            if seq > upto || (taken.count > 0 && bytes.saturating_add(frame.len()) > max_bytes) {
                 break;
             }
             bytes += frame.len();
@@ -370,7 +462,7 @@ impl Ring {
     /// The number of entries held (for tests).
     #[cfg(all(test, not(ssehub_loom)))]
     pub(crate) fn len(&self) -> usize {
-        lock(&self.log).entries.len()
+        lock(&self.log).len()
     }
 }
 
@@ -464,6 +556,60 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_held_by_a_batch_is_copied_before_an_append_and_the_batch_stays_intact() {
+        let ring = Ring::new();
+        let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
+        ring.push(1, &frame(1));
+        let mut out = Vec::new();
+        let (taken, run) = ring.take_run(
+            member.cursor(),
+            1024,
+            SlowPolicy::Disconnect,
+            u64::MAX,
+            64,
+            1 << 20,
+            &mut out,
+        );
+        let run = run.expect("one chunk");
+        member.advance(taken.from + 1);
+        ring.push(2, &frame(2));
+        assert_eq!(run.frames(), [frame(1)], "the batch still sees only what it took");
+        let (_, next) = ring.take_run(
+            member.cursor(),
+            1024,
+            SlowPolicy::Disconnect,
+            u64::MAX,
+            64,
+            1 << 20,
+            &mut out,
+        );
+        assert_eq!(next.expect("one chunk").frames(), [frame(2)]);
+    }
+
+    #[test]
+    fn a_batch_across_two_chunks_is_copied_out() {
+        let ring = Ring::new();
+        let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
+        for seq in 1..=(CHUNK as u64 + 10) {
+            ring.push(seq, &frame(seq));
+        }
+        member.advance(CHUNK as u64 - 5);
+        let mut out = Vec::new();
+        let (taken, run) = ring.take_run(
+            member.cursor(),
+            1024,
+            SlowPolicy::Disconnect,
+            u64::MAX,
+            64,
+            1 << 20,
+            &mut out,
+        );
+        assert!(run.is_none());
+        assert_eq!((taken.count, out.len()), (15, 15));
+        assert_eq!(out[0], frame(CHUNK as u64 - 4));
+    }
+
+    #[test]
     fn scans_trim_what_every_reader_has_read() {
         let ring = Ring::new();
         let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
@@ -473,7 +619,8 @@ mod tests {
                 assert!(ring.scan(&readers).slow.is_empty());
             }
             take_all(&ring, &member);
-            assert!(ring.len() <= MIN_SCAN_INTERVAL as usize, "{} entries kept", ring.len());
+            // Whole chunks go: what is kept is the unread tail's chunk.
+            assert!(ring.len() <= CHUNK + MIN_SCAN_INTERVAL as usize, "{} kept", ring.len());
         }
     }
 }

@@ -269,14 +269,20 @@ impl Subscription {
                 return Poll::Ready(None);
             }
         };
-        if frames.is_empty() && drained.frames.is_empty() && drained.lagged == 0 {
+        if frames.is_empty() && drained.is_empty() && drained.lagged == 0 {
             return Poll::Pending;
         }
         if drained.lagged > 0 && self.shared.config.lag_event {
             frames.push(crate::hub::lag_frame(drained.lagged));
         }
-        if frames.is_empty() {
-            // The usual case: the drain's own vector is the batch.
+        if let Some(run) = drained.run {
+            if frames.is_empty() {
+                // The usual case: the batch is a range of the ring's chunk, one refcount.
+                return Poll::Ready(Some(Batch::from_run(run, drained.lagged)));
+            }
+            frames.extend_from_slice(run.frames());
+        } else if frames.is_empty() {
+            // The drain's own vector is the batch.
             frames = drained.frames;
         } else {
             frames.extend(drained.frames);
@@ -300,7 +306,7 @@ impl Subscription {
             let feeds = lock(&self.slot.feeds);
             let watermark = self.shared.watermark();
             match self.slot.queue.drain_merged(&feeds, watermark, room, max_bytes, waker) {
-                Ok(drained) if drained.frames.is_empty() && drained.lagged == 0 => {
+                Ok(drained) if drained.is_empty() && drained.lagged == 0 => {
                     if waker.is_some() && !parked {
                         for feed in feeds.iter() {
                             feed.ring.park(&feed.member);

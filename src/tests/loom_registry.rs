@@ -52,7 +52,12 @@ fn unsubscribe(registry: &Registry, slot: &Slot) {
 fn received(slot: &Slot) -> Vec<String> {
     let feeds = lock(&slot.feeds);
     let drained = slot.queue.drain_merged(&feeds, u64::MAX, ALL, ALL, None);
-    drained.map(|d| labels(&d.frames)).unwrap_or_default()
+    drained
+        .map(|d| match &d.run {
+            Some(run) => labels(run.frames()),
+            None => labels(&d.frames),
+        })
+        .unwrap_or_default()
 }
 
 /// How many frames wait for `slot` (its rings and its queue).
