@@ -12,6 +12,7 @@
 //! The body of a stream is delimited by closing the connection (no chunked encoding, so no
 //! per-write framing); the response carries `connection: close`.
 
+mod admission;
 mod request;
 mod rewind;
 
@@ -19,7 +20,7 @@ use crate::sync::PlainArc as StdArc;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use http::header::{CONNECTION, CONTENT_LENGTH};
@@ -31,6 +32,8 @@ use crate::adapters::endpoint::{Events, Reply};
 use crate::adapters::resolve::Resolver;
 use crate::adapters::Endpoint;
 use crate::batch::Batch;
+use crate::sync::Arc;
+use admission::{Bucket, IpSlot, PerIp, Rate};
 use request::{read_head, HeadError, HeadLimits};
 
 /// A type-erased fallback: serves a connection whose request the listener did not take.
@@ -86,6 +89,12 @@ struct Inner<R> {
     write_timeout: Duration,
     /// Where other paths go.
     fallback: Option<Fallback>,
+    /// The accept rate limit, if any.
+    accept_rate: Option<Rate>,
+    /// Most connections open at once from one client address, if limited.
+    max_per_ip: Option<usize>,
+    /// Connections open per client address (kept only while `max_per_ip` is set).
+    per_ip: Arc<PerIp>,
 }
 
 impl<R> Clone for Server<R> {
@@ -102,6 +111,9 @@ impl<R> fmt::Debug for Server<R> {
             .field("head", &self.inner.head)
             .field("write_timeout", &self.inner.write_timeout)
             .field("fallback", &self.inner.fallback.is_some())
+            .field("accept_rate", &self.inner.accept_rate)
+            .field("max_per_ip", &self.inner.max_per_ip)
+            .field("addresses", &self.inner.per_ip.addresses())
             .finish()
     }
 }
@@ -125,6 +137,9 @@ impl<R: Resolver> Server<R> {
                 head: HeadLimits { max_bytes: 8 * 1024, timeout: Duration::from_secs(10) },
                 write_timeout: Duration::from_secs(30),
                 fallback: None,
+                accept_rate: None,
+                max_per_ip: None,
+                per_ip: Arc::new(PerIp::default()),
             }),
         }
     }
@@ -172,6 +187,49 @@ impl<R: Resolver> Server<R> {
     #[must_use]
     pub fn with_write_timeout(self, timeout: Duration) -> Self {
         self.map(|inner| inner.write_timeout = timeout)
+    }
+
+    /// Accepts at most `per_second` connections a second on average, and at most `burst` at once
+    /// after a quiet spell (a token bucket); beyond, a connection is answered at once with 503
+    /// and the endpoint's [`Retry-After`](Endpoint::with_retry_after), without reading its
+    /// request or asking the resolver. Off by default.
+    ///
+    /// This bounds the work a reconnect storm (thousands of clients in the same second) or a
+    /// connection flood can start at once; clients that are turned away retry later. Values
+    /// below one are taken as one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // 500 new connections a second, bursts of up to 1,000.
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_accept_rate(500, 1_000);
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_accept_rate(self, per_second: u32, burst: u32) -> Self {
+        let rate =
+            Rate { per_second: f64::from(per_second.max(1)), burst: f64::from(burst.max(1)) };
+        self.map(|inner| inner.accept_rate = Some(rate))
+    }
+
+    /// At most `count` connections open at once from one client IP address (streams, requests
+    /// being read, and fallback requests alike); beyond, a connection is answered at once with
+    /// 429 and the endpoint's [`Retry-After`](Endpoint::with_retry_after). Off by default.
+    ///
+    /// Clients behind one proxy or NAT share an address: set the cap with that in mind. Values
+    /// below one are taken as one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_max_connections_per_ip(64);
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_max_connections_per_ip(self, count: usize) -> Self {
+        self.map(|inner| inner.max_per_ip = Some(count.max(1)))
     }
 
     /// Serves requests for other paths with an axum `Router` (through hyper, on the same
@@ -227,6 +285,9 @@ impl<R: Resolver> Server<R> {
                     head: shared.head,
                     write_timeout: shared.write_timeout,
                     fallback: shared.fallback.clone(),
+                    accept_rate: shared.accept_rate,
+                    max_per_ip: shared.max_per_ip,
+                    per_ip: shared.per_ip.clone(),
                 };
                 change(&mut inner);
                 Server { inner: StdArc::new(inner) }
@@ -267,16 +328,44 @@ impl<R: Resolver> Server<R> {
         signal: impl Future<Output = ()>,
     ) {
         tokio::pin!(signal);
+        let mut bucket = self.inner.accept_rate.map(Bucket::new);
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = &mut signal => return,
             };
             match accepted {
-                Ok((socket, _)) => {
+                Ok((socket, peer)) => {
                     // Small writes go out at once: latency matters more than packet count.
                     let _ = socket.set_nodelay(true);
-                    tokio::spawn(self.clone().connection(socket));
+                    let retry_after = self.inner.endpoint.retry_after();
+                    if bucket.as_mut().is_some_and(|bucket| !bucket.take(Instant::now())) {
+                        refused("rate");
+                        tokio::spawn(admission::refuse(
+                            socket,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many new connections, retry later",
+                            retry_after,
+                        ));
+                        continue;
+                    }
+                    let slot = match self.inner.max_per_ip {
+                        None => None,
+                        Some(max) => match PerIp::take(&self.inner.per_ip, peer.ip(), max) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                refused("per_ip");
+                                tokio::spawn(admission::refuse(
+                                    socket,
+                                    StatusCode::TOO_MANY_REQUESTS,
+                                    "too many connections from this address, retry later",
+                                    retry_after,
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                    tokio::spawn(self.clone().connection(socket, slot));
                 }
                 // Out of file descriptors or similar: back off briefly instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -284,8 +373,9 @@ impl<R: Resolver> Server<R> {
         }
     }
 
-    /// One connection: the request, then the stream or a refusal.
-    async fn connection(self, socket: TcpStream) {
+    /// One connection: the request, then the stream or a refusal. `_slot` holds its place in
+    /// the per-address count until it ends.
+    async fn connection(self, socket: TcpStream, _slot: Option<IpSlot>) {
         // The request phase runs boxed: its state (buffers, the resolver's future, timers) is
         // freed before the stream starts, instead of sizing every idle connection's task.
         let Some((socket, head, events)) = Box::pin(self.request(socket)).await else {
@@ -347,6 +437,13 @@ impl<R: Resolver> Server<R> {
             }
         }
     }
+}
+
+/// Counts a connection refused at accept (`reason`: `rate` or `per_ip`).
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+fn refused(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("ssehub_connections_refused_total", "reason" => reason).increment(1);
 }
 
 /// Writes a complete response with a body and closes.

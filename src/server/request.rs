@@ -1,5 +1,6 @@
 //! Reading and checking one request head with `httparse`, within size and time limits.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -25,7 +26,7 @@ pub(crate) enum HeadError {
     /// The connection closed, failed or timed out before a complete head: nothing to answer.
     Gone,
     /// A refusal to send before closing.
-    Refuse(StatusCode, &'static str),
+    Refuse(StatusCode, Cow<'static, str>),
 }
 
 /// A parsed head and every byte read so far (the head and anything after it).
@@ -60,7 +61,7 @@ pub(crate) async fn read_head(
             if raw.len() >= limits.max_bytes {
                 return Err(HeadError::Refuse(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request head too large",
+                    format!("request head over the limit of {} bytes", limits.max_bytes).into(),
                 ));
             }
             let want = (limits.max_bytes - raw.len()).min(4096);
@@ -89,15 +90,17 @@ fn parse(raw: &[u8]) -> Result<Option<Parts>, HeadError> {
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HeadError::Refuse(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "too many headers",
+                format!("more headers than the limit of {MAX_HEADERS}").into(),
             ));
         }
-        Err(_) => return Err(HeadError::Refuse(StatusCode::BAD_REQUEST, "malformed request")),
+        Err(_) => {
+            return Err(HeadError::Refuse(StatusCode::BAD_REQUEST, "malformed request".into()))
+        }
     };
     if status.is_partial() {
         return Ok(None);
     }
-    let bad = |reason| HeadError::Refuse(StatusCode::BAD_REQUEST, reason);
+    let bad = |reason: &'static str| HeadError::Refuse(StatusCode::BAD_REQUEST, reason.into());
     let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
         .map_err(|_| bad("bad method"))?;
     let version = match request.version {
