@@ -118,10 +118,8 @@ pub(crate) async fn refuse(
 ) {
     let mut headers = HeaderMap::new();
     headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     let linger = async {
         if super::write_plain(&mut socket, status, &headers, reason.as_bytes()).await.is_err() {
             return;

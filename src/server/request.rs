@@ -11,6 +11,10 @@ use tokio::net::TcpStream;
 /// Most headers a request may have.
 const MAX_HEADERS: usize = 64;
 
+/// Longest request target (path and query) taken: the longest `http::Uri` holds. A longer one
+/// is 414, not a 400 that would not say why.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
+
 /// The limits on a request head.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HeadLimits {
@@ -100,6 +104,13 @@ fn parse(raw: &[u8]) -> Result<Option<Parts>, HeadError> {
     if status.is_partial() {
         return Ok(None);
     }
+    let target = request.path.unwrap_or("/");
+    if target.len() > MAX_TARGET {
+        return Err(HeadError::Refuse(
+            StatusCode::URI_TOO_LONG,
+            format!("request target over the limit of {MAX_TARGET} bytes").into(),
+        ));
+    }
     let bad = |reason: &'static str| HeadError::Refuse(StatusCode::BAD_REQUEST, reason.into());
     let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
         .map_err(|_| bad("bad method"))?;
@@ -107,8 +118,7 @@ fn parse(raw: &[u8]) -> Result<Option<Parts>, HeadError> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut builder =
-        Request::builder().method(method).uri(request.path.unwrap_or("/")).version(version);
+    let mut builder = Request::builder().method(method).uri(target).version(version);
     for header in request.headers.iter() {
         builder = builder.header(header.name, header.value);
     }
