@@ -688,3 +688,77 @@ async fn graceful_shutdown_with_full_queues_flushes_and_leaks_nothing() {
     .await;
     drop(stalls);
 }
+
+/// Collects the `ssehub` log lines (message and fields) of the current thread.
+#[derive(Default, Clone)]
+struct Capture(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.target() == "ssehub"
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        self.0.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// With the `tracing` feature, a stream dropped as slow, a resolver panic and a refusal at
+/// accept are logged (target `ssehub`), besides being counted.
+#[tokio::test(flavor = "current_thread")]
+async fn drops_panics_and_refusals_are_logged() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let hub = Hub::builder().with_heartbeat(None).with_capacity(8).build();
+    let endpoint = Endpoint::new(hub.clone()).with_resolver(|parts: &Parts| {
+        if parts.uri.query().is_some_and(|q| q.contains("boom")) {
+            panic!("a bug in the application's resolver");
+        }
+        QueryTopics::new().parse(parts)
+    });
+    let server = Server::new(endpoint)
+        .with_max_connections_per_ip(2)
+        .with_write_timeout(Duration::from_millis(300));
+    let addr = start(server).await;
+    let _stalled = stalled(addr, "/?topic=t", "").await;
+    until("subscribed", || hub.subscriber_count() == 1).await;
+    let payload = "x".repeat(64 * 1024);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.stats().slow_disconnects == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never dropped as slow");
+        hub.publish("t", Event::new(payload.clone())).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut failed = Client::get(addr, "/?topic=t&boom", "").await;
+    assert_eq!(failed.status, 500);
+    failed.body().await;
+    let _one = Client::get(addr, "/?topic=t", "").await;
+    let _two = Client::get(addr, "/?topic=t", "").await;
+    let three = Client::get(addr, "/?topic=t", "").await;
+    assert_eq!(three.status, 429);
+    let logged = || capture.0.lock().unwrap().join("\n");
+    // Dropped as slow by the hub while its task waited on the full socket, which the write
+    // deadline then closes: logged with whichever the connection saw first.
+    until("the slow drop logged", || {
+        let logged = logged();
+        logged.contains("reason=\"slow\"") || logged.contains("reason=\"write-deadline\"")
+    })
+    .await;
+    let logged = logged();
+    assert!(logged.contains("ERROR message=request resolver panicked"), "{logged}");
+    assert!(logged.contains("per-address cap: refused with 429"), "{logged}");
+}

@@ -366,6 +366,7 @@ impl<R: Resolver> Endpoint<R> {
             Some(Ok(subscribe)) => subscribe,
             Some(Err(rejection)) => return rejected(&rejection),
             None => {
+                super::log!(error, path = request.uri.path(), "request resolver panicked");
                 self.hub.resolver_panicked();
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
             }

@@ -340,6 +340,7 @@ impl<R: Resolver> Server<R> {
                     let _ = socket.set_nodelay(true);
                     let retry_after = self.inner.endpoint.retry_after();
                     if bucket.as_mut().is_some_and(|bucket| !bucket.take(Instant::now())) {
+                        crate::adapters::log!(debug, %peer, "accept rate limit: refused with 503");
                         refused("rate");
                         tokio::spawn(admission::refuse(
                             socket,
@@ -354,6 +355,11 @@ impl<R: Resolver> Server<R> {
                         Some(max) => match PerIp::take(&self.inner.per_ip, peer.ip(), max) {
                             Some(slot) => Some(slot),
                             None => {
+                                crate::adapters::log!(
+                                    debug,
+                                    %peer,
+                                    "per-address cap: refused with 429"
+                                );
                                 refused("per_ip");
                                 tokio::spawn(admission::refuse(
                                     socket,
@@ -381,7 +387,21 @@ impl<R: Resolver> Server<R> {
         let Some((socket, head, events)) = Box::pin(self.request(socket)).await else {
             return;
         };
-        let _ = stream(socket, head, events, self.inner.write_timeout).await;
+        #[cfg(feature = "tracing")]
+        let peer = socket.peer_addr().ok();
+        let ended = stream(socket, head, events, self.inner.write_timeout).await;
+        #[cfg(feature = "tracing")]
+        match ended {
+            Ok(Ended::Slow) => {
+                crate::adapters::log!(info, ?peer, reason = "slow", "stream dropped");
+            }
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                crate::adapters::log!(info, ?peer, reason = "write-deadline", "stream dropped");
+            }
+            _ => {}
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = ended;
     }
 
     /// Reads and answers the request; for a stream, the socket, the response head to send and
@@ -485,6 +505,17 @@ fn response_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
 /// nothing; anything more is a misbehaving or hostile peer).
 const MAX_TRAILING_INPUT: usize = 4096;
 
+/// How a stream ended, short of an I/O error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The peer closed, or sent more than an SSE client would.
+    Peer,
+    /// The hub dropped the subscriber as slow.
+    Slow,
+    /// The hub ended the subscription (shutdown, disconnect).
+    Hub,
+}
+
 /// Streams `events` to the socket until the stream ends or the peer goes away.
 ///
 /// This is the state every idle connection keeps, so it holds no buffer across an await: the
@@ -495,7 +526,7 @@ async fn stream(
     head: Vec<u8>,
     mut events: Events,
     write_timeout: Duration,
-) -> io::Result<()> {
+) -> io::Result<Ended> {
     Box::pin(tokio::time::timeout(write_timeout, socket.write_all(&head)))
         .await
         .map_err(|_| io::ErrorKind::TimedOut)??;
@@ -508,11 +539,11 @@ async fn stream(
                 ready?;
                 match socket.try_read(&mut [0u8; 64]) {
                     // The peer closed (FIN): end here; dropping `events` unsubscribes.
-                    Ok(0) => return Ok(()),
+                    Ok(0) => return Ok(Ended::Peer),
                     Ok(n) => {
                         trailing += n;
                         if trailing > MAX_TRAILING_INPUT {
-                            return Ok(());
+                            return Ok(Ended::Peer);
                         }
                         continue;
                     }
@@ -524,9 +555,9 @@ async fn stream(
         match next {
             Some(Ok(mut batch)) => write_batch(&mut socket, &mut batch, write_timeout).await?,
             // Dropped as slow: close without ceremony; its client reconnects and resumes.
-            Some(Err(_)) => return Ok(()),
+            Some(Err(_)) => return Ok(Ended::Slow),
             // Ended by the hub: a clean end of the body.
-            None => return socket.shutdown().await,
+            None => return socket.shutdown().await.map(|()| Ended::Hub),
         }
     }
 }
