@@ -258,6 +258,43 @@ async fn hostile_topic_requests_are_refused_naming_the_limit() {
     until("unsubscribed", || hub.subscriber_count() == 0).await;
 }
 
+/// Slowloris: clients sending their heads a byte at a time are closed at the header-read
+/// timeout, unanswered and unsubscribed, and no task is left behind.
+#[tokio::test]
+async fn slowloris_is_cut_at_the_head_timeout_leaving_no_task() {
+    let hub = Hub::builder().with_heartbeat(None).build();
+    let server =
+        Server::new(Endpoint::new(hub.clone())).with_head_limits(8192, Duration::from_millis(300));
+    let addr = start(server).await;
+    let baseline = tasks();
+    let drips: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut socket = TcpStream::connect(addr).await.unwrap();
+                let request = b"GET /?topic=t HTTP/1.1\r\nhost: t\r\nx-slow: ";
+                let started = tokio::time::Instant::now();
+                for byte in request.iter().chain(std::iter::repeat(&b'x')).take(400) {
+                    if socket.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let mut rest = Vec::new();
+                let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut rest)).await;
+                assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed unanswered: {rest:?}");
+                started.elapsed()
+            })
+        })
+        .collect();
+    for drip in drips {
+        let took = drip.await.unwrap();
+        // The whole drip would take 8 s; the head timeout is 0.3 s.
+        assert!(took < Duration::from_secs(5), "cut at the head timeout, not after the drip");
+    }
+    until("no task left", || tasks() == baseline).await;
+    assert_eq!(hub.subscriber_count(), 0);
+}
+
 /// A body or an odd `Transfer-Encoding` on a GET is refused with 400 before the resolver runs;
 /// the body is never read as a request.
 #[tokio::test]
