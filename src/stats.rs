@@ -145,6 +145,7 @@ impl Counters {
     }
 
     /// Records a resolver panic.
+    #[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
     pub(crate) fn resolver_panic(&self) {
         add(&self.resolver_panics, 1);
         #[cfg(feature = "metrics")]

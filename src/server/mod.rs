@@ -11,6 +11,12 @@
 //!
 //! The body of a stream is delimited by closing the connection (no chunked encoding, so no
 //! per-write framing); the response carries `connection: close`.
+//!
+//! Before a connection costs a task or a request read, two optional admission checks run in the
+//! accept loop: an accept rate limit ([`Server::with_accept_rate`], 503) and a cap on
+//! connections per client address ([`Server::with_max_connections_per_ip`], 429), both
+//! answered with `Retry-After`, so a reconnect storm or a flood from one address is turned away
+//! cheaply. A request target over 65,534 bytes is 414; a head over the limit is 431.
 
 mod admission;
 mod request;
