@@ -125,10 +125,11 @@ struct Churn {
 async fn churn(shape: Churn) -> (Figures, Figures, Duration, u64) {
     let hub = Hub::builder()
         .with_heartbeat(Some(Duration::from_millis(200)))
-        // A second of the flood topic: the stalled clients overflow it quickly, while a visit
-        // whose connection task is slow to be scheduled (2,500 clients and the server share two
-        // worker threads) has room.
-        .with_capacity(1024)
+        // The stalled clients overflow it in a quarter of a second of the flood topic, while a
+        // visit whose connection task is slow to be scheduled (2,000 clients and the server
+        // share two worker threads) has over half a second of room. Larger queues make the
+        // peak (and so the RSS the allocator keeps afterwards) grow with the wave.
+        .with_capacity(256)
         .with_slow_policy(SlowPolicy::Disconnect)
         .build();
     let endpoint = Endpoint::new(hub.clone());
