@@ -205,6 +205,10 @@ async fn churn(shape: Churn) -> (Figures, Figures, Duration, u64) {
     let start = Instant::now();
     for index in 1..=shape.rounds {
         cut += round(index).await;
+        if index % 10 == 0 {
+            // RSS along the way: a leak grows with the rounds, allocator retention plateaus.
+            println!("after round {index}: VmRSS {} KiB", Figures::take(&hub, &endpoint).rss_kib);
+        }
     }
     let took = start.elapsed();
     let after = settle(&hub, &endpoint, Some(&baseline), shape.rss_slack_kib).await;
