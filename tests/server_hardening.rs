@@ -606,6 +606,65 @@ async fn storm(clients: usize, before: u64, live: u64) {
     until("every connection closed", || endpoint.connection_count() == 0).await;
 }
 
+/// A reconnect storm against the accept rate limit: clients turned away with 503 honour
+/// `Retry-After` and come back, and in the end every client has every event after its own id
+/// exactly once, in order, whether it got in at once or after a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_storm_retries_after_and_still_gets_everything_once() {
+    const CLIENTS: usize = 300;
+    let hub = Hub::builder().with_heartbeat(None).with_history(Some(HistoryLimits::new())).build();
+    let ids: Vec<String> = (1..=100u64)
+        .map(|n| hub.publish("t", Event::new(n.to_string())).unwrap().id().unwrap().to_string())
+        .collect();
+    let endpoint = Endpoint::new(hub.clone()).with_retry_after(Duration::from_secs(1));
+    let addr = start(Server::new(endpoint.clone()).with_accept_rate(200, 100)).await;
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let from = (c % ids.len()) as u64;
+            let id = ids[from as usize].clone();
+            let refusals = refusals.clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    let header = format!("last-event-id: {id}\r\n");
+                    let mut client = Client::get(addr, "/?topic=t", &header).await;
+                    if client.status == 503 {
+                        refusals.fetch_add(1, Ordering::SeqCst);
+                        let after: u64 = client.header("retry-after").unwrap().parse().unwrap();
+                        tokio::time::sleep(Duration::from_secs(after)).await;
+                        continue;
+                    }
+                    assert_eq!(client.status, 200);
+                    let mut expected = from + 2;
+                    loop {
+                        let event = client.event().await;
+                        if event.data == "end" {
+                            return expected - 1;
+                        }
+                        assert_eq!(event.data, expected.to_string(), "client {c} after {id}");
+                        expected += 1;
+                    }
+                }
+                panic!("client {c} never got in");
+            })
+        })
+        .collect();
+    // Live events while clients come and go; the last ones only once everyone is in.
+    let mut n = 100u64;
+    while endpoint.connection_count() < CLIENTS {
+        assert!(n < 1_000, "the storm never settled");
+        n += 1;
+        hub.publish("t", Event::new(n.to_string())).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hub.publish("t", Event::new("end")).unwrap();
+    for client in clients {
+        let last = tokio::time::timeout(WAIT, client).await.expect("in time").unwrap();
+        assert_eq!(last, n, "every event up to the last one");
+    }
+    assert!(refusals.load(Ordering::SeqCst) > 0, "the limit turned some clients away");
+}
+
 /// The accept rate limit answers 503 and the per-address cap 429, both with `Retry-After`; a
 /// freed slot is usable again, and another address has its own cap.
 #[tokio::test]
