@@ -16,6 +16,15 @@ pub enum EventError {
     /// The `id` contains NUL; conforming clients ignore such an id, so it could never resume.
     #[error("event id contains NUL")]
     NulInId,
+    /// The `id` is longer than a client may send back in `Last-Event-ID` (256 bytes): a client
+    /// could never resume from it.
+    #[error("event id is {len} bytes, over the limit of {max}")]
+    IdTooLong {
+        /// Length of the id in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The encoded frame would be larger than the hub's `max_event_bytes`.
     #[error("encoded event is {size} bytes, over the limit of {max}")]
     TooLarge {

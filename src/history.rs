@@ -281,7 +281,7 @@ pub(crate) enum Parsed {
 }
 
 /// Longest `Last-Event-ID` looked at; longer ones are malformed without being scanned.
-pub(crate) const MAX_LAST_EVENT_ID: usize = 256;
+pub(crate) const MAX_LAST_EVENT_ID: usize = crate::frame::MAX_ID_BYTES;
 
 /// Parses a `Last-Event-ID` in the hub's format, canonical only (lower-case hex epoch, decimal
 /// sequence without leading zeros or signs).

@@ -75,6 +75,7 @@
 //! | `hyper` | [`hyper::serve`] and a hyper 1 service over an [`Endpoint`]; [`hyper::Body`]: one vectored write per [`Batch`] |
 //! | `server` | [`server::Server`]: the native listener, which owns each socket after the request |
 //! | `client` | [`client::EventSource`]: a reconnecting SSE client yielding parsed events |
+//! | `tracing` | logs (target `ssehub`) of streams dropped as slow or at the write deadline, refusals at accept and resolver panics |
 
 #![deny(
     missing_docs,

@@ -454,21 +454,30 @@ impl Instance {
             let _ = previous.wait_for(|gone| *gone).await;
         }
         let Instance { shared, topic, generation, start, ctx, on_stop, handle } = self;
-        // The instance runs as its own task, so a panic in it is caught by the runtime and seen
-        // here as a `JoinError` instead of unwinding through the hub.
-        let mut task = handle.spawn(start(ctx));
-        let reason = tokio::select! {
-            joined = &mut task => match joined {
-                Ok(Ok(())) => StopReason::Finished,
-                Ok(Err(error)) => StopReason::Failed(error),
-                Err(error) if error.is_panic() => StopReason::Panicked,
-                Err(_) => StopReason::Idle,
-            },
-            () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
-                task.abort();
-                // Wait until the future is dropped before anyone starts a successor.
-                let _ = (&mut task).await;
-                if shared.is_closed() { StopReason::Shutdown } else { StopReason::Idle }
+        // The producer function runs the application's code before any future exists: a panic
+        // there must end this instance like a panic in its future, not unwind this supervisor
+        // (which would leave the instance marked running, never restarted and never counted).
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start(ctx)));
+        let reason = match started {
+            Err(_) => StopReason::Panicked,
+            Ok(future) => {
+                // The instance runs as its own task, so a panic in it is caught by the runtime
+                // and seen here as a `JoinError` instead of unwinding through the hub.
+                let mut task = handle.spawn(future);
+                tokio::select! {
+                    joined = &mut task => match joined {
+                        Ok(Ok(())) => StopReason::Finished,
+                        Ok(Err(error)) => StopReason::Failed(error),
+                        Err(error) if error.is_panic() => StopReason::Panicked,
+                        Err(_) => StopReason::Idle,
+                    },
+                    () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                        task.abort();
+                        // Wait until the future is dropped before anyone starts a successor.
+                        let _ = (&mut task).await;
+                        if shared.is_closed() { StopReason::Shutdown } else { StopReason::Idle }
+                    }
+                }
             }
         };
         let _ = done.send(true);

@@ -49,6 +49,8 @@ pub struct Stats {
     pub session_hijacks: u64,
     /// Producers (or their stop callbacks) that panicked.
     pub producer_panics: u64,
+    /// Request resolvers that panicked (each such request was answered 500).
+    pub resolver_panics: u64,
 }
 
 /// The hub's counters.
@@ -70,6 +72,8 @@ pub(crate) struct Counters {
     session_hijacks: CachePadded<AtomicU64>,
     /// See [`Stats::producer_panics`].
     producer_panics: CachePadded<AtomicU64>,
+    /// See [`Stats::resolver_panics`].
+    resolver_panics: CachePadded<AtomicU64>,
 }
 
 /// What one fan-out did.
@@ -159,6 +163,14 @@ impl Counters {
         metrics::counter!("ssehub_producer_panics_total").increment(1);
     }
 
+    /// Records a resolver panic.
+    #[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
+    pub(crate) fn resolver_panic(&self) {
+        add(&self.resolver_panics, 1);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("ssehub_resolver_panics_total").increment(1);
+    }
+
     /// Reports the registry's sizes as gauges.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn sizes(&self, subscribers: usize, topics: usize) {
@@ -183,6 +195,7 @@ impl Counters {
             sessions: 0,
             session_hijacks: self.session_hijacks.load(Ordering::Relaxed),
             producer_panics: self.producer_panics.load(Ordering::Relaxed),
+            resolver_panics: self.resolver_panics.load(Ordering::Relaxed),
         }
     }
 }

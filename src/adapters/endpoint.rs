@@ -3,6 +3,8 @@
 //! subscription to stream or a short plain-text refusal. It does no fan-out.
 
 use std::fmt;
+use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -44,6 +46,7 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// | a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`, CORS on) | 204, the preflight answer |
 /// | the method is `GET` | 405 with `Allow` |
 /// | the [`Resolver`] accepts it | its [`Rejection`]: 400, 401 (with `www-authenticate: Bearer`), 403 or 404 |
+/// | the [`Resolver`] returns without panicking | 500; the panic is counted in [`Stats::resolver_panics`](crate::Stats::resolver_panics), and nothing else is affected |
 /// | at most [`with_max_topics`](Endpoint::with_max_topics) topics and patterns, each at most [`with_max_topic_len`](Endpoint::with_max_topic_len) bytes | 400 |
 /// | fewer than [`with_max_connections`](Endpoint::with_max_connections) streams open | 503 with `Retry-After` |
 /// | [`Hub::subscribe`]: [`SubscribeError::Topic`], [`TooManyTopics`](SubscribeError::TooManyTopics) | 400 |
@@ -310,6 +313,13 @@ impl<R> Endpoint<R> {
 }
 
 impl<R: Resolver> Endpoint<R> {
+    /// The `Retry-After` of a 503, in seconds (the native listener's refusals at accept use it
+    /// too).
+    #[cfg(feature = "server")]
+    pub(crate) fn retry_after(&self) -> u64 {
+        self.limits.retry_after
+    }
+
     /// The send timeout of connections serving this endpoint.
     #[cfg(feature = "hyper")]
     pub(crate) fn send_timeout(&self) -> Option<Duration> {
@@ -352,9 +362,14 @@ impl<R: Resolver> Endpoint<R> {
             response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
             return response;
         }
-        let mut subscribe = match self.resolver.resolve(request).await {
-            Ok(subscribe) => subscribe,
-            Err(rejection) => return rejected(&rejection),
+        let mut subscribe = match contained(|| self.resolver.resolve(request)).await {
+            Some(Ok(subscribe)) => subscribe,
+            Some(Err(rejection)) => return rejected(&rejection),
+            None => {
+                super::log!(error, path = request.uri.path(), "request resolver panicked");
+                self.hub.resolver_panicked();
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
         };
         if let Some(id) = last_event_id(request) {
             subscribe = subscribe.with_last_event_id(id);
@@ -603,6 +618,23 @@ impl Events {
             }
         }
     }
+}
+
+/// Runs `start` and the future it returns, `None` if either panics.
+///
+/// A resolver is the application's code, and a panic in it must fail that one request, not the
+/// connection's task (which would reset the connection without an answer) or anything shared.
+/// The closure form of [`Resolver`] runs the application's code in `start` itself, before any
+/// future exists, hence both are guarded.
+async fn contained<F: Future>(start: impl FnOnce() -> F) -> Option<F::Output> {
+    let future = catch_unwind(AssertUnwindSafe(start)).ok()?;
+    let mut future = std::pin::pin!(future);
+    poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        Ok(Poll::Ready(output)) => Poll::Ready(Some(output)),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(_) => Poll::Ready(None),
+    })
+    .await
 }
 
 /// A 200 streaming `events`, with the SSE headers.

@@ -11,3 +11,13 @@ pub mod resolve;
 mod send_timeout;
 
 pub use endpoint::{Cors, Endpoint};
+
+/// Logs through `tracing` (target `ssehub`) when the `tracing` feature is on; otherwise the
+/// arguments are not even evaluated.
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        tracing::$level!(target: "ssehub", $($arg)*);
+    }};
+}
+pub(crate) use log;

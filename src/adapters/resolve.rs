@@ -274,7 +274,7 @@ pub fn cookie(request: &Parts, name: &str) -> Option<String> {
 /// counts as absent, as a browser sends none.
 ///
 /// The value is passed on as it is, whatever its length: the hub bounds and checks it, and answers
-/// a malformed one (over 1 KiB, or with control characters) with a `reset` event. A header that is
+/// a malformed one (over 256 bytes, or with control characters) with a `reset` event. A header that is
 /// not UTF-8 is decoded with U+FFFD for the invalid bytes, so it matches no id the hub issued and
 /// is answered with a `reset` too.
 ///

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use crate::error::EventError;
 
+/// Longest event id accepted, in bytes: the longest `Last-Event-ID` the hub resumes from (see
+/// `history::MAX_LAST_EVENT_ID`), so every id it delivers can be sent back.
+pub(crate) const MAX_ID_BYTES: usize = 256;
+
 /// One server-sent event, before encoding.
 ///
 /// Built with [`Event::new`] (or [`Event::comment`]) and the `with_*` methods, then handed to
@@ -226,14 +230,18 @@ impl Event {
     ///
     /// # Errors
     ///
-    /// [`EventError::LineBreakInEvent`], [`EventError::LineBreakInId`] or
-    /// [`EventError::NulInId`].
+    /// [`EventError::LineBreakInEvent`], [`EventError::LineBreakInId`], [`EventError::NulInId`] or [`EventError::IdTooLong`] (an
+    /// id over 256 bytes, which a client could not send back to resume).
     ///
     /// # Examples
     ///
     /// ```
     /// use ssehub::{Event, EventError};
     /// assert_eq!(Event::new("x").with_id("a\nb").validate(), Err(EventError::LineBreakInId));
+    /// assert_eq!(
+    ///     Event::new("x").with_id("9".repeat(300)).validate(),
+    ///     Err(EventError::IdTooLong { len: 300, max: 256 })
+    /// );
     /// assert_eq!(Event::new("x\ny").validate(), Ok(()));
     /// ```
     pub fn validate(&self) -> Result<(), EventError> {
@@ -248,6 +256,9 @@ impl Event {
             }
             if id.contains('\0') {
                 return Err(EventError::NulInId);
+            }
+            if id.len() > MAX_ID_BYTES {
+                return Err(EventError::IdTooLong { len: id.len(), max: MAX_ID_BYTES });
             }
         }
         Ok(())

@@ -9,3 +9,4 @@ pub mod parse;
 
 pub use encode::Frame;
 pub use event::Event;
+pub(crate) use event::MAX_ID_BYTES;

@@ -544,6 +544,12 @@ impl Hub {
         self.shared.shutdown_paced(pacing).await
     }
 
+    /// Counts a request resolver that panicked (the adapters catch it and answer 500).
+    #[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
+    pub(crate) fn resolver_panicked(&self) {
+        self.shared.counters.resolver_panic();
+    }
+
     /// Whether the hub was shut down.
     ///
     /// # Examples

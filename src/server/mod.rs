@@ -11,7 +11,14 @@
 //!
 //! The body of a stream is delimited by closing the connection (no chunked encoding, so no
 //! per-write framing); the response carries `connection: close`.
+//!
+//! Before a connection costs a task or a request read, two optional admission checks run in the
+//! accept loop: an accept rate limit ([`Server::with_accept_rate`], 503) and a cap on
+//! connections per client address ([`Server::with_max_connections_per_ip`], 429), both
+//! answered with `Retry-After`, so a reconnect storm or a flood from one address is turned away
+//! cheaply. A request target over 65,534 bytes is 414; a head over the limit is 431.
 
+mod admission;
 mod request;
 mod rewind;
 
@@ -19,7 +26,7 @@ use crate::sync::PlainArc as StdArc;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use http::header::{CONNECTION, CONTENT_LENGTH};
@@ -31,6 +38,8 @@ use crate::adapters::endpoint::{Events, Reply};
 use crate::adapters::resolve::Resolver;
 use crate::adapters::Endpoint;
 use crate::batch::Batch;
+use crate::sync::Arc;
+use admission::{Bucket, IpSlot, PerIp, Rate};
 use request::{read_head, HeadError, HeadLimits};
 
 /// A type-erased fallback: serves a connection whose request the listener did not take.
@@ -86,6 +95,12 @@ struct Inner<R> {
     write_timeout: Duration,
     /// Where other paths go.
     fallback: Option<Fallback>,
+    /// The accept rate limit, if any.
+    accept_rate: Option<Rate>,
+    /// Most connections open at once from one client address, if limited.
+    max_per_ip: Option<usize>,
+    /// Connections open per client address (kept only while `max_per_ip` is set).
+    per_ip: Arc<PerIp>,
 }
 
 impl<R> Clone for Server<R> {
@@ -102,6 +117,9 @@ impl<R> fmt::Debug for Server<R> {
             .field("head", &self.inner.head)
             .field("write_timeout", &self.inner.write_timeout)
             .field("fallback", &self.inner.fallback.is_some())
+            .field("accept_rate", &self.inner.accept_rate)
+            .field("max_per_ip", &self.inner.max_per_ip)
+            .field("addresses", &self.inner.per_ip.addresses())
             .finish()
     }
 }
@@ -125,6 +143,9 @@ impl<R: Resolver> Server<R> {
                 head: HeadLimits { max_bytes: 8 * 1024, timeout: Duration::from_secs(10) },
                 write_timeout: Duration::from_secs(30),
                 fallback: None,
+                accept_rate: None,
+                max_per_ip: None,
+                per_ip: Arc::new(PerIp::default()),
             }),
         }
     }
@@ -172,6 +193,49 @@ impl<R: Resolver> Server<R> {
     #[must_use]
     pub fn with_write_timeout(self, timeout: Duration) -> Self {
         self.map(|inner| inner.write_timeout = timeout)
+    }
+
+    /// Accepts at most `per_second` connections a second on average, and at most `burst` at once
+    /// after a quiet spell (a token bucket); beyond, a connection is answered at once with 503
+    /// and the endpoint's [`Retry-After`](Endpoint::with_retry_after), without reading its
+    /// request or asking the resolver. Off by default.
+    ///
+    /// This bounds the work a reconnect storm (thousands of clients in the same second) or a
+    /// connection flood can start at once; clients that are turned away retry later. Values
+    /// below one are taken as one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // 500 new connections a second, bursts of up to 1,000.
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_accept_rate(500, 1_000);
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_accept_rate(self, per_second: u32, burst: u32) -> Self {
+        let rate =
+            Rate { per_second: f64::from(per_second.max(1)), burst: f64::from(burst.max(1)) };
+        self.map(|inner| inner.accept_rate = Some(rate))
+    }
+
+    /// At most `count` connections open at once from one client IP address (streams, requests
+    /// being read, and fallback requests alike); beyond, a connection is answered at once with
+    /// 429 and the endpoint's [`Retry-After`](Endpoint::with_retry_after). Off by default.
+    ///
+    /// Clients behind one proxy or NAT share an address: set the cap with that in mind. Values
+    /// below one are taken as one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_max_connections_per_ip(64);
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_max_connections_per_ip(self, count: usize) -> Self {
+        self.map(|inner| inner.max_per_ip = Some(count.max(1)))
     }
 
     /// Serves requests for other paths with an axum `Router` (through hyper, on the same
@@ -227,6 +291,9 @@ impl<R: Resolver> Server<R> {
                     head: shared.head,
                     write_timeout: shared.write_timeout,
                     fallback: shared.fallback.clone(),
+                    accept_rate: shared.accept_rate,
+                    max_per_ip: shared.max_per_ip,
+                    per_ip: shared.per_ip.clone(),
                 };
                 change(&mut inner);
                 Server { inner: StdArc::new(inner) }
@@ -267,16 +334,50 @@ impl<R: Resolver> Server<R> {
         signal: impl Future<Output = ()>,
     ) {
         tokio::pin!(signal);
+        let mut bucket = self.inner.accept_rate.map(Bucket::new);
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 () = &mut signal => return,
             };
             match accepted {
-                Ok((socket, _)) => {
+                Ok((socket, peer)) => {
                     // Small writes go out at once: latency matters more than packet count.
                     let _ = socket.set_nodelay(true);
-                    tokio::spawn(self.clone().connection(socket));
+                    let retry_after = self.inner.endpoint.retry_after();
+                    if bucket.as_mut().is_some_and(|bucket| !bucket.take(Instant::now())) {
+                        crate::adapters::log!(debug, %peer, "accept rate limit: refused with 503");
+                        refused("rate");
+                        tokio::spawn(admission::refuse(
+                            socket,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many new connections, retry later",
+                            retry_after,
+                        ));
+                        continue;
+                    }
+                    let slot = match self.inner.max_per_ip {
+                        None => None,
+                        Some(max) => match PerIp::take(&self.inner.per_ip, peer.ip(), max) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                crate::adapters::log!(
+                                    debug,
+                                    %peer,
+                                    "per-address cap: refused with 429"
+                                );
+                                refused("per_ip");
+                                tokio::spawn(admission::refuse(
+                                    socket,
+                                    StatusCode::TOO_MANY_REQUESTS,
+                                    "too many connections from this address, retry later",
+                                    retry_after,
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                    tokio::spawn(self.clone().connection(socket, slot));
                 }
                 // Out of file descriptors or similar: back off briefly instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -284,14 +385,29 @@ impl<R: Resolver> Server<R> {
         }
     }
 
-    /// One connection: the request, then the stream or a refusal.
-    async fn connection(self, socket: TcpStream) {
+    /// One connection: the request, then the stream or a refusal. `_slot` holds its place in
+    /// the per-address count until it ends.
+    async fn connection(self, socket: TcpStream, _slot: Option<IpSlot>) {
         // The request phase runs boxed: its state (buffers, the resolver's future, timers) is
         // freed before the stream starts, instead of sizing every idle connection's task.
         let Some((socket, head, events)) = Box::pin(self.request(socket)).await else {
             return;
         };
-        let _ = stream(socket, head, events, self.inner.write_timeout).await;
+        #[cfg(feature = "tracing")]
+        let peer = socket.peer_addr().ok();
+        let ended = stream(socket, head, events, self.inner.write_timeout).await;
+        #[cfg(feature = "tracing")]
+        match ended {
+            Ok(Ended::Slow) => {
+                crate::adapters::log!(info, ?peer, reason = "slow", "stream dropped");
+            }
+            Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                crate::adapters::log!(info, ?peer, reason = "write-deadline", "stream dropped");
+            }
+            _ => {}
+        }
+        #[cfg(not(feature = "tracing"))]
+        let _ = ended;
     }
 
     /// Reads and answers the request; for a stream, the socket, the response head to send and
@@ -349,6 +465,13 @@ impl<R: Resolver> Server<R> {
     }
 }
 
+/// Counts a connection refused at accept (`reason`: `rate` or `per_ip`).
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+fn refused(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("ssehub_connections_refused_total", "reason" => reason).increment(1);
+}
+
 /// Writes a complete response with a body and closes.
 async fn write_plain(
     socket: &mut TcpStream,
@@ -388,6 +511,17 @@ fn response_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
 /// nothing; anything more is a misbehaving or hostile peer).
 const MAX_TRAILING_INPUT: usize = 4096;
 
+/// How a stream ended, short of an I/O error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The peer closed, or sent more than an SSE client would.
+    Peer,
+    /// The hub dropped the subscriber as slow.
+    Slow,
+    /// The hub ended the subscription (shutdown, disconnect).
+    Hub,
+}
+
 /// Streams `events` to the socket until the stream ends or the peer goes away.
 ///
 /// This is the state every idle connection keeps, so it holds no buffer across an await: the
@@ -398,7 +532,7 @@ async fn stream(
     head: Vec<u8>,
     mut events: Events,
     write_timeout: Duration,
-) -> io::Result<()> {
+) -> io::Result<Ended> {
     Box::pin(tokio::time::timeout(write_timeout, socket.write_all(&head)))
         .await
         .map_err(|_| io::ErrorKind::TimedOut)??;
@@ -411,11 +545,11 @@ async fn stream(
                 ready?;
                 match socket.try_read(&mut [0u8; 64]) {
                     // The peer closed (FIN): end here; dropping `events` unsubscribes.
-                    Ok(0) => return Ok(()),
+                    Ok(0) => return Ok(Ended::Peer),
                     Ok(n) => {
                         trailing += n;
                         if trailing > MAX_TRAILING_INPUT {
-                            return Ok(());
+                            return Ok(Ended::Peer);
                         }
                         continue;
                     }
@@ -427,9 +561,9 @@ async fn stream(
         match next {
             Some(Ok(mut batch)) => write_batch(&mut socket, &mut batch, write_timeout).await?,
             // Dropped as slow: close without ceremony; its client reconnects and resumes.
-            Some(Err(_)) => return Ok(()),
+            Some(Err(_)) => return Ok(Ended::Slow),
             // Ended by the hub: a clean end of the body.
-            None => return socket.shutdown().await,
+            None => return socket.shutdown().await.map(|()| Ended::Hub),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Reading and checking one request head with `httparse`, within size and time limits.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -9,6 +10,10 @@ use tokio::net::TcpStream;
 
 /// Most headers a request may have.
 const MAX_HEADERS: usize = 64;
+
+/// Longest request target (path and query) taken: the longest `http::Uri` holds. A longer one
+/// is 414, not a 400 that would not say why.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
 
 /// The limits on a request head.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +30,7 @@ pub(crate) enum HeadError {
     /// The connection closed, failed or timed out before a complete head: nothing to answer.
     Gone,
     /// A refusal to send before closing.
-    Refuse(StatusCode, &'static str),
+    Refuse(StatusCode, Cow<'static, str>),
 }
 
 /// A parsed head and every byte read so far (the head and anything after it).
@@ -60,7 +65,7 @@ pub(crate) async fn read_head(
             if raw.len() >= limits.max_bytes {
                 return Err(HeadError::Refuse(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request head too large",
+                    format!("request head over the limit of {} bytes", limits.max_bytes).into(),
                 ));
             }
             let want = (limits.max_bytes - raw.len()).min(4096);
@@ -89,23 +94,31 @@ fn parse(raw: &[u8]) -> Result<Option<Parts>, HeadError> {
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HeadError::Refuse(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "too many headers",
+                format!("more headers than the limit of {MAX_HEADERS}").into(),
             ));
         }
-        Err(_) => return Err(HeadError::Refuse(StatusCode::BAD_REQUEST, "malformed request")),
+        Err(_) => {
+            return Err(HeadError::Refuse(StatusCode::BAD_REQUEST, "malformed request".into()))
+        }
     };
     if status.is_partial() {
         return Ok(None);
     }
-    let bad = |reason| HeadError::Refuse(StatusCode::BAD_REQUEST, reason);
+    let target = request.path.unwrap_or("/");
+    if target.len() > MAX_TARGET {
+        return Err(HeadError::Refuse(
+            StatusCode::URI_TOO_LONG,
+            format!("request target over the limit of {MAX_TARGET} bytes").into(),
+        ));
+    }
+    let bad = |reason: &'static str| HeadError::Refuse(StatusCode::BAD_REQUEST, reason.into());
     let method = Method::from_bytes(request.method.unwrap_or("").as_bytes())
         .map_err(|_| bad("bad method"))?;
     let version = match request.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut builder =
-        Request::builder().method(method).uri(request.path.unwrap_or("/")).version(version);
+    let mut builder = Request::builder().method(method).uri(target).version(version);
     for header in request.headers.iter() {
         builder = builder.header(header.name, header.value);
     }

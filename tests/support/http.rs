@@ -678,7 +678,7 @@ pub async fn last_event_id(server: Server) {
     }
 }
 
-/// A resume point over 1 KiB is passed to the hub, which answers with a `reset` event.
+/// A resume point over 256 bytes is passed to the hub, which answers with a `reset` event.
 pub async fn oversized_last_event_id_resets(server: Server) {
     let hub = quiet().with_history(Some(HistoryLimits::new())).build();
     hub.publish("t", Event::new("old")).expect("publish");
