@@ -37,7 +37,8 @@
 //!
 //! # The slow-client contract
 //!
-//! Each subscriber may fall at most `capacity` frames behind (1,024 by default;
+//! Each subscriber may fall at most `capacity` frames behind on each of its topics, and have at
+//! most `capacity` broadcasts and targeted sends waiting (1,024 by default;
 //! [`HubBuilder::with_capacity`], [`Subscribe::with_capacity`]). A publish never waits for a
 //! subscriber. When a subscriber falls further behind, its [`SlowPolicy`] decides:
 //!

@@ -418,6 +418,21 @@ impl Queue {
         true
     }
 
+    /// Whether the subscriber was dropped as slow; if not, `waker` is woken when anything
+    /// happens to the queue (a close among it).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn dropped_as_slow(&self, waker: &Waker) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner.ended == Some(EndReason::Slow) {
+            return true;
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => inner.waker = Some(waker.clone()),
+        }
+        false
+    }
+
     /// Whether the queue is closed.
     pub(crate) fn is_closed(&self) -> bool {
         lock(&self.inner).ended.is_some()

@@ -292,6 +292,17 @@ impl Subscription {
 }
 
 impl Subscription {
+    /// Ready once the hub has dropped this subscriber as slow (nothing is taken from it);
+    /// otherwise registers `cx`'s waker to hear of it.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn poll_dropped_as_slow(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.slot.queue.dropped_as_slow(cx.waker()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Takes the next batch from the subscriber's rings and queue. When nothing is ready and
     /// the caller waits, parks in every ring and looks once more: a publish between the first
     /// look and the parking would otherwise go unnoticed.
@@ -331,6 +342,13 @@ impl Subscription {
                     // Fell more than its bound behind between two scans of a publisher (the
                     // scans catch it otherwise): dropped here, as a publish would have.
                     self.shared.counters.drained(0, true);
+                    #[cfg(feature = "tracing")]
+                    tracing::info!(
+                        target: "ssehub",
+                        subscriber = self.slot.id,
+                        reason = "slow",
+                        "subscriber dropped"
+                    );
                     Shared::remove(&self.shared, self.slot.id);
                     return Err(EndReason::Slow);
                 }

@@ -3,9 +3,10 @@
 //! and shutdown, run against the hub and against a single-threaded model of it. Both must give
 //! the same deliveries (every frame, in order), the same stream endings and the same errors.
 //!
-//! What the model assumes is the documented contract only: a `Disconnect` subscriber whose queue
-//! would exceed its capacity ends with `EndReason::Slow` and receives nothing more from its
-//! queue (frames replayed at subscribe are not part of the queue), a resume replays the missed
+//! What the model assumes is the documented contract only: a `Disconnect` subscriber that would
+//! fall more than its capacity behind on one of its topics (or have more than its capacity of
+//! targeted sends waiting) ends with `EndReason::Slow` and receives nothing more (frames
+//! replayed at subscribe are not part of that bound), a resume replays the missed
 //! events of its topics, and after shutdown every stream ends after what was queued. Whether a
 //! slow subscriber is detected at publish or at its next poll cannot be observed here, since
 //! the test looks only at what a consumer receives.
@@ -48,7 +49,7 @@ struct ModelSub {
     slow: bool,
     /// Replayed at subscribe: outside the queue's bound.
     pending: VecDeque<u64>,
-    queue: VecDeque<u64>,
+    queue: VecDeque<(u64, Option<usize>)>,
     ended: Option<End>,
     /// The last event it received (its resume point).
     last_seen: Option<u64>,
@@ -73,12 +74,15 @@ impl Model {
         self.subs.get(i).is_some_and(|s| !s.gone)
     }
 
-    fn push(sub: &mut ModelSub, n: u64) {
+    /// Event `n`, of `topic` (`None` for a targeted send), reaches `sub`. The bound applies per
+    /// topic (each topic's ring) and to the subscriber's own queue of targeted sends.
+    fn push(sub: &mut ModelSub, n: u64, topic: Option<usize>) {
         if sub.gone || sub.ended.is_some() {
             return;
         }
-        sub.queue.push_back(n);
-        if sub.queue.len() > if sub.slow { SLOW } else { ROOMY } {
+        sub.queue.push_back((n, topic));
+        let waiting = sub.queue.iter().filter(|(_, t)| *t == topic).count();
+        if waiting > if sub.slow { SLOW } else { ROOMY } {
             sub.queue.clear();
             sub.ended = Some(End::Slow);
         }
@@ -157,19 +161,19 @@ impl ReferenceStateMachine for HubModel {
                 state.next += 1;
                 state.history.push((*t, n));
                 for sub in state.subs.iter_mut().filter(|s| s.topics.contains(t)) {
-                    Model::push(sub, n);
+                    Model::push(sub, n, Some(*t));
                 }
             }
             Op::SendTo(i) if !state.closed => {
                 let n = state.next;
                 state.next += 1;
-                Model::push(&mut state.subs[*i], n);
+                Model::push(&mut state.subs[*i], n, None);
             }
             Op::Publish(_) | Op::SendTo(_) => {}
             Op::Drain(i) => {
                 let sub = &mut state.subs[*i];
                 let mut got: Vec<u64> = sub.pending.drain(..).collect();
-                got.extend(sub.queue.drain(..));
+                got.extend(sub.queue.drain(..).map(|(n, _)| n));
                 if let Some(&last) = got.last() {
                     sub.last_seen = Some(last);
                 }

@@ -507,6 +507,39 @@ async fn a_peer_that_vanishes_is_removed_at_the_write_deadline() {
     assert_eq!(hub.stats().slow_disconnects, 0, "the write deadline acted, not the policy");
 }
 
+/// A reader whose window is zero while a burst is published, under `Disconnect`: its writer is
+/// blocked on the full socket, the hub drops it as slow, and the listener closes the connection
+/// at once (not at the write deadline, set to a minute here) while a reading client gets every
+/// event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_window_reader_is_dropped_as_slow_at_once_and_the_others_get_everything() {
+    let hub = Hub::builder().with_heartbeat(None).with_capacity(64).build();
+    let endpoint = Endpoint::new(hub.clone());
+    let server = Server::new(endpoint.clone()).with_write_timeout(Duration::from_secs(60));
+    let addr = start(server).await;
+    let _stuck = stalled(addr, "/?topic=t", "").await;
+    let mut reader = Client::get(addr, "/?topic=t", "").await;
+    until("both subscribed", || hub.subscriber_count() == 2).await;
+    let payload = "z".repeat(16 * 1024);
+    let started = tokio::time::Instant::now();
+    let mut published = 0u64;
+    let mut seen = 0u64;
+    while endpoint.connection_count() > 1 || hub.stats().slow_disconnects == 0 {
+        assert!(started.elapsed() < WAIT, "the stalled reader was never dropped");
+        hub.publish("t", Event::new(payload.clone()).with_id(published.to_string())).unwrap();
+        published += 1;
+        // The reading client keeps up.
+        while seen < published {
+            let event = reader.event().await;
+            assert_eq!(event.id, seen.to_string(), "the reader gets every event, in order");
+            seen += 1;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "closed by the deadline, not the policy");
+    assert_eq!(hub.stats().slow_disconnects, 1);
+    assert_eq!(hub.subscriber_count(), 1, "the reader is untouched");
+}
+
 /// Clients that disconnect mid-frame or reset (RST) during a replay burst: no panic, the replay
 /// stops, and subscriptions, connections and tasks return to their baseline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

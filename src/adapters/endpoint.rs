@@ -594,6 +594,13 @@ pub(crate) struct Events {
 }
 
 impl Events {
+    /// Ready once the hub has dropped the subscriber as slow, without taking anything from it:
+    /// for a writer blocked on a full socket, which must not drain into a buffer of its own.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn poll_dropped_as_slow(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.subscription.poll_dropped_as_slow(cx)
+    }
+
     /// A stream holding no connection slot.
     pub(crate) fn new(subscription: Subscription) -> Self {
         Events { subscription, _permit: None }

@@ -431,6 +431,8 @@ impl Shared {
         // its stream for a long time. Only on this rare path does a publish take the registry's
         // writer lock, and only after the sequencer is released.
         for id in &fan.slow_ids {
+            #[cfg(feature = "tracing")]
+            tracing::info!(target: "ssehub", subscriber = id, reason = "slow", "subscriber dropped");
             Shared::remove(this, *id);
         }
         Ok(Published {

@@ -559,7 +559,11 @@ async fn stream(
             }
         };
         match next {
-            Some(Ok(mut batch)) => write_batch(&mut socket, &mut batch, write_timeout).await?,
+            Some(Ok(mut batch)) => {
+                if !write_batch(&mut socket, &mut batch, &mut events, write_timeout).await? {
+                    return Ok(Ended::Slow);
+                }
+            }
             // Dropped as slow: close without ceremony; its client reconnects and resumes.
             Some(Err(_)) => return Ok(Ended::Slow),
             // Ended by the hub: a clean end of the body.
@@ -569,12 +573,14 @@ async fn stream(
 }
 
 /// Writes a whole batch with vectored writes (usually one); a write blocked for longer than
-/// `timeout` ends the connection.
+/// `timeout` ends the connection. Returns `false` when the hub dropped the subscriber as slow
+/// while the write was blocked: the connection ends then, not at the deadline.
 async fn write_batch(
     socket: &mut TcpStream,
     batch: &mut Batch,
+    events: &mut Events,
     timeout: Duration,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     while batch.has_remaining() {
         let written = {
             let mut slices = [IoSlice::new(&[]); 64];
@@ -587,14 +593,16 @@ async fn write_batch(
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 // Boxed: a blocked write is the rare path, and its timer would otherwise size
                 // every connection's task.
-                Box::pin(tokio::time::timeout(timeout, socket.writable()))
-                    .await
-                    .map_err(|_| io::ErrorKind::TimedOut)??;
+                let writable = Box::pin(tokio::time::timeout(timeout, socket.writable()));
+                tokio::select! {
+                    ready = writable => ready.map_err(|_| io::ErrorKind::TimedOut)??,
+                    () = poll_fn(|cx| events.poll_dropped_as_slow(cx)) => return Ok(false),
+                }
             }
             Err(error) => return Err(error),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 impl<R> Server<R> {
