@@ -16,6 +16,10 @@ pub enum EventError {
     /// The `id` contains NUL; conforming clients ignore such an id, so it could never resume.
     #[error("event id contains NUL")]
     NulInId,
+    /// The `id` contains another control character (a tab, an escape, ...): a client could not
+    /// send it back in a `Last-Event-ID` header, and a resume treats such an id as malformed.
+    #[error("event id contains a control character")]
+    ControlInId,
     /// The `id` is longer than a client may send back in `Last-Event-ID` (256 bytes): a client
     /// could never resume from it.
     #[error("event id is {len} bytes, over the limit of {max}")]

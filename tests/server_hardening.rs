@@ -436,6 +436,7 @@ fn bad_events_are_typed_errors_and_change_nothing() {
         (Event::new("x").with_event("a\r\nb"), EventError::LineBreakInEvent),
         (Event::new("x").with_id("a\nb"), EventError::LineBreakInId),
         (Event::new("x").with_id("a\0b"), EventError::NulInId),
+        (Event::new("x").with_id("a\tb\u{1b}"), EventError::ControlInId),
         (Event::new("x").with_id("9".repeat(257)), EventError::IdTooLong { len: 257, max: 256 }),
     ];
     let big = Event::new("x".repeat(2000));

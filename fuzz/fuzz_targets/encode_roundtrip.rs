@@ -47,6 +47,8 @@ fuzz_target!(|input: Input| {
         Some(EventError::LineBreakInId)
     } else if input.id.as_deref().is_some_and(|id| id.contains('\0')) {
         Some(EventError::NulInId)
+    } else if input.id.as_deref().is_some_and(|id| id.chars().any(char::is_control)) {
+        Some(EventError::ControlInId)
     } else if let Some(id) = input.id.as_deref().filter(|id| id.len() > 256) {
         Some(EventError::IdTooLong { len: id.len(), max: 256 })
     } else {

@@ -230,14 +230,16 @@ impl Event {
     ///
     /// # Errors
     ///
-    /// [`EventError::LineBreakInEvent`], [`EventError::LineBreakInId`], [`EventError::NulInId`] or [`EventError::IdTooLong`] (an
-    /// id over 256 bytes, which a client could not send back to resume).
+    /// [`EventError::LineBreakInEvent`], [`EventError::LineBreakInId`], [`EventError::NulInId`],
+    /// [`EventError::ControlInId`] or [`EventError::IdTooLong`] (an id over 256 bytes), in that
+    /// order: an id a client could not send back to resume is refused.
     ///
     /// # Examples
     ///
     /// ```
     /// use ssehub::{Event, EventError};
     /// assert_eq!(Event::new("x").with_id("a\nb").validate(), Err(EventError::LineBreakInId));
+    /// assert_eq!(Event::new("x").with_id("a\tb").validate(), Err(EventError::ControlInId));
     /// assert_eq!(
     ///     Event::new("x").with_id("9".repeat(300)).validate(),
     ///     Err(EventError::IdTooLong { len: 300, max: 256 })
@@ -256,6 +258,9 @@ impl Event {
             }
             if id.contains('\0') {
                 return Err(EventError::NulInId);
+            }
+            if id.chars().any(char::is_control) {
+                return Err(EventError::ControlInId);
             }
             if id.len() > MAX_ID_BYTES {
                 return Err(EventError::IdTooLong { len: id.len(), max: MAX_ID_BYTES });
