@@ -70,6 +70,8 @@
 //! | `hyper` | [`hyper::serve`] and a hyper 1 service over an [`Endpoint`]; [`hyper::Body`]: one vectored write per [`Batch`] |
 //! | `server` | [`server::Server`]: the native listener, which owns each socket after the request |
 //! | `client` | [`client::EventSource`]: a reconnecting SSE client yielding parsed events |
+//! | `redis` | [`backplane::Redis`]: several nodes share one Redis (pub/sub fan-out, replay history in Streams) |
+//! | `nats` | [`backplane::Nats`]: several nodes share one NATS (subjects fan-out, replay history in JetStream) |
 
 #![deny(
     missing_docs,
@@ -81,6 +83,8 @@
 
 #[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
 mod adapters;
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub mod backplane;
 mod batch;
 #[cfg(feature = "client")]
 pub mod client;

@@ -42,11 +42,16 @@ pub(crate) struct Shared {
     /// while it assigns a number, appends to history and queues the frame, so sequence order is
     /// delivery order for every subscriber; a subscription that resumes holds it while it
     /// registers and reads history, so nothing falls between replay and live events.
-    sequencer: Mutex<u64>,
+    pub(crate) sequencer: Mutex<u64>,
     /// State of the `retry:` jitter generator.
     jitter: AtomicU64,
     /// The heartbeat timer.
     pub(crate) heartbeat: Heartbeat,
+    // --- backplane hook (see src/backplane/hook.rs) ---
+    /// Set while a backplane feeds this hub: sequence numbers, ids and the epoch then come from
+    /// the broker.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) remote: crate::backplane::Remote,
 }
 
 impl Shared {
@@ -69,6 +74,8 @@ impl Shared {
             sequencer: Mutex::new(0),
             jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             heartbeat: Heartbeat::default(),
+            #[cfg(any(feature = "redis", feature = "nats"))]
+            remote: crate::backplane::Remote::default(),
         }
     }
 
@@ -161,7 +168,15 @@ impl Shared {
                 let registered =
                     this.registry.subscribe(&slot, topics, patterns, config.max_subscribers);
                 if let Ok(received) = &registered {
-                    match this.resolve(last, *sequencer, received) {
+                    // --- backplane hook: events fetched from the broker come first ---
+                    #[cfg(any(feature = "redis", feature = "nats"))]
+                    let resolved = match &request.prefix {
+                        Some(prefix) => this.resolve_prefix(prefix, *sequencer, received),
+                        None => this.resolve(last, *sequencer, received),
+                    };
+                    #[cfg(not(any(feature = "redis", feature = "nats")))]
+                    let resolved = this.resolve(last, *sequencer, received);
+                    match resolved {
                         Ok(replay) => pending.extend(replay),
                         Err(reason) => pending.push(reset_frame(reason)),
                     }
@@ -246,7 +261,8 @@ impl Shared {
             return Err(PublishError::Closed(Box::new(event)));
         }
         validate_topic(topic, this.config.max_topic_len)?;
-        let history = this.config.history;
+        // With a backplane, history holds only the broker's events (see `external_ids`).
+        let history = this.config.history.filter(|_| !this.external_ids());
         Shared::sequenced(this, event, |seq, event, frame| {
             let Some(state) = this.registry.topic_for_publish(topic, history.is_some()) else {
                 return FanOut::default();
@@ -340,8 +356,38 @@ impl Shared {
 
     /// Whether the hub assigns this event its id (history on, none given).
     fn assigns_ids_to(&self, event: &Event) -> bool {
-        self.config.history.is_some() && event.id().is_none()
+        self.config.history.is_some() && event.id().is_none() && !self.external_ids()
     }
+
+    // --- backplane hook ---
+    /// Whether sequence numbers come from a broker: local publishes then take none (they would
+    /// collide with the broker's), get no hub id and are not kept for replay.
+    #[inline]
+    pub(crate) fn external_ids(&self) -> bool {
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        return self.remote.is_attached();
+        #[cfg(not(any(feature = "redis", feature = "nats")))]
+        false
+    }
+
+    /// The epoch ids are issued in: the broker's when a backplane feeds this hub.
+    fn epoch(&self) -> u64 {
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        if self.remote.is_attached() {
+            return self.remote.epoch();
+        }
+        self.config.epoch
+    }
+
+    /// The sequence number below which this hub may have missed events: a backplane's
+    /// coverage starts where it (re)joined the broker's stream.
+    fn coverage_floor(&self) -> u64 {
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        return self.registry.floor().max(self.remote.floor());
+        #[cfg(not(any(feature = "redis", feature = "nats")))]
+        self.registry.floor()
+    }
+    // --- end of backplane hook ---
 
     /// Runs one publish through the sequencer: normalises and encodes the event (with an
     /// assigned id if the hub assigns one), then calls `deliver` with the sequence number, the
@@ -359,7 +405,8 @@ impl Shared {
         let assigned = this.assigns_ids_to(&event);
         let preencoded = if assigned { None } else { Some(event.encode_limited(max)?) };
         let mut sequencer = lock(&this.sequencer);
-        let seq = *sequencer + 1;
+        // Local events on a backplane node take no number: the broker numbers the shared ones.
+        let seq = *sequencer + u64::from(!this.external_ids());
         let frame = match preencoded {
             Some(frame) => frame,
             None => {
@@ -387,7 +434,7 @@ impl Shared {
     /// The frames a resuming subscription gets first: the events after `last` on the topics it
     /// receives, oldest first, or why that cannot be exact. Called under the sequencer, with
     /// `current` the last sequence number issued.
-    fn resolve(
+    pub(crate) fn resolve(
         &self,
         last: &str,
         current: u64,
@@ -401,7 +448,7 @@ impl Shared {
         } else {
             ResetReason::NoHistory
         };
-        let resume = match parse_id(last, self.config.epoch) {
+        let resume = match parse_id(last, self.epoch()) {
             Parsed::Ours(seq) if seq > current => return Err(ResetReason::Malformed),
             Parsed::Ours(seq) => seq,
             Parsed::OtherEpoch => return Err(ResetReason::OtherEpoch),
@@ -415,7 +462,7 @@ impl Shared {
         if self.config.history.is_none() {
             return Err(ResetReason::NoHistory);
         }
-        if resume < self.registry.floor() {
+        if resume < self.coverage_floor() {
             return Err(ResetReason::TooOld);
         }
         let max = self.config.max_replay;
@@ -479,7 +526,7 @@ impl Shared {
     }
 
     /// Updates the size gauges.
-    fn report_sizes(&self) {
+    pub(crate) fn report_sizes(&self) {
         self.counters.sizes(self.registry.subscribers().len(), self.registry.topic_count());
     }
 
@@ -494,7 +541,7 @@ impl Shared {
 
     /// Takes subscriber `id` out of the registry (once: later calls do nothing), then reports
     /// what that changed: sizes, presence, producers.
-    fn remove(this: &Arc<Self>, id: u64) {
+    pub(crate) fn remove(this: &Arc<Self>, id: u64) {
         let Some(removed) = this.registry.unsubscribe(id) else {
             return;
         };
@@ -560,7 +607,11 @@ impl Shared {
 }
 
 /// Queues `bytes` for every subscriber in `subscribers`.
-fn fan_out(subscribers: &IdMap<Arc<Slot>>, bytes: &Bytes, keys: &FrameKeys<'_>) -> FanOut {
+pub(crate) fn fan_out(
+    subscribers: &IdMap<Arc<Slot>>,
+    bytes: &Bytes,
+    keys: &FrameKeys<'_>,
+) -> FanOut {
     let mut fan = FanOut::default();
     subscribers.for_each(|slot| count(&mut fan, slot.queue.push(bytes, keys), Some(slot.id)));
     fan
@@ -615,7 +666,7 @@ pub(crate) fn json_string(s: &str) -> String {
 }
 
 /// The `reset` frame: the client must resync; no `id:` line.
-fn reset_frame(reason: ResetReason) -> Bytes {
+pub(crate) fn reset_frame(reason: ResetReason) -> Bytes {
     Bytes::from(format!("event: reset\ndata: {{\"reason\":\"{reason}\"}}\n\n"))
 }
 
