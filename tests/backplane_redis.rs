@@ -43,3 +43,8 @@ async fn broker_restart_loses_nothing_acknowledged() {
 async fn killed_node_clients_resume_elsewhere() {
     backplane::node_killed(Kind::Redis, config).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_without_its_data_resets_old_ids() {
+    backplane::broker_loses_data(Kind::Redis, config).await;
+}

@@ -201,10 +201,11 @@ impl Nats {
             storage: StorageType::File,
             ..StreamConfig::default()
         };
-        let stream = within(timeout, context.get_or_create_stream(config)).await?;
+        let stream = within(timeout, context.get_or_create_stream(config.clone())).await?;
         let client = Client(PlainArc::new(Inner {
             client,
             context,
+            stream_config: config,
             stream_name: self.stream,
             prefix: self.prefix,
             timeout,
@@ -238,6 +239,8 @@ struct Inner {
     client: async_nats::Client,
     /// JetStream on it.
     context: Context,
+    /// The stream, as made when missing (at join, and again if it vanishes).
+    stream_config: StreamConfig,
     /// The stream's name.
     stream_name: String,
     /// The subjects' prefix.
@@ -422,7 +425,13 @@ async fn run(node: PlainArc<Node>, client: Client, first: Messages) {
         }
         let joined = match messages.take() {
             Some(messages) => Ok(messages),
-            None => match client.stream().await {
+            // A stream lost with the server's storage is made again: a new epoch.
+            None => match within(
+                client.0.timeout,
+                client.0.context.get_or_create_stream(client.0.stream_config.clone()),
+            )
+            .await
+            {
                 Ok(stream) => client.join(&node, &stream).await.map(|(m, _)| m),
                 Err(error) => Err(error),
             },
@@ -445,6 +454,7 @@ async fn run(node: PlainArc<Node>, client: Client, first: Messages) {
 async fn listen(node: &Node, client: &Client, messages: &mut Messages) {
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     let mut errors = 0u32;
+    let mut missing = 0u32;
     loop {
         tokio::select! {
             message = messages.next() => match message {
@@ -475,7 +485,18 @@ async fn listen(node: &Node, client: &Client, messages: &mut Messages) {
                 if node.is_closed() {
                     return;
                 }
-                let Ok(stream) = client.stream().await else { continue };
+                let connected =
+                    client.0.client.connection_state() == async_nats::connection::State::Connected;
+                let Ok(stream) = client.stream().await else {
+                    // Connected, yet no stream: the server lost it (with its storage). Joining
+                    // again makes it anew.
+                    missing = if connected { missing + 1 } else { 0 };
+                    if missing >= 3 {
+                        return;
+                    }
+                    continue;
+                };
+                missing = 0;
                 if let Ok((epoch, upto, _)) = client.position(&stream).await {
                     node.saw(upto);
                     if epoch != node.shared.remote.epoch() || upto < node.position() {

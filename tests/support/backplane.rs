@@ -311,3 +311,48 @@ pub async fn node_killed(kind: Kind, config: Config) {
     assert!(seq(&after[0].0) > seq(&before[4].0));
     drop(broker);
 }
+
+/// The broker restarted without its data: nodes notice the new history, end their streams, and
+/// a client resuming with an old id gets an `other-epoch` reset, then live events.
+pub async fn broker_loses_data(kind: Kind, config: Config) {
+    let Some(mut broker) = Broker::start(kind) else { return };
+    let url = broker.url();
+    let a = Node::start(config(&url, "lost", 10_000), 1000).await;
+    let b = Node::start(config(&url, "lost", 10_000), 1000).await;
+    let mut client = open(&b, "topic=t", None).await;
+    eventually("subscribed", || b.hub.topic_subscriber_count("t") == 1).await;
+    for i in 1..=3 {
+        a.publish("t", &format!("old{i}")).await;
+    }
+    let old = pairs(&client.events(3).await);
+    broker.kill();
+    broker.wipe();
+    broker.restart();
+    // The new history starts when a node rejoins or a publish makes it.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let first_new = loop {
+        assert!(tokio::time::Instant::now() < deadline, "no publish succeeded after the restart");
+        if let Ok(id) = a.backplane.publish("t", Event::new("new1")).await {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let old_epoch = old[2].0.rsplit_once('-').map(|(e, _)| e.to_string());
+    assert_ne!(first_new.rsplit_once('-').map(|(e, _)| e.to_string()), old_epoch);
+    for node in [&a, &b] {
+        eventually("rejoined the new history", || {
+            let state = node.backplane.state();
+            state.connected && state.gaps >= 1
+        })
+        .await;
+    }
+    let rest = client.until_end().await;
+    assert!(rest.iter().all(|e| e.data != "old1"), "nothing old again: {rest:?}");
+    let mut resumed = open(&b, "topic=t", Some(&old[2].0)).await;
+    let reset = resumed.events(1).await;
+    assert_eq!(reset[0].event, "reset");
+    assert!(reset[0].data.contains("other-epoch"), "{:?}", reset[0]);
+    let live = a.publish("t", "new2").await;
+    let got = resumed.events(1).await;
+    assert_eq!((got[0].id.as_str(), got[0].data.as_str()), (live.as_str(), "new2"));
+}

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -153,9 +153,11 @@ impl Broker {
         }
     }
 
-    /// The data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Deletes the (stopped) broker's data, as a lost disk would.
+    pub fn wipe(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).expect("create the data directory");
     }
 }
 
