@@ -127,22 +127,25 @@ impl Shared {
 
     /// Delivers one event numbered `seq` by the broker to `topic`'s local subscribers, and
     /// keeps it in the mirror. Encoded once, with the id `{epoch:x}-{seq}`, so every node sends
-    /// the same bytes.
+    /// the same bytes. `None` (a payload this node cannot read) and an event this node refuses
+    /// still use up their number, so they do not look like a gap.
     pub(crate) fn deliver_remote(
         this: &Arc<Self>,
         topic: &str,
         seq: u64,
-        event: Event,
+        event: Option<Event>,
     ) -> Result<Delivered, DeliverError> {
-        validate_topic(topic, this.config.max_topic_len).map_err(|_| DeliverError::Topic)?;
-        let mut event = event.normalized();
-        event.validate()?;
+        let checked = match event {
+            Some(event) => validate_topic(topic, this.config.max_topic_len)
+                .map_err(|_| DeliverError::Topic)
+                .map(|()| event.normalized())
+                .and_then(|event| event.validate().map(|()| event).map_err(DeliverError::from)),
+            None => Err(DeliverError::Payload),
+        };
         let mut sequencer = lock(&this.sequencer);
         if seq <= *sequencer {
             return Ok(Delivered::Duplicate);
         }
-        event.id = Some(format_id(this.remote.epoch(), seq));
-        let frame = event.encode_limited(this.config.max_event_bytes)?;
         let gap = seq > *sequencer + 1;
         if gap {
             // Live streams cannot be told what they missed in-band without risking a
@@ -151,6 +154,9 @@ impl Shared {
             end_streams(this);
         }
         *sequencer = seq;
+        let mut event = checked?;
+        event.id = Some(format_id(this.remote.epoch(), seq));
+        let frame = event.encode_limited(this.config.max_event_bytes)?;
         let history = this.config.history;
         let fan = match this.registry.topic_for_publish(topic, history.is_some()) {
             Some(state) => {
@@ -274,4 +280,7 @@ pub(crate) enum DeliverError {
     /// The event cannot be encoded within this node's limits.
     #[error("invalid event: {0}")]
     Event(#[from] EventError),
+    /// The payload is not an event this crate published.
+    #[error("unreadable payload")]
+    Payload,
 }

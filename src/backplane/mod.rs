@@ -289,9 +289,8 @@ impl Node {
     /// Delivers one event received from the broker.
     pub(crate) fn deliver(&self, topic: &str, seq: u64, payload: &[u8]) {
         self.counters.saw(seq);
-        let delivered = codec::decode(payload)
-            .ok()
-            .and_then(|event| Shared::deliver_remote(&self.shared, topic, seq, event).ok());
+        let event = codec::decode(payload).ok();
+        let delivered = Shared::deliver_remote(&self.shared, topic, seq, event).ok();
         match delivered {
             Some(hook::Delivered::Queued(_)) => Counters::bump(&self.counters.received),
             Some(hook::Delivered::AfterGap) => {
@@ -320,7 +319,7 @@ impl Node {
     pub(crate) fn set_connected(&self, connected: bool) {
         // Relaxed: a status flag.
         let was = self.counters.connected.swap(connected, Ordering::Relaxed);
-        if was && !connected {
+        if was && !connected && !self.is_closed() {
             Counters::bump(&self.counters.reconnects);
         }
         self.counters.report(&self.shared);

@@ -166,12 +166,20 @@ impl Nats {
         let timeout = self.common.timeout;
         let common = self.common;
         let events = PlainArc::downgrade(node);
+        // Unknown (0) after a disconnect, until read again: a server may come back without
+        // its stream, and a new stream is a new epoch.
+        let epoch = PlainArc::new(AtomicU64::new(0));
+        let forget = epoch.clone();
         let reconnects = PlainArc::downgrade(node);
         let options = async_nats::ConnectOptions::new()
             .connection_timeout(timeout)
             .request_timeout(Some(timeout))
             .event_callback(move |event| {
                 let node = events.upgrade();
+                if matches!(event, async_nats::Event::Disconnected) {
+                    // Relaxed: a cache; a stale read costs one more lookup.
+                    forget.store(0, Ordering::Relaxed);
+                }
                 async move {
                     match (event, node) {
                         (async_nats::Event::Connected, Some(node)) => node.set_connected(true),
@@ -209,7 +217,7 @@ impl Nats {
             stream_name: self.stream,
             prefix: self.prefix,
             timeout,
-            epoch: AtomicU64::new(0),
+            epoch,
         }));
         let (messages, _) = client.join(node, &stream).await?;
         node.set_connected(true);
@@ -247,8 +255,8 @@ struct Inner {
     prefix: String,
     /// How long one operation may take.
     timeout: Duration,
-    /// The stream's epoch, as last read.
-    epoch: AtomicU64,
+    /// The stream's epoch, as last read (0 when it must be read again).
+    epoch: PlainArc<AtomicU64>,
 }
 
 /// An ordered consumer's messages.
@@ -315,9 +323,13 @@ impl Client {
         let ack =
             within(timeout, self.0.context.publish(self.subject(topic), payload.into())).await?;
         let ack = within(timeout, std::future::IntoFuture::into_future(ack)).await?;
-        // The epoch as last read (at join and every second): reading it per publish would
-        // double a publish's round trips.
-        Ok((self.0.epoch.load(Ordering::Relaxed), ack.sequence))
+        // The epoch as last read (at join, every second, and after a reconnect): reading it on
+        // every publish would double a publish's round trips.
+        let mut epoch = self.0.epoch.load(Ordering::Relaxed);
+        if epoch == 0 {
+            epoch = self.position(&self.stream().await?).await?.0;
+        }
+        Ok((epoch, ack.sequence))
     }
 
     /// The events after `after` on `topics` and the topics matching `patterns`, up to the
@@ -477,7 +489,8 @@ async fn listen(node: &Node, client: &Client, messages: &mut Messages) {
                     let seq = info.stream_sequence;
                     match client.topic(message.subject.as_str()) {
                         Some(topic) => node.deliver(&topic, seq, &message.payload),
-                        None => node.skip(),
+                        // Not a subject of ours: its number is used up all the same.
+                        None => node.deliver("", seq, &[]),
                     }
                 }
             },

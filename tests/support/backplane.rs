@@ -346,6 +346,14 @@ pub async fn broker_loses_data(kind: Kind, config: Config) {
         })
         .await;
     }
+    eventually("B has the new history's first event", || {
+        b.backplane.state().position >= seq(&first_new)
+    })
+    .await;
+    eventually("B has the new history's first event", || {
+        b.backplane.state().position >= seq(&first_new)
+    })
+    .await;
     let rest = client.until_end().await;
     assert!(rest.iter().all(|e| e.data != "old1"), "nothing old again: {rest:?}");
     let mut resumed = open(&b, "topic=t", Some(&old[2].0)).await;
