@@ -368,17 +368,72 @@ async fn disconnect(
 
 /// `GET /stats`.
 async fn stats_json(State(app): State<App>) -> Response {
-    let stats = stats::json(&app.hub, &app.rates, app.config.stats_top, app.market.is_some());
+    #[allow(unused_mut)]
+    let mut stats = stats::json(&app.hub, &app.rates, app.config.stats_top, app.market.is_some());
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    if let (Publisher::Shared(node), Some(object)) = (&app.publisher, stats.as_object_mut()) {
+        let state = node.state();
+        let backplane = serde_json::json!({
+            "connected": state.connected,
+            "reconnects": state.reconnects,
+            "position": state.position,
+            "broker_position": state.broker_position,
+            "lag": state.lag,
+            "published": state.published,
+            "publish_errors": state.publish_errors,
+            "received": state.received,
+            "skipped": state.skipped,
+            "gaps": state.gaps,
+            "fetches": state.fetches,
+        });
+        object.insert("backplane".to_string(), backplane);
+    }
     json(StatusCode::OK, &stats)
 }
 
 /// `GET /metrics`.
 async fn metrics(State(app): State<App>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        stats::prometheus(&app.hub, &app.rates, app.config.stats_top),
-    )
-        .into_response()
+    #[allow(unused_mut)]
+    let mut text = stats::prometheus(&app.hub, &app.rates, app.config.stats_top);
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    if let Publisher::Shared(node) = &app.publisher {
+        let state = node.state();
+        for (name, kind, help, value) in [
+            (
+                "ssehub_backplane_connected",
+                "gauge",
+                "1 while the broker subscription is up.",
+                u64::from(state.connected),
+            ),
+            (
+                "ssehub_backplane_lag",
+                "gauge",
+                "Events the broker has that this node has not delivered.",
+                state.lag,
+            ),
+            (
+                "ssehub_backplane_reconnects_total",
+                "counter",
+                "Broker subscriptions lost and made again.",
+                state.reconnects,
+            ),
+            (
+                "ssehub_backplane_gaps_total",
+                "counter",
+                "Times events were missed and streams ended to resume.",
+                state.gaps,
+            ),
+            (
+                "ssehub_backplane_publish_errors_total",
+                "counter",
+                "Publishes the broker did not acknowledge.",
+                state.publish_errors,
+            ),
+        ] {
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// `GET /demo/market`: every symbol with its recent prices, so the page starts full.
