@@ -48,3 +48,13 @@ async fn killed_node_clients_resume_elsewhere() {
 async fn broker_without_its_data_resets_old_ids() {
     backplane::broker_loses_data(Kind::Nats, config).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_without_a_broker() {
+    backplane::refusals(Kind::Nats, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_backplane_per_hub() {
+    backplane::one_backplane_per_hub(Kind::Nats, config).await;
+}

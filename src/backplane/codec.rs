@@ -155,6 +155,28 @@ mod tests {
         assert_eq!(decode(&encode(&Event::default())), Ok(Event::default()));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_event_round_trips(
+            data in proptest::option::of(".*"),
+            name in proptest::option::of(".*"),
+            key in proptest::option::of(".*"),
+            retry in proptest::option::of(proptest::num::u64::ANY),
+            comments in proptest::collection::vec(".*", 0..4),
+        ) {
+            let event = Event { data, event: name, id: None, retry, comments, key };
+            proptest::prop_assert_eq!(decode(&encode(&event)), Ok(event));
+        }
+
+        #[test]
+        fn any_bytes_decode_without_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = decode(&bytes);
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = decode(&framed);
+        }
+    }
+
     #[test]
     fn refuses_what_it_did_not_write() {
         let good = encode(&Event::new("x").with_event("e"));

@@ -731,6 +731,12 @@ async fn subscribe_on(
     if node.position() < after {
         return hub.subscribe(request);
     }
+    // What the hub would refuse is refused by it, before any broker round trip.
+    let count = request.topics.len() + request.patterns.len();
+    let valid = |t: &String| validate_topic(t, shared.config.max_topic_len).is_ok();
+    if count > shared.config.max_topics_per_subscription || !request.topics.iter().all(valid) {
+        return hub.subscribe(request);
+    }
     let mut patterns = Vec::with_capacity(request.patterns.len());
     for source in &request.patterns {
         match Pattern::with_max_len(source, shared.config.max_topic_len) {

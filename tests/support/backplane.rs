@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use ssehub::backplane::{Backplane, BrokerConfig};
+use ssehub::backplane::{Backplane, BackplaneError, BrokerConfig};
 use ssehub::client::{ClientEvent, EventSource};
 use ssehub::parse::ParsedEvent;
 use ssehub::{Endpoint, Event, HistoryLimits, Hub, Subscribe};
@@ -363,4 +363,40 @@ pub async fn broker_loses_data(kind: Kind, config: Config) {
     let live = a.publish("t", "new2").await;
     let got = resumed.events(1).await;
     assert_eq!((got[0].id.as_str(), got[0].data.as_str()), (live.as_str(), "new2"));
+}
+
+/// Refusals that need no broker: a hub without history, an unreachable broker (promptly, and
+/// leaving the hub as it was).
+pub async fn refusals(kind: Kind, config: Config) {
+    let scheme = match kind {
+        Kind::Redis => "redis",
+        Kind::Nats => "nats",
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("a port")
+        .port();
+    let url = format!("{scheme}://127.0.0.1:{port}");
+    let refused = Backplane::connect(&Hub::new(), config(&url, "x", 10)).await;
+    assert!(matches!(refused, Err(BackplaneError::NoHistory)), "{refused:?}");
+    let hub = Hub::builder().with_history(Some(HistoryLimits::new())).build();
+    let started = std::time::Instant::now();
+    let refused = Backplane::connect(&hub, config(&url, "x", 10)).await;
+    assert!(
+        matches!(refused, Err(BackplaneError::Unavailable(_) | BackplaneError::Timeout(_))),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < TIMEOUT);
+    let published = hub.publish("t", Event::new("still a hub of its own")).expect("publish");
+    assert!(published.id().is_some(), "the hub numbers its own events again");
+}
+
+/// A hub joins one backplane at most.
+pub async fn one_backplane_per_hub(kind: Kind, config: Config) {
+    let Some(broker) = Broker::start(kind) else { return };
+    let node = Node::start(config(&broker.url(), "once", 10), 10).await;
+    let again = Backplane::connect(&node.hub, config(&broker.url(), "once", 10)).await;
+    assert!(matches!(again, Err(BackplaneError::AlreadyAttached)), "{again:?}");
+    node.publish("t", "still joined").await;
 }
