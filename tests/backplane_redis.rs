@@ -58,3 +58,63 @@ async fn refusals_without_a_broker() {
 async fn one_backplane_per_hub() {
     backplane::one_backplane_per_hub(Kind::Redis, config).await;
 }
+
+/// A node's subscription lost while others publish (Redis drops it, as it drops a subscriber
+/// over its output buffer limit): the node notices the gap when it rejoins, ends its streams,
+/// and its clients resume from Redis's history with every event exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_subscription_gap_is_replayed() {
+    use futures_util::StreamExt;
+    use ssehub::client::{ClientEvent, EventSource};
+
+    let Some(broker) = brokers::Broker::start(Kind::Redis) else { return };
+    let url = broker.url();
+    let a = backplane::Node::start(config(&url, "gap", 10_000), 1000).await;
+    let b = backplane::Node::start(config(&url, "gap", 10_000), 1000).await;
+    let source = EventSource::new(&format!("http://{}/events?topic=t", b.addr))
+        .expect("a url")
+        .with_backoff(ssehub::client::Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+            0.2,
+        ));
+    let mut events = source.connect().expect("connect");
+    http::eventually("subscribed", || b.hub.topic_subscriber_count("t") == 1).await;
+    let mut published = Vec::new();
+    for i in 0..10 {
+        published.push(a.publish("t", &format!("g{i}")).await);
+    }
+    let client = ::redis::Client::open(url.as_str()).expect("a client");
+    let mut admin = client.get_multiplexed_async_connection().await.expect("connect");
+    let killed: i64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .expect("client kill");
+    assert_eq!(killed, 2, "both nodes' subscriptions");
+    // Publish through the reconnect pause until B has noticed a gap (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut i = 10;
+    while b.backplane.state().gaps == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "B never noticed the gap");
+        published.push(a.publish("t", &format!("g{i}")).await);
+        i += 1;
+    }
+    for _ in 0..5 {
+        published.push(a.publish("t", &format!("g{i}")).await);
+        i += 1;
+    }
+    let mut got = Vec::new();
+    while got.len() < published.len() {
+        let next = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
+        match next {
+            Ok(Some(Ok(ClientEvent::Message(event)))) => got.push(event.id),
+            Ok(Some(_)) => {}
+            _ => panic!("stream stalled after {} of {} events", got.len(), published.len()),
+        }
+    }
+    assert_eq!(got, published, "every event exactly once, in order");
+    assert!(b.backplane.state().reconnects >= 1);
+}
