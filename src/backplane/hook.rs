@@ -1,9 +1,14 @@
 //! The engine side of a backplane: how events numbered by a broker enter a hub.
 //!
 //! Everything here runs under the hub's sequencer, like a local publish, so the hub's replay
-//! and live-delivery guarantees hold unchanged: the broker's sequence number takes the place of
-//! the one the hub would have assigned. This is the only code that reaches into the hub's
-//! internals; the brokers (`redis.rs`, `nats.rs`) use it and the public API only.
+//! and live-delivery guarantees hold unchanged: the broker's sequence number (plus an offset)
+//! takes the place of the one the hub would have assigned. This is the only code that reaches
+//! into the hub's internals; the brokers (`redis.rs`, `nats.rs`) use it and the public API only.
+//!
+//! The hub's own sequence numbers only ever grow, as its rings and cursors assume; a broker's
+//! restart at 1 (a new epoch) must not take them back. So the hub numbers a broker event
+//! `broker + offset`, the offset chosen when the hub joins an epoch so that the numbers go on
+//! from where they were; ids on the wire carry the broker's number.
 
 use std::time::Instant;
 
@@ -25,9 +30,11 @@ pub(crate) struct Remote {
     attached: AtomicBool,
     /// The broker's epoch, part of every id.
     epoch: AtomicU64,
-    /// The sequence number this hub's coverage of the broker's stream starts after: a resume
-    /// point below it must be fetched from the broker.
+    /// The (hub) sequence number this hub's coverage of the broker's stream starts after: a
+    /// resume point below it must be fetched from the broker.
     floor: AtomicU64,
+    /// Hub sequence number minus broker sequence number, in the current epoch.
+    offset: AtomicU64,
     /// Set while a backplane is joining or joined.
     pub(super) claimed: AtomicBool,
     /// The backplane, for the adapters' resumes.
@@ -53,14 +60,22 @@ impl Remote {
         // Relaxed: changed only under the sequencer, and read under it by `resolve`.
         self.floor.load(Ordering::Relaxed)
     }
+
+    /// The hub's sequence number for the broker's `seq` in the current epoch.
+    pub(crate) fn to_local(&self, seq: u64) -> u64 {
+        // Relaxed: changed only under the sequencer; readers outside it (a resume being
+        // prepared) are checked again under it, against the epoch.
+        seq.saturating_add(self.offset.load(Ordering::Relaxed))
+    }
 }
 
-/// Events a backplane fetched from the broker for a resuming subscription.
+/// Events a backplane fetched from the broker for a resuming subscription, numbered as the
+/// hub numbers them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Prefix {
-    /// `(sequence, frame)`, oldest first, all after the client's id and at most `upto`.
+    /// `(hub sequence, frame)`, oldest first, all after the client's id and at most `upto`.
     pub(crate) frames: Vec<(u64, Bytes)>,
-    /// The broker's last sequence number when fetched: the local mirror continues after it.
+    /// The broker's last event when fetched (as a hub number): the mirror continues after it.
     pub(crate) upto: u64,
     /// Why the fetch could not be exact, if it could not.
     pub(crate) reset: Option<ResetReason>,
@@ -91,32 +106,36 @@ pub(crate) enum Rebased {
 }
 
 impl Shared {
-    /// (Re)joins the broker's stream at `upto` in `epoch`. Under the sequencer: a resume after
-    /// this either sees the hub's state before or after, never half of it.
+    /// (Re)joins the broker's stream at `upto` (a broker number) in `epoch`. Under the
+    /// sequencer: a resume after this either sees the hub's state before or after, never half
+    /// of it.
     pub(crate) fn rebase_remote(this: &Arc<Self>, epoch: u64, upto: u64) -> Rebased {
         let mut sequencer = lock(&this.sequencer);
         let first = !this.remote.is_attached();
         let rebased = if first || epoch != this.remote.epoch() {
-            // Numbers restart or mean other events: nothing kept here may be replayed.
+            // Numbers restart or mean other events: nothing kept here may be replayed, and the
+            // hub's numbers go on from where they were.
             for (name, _) in this.registry.topic_counts() {
                 if let Some(state) = this.registry.topic(&name) {
                     *lock(&state.history) = History::default();
                 }
             }
-            *sequencer = upto;
+            let offset = sequencer.saturating_sub(upto);
+            this.remote.offset.store(offset, Ordering::Relaxed);
+            *sequencer = upto.saturating_add(offset);
             if first {
                 Rebased::Continuous
             } else {
                 Rebased::NewEpoch
             }
-        } else if upto > *sequencer {
-            *sequencer = upto;
+        } else if this.remote.to_local(upto) > *sequencer {
+            *sequencer = this.remote.to_local(upto);
             Rebased::Gap
         } else {
             return Rebased::Continuous;
         };
         this.remote.epoch.store(epoch, Ordering::Relaxed);
-        this.remote.floor.store(upto, Ordering::Relaxed);
+        this.remote.floor.store(*sequencer, Ordering::Relaxed);
         this.remote.attached.store(true, Ordering::Release);
         if rebased != Rebased::Continuous {
             end_streams(this);
@@ -143,6 +162,7 @@ impl Shared {
             None => Err(DeliverError::Payload),
         };
         let mut sequencer = lock(&this.sequencer);
+        let (id, seq) = (seq, this.remote.to_local(seq));
         if seq <= *sequencer {
             return Ok(Delivered::Duplicate);
         }
@@ -155,7 +175,7 @@ impl Shared {
         }
         *sequencer = seq;
         let mut event = checked?;
-        event.id = Some(format_id(this.remote.epoch(), seq));
+        event.id = Some(format_id(this.remote.epoch(), id));
         let frame = event.encode_limited(this.config.max_event_bytes)?;
         let history = this.config.history;
         let fan = match this.registry.topic_for_publish(topic, history.is_some()) {
@@ -222,12 +242,14 @@ impl Shared {
         Ok(missed.into_iter().map(|(_, frame)| frame).collect())
     }
 
-    /// The last sequence number this hub delivered.
+    /// The broker's number of the last event this hub delivered.
     pub(crate) fn remote_position(&self) -> u64 {
-        *lock(&self.sequencer)
+        let sequencer = lock(&self.sequencer);
+        sequencer.saturating_sub(self.remote.offset.load(Ordering::Relaxed))
     }
 
-    /// Whether this hub's mirror alone can resume `topics` and `patterns` after `seq` exactly.
+    /// Whether this hub's mirror alone can resume `topics` and `patterns` after `seq` (a hub
+    /// number) exactly.
     pub(crate) fn mirror_covers(&self, seq: u64, topics: &[String], patterns: &[Pattern]) -> bool {
         if seq < self.registry.floor().max(self.remote.floor()) {
             return false;
@@ -248,8 +270,8 @@ impl Shared {
             .any(|s| evicted_past(&s))
     }
 
-    /// Encodes a broker event exactly as [`Shared::deliver_remote`] does, for a replay
-    /// fetched from the broker.
+    /// Encodes a broker event (`seq` is the broker's number) exactly as
+    /// [`Shared::deliver_remote`] does, for a replay fetched from the broker.
     pub(crate) fn encode_remote(
         &self,
         epoch: u64,

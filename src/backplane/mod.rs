@@ -331,7 +331,7 @@ impl Node {
         self.counters.report(&self.shared);
     }
 
-    /// The last sequence number delivered here.
+    /// The broker's number of the last event delivered here.
     pub(crate) fn position(&self) -> u64 {
         self.shared.remote_position()
     }
@@ -745,7 +745,7 @@ async fn subscribe_on(
             Err(_) => return hub.subscribe(request),
         }
     }
-    if shared.mirror_covers(after, &request.topics, &patterns) {
+    if shared.mirror_covers(shared.remote.to_local(after), &request.topics, &patterns) {
         return hub.subscribe(request);
     }
     Counters::bump(&node.counters.fetches);
@@ -761,7 +761,8 @@ async fn subscribe_on(
     .await
     .unwrap_or(Err(BackplaneError::Timeout(node.common.timeout)))
     .map_err(|_| SubscribeError::Unavailable)?;
-    let mut prefix = Prefix { frames: Vec::new(), upto: fetched.upto, reset: fetched.reset };
+    let upto = shared.remote.to_local(fetched.upto);
+    let mut prefix = Prefix { frames: Vec::new(), upto, reset: fetched.reset };
     if fetched.epoch != epoch {
         prefix.reset = Some(ResetReason::OtherEpoch);
     } else if fetched.events.len() > max {
@@ -770,7 +771,7 @@ async fn subscribe_on(
         for (seq, event) in fetched.events {
             // An event this node cannot deliver is skipped here as it is live.
             if let Ok(frame) = shared.encode_remote(epoch, seq, event) {
-                prefix.frames.push((seq, frame));
+                prefix.frames.push((shared.remote.to_local(seq), frame));
             }
         }
     }

@@ -379,6 +379,16 @@ impl Shared {
         self.config.epoch
     }
 
+    /// The hub's sequence number for the one in an id it issued (a broker's number is offset
+    /// so the hub's numbers only grow).
+    fn local_seq(&self, seq: u64) -> u64 {
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        if self.remote.is_attached() {
+            return self.remote.to_local(seq);
+        }
+        seq
+    }
+
     /// The sequence number below which this hub may have missed events: a backplane's
     /// coverage starts where it (re)joined the broker's stream.
     fn coverage_floor(&self) -> u64 {
@@ -434,7 +444,7 @@ impl Shared {
     /// The frames a resuming subscription gets first: the events after `last` on the topics it
     /// receives, oldest first, or why that cannot be exact. Called under the sequencer, with
     /// `current` the last sequence number issued.
-    pub(crate) fn resolve(
+    fn resolve(
         &self,
         last: &str,
         current: u64,
@@ -449,8 +459,10 @@ impl Shared {
             ResetReason::NoHistory
         };
         let resume = match parse_id(last, self.epoch()) {
-            Parsed::Ours(seq) if seq > current => return Err(ResetReason::Malformed),
-            Parsed::Ours(seq) => seq,
+            Parsed::Ours(seq) if self.local_seq(seq) > current => {
+                return Err(ResetReason::Malformed)
+            }
+            Parsed::Ours(seq) => self.local_seq(seq),
             Parsed::OtherEpoch => return Err(ResetReason::OtherEpoch),
             Parsed::Foreign => {
                 topics.iter().filter_map(|t| lock(&t.history).find(last)).max().ok_or(unknown)?
@@ -526,7 +538,7 @@ impl Shared {
     }
 
     /// Updates the size gauges.
-    pub(crate) fn report_sizes(&self) {
+    fn report_sizes(&self) {
         self.counters.sizes(self.registry.subscribers().len(), self.registry.topic_count());
     }
 
@@ -666,7 +678,7 @@ pub(crate) fn json_string(s: &str) -> String {
 }
 
 /// The `reset` frame: the client must resync; no `id:` line.
-pub(crate) fn reset_frame(reason: ResetReason) -> Bytes {
+fn reset_frame(reason: ResetReason) -> Bytes {
     Bytes::from(format!("event: reset\ndata: {{\"reason\":\"{reason}\"}}\n\n"))
 }
 
