@@ -117,21 +117,23 @@ async fn join(hub: &Hub, config: &Config) -> Result<Publisher, Box<dyn std::erro
         config::Broker::Redis(url) => {
             let redis = ssehub::backplane::Redis::new(url).with_max_len(config.history);
             let node = ssehub::backplane::Backplane::connect(hub, redis).await?;
-            println!("backplane: joined Redis at {url}");
+            println!("backplane: joined Redis");
             Ok(Publisher::Shared(node))
         }
         #[cfg(feature = "nats")]
         config::Broker::Nats(url) => {
-            let node = ssehub::backplane::Backplane::connect(hub, ssehub::backplane::Nats::new(url))
-                .await?;
-            println!("backplane: joined NATS at {url}");
+            let node =
+                ssehub::backplane::Backplane::connect(hub, ssehub::backplane::Nats::new(url))
+                    .await?;
+            println!("backplane: joined NATS");
             Ok(Publisher::Shared(node))
         }
         #[allow(unreachable_patterns)]
-        other => Err(format!(
-            "{other:?} needs the example built with its feature: --features redis or --features nats"
-        )
-        .into()),
+        // The URL is not echoed: it may hold a password.
+        _ => Err(
+            "--redis and --nats need the example built with --features redis or --features nats"
+                .into(),
+        ),
     }
 }
 

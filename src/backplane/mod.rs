@@ -823,6 +823,16 @@ impl fmt::Debug for WeakBackplane {
     }
 }
 
+/// `url` with any credentials (`user:password@`) hidden, for `Debug`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// A fresh random epoch for a broker that has none.
 #[cfg(feature = "redis")]
 pub(crate) fn fresh_epoch() -> u64 {
@@ -834,4 +844,17 @@ pub(crate) fn fresh_epoch() -> u64 {
     }
     // Kept below 2^53 so brokers that hold numbers as doubles (Lua) keep it exact.
     u64::from_le_bytes(bytes) >> 11
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn debug_hides_credentials() {
+        assert_eq!(redact("redis://:s3cret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("nats://user:pw@host:4222"), "nats://***@host:4222");
+        assert_eq!(redact("redis://host:6379/a@b"), "redis://host:6379/a@b");
+        assert_eq!(redact("no scheme"), "no scheme");
+    }
 }

@@ -44,7 +44,7 @@ const MAX_SCAN: u64 = 100_000;
 ///     .with_max_age(Some(Duration::from_secs(3600)));
 /// # drop(nats);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct Nats {
     /// `nats://host:port`.
@@ -59,6 +59,19 @@ pub struct Nats {
     max_age: Option<Duration>,
     /// Timeouts and backoff.
     common: Common,
+}
+
+impl std::fmt::Debug for Nats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nats")
+            .field("url", &super::redact(&self.url))
+            .field("stream", &self.stream)
+            .field("prefix", &self.prefix)
+            .field("max_events", &self.max_events)
+            .field("max_age", &self.max_age)
+            .field("common", &self.common)
+            .finish()
+    }
 }
 
 impl Nats {

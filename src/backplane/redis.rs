@@ -106,7 +106,7 @@ const MAX_FETCH_TOPICS: usize = 4096;
 ///     .with_timeout(Duration::from_secs(2));
 /// # drop(redis);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct Redis {
     /// `redis://host:port/db`.
@@ -117,6 +117,17 @@ pub struct Redis {
     max_len: usize,
     /// Timeouts and backoff.
     common: Common,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &super::redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("max_len", &self.max_len)
+            .field("common", &self.common)
+            .finish()
+    }
 }
 
 impl Redis {
