@@ -50,6 +50,11 @@ async fn broker_without_its_data_resets_old_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_while_the_broker_is_down_is_503() {
+    backplane::resume_needs_the_broker(Kind::Nats, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_without_a_broker() {
     backplane::refusals(Kind::Nats, config).await;
 }

@@ -412,3 +412,40 @@ pub async fn one_backplane_per_hub(kind: Kind, config: Config) {
     assert!(matches!(again, Err(BackplaneError::AlreadyAttached)), "{again:?}");
     node.publish("t", "still joined").await;
 }
+
+/// A resume that needs the broker's history while the broker is down is refused with 503 (the
+/// client retries), never served with a gap; once the broker is back it resumes exactly.
+pub async fn resume_needs_the_broker(kind: Kind, config: Config) {
+    let Some(mut broker) = Broker::start(kind) else { return };
+    let url = broker.url();
+    let a = Node::start(config(&url, "down", 10_000), 1000).await;
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        ids.push(a.publish("t", &format!("d{i}")).await);
+    }
+    // C joined after the events: its mirror does not reach back to them.
+    let c = Node::start(config(&url, "down", 10_000), 1000).await;
+    broker.kill();
+    let mut refused =
+        request(c.addr, "GET", "/events?topic=t", &[("last-event-id", &ids[1])]).await;
+    let status = refused.status;
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(status, 503, "{}", refused.text().await);
+    broker.restart();
+    eventually("C rejoined", || c.backplane.state().connected).await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut resumed = loop {
+        let client = request(c.addr, "GET", "/events?topic=t", &[("last-event-id", &ids[1])]).await;
+        if client.status == 200 {
+            break client;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {} after the restart",
+            client.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let replayed = pairs(&resumed.events(3).await);
+    assert_eq!(replayed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids[2..].to_vec());
+}
