@@ -13,6 +13,10 @@
 //! | `GET /stats`, `GET /metrics` | JSON stats, Prometheus text |
 //! | `GET /` | the live demo page; `GET /demo/market` is its snapshot (`404` without `--demo`) |
 //!
+//! Several nodes behind a load balancer share one broker with `--redis redis://HOST:PORT` or
+//! `--nats nats://HOST:PORT` (build with `--features redis` or `--features nats`): publishes go
+//! through the broker to every node, and a client resumes on any node (see `docs/scaling.md`).
+//!
 //! One port: `/events` is served by ssehub's native listener (`ssehub::server`), which owns each
 //! stream's socket after the request and writes every batch with one vectored write; every other
 //! route is an axum router the listener hands the connection to.
@@ -48,11 +52,98 @@ use crate::stats::Rates;
 /// How long shutdown may take once signalled before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Where publishes go: this hub, or every node through the broker.
+#[derive(Debug, Clone)]
+pub enum Publisher {
+    /// This node only.
+    Local(Hub),
+    /// Every node, through the backplane.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    Shared(ssehub::backplane::Backplane),
+}
+
+/// Why a publish was refused: a client's mistake, or the server's state.
+#[derive(Debug)]
+pub enum Refused {
+    /// The request was wrong.
+    Invalid(String),
+    /// The hub is shutting down or the broker is away.
+    Unavailable(String),
+}
+
+impl Publisher {
+    /// Publishes; returns the id and, on a single node, the receivers.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        event: Event,
+    ) -> Result<(Option<String>, Option<usize>), Refused> {
+        match self {
+            Publisher::Local(hub) => match hub.publish(topic, event) {
+                Ok(published) => {
+                    Ok((published.id().map(str::to_string), Some(published.receivers())))
+                }
+                Err(PublishError::Closed(_)) => {
+                    Err(Refused::Unavailable("the hub is shutting down".into()))
+                }
+                Err(e) => Err(Refused::Invalid(e.to_string())),
+            },
+            #[cfg(any(feature = "redis", feature = "nats"))]
+            Publisher::Shared(backplane) => {
+                use ssehub::backplane::BackplaneError;
+                match backplane.publish(topic, event).await {
+                    // Receivers are counted on each node as the event arrives, not here.
+                    Ok(id) => Ok((Some(id), None)),
+                    Err(e @ (BackplaneError::Topic(_) | BackplaneError::Event(_))) => {
+                        Err(Refused::Invalid(e.to_string()))
+                    }
+                    Err(e) => Err(Refused::Unavailable(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// Joins the broker given on the command line, if any.
+async fn join(hub: &Hub, config: &Config) -> Result<Publisher, Box<dyn std::error::Error>> {
+    let Some(broker) = &config.broker else {
+        return Ok(Publisher::Local(hub.clone()));
+    };
+    if config.history == 0 {
+        return Err("a node needs replay history to mirror the broker's: --history above 0".into());
+    }
+    match broker {
+        #[cfg(feature = "redis")]
+        config::Broker::Redis(url) => {
+            let redis = ssehub::backplane::Redis::new(url).with_max_len(config.history);
+            let node = ssehub::backplane::Backplane::connect(hub, redis).await?;
+            println!("backplane: joined Redis");
+            Ok(Publisher::Shared(node))
+        }
+        #[cfg(feature = "nats")]
+        config::Broker::Nats(url) => {
+            let node =
+                ssehub::backplane::Backplane::connect(hub, ssehub::backplane::Nats::new(url))
+                    .await?;
+            println!("backplane: joined NATS");
+            Ok(Publisher::Shared(node))
+        }
+        #[allow(unreachable_patterns)]
+        // The URL is not echoed: it may hold a password.
+        _ => Err(
+            "--redis and --nats need the example built with --features redis or --features nats"
+                .into(),
+        ),
+    }
+}
+
 /// What every handler shares.
 #[derive(Debug, Clone)]
 struct App {
     /// The engine.
     hub: Hub,
+    /// Where publishes go.
+    publisher: Publisher,
     /// Settings.
     config: Arc<Config>,
     /// Counter samples for the rates in the stats.
@@ -113,13 +204,14 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     let hub = build_hub(&config);
+    let publisher = join(&hub, &config).await?;
     let market = config.demo.then(|| Arc::new(Mutex::new(Market::new())));
     if let Some(market) = &market {
-        tokio::spawn(market::run(hub.clone(), market.clone(), config.demo_rate));
+        tokio::spawn(market::run(publisher.clone(), hub.clone(), market.clone(), config.demo_rate));
     }
     let rates = Arc::new(Rates::new());
     tokio::spawn(sample(hub.clone(), rates.clone()));
-    let app = App { hub: hub.clone(), config: Arc::new(config), rates, market };
+    let app = App { hub: hub.clone(), publisher, config: Arc::new(config), rates, market };
     // At shutdown the streams end 500 at a time, 100 ms apart, each told to come back after
     // the base retry plus its own random extra: a restart does not bring every client back in
     // the same second.
@@ -249,15 +341,12 @@ async fn publish(
     if let Some(ms) = body.retry {
         event = event.with_retry(Duration::from_millis(ms));
     }
-    match app.hub.publish(&topic, event) {
-        Ok(published) => Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({ "id": published.id(), "receivers": published.receivers() }),
-        )),
-        Err(PublishError::Closed(_)) => {
-            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
+    match app.publisher.publish(&topic, event).await {
+        Ok((id, receivers)) => {
+            Ok(json(StatusCode::OK, &serde_json::json!({ "id": id, "receivers": receivers })))
         }
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+        Err(Refused::Unavailable(reason)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, reason)),
+        Err(Refused::Invalid(reason)) => Err(error(StatusCode::BAD_REQUEST, reason)),
     }
 }
 
@@ -281,17 +370,72 @@ async fn disconnect(
 
 /// `GET /stats`.
 async fn stats_json(State(app): State<App>) -> Response {
-    let stats = stats::json(&app.hub, &app.rates, app.config.stats_top, app.market.is_some());
+    #[allow(unused_mut)]
+    let mut stats = stats::json(&app.hub, &app.rates, app.config.stats_top, app.market.is_some());
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    if let (Publisher::Shared(node), Some(object)) = (&app.publisher, stats.as_object_mut()) {
+        let state = node.state();
+        let backplane = serde_json::json!({
+            "connected": state.connected,
+            "reconnects": state.reconnects,
+            "position": state.position,
+            "broker_position": state.broker_position,
+            "lag": state.lag,
+            "published": state.published,
+            "publish_errors": state.publish_errors,
+            "received": state.received,
+            "skipped": state.skipped,
+            "gaps": state.gaps,
+            "fetches": state.fetches,
+        });
+        object.insert("backplane".to_string(), backplane);
+    }
     json(StatusCode::OK, &stats)
 }
 
 /// `GET /metrics`.
 async fn metrics(State(app): State<App>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        stats::prometheus(&app.hub, &app.rates, app.config.stats_top),
-    )
-        .into_response()
+    #[allow(unused_mut)]
+    let mut text = stats::prometheus(&app.hub, &app.rates, app.config.stats_top);
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    if let Publisher::Shared(node) = &app.publisher {
+        let state = node.state();
+        for (name, kind, help, value) in [
+            (
+                "ssehub_backplane_connected",
+                "gauge",
+                "1 while the broker subscription is up.",
+                u64::from(state.connected),
+            ),
+            (
+                "ssehub_backplane_lag",
+                "gauge",
+                "Events the broker has that this node has not delivered.",
+                state.lag,
+            ),
+            (
+                "ssehub_backplane_reconnects_total",
+                "counter",
+                "Broker subscriptions lost and made again.",
+                state.reconnects,
+            ),
+            (
+                "ssehub_backplane_gaps_total",
+                "counter",
+                "Times events were missed and streams ended to resume.",
+                state.gaps,
+            ),
+            (
+                "ssehub_backplane_publish_errors_total",
+                "counter",
+                "Publishes the broker did not acknowledge.",
+                state.publish_errors,
+            ),
+        ] {
+            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 /// `GET /demo/market`: every symbol with its recent prices, so the page starts full.

@@ -115,4 +115,8 @@ pub enum SubscribeError {
     /// The attempt is counted in [`Stats::session_hijacks`](crate::Stats::session_hijacks).
     #[error("session token belongs to another principal")]
     SessionRefused,
+    /// The missed events must come from the backplane's broker, which cannot be reached now;
+    /// retrying later resumes exactly, where subscribing anyway would leave a gap.
+    #[error("backplane broker unavailable for replay")]
+    Unavailable,
 }

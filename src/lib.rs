@@ -77,6 +77,8 @@
 //! | `server` | [`server::Server`]: the native listener, which owns each socket after the request |
 //! | `client` | [`client::EventSource`]: a reconnecting SSE client yielding parsed events |
 //! | `tracing` | logs (target `ssehub`) of streams dropped as slow or at the write deadline, refusals at accept and resolver panics |
+//! | `redis` | [`backplane::Redis`]: several nodes share one Redis (pub/sub fan-out, replay history in Streams) |
+//! | `nats` | [`backplane::Nats`]: several nodes share one NATS (subjects fan-out, replay history in JetStream) |
 
 #![deny(
     missing_docs,
@@ -88,6 +90,8 @@
 
 #[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
 mod adapters;
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub mod backplane;
 mod batch;
 #[cfg(feature = "client")]
 pub mod client;

@@ -16,3 +16,12 @@ fn public_types_are_send_and_sync() {
     send_sync::<ssehub::SubscribeError>();
     send::<ssehub::Batch>();
 }
+
+#[cfg(any(feature = "redis", feature = "nats"))]
+#[test]
+fn backplane_types_are_send_and_sync() {
+    send_sync::<ssehub::backplane::Backplane>();
+    send_sync::<ssehub::backplane::BackplaneError>();
+    send_sync::<ssehub::backplane::BackplaneState>();
+    send_sync::<ssehub::backplane::BrokerConfig>();
+}

@@ -44,6 +44,12 @@ FLAGS (each may also be set by the environment variable shown; a flag wins):
                              clients do not return together [default: 3]
     --stats-top N            topics listed in /stats and /metrics    SSEHUB_STATS_TOP
                              [default: 20]
+    --redis URL              join other nodes through Redis          SSEHUB_REDIS
+                             (redis://HOST:PORT; build with
+                             --features redis); see docs/scaling.md
+    --nats URL               join other nodes through NATS with      SSEHUB_NATS
+                             JetStream (nats://HOST:PORT; build
+                             with --features nats)
     -h, --help               print this help
 
 Ctrl-C or SIGTERM shuts down gracefully: every stream gets a final retry hint and ends, then
@@ -75,6 +81,26 @@ pub struct Config {
     pub retry_jitter: Duration,
     /// Topics listed in the stats.
     pub stats_top: usize,
+    /// The broker several nodes share, if any (the last of `--redis`/`--nats` given wins).
+    pub broker: Option<Broker>,
+}
+
+/// A backplane broker's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broker {
+    /// `--redis redis://HOST:PORT`.
+    Redis(String),
+    /// `--nats nats://HOST:PORT`.
+    Nats(String),
+}
+
+/// A URL with the expected scheme.
+fn url(value: &str, scheme: &str) -> Result<String, String> {
+    if value.starts_with(scheme) && value.len() > scheme.len() {
+        Ok(value.to_string())
+    } else {
+        Err(format!("expected a URL starting with {scheme}"))
+    }
 }
 
 impl Default for Config {
@@ -91,6 +117,7 @@ impl Default for Config {
             retry: Duration::from_secs(2),
             retry_jitter: Duration::from_secs(3),
             stats_top: 20,
+            broker: None,
         }
     }
 }
@@ -105,7 +132,7 @@ pub enum Command {
 }
 
 /// Every setting: flag, environment variable, whether it takes a value.
-const SETTINGS: [(&str, &str, bool); 11] = [
+const SETTINGS: [(&str, &str, bool); 13] = [
     ("--addr", "SSEHUB_ADDR", true),
     ("--demo", "SSEHUB_DEMO", false),
     ("--demo-rate", "SSEHUB_DEMO_RATE", true),
@@ -117,6 +144,8 @@ const SETTINGS: [(&str, &str, bool); 11] = [
     ("--retry", "SSEHUB_RETRY", true),
     ("--retry-jitter", "SSEHUB_RETRY_JITTER", true),
     ("--stats-top", "SSEHUB_STATS_TOP", true),
+    ("--redis", "SSEHUB_REDIS", true),
+    ("--nats", "SSEHUB_NATS", true),
 ];
 
 impl Command {
@@ -186,6 +215,8 @@ impl Config {
             "--retry" => self.retry = seconds(value)?,
             "--retry-jitter" => self.retry_jitter = seconds(value)?,
             "--stats-top" => self.stats_top = value.parse().map_err(|_| "expected a count")?,
+            "--redis" => self.broker = Some(Broker::Redis(url(value, "redis://")?)),
+            "--nats" => self.broker = Some(Broker::Nats(url(value, "nats://")?)),
             _ => unreachable!("every flag in SETTINGS is handled"),
         }
         Ok(())

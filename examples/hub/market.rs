@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use ssehub::{Event, Hub};
 
+use crate::Publisher;
+
 /// Symbol, name, kind, opening price, volatility per tick.
 const LISTINGS: [(&str, &str, Kind, f64, f64); 40] = [
     ("AAPL", "Apple", Kind::Stock, 228.40, 0.0012),
@@ -204,25 +206,39 @@ fn round(price: f64) -> f64 {
 }
 
 /// Publishes `rate` updates per second until the hub shuts down.
-pub async fn run(hub: Hub, market: Arc<Mutex<Market>>, rate: f64) {
+pub async fn run(publisher: Publisher, hub: Hub, market: Arc<Mutex<Market>>, rate: f64) {
     // Ticks every 50 ms carry the fractional updates forward, so low and high rates are both
     // honoured on average.
     let period = Duration::from_millis(50);
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut owed = 0.0;
-    loop {
+    while !hub.is_closed() {
         interval.tick().await;
         owed += rate * period.as_secs_f64();
         while owed >= 1.0 {
             owed -= 1.0;
-            let mut market = market.lock().unwrap_or_else(|e| e.into_inner());
-            let (topic, data) = market.tick();
-            // The hub assigns the id (history is on), so one Last-Event-ID resumes all symbols.
-            // Published under the lock, so a snapshot and its `last_id` always agree.
-            match hub.publish(&topic, Event::new(data).with_event("price")) {
-                Ok(published) => market.last_id = published.id().map(str::to_string),
-                Err(_) => return,
+            // Without the backplane features `Local` is the only kind.
+            #[allow(irrefutable_let_patterns)]
+            if let Publisher::Local(hub) = &publisher {
+                let mut market = market.lock().unwrap_or_else(|e| e.into_inner());
+                let (topic, data) = market.tick();
+                // The hub assigns the id (history is on), so one Last-Event-ID resumes all
+                // symbols. Published under the lock, so a snapshot and its `last_id` agree.
+                match hub.publish(&topic, Event::new(data).with_event("price")) {
+                    Ok(published) => market.last_id = published.id().map(str::to_string),
+                    Err(_) => return,
+                }
+                continue;
+            }
+            // Through a broker the id comes back asynchronously: the snapshot may run one
+            // update ahead of its `last_id`, which a page then sees twice (a demo, not a feed).
+            let (topic, data) = market.lock().unwrap_or_else(|e| e.into_inner()).tick();
+            match publisher.publish(&topic, Event::new(data).with_event("price")).await {
+                Ok((id, _)) => market.lock().unwrap_or_else(|e| e.into_inner()).last_id = id,
+                // The broker is away: the feed skips this update and goes on.
+                Err(crate::Refused::Unavailable(_)) => {}
+                Err(crate::Refused::Invalid(_)) => return,
             }
         }
     }

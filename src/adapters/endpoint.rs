@@ -380,7 +380,12 @@ impl<R: Resolver> Endpoint<R> {
         let Some(permit) = Permit::take(&self.open, self.limits.max_connections) else {
             return self.busy("too many connections, retry later");
         };
-        match self.hub.subscribe(subscribe) {
+        // A backplane node resumes from the broker's history when its own does not reach.
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        let subscribed = crate::backplane::subscribe(&self.hub, subscribe).await;
+        #[cfg(not(any(feature = "redis", feature = "nats")))]
+        let subscribed = self.hub.subscribe(subscribe);
+        match subscribed {
             Ok(subscription) => stream(Events { subscription, _permit: Some(permit) }),
             Err(error) => self.refused(&error),
         }
@@ -409,6 +414,7 @@ impl<R: Resolver> Endpoint<R> {
             }
             SubscribeError::Full { .. } => self.busy("too many connections, retry later"),
             SubscribeError::Closed => self.busy("server is shutting down"),
+            SubscribeError::Unavailable => self.busy("history unavailable, retry later"),
             SubscribeError::SessionRefused => {
                 text(StatusCode::FORBIDDEN, "session belongs to another principal")
             }

@@ -9,6 +9,8 @@ pub use subscribe::Subscribe;
 
 mod shared;
 
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub(crate) use shared::deliver_to_topic;
 pub(crate) use shared::{json_string, lag_frame, Shared};
 
 use std::fmt;
@@ -251,6 +253,12 @@ impl Hub {
     /// ```
     pub fn builder() -> HubBuilder {
         HubBuilder::new()
+    }
+
+    /// The state behind this handle, for the backplane's hook.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Builds the shared state and starts the heartbeat.

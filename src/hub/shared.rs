@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     /// while it assigns a number, appends to history and queues the frame, so sequence order is
     /// delivery order for every subscriber; a subscription that resumes holds it while it
     /// registers and reads history, so nothing falls between replay and live events.
-    sequencer: Mutex<u64>,
+    pub(crate) sequencer: Mutex<u64>,
     /// The last sequence number whose publish is complete (every entry written), stored under
     /// the sequencer. A subscriber merging several sources (rings, its queue) takes nothing
     /// past it, or an entry still on its way to one source could be overtaken by a later one
@@ -52,6 +52,11 @@ pub(crate) struct Shared {
     jitter: AtomicU64,
     /// The heartbeat timer.
     pub(crate) heartbeat: Heartbeat,
+    // --- backplane hook (see src/backplane/hook.rs) ---
+    /// Set while a backplane feeds this hub: sequence numbers, ids and the epoch then come from
+    /// the broker.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    pub(crate) remote: crate::backplane::Remote,
 }
 
 impl Shared {
@@ -81,6 +86,8 @@ impl Shared {
             watermark: AtomicU64::new(0),
             jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             heartbeat: Heartbeat::default(),
+            #[cfg(any(feature = "redis", feature = "nats"))]
+            remote: crate::backplane::Remote::default(),
         }
     }
 
@@ -173,7 +180,15 @@ impl Shared {
                 let registered =
                     this.registry.subscribe(&slot, topics, patterns, config.max_subscribers);
                 if let Ok(received) = &registered {
-                    match this.resolve(last, *sequencer, received) {
+                    // --- backplane hook: events fetched from the broker come first ---
+                    #[cfg(any(feature = "redis", feature = "nats"))]
+                    let resolved = match &request.prefix {
+                        Some(prefix) => this.resolve_prefix(prefix, *sequencer, received),
+                        None => this.resolve(last, *sequencer, received),
+                    };
+                    #[cfg(not(any(feature = "redis", feature = "nats")))]
+                    let resolved = this.resolve(last, *sequencer, received);
+                    match resolved {
                         Ok(replay) => pending.extend(replay),
                         Err(reason) => pending.push(reset_frame(reason)),
                     }
@@ -258,7 +273,8 @@ impl Shared {
             return Err(PublishError::Closed(Box::new(event)));
         }
         validate_topic(topic, this.config.max_topic_len)?;
-        let history = this.config.history;
+        // With a backplane, history holds only the broker's events (see `external_ids`).
+        let history = this.config.history.filter(|_| !this.external_ids());
         Shared::sequenced(this, event, |seq, event, frame| {
             let Some(state) = this.registry.topic_for_publish(topic, history.is_some()) else {
                 return FanOut::default();
@@ -267,38 +283,7 @@ impl Shared {
                 let given = event.id().filter(|_| !this.assigns_ids_to(event));
                 lock(&state.history).append(seq, given, frame, Instant::now(), limits);
             }
-            let mut fan = FanOut::default();
-            let readers = state.readers.load();
-            if !readers.is_empty() {
-                fan.delivered = readers.len() as u64;
-                if state.ring.push(seq, frame) {
-                    let slow = state.ring.scan(&readers).slow;
-                    for member in &slow {
-                        // It did not get this event, whoever closes it (its owner may be
-                        // dropping it right now).
-                        fan.delivered = fan.delivered.saturating_sub(1);
-                        let slot = &member.slot;
-                        if slot.queue.close(EndReason::Slow, None, true, 0) {
-                            fan.slow += 1;
-                            fan.slow_ids.push(slot.id);
-                        }
-                    }
-                    if !slow.is_empty() {
-                        // Off the readers now, under the sequencer, so the next publish does
-                        // not count them; the registry forgets them once this one is done.
-                        state.readers.rcu(|set| {
-                            slow.iter().fold((**set).clone(), |set, m| set.remove(m.slot.id))
-                        });
-                    }
-                }
-                fan.ring = Some(state.ring.clone());
-            }
-            let pushed = state.pushed.load();
-            if !pushed.is_empty() {
-                let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
-                fan_out(&mut fan, &pushed, seq, frame, &keys);
-            }
-            fan
+            deliver_to_topic(&state, seq, event, frame)
         })
     }
 
@@ -383,8 +368,48 @@ impl Shared {
 
     /// Whether the hub assigns this event its id (history on, none given).
     fn assigns_ids_to(&self, event: &Event) -> bool {
-        self.config.history.is_some() && event.id().is_none()
+        self.config.history.is_some() && event.id().is_none() && !self.external_ids()
     }
+
+    // --- backplane hook ---
+    /// Whether sequence numbers come from a broker: local publishes then take none (they would
+    /// collide with the broker's), get no hub id and are not kept for replay.
+    #[inline]
+    pub(crate) fn external_ids(&self) -> bool {
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        return self.remote.is_attached();
+        #[cfg(not(any(feature = "redis", feature = "nats")))]
+        false
+    }
+
+    /// The epoch ids are issued in: the broker's when a backplane feeds this hub.
+    fn epoch(&self) -> u64 {
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        if self.remote.is_attached() {
+            return self.remote.epoch();
+        }
+        self.config.epoch
+    }
+
+    /// The hub's sequence number for the one in an id it issued (a broker's number is offset
+    /// so the hub's numbers only grow).
+    fn local_seq(&self, seq: u64) -> u64 {
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        if self.remote.is_attached() {
+            return self.remote.to_local(seq);
+        }
+        seq
+    }
+
+    /// The sequence number below which this hub may have missed events: a backplane's
+    /// coverage starts where it (re)joined the broker's stream.
+    fn coverage_floor(&self) -> u64 {
+        #[cfg(any(feature = "redis", feature = "nats"))]
+        return self.registry.floor().max(self.remote.floor());
+        #[cfg(not(any(feature = "redis", feature = "nats")))]
+        self.registry.floor()
+    }
+    // --- end of backplane hook ---
 
     /// Runs one publish through the sequencer: normalises and encodes the event (with an
     /// assigned id if the hub assigns one), then calls `deliver` with the sequence number, the
@@ -407,7 +432,8 @@ impl Shared {
             // an event after it would be counted and never delivered.
             return Err(PublishError::Closed(Box::new(event)));
         }
-        let seq = *sequencer + 1;
+        // Local events on a backplane node take no number: the broker numbers the shared ones.
+        let seq = *sequencer + u64::from(!this.external_ids());
         let frame = match preencoded {
             Some(frame) => frame,
             None => {
@@ -417,9 +443,8 @@ impl Shared {
         };
         *sequencer = seq;
         let mut fan = deliver(seq, &event, frame.as_bytes());
-        // Release pairs with the Acquire in `Subscription::poll_batch`: a subscriber that sees
-        // this number sees every entry of this publish.
-        this.watermark.store(seq, Ordering::Release);
+        // A subscriber that sees this number sees every entry of this publish.
+        this.complete(seq);
         drop(sequencer);
         // Wake the ring's parked readers only now that the watermark lets them take the entry.
         if let Some(ring) = fan.ring.take() {
@@ -458,9 +483,11 @@ impl Shared {
         } else {
             ResetReason::NoHistory
         };
-        let resume = match parse_id(last, self.config.epoch) {
-            Parsed::Ours(seq) if seq > current => return Err(ResetReason::Malformed),
-            Parsed::Ours(seq) => seq,
+        let resume = match parse_id(last, self.epoch()) {
+            Parsed::Ours(seq) if self.local_seq(seq) > current => {
+                return Err(ResetReason::Malformed)
+            }
+            Parsed::Ours(seq) => self.local_seq(seq),
             Parsed::OtherEpoch => return Err(ResetReason::OtherEpoch),
             Parsed::Foreign => {
                 topics.iter().filter_map(|t| lock(&t.history).find(last)).max().ok_or(unknown)?
@@ -472,7 +499,7 @@ impl Shared {
         if self.config.history.is_none() {
             return Err(ResetReason::NoHistory);
         }
-        if resume < self.registry.floor() {
+        if resume < self.coverage_floor() {
             return Err(ResetReason::TooOld);
         }
         let max = self.config.max_replay;
@@ -594,7 +621,18 @@ impl Shared {
             // Under the sequencer: every publish is wholly before (its frame is taken along)
             // or wholly after (it no longer counts this subscriber).
             let sequencer = lock(&this.sequencer);
-            let upto = *sequencer;
+            Shared::end_held(slot, reason, *sequencer)
+        };
+        Shared::remove(this, slot.id);
+        closed
+    }
+
+    /// The part of [`Shared::end`] done under the sequencer (held by the caller, `upto` its
+    /// value): the subscriber leaves its topics' readers, what its rings hold for it up to
+    /// `upto` moves into its queue, and the queue is closed. Taking it out of the registry is
+    /// the caller's, once the sequencer is released.
+    pub(crate) fn end_held(slot: &Arc<Slot>, reason: EndReason, upto: u64) -> bool {
+        {
             let feeds = std::mem::take(&mut *lock(&slot.feeds));
             for feed in &feeds {
                 // Off the readers under the sequencer: no later publish counts it.
@@ -612,9 +650,14 @@ impl Shared {
             }
             pending.sort_by_key(|(seq, _)| *seq);
             slot.queue.close_absorbing(reason, pending)
-        };
-        Shared::remove(this, slot.id);
-        closed
+        }
+    }
+
+    /// Records that every publish up to `seq` is complete (see `watermark`); called under the
+    /// sequencer after the publish's entries are written, before its readers are woken.
+    pub(crate) fn complete(&self, seq: u64) {
+        // Release pairs with the Acquire in `watermark()`.
+        self.watermark.store(seq, Ordering::Release);
     }
 
     /// Shuts down; returns whether this call started the shutdown. Streams still open (a paced
@@ -654,6 +697,50 @@ impl Shared {
         }
         true
     }
+}
+
+/// Delivers the frame of event `seq` to `state`'s subscribers: one entry in its ring (and a scan
+/// for readers it put over their bound, when due), a push for each conflating subscriber.
+/// Called under the sequencer; the caller stores the watermark, then wakes `fan.ring`'s parked
+/// readers, then takes `fan.slow_ids` out of the registry.
+pub(crate) fn deliver_to_topic(
+    state: &TopicState,
+    seq: u64,
+    event: &Event,
+    frame: &Bytes,
+) -> FanOut {
+    let mut fan = FanOut::default();
+    let readers = state.readers.load();
+    if !readers.is_empty() {
+        fan.delivered = readers.len() as u64;
+        if state.ring.push(seq, frame) {
+            let slow = state.ring.scan(&readers).slow;
+            for member in &slow {
+                // It did not get this event, whoever closes it (its owner may be dropping it
+                // right now).
+                fan.delivered = fan.delivered.saturating_sub(1);
+                let slot = &member.slot;
+                if slot.queue.close(EndReason::Slow, None, true, 0) {
+                    fan.slow += 1;
+                    fan.slow_ids.push(slot.id);
+                }
+            }
+            if !slow.is_empty() {
+                // Off the readers now, under the sequencer, so the next publish does not count
+                // them; the registry forgets them once this one is done.
+                state
+                    .readers
+                    .rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.slot.id)));
+            }
+        }
+        fan.ring = Some(state.ring.clone());
+    }
+    let pushed = state.pushed.load();
+    if !pushed.is_empty() {
+        let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
+        fan_out(&mut fan, &pushed, seq, frame, &keys);
+    }
+    fan
 }
 
 /// Queues the frame of event `seq` for every subscriber in `subscribers`.

@@ -1,0 +1,860 @@
+//! Backplanes (features `redis`, `nats`): several hub nodes behind a load balancer, sharing one
+//! broker, so that a publish on any node reaches the subscribers of every node and a client
+//! resumes exactly on whichever node it lands.
+//!
+//! A [`Backplane`] joins a [`Hub`] to a broker. [`Backplane::publish`] writes the event to the
+//! broker, which numbers it in its shared history (a Redis Stream, a JetStream stream) and fans
+//! it out; every node, the publisher's included, receives it from its broker subscription and
+//! delivers it into its local hub under that number: encoded once per node, with the id
+//! `{epoch:x}-{sequence}` that means the same event on every node, in the broker's order.
+//!
+//! Each node mirrors recent events in its hub's history (the hub's
+//! [`HistoryLimits`](crate::HistoryLimits)). A client resuming with `Last-Event-ID` is served
+//! from the mirror when it reaches back far enough and from the broker's history otherwise;
+//! where neither can be exact it gets the same `event: reset` as on a single node. Serve a
+//! node's hub through an [`Endpoint`](crate::Endpoint) (or the native listener) and resumes go
+//! through the backplane by themselves; elsewhere call [`Backplane::subscribe`].
+//!
+//! See `docs/scaling.md` for what is guaranteed and how to run several nodes.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ssehub::backplane::{Backplane, Redis};
+//! use ssehub::{Event, HistoryLimits, Hub};
+//!
+//! let hub = Hub::builder().with_history(Some(HistoryLimits::new())).build();
+//! let node = Backplane::connect(&hub, Redis::new("redis://127.0.0.1:6379")).await?;
+//! let mut sub = node.subscribe("news").await?;
+//! let id = node.publish("news", Event::new("on every node")).await?;
+//! let batch = sub.recv().await.expect("the event, back from the broker");
+//! assert!(std::str::from_utf8(&batch.into_bytes())?.contains(&format!("id: {id}\n")));
+//! # Ok(())
+//! # }
+//! ```
+
+mod codec;
+mod hook;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(feature = "redis")]
+mod redis;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{EventError, SubscribeError, TopicError};
+use crate::frame::Event;
+use crate::history::{parse_id, Parsed, ResetReason};
+use crate::hub::{Hub, Shared, Subscribe};
+use crate::subscription::Subscription;
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
+use crate::topic::{validate_topic, Pattern};
+
+pub(crate) use hook::{Prefix, Remote};
+
+#[cfg(feature = "nats")]
+pub use nats::Nats;
+#[cfg(feature = "redis")]
+pub use redis::Redis;
+
+/// Why a backplane operation failed.
+///
+/// A publish that returns an error was not acknowledged by the broker: it was either not
+/// stored, or (when the connection broke after the broker stored it) stored without this node
+/// learning so. It is never reported as a success and then lost.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackplaneError {
+    /// The broker cannot be reached, or refused the operation.
+    #[error("broker unavailable: {0}")]
+    Unavailable(#[source] BrokerError),
+    /// The broker did not answer in time.
+    #[error("broker did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The broker answered something this crate does not understand.
+    #[error("unexpected answer from the broker")]
+    Protocol,
+    /// The topic name is invalid.
+    #[error("invalid topic: {0}")]
+    Topic(#[from] TopicError),
+    /// The event cannot be encoded within the hub's limits.
+    #[error("invalid event: {0}")]
+    Event(#[from] EventError),
+    /// The hub keeps no history: a node needs it to mirror the broker's recent events.
+    #[error("hub has no history; enable it with HubBuilder::with_history")]
+    NoHistory,
+    /// The hub was already joined to a broker.
+    #[error("hub already has a backplane")]
+    AlreadyAttached,
+    /// The backplane or its hub was shut down.
+    #[error("backplane is shut down")]
+    Closed,
+}
+
+/// An error reported by the broker's client library.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::backplane::BrokerError;
+/// let error = BrokerError::from(std::io::Error::other("connection refused"));
+/// assert_eq!(error.to_string(), "connection refused");
+/// ```
+#[derive(Debug)]
+pub struct BrokerError(Box<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BrokerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl From<std::io::Error> for BrokerError {
+    fn from(error: std::io::Error) -> Self {
+        BrokerError(Box::new(error))
+    }
+}
+
+impl BrokerError {
+    /// Wraps a client library's error.
+    pub(crate) fn wrap(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BrokerError(Box::new(error))
+    }
+}
+
+/// A backplane's state, for stats pages and alerts.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
+/// let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
+/// let state = node.state();
+/// if !state.connected || state.lag > 1000 {
+///     eprintln!("backplane behind: {state:?}");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BackplaneState {
+    /// Whether the node's broker subscription is up.
+    pub connected: bool,
+    /// Times the subscription was lost and made again.
+    pub reconnects: u64,
+    /// The last sequence number delivered on this node.
+    pub position: u64,
+    /// The broker's last sequence number, as this node last learned it (its own publishes and
+    /// a poll every second).
+    pub broker_position: u64,
+    /// `broker_position - position`: events the broker has that this node has not delivered.
+    pub lag: u64,
+    /// Events this node published and the broker acknowledged.
+    pub published: u64,
+    /// Publishes that failed (not acknowledged).
+    pub publish_errors: u64,
+    /// Events received from the broker and delivered here.
+    pub received: u64,
+    /// Events received that could not be decoded or delivered here (counted, skipped).
+    pub skipped: u64,
+    /// Times events were missed (a reconnect after others published, a lost message): local
+    /// streams were ended so their clients resume from the broker's history.
+    pub gaps: u64,
+    /// Resumes served from the broker's history because the local mirror did not reach back.
+    pub fetches: u64,
+}
+
+/// Counters behind [`BackplaneState`].
+#[derive(Debug, Default)]
+struct Counters {
+    /// See [`BackplaneState::connected`].
+    connected: AtomicBool,
+    /// See [`BackplaneState::reconnects`].
+    reconnects: AtomicU64,
+    /// See [`BackplaneState::broker_position`].
+    broker_position: AtomicU64,
+    /// See [`BackplaneState::published`].
+    published: AtomicU64,
+    /// See [`BackplaneState::publish_errors`].
+    publish_errors: AtomicU64,
+    /// See [`BackplaneState::received`].
+    received: AtomicU64,
+    /// See [`BackplaneState::skipped`].
+    skipped: AtomicU64,
+    /// See [`BackplaneState::gaps`].
+    gaps: AtomicU64,
+    /// See [`BackplaneState::fetches`].
+    fetches: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one. Relaxed: statistics, read with no ordering expectations.
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Raises the broker position seen.
+    fn saw(&self, seq: u64) {
+        self.broker_position.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Publishes the connection state to the `metrics` facade.
+    fn report(&self, shared: &Shared) {
+        #[cfg(feature = "metrics")]
+        {
+            let position = shared.remote_position();
+            let broker = self.broker_position.load(Ordering::Relaxed);
+            let connected = self.connected.load(Ordering::Relaxed);
+            metrics::gauge!("ssehub_backplane_connected").set(if connected { 1.0 } else { 0.0 });
+            metrics::gauge!("ssehub_backplane_lag").set(broker.saturating_sub(position) as f64);
+            metrics::counter!("ssehub_backplane_reconnects_total")
+                .absolute(self.reconnects.load(Ordering::Relaxed));
+            metrics::counter!("ssehub_backplane_gaps_total")
+                .absolute(self.gaps.load(Ordering::Relaxed));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = shared;
+    }
+}
+
+/// Settings shared by every broker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Common {
+    /// How long one broker operation may take.
+    pub(crate) timeout: Duration,
+    /// How long a resume waits for this node to catch up with a client that was ahead of it.
+    pub(crate) catch_up: Duration,
+    /// First and longest pause between reconnect attempts.
+    pub(crate) backoff: (Duration, Duration),
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            timeout: Duration::from_secs(5),
+            catch_up: Duration::from_secs(2),
+            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A broker's client side.
+enum Broker {
+    /// Redis: pub/sub and Streams.
+    #[cfg(feature = "redis")]
+    Redis(redis::Client),
+    /// NATS: subjects and JetStream.
+    #[cfg(feature = "nats")]
+    Nats(nats::Client),
+}
+
+/// Events fetched from a broker's history for one resume.
+#[derive(Debug, Default)]
+pub(crate) struct Fetched {
+    /// The broker's epoch.
+    pub(crate) epoch: u64,
+    /// The broker's last sequence number when fetched.
+    pub(crate) upto: u64,
+    /// `(sequence, event)` after the resume point, oldest first, at most `upto`.
+    pub(crate) events: Vec<(u64, Event)>,
+    /// Why it could not be exact, if it could not.
+    pub(crate) reset: Option<ResetReason>,
+}
+
+/// What a node shares with its broker task.
+pub(crate) struct Node {
+    /// The hub's state (not a `Hub` handle: the task must not keep the hub from shutting down).
+    pub(crate) shared: Arc<Shared>,
+    /// Counters.
+    counters: Counters,
+    /// Set by shutdown.
+    closed: AtomicBool,
+    /// Settings.
+    pub(crate) common: Common,
+}
+
+impl Node {
+    /// Delivers one event received from the broker.
+    pub(crate) fn deliver(&self, topic: &str, seq: u64, payload: &[u8]) {
+        self.counters.saw(seq);
+        let event = codec::decode(payload).ok();
+        let delivered = Shared::deliver_remote(&self.shared, topic, seq, event).ok();
+        match delivered {
+            Some(hook::Delivered::Queued(_)) => Counters::bump(&self.counters.received),
+            Some(hook::Delivered::AfterGap) => {
+                Counters::bump(&self.counters.received);
+                Counters::bump(&self.counters.gaps);
+            }
+            Some(hook::Delivered::Duplicate) => {}
+            None => Counters::bump(&self.counters.skipped),
+        }
+    }
+
+    /// Counts a message that is not an event this crate published.
+    pub(crate) fn skip(&self) {
+        Counters::bump(&self.counters.skipped);
+    }
+
+    /// (Re)joins the broker's stream at `upto` in `epoch`.
+    pub(crate) fn rebase(&self, epoch: u64, upto: u64) {
+        self.counters.saw(upto);
+        if Shared::rebase_remote(&self.shared, epoch, upto) != hook::Rebased::Continuous {
+            Counters::bump(&self.counters.gaps);
+        }
+    }
+
+    /// Records the connection going up or down.
+    pub(crate) fn set_connected(&self, connected: bool) {
+        // Relaxed: a status flag.
+        let was = self.counters.connected.swap(connected, Ordering::Relaxed);
+        if was && !connected && !self.is_closed() {
+            Counters::bump(&self.counters.reconnects);
+        }
+        self.counters.report(&self.shared);
+    }
+
+    /// Records the broker's position from a poll.
+    pub(crate) fn saw(&self, seq: u64) {
+        self.counters.saw(seq);
+        self.counters.report(&self.shared);
+    }
+
+    /// The broker's number of the last event delivered here.
+    pub(crate) fn position(&self) -> u64 {
+        self.shared.remote_position()
+    }
+
+    /// Whether the node or its hub was shut down.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.shared.is_closed()
+    }
+}
+
+/// The pause before reconnect attempt `attempt` (from 0): doubling from the first pause up to
+/// the longest, with up to half again of random jitter so nodes do not reconnect in step.
+pub(crate) fn backoff(common: &Common, attempt: u32, jitter: u64) -> Duration {
+    let (first, longest) = common.backoff;
+    let base = first.saturating_mul(1u32 << attempt.min(16)).min(longest);
+    let ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
+    base + Duration::from_millis(if ms == 0 { 0 } else { jitter % (ms / 2 + 1) })
+}
+
+/// A node of a multi-node deployment: a [`Hub`] joined to a broker.
+///
+/// Cheap to clone. Dropping the last clone (or [`Backplane::shutdown`]) stops the node's
+/// broker subscription; the hub goes on serving its local subscribers.
+///
+/// # Examples
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use ssehub::backplane::{Backplane, Nats, Redis};
+/// use ssehub::{HistoryLimits, Hub};
+///
+/// let hub = Hub::builder().with_history(Some(HistoryLimits::new())).build();
+/// let node = if let Ok(url) = std::env::var("REDIS_URL") {
+///     Backplane::connect(&hub, Redis::new(&url)).await?
+/// } else {
+///     Backplane::connect(&hub, Nats::new("nats://127.0.0.1:4222")).await?
+/// };
+/// node.publish("news", ssehub::Event::new("hello, every node")).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Backplane {
+    /// The node's state, shared with its broker task.
+    node: PlainArc<Node>,
+    /// The broker client.
+    broker: PlainArc<Broker>,
+    /// The hub (a handle, so the hub lives as long as the backplane).
+    hub: Hub,
+    /// Stops the broker task when the last clone goes.
+    stop: PlainArc<Stop>,
+}
+
+impl fmt::Debug for Backplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backplane").field("state", &self.state()).finish_non_exhaustive()
+    }
+}
+
+/// Aborts the broker task when dropped.
+struct Stop(Mutex<Option<tokio::task::JoinHandle<()>>>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.0).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Which broker a node joins, and how: made from [`Redis`] or [`Nats`] with `into()`, so
+/// [`Backplane::connect`] takes either.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::backplane::{BrokerConfig, Redis};
+/// let config: BrokerConfig = Redis::new("redis://127.0.0.1:6379").into();
+/// # drop(config);
+/// ```
+#[derive(Debug, Clone)]
+pub struct BrokerConfig(Target);
+
+/// See [`BrokerConfig`].
+#[derive(Debug, Clone)]
+enum Target {
+    /// Redis.
+    #[cfg(feature = "redis")]
+    Redis(Redis),
+    /// NATS.
+    #[cfg(feature = "nats")]
+    Nats(Nats),
+}
+
+#[cfg(feature = "redis")]
+impl From<Redis> for BrokerConfig {
+    fn from(redis: Redis) -> Self {
+        BrokerConfig(Target::Redis(redis))
+    }
+}
+
+#[cfg(feature = "nats")]
+impl From<Nats> for BrokerConfig {
+    fn from(nats: Nats) -> Self {
+        BrokerConfig(Target::Nats(nats))
+    }
+}
+
+impl Backplane {
+    /// Joins `hub` to a broker: subscribes to the broker's stream, learns its epoch and
+    /// position, and from then on numbers the hub's replayable events by the broker's.
+    /// Call it from within a Tokio runtime, before the hub serves clients.
+    ///
+    /// # Errors
+    ///
+    /// [`BackplaneError::NoHistory`] when the hub keeps no history,
+    /// [`BackplaneError::AlreadyAttached`] for a hub already joined,
+    /// [`BackplaneError::Unavailable`] or [`BackplaneError::Timeout`] when the broker cannot be
+    /// reached.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ssehub::backplane::{Backplane, Redis};
+    /// let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
+    /// let node = Backplane::connect(&hub, Redis::new("redis://127.0.0.1:6379")).await?;
+    /// assert!(node.state().connected);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(
+        hub: &Hub,
+        broker: impl Into<BrokerConfig>,
+    ) -> Result<Backplane, BackplaneError> {
+        let BrokerConfig(target) = broker.into();
+        let common = match &target {
+            #[cfg(feature = "redis")]
+            Target::Redis(redis) => redis.common(),
+            #[cfg(feature = "nats")]
+            Target::Nats(nats) => nats.common(),
+        };
+        let shared = hub.shared();
+        if shared.config.history.is_none() {
+            return Err(BackplaneError::NoHistory);
+        }
+        if shared.is_closed() {
+            return Err(BackplaneError::Closed);
+        }
+        if !shared.remote.claim() {
+            return Err(BackplaneError::AlreadyAttached);
+        }
+        let node = PlainArc::new(Node {
+            shared: shared.clone(),
+            counters: Counters::default(),
+            closed: AtomicBool::new(false),
+            common,
+        });
+        let opened = match target {
+            #[cfg(feature = "redis")]
+            Target::Redis(redis) => redis.open(&node).await,
+            #[cfg(feature = "nats")]
+            Target::Nats(nats) => nats.open(&node).await,
+        };
+        let (broker, task) = match opened {
+            Ok(opened) => opened,
+            Err(error) => {
+                shared.remote.release();
+                return Err(error);
+            }
+        };
+        let backplane = Backplane {
+            node,
+            broker: PlainArc::new(broker),
+            hub: hub.clone(),
+            stop: PlainArc::new(Stop(Mutex::new(Some(task)))),
+        };
+        shared.remote.set_node(&backplane);
+        Ok(backplane)
+    }
+
+    /// The hub this node delivers into.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
+    /// # let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
+    /// let endpoint = ssehub::Endpoint::new(node.hub().clone());
+    /// # drop(endpoint);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Publishes an event to `topic` on every node: returns its id once the broker has stored
+    /// it in the shared history. Every node, this one included, delivers it when it comes back
+    /// from the broker, with that id (an id set on the event is replaced).
+    ///
+    /// # Errors
+    ///
+    /// [`BackplaneError::Topic`] and [`BackplaneError::Event`] for what the hub would refuse
+    /// (nothing is sent); [`BackplaneError::Unavailable`] and [`BackplaneError::Timeout`] when
+    /// the broker did not acknowledge it (see [`BackplaneError`]); [`BackplaneError::Closed`]
+    /// after shutdown.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future after the request was sent may leave the event published without
+    /// its id being reported.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
+    /// # let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
+    /// let id = node.publish("price:BTC", ssehub::Event::new("64000.5").with_event("tick")).await?;
+    /// println!("stored as {id}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish(&self, topic: &str, event: Event) -> Result<String, BackplaneError> {
+        if self.node.is_closed() {
+            return Err(BackplaneError::Closed);
+        }
+        let config = &self.node.shared.config;
+        validate_topic(topic, config.max_topic_len)?;
+        let mut event = event.normalized();
+        event.validate()?;
+        // Checked with the longest id a node may add, so no node refuses it for its size.
+        event.id = Some(format!("{:x}-{}", u64::MAX, u64::MAX));
+        event.encode_limited(config.max_event_bytes)?;
+        event.id = None;
+        let payload = codec::encode(&event);
+        let result = tokio::time::timeout(self.node.common.timeout, async {
+            match &*self.broker {
+                #[cfg(feature = "redis")]
+                Broker::Redis(client) => client.publish(topic, payload).await,
+                #[cfg(feature = "nats")]
+                Broker::Nats(client) => client.publish(topic, payload).await,
+            }
+        })
+        .await
+        .unwrap_or(Err(BackplaneError::Timeout(self.node.common.timeout)));
+        match result {
+            Ok((epoch, seq)) => {
+                Counters::bump(&self.node.counters.published);
+                self.node.counters.saw(seq);
+                Ok(crate::history::format_id(epoch, seq))
+            }
+            Err(error) => {
+                Counters::bump(&self.node.counters.publish_errors);
+                Err(error)
+            }
+        }
+    }
+
+    /// Subscribes on this node like [`Hub::subscribe`], resuming a `Last-Event-ID` issued by
+    /// any node: from the local mirror when it reaches back far enough, else from the broker's
+    /// history, with the same `reset` semantics as a single hub. An [`Endpoint`] serving the
+    /// node's hub calls this by itself.
+    ///
+    /// [`Endpoint`]: crate::Endpoint
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::subscribe`], and [`SubscribeError::Unavailable`] when the missed events must
+    /// come from the broker and it cannot be reached (the client should retry, rather than
+    /// resume with a gap).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future subscribes nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
+    /// # let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
+    /// let id = node.publish("t", ssehub::Event::new("missed")).await?;
+    /// let resumed = node.subscribe(ssehub::Subscribe::from("t").with_last_event_id(id)).await?;
+    /// # drop(resumed);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn subscribe(
+        &self,
+        request: impl Into<Subscribe>,
+    ) -> Result<Subscription, SubscribeError> {
+        subscribe_on(&self.node, &self.broker, &self.hub, request.into()).await
+    }
+
+    /// The node's connection state, position and lag.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
+    /// # let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
+    /// println!("lag: {} events", node.state().lag);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn state(&self) -> BackplaneState {
+        let counters = &self.node.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let position = self.node.position();
+        let broker_position = load(&counters.broker_position).max(position);
+        BackplaneState {
+            connected: counters.connected.load(Ordering::Relaxed),
+            reconnects: load(&counters.reconnects),
+            position,
+            broker_position,
+            lag: broker_position - position,
+            published: load(&counters.published),
+            publish_errors: load(&counters.publish_errors),
+            received: load(&counters.received),
+            skipped: load(&counters.skipped),
+            gaps: load(&counters.gaps),
+            fetches: load(&counters.fetches),
+        }
+    }
+
+    /// Stops the node's broker subscription (publishes fail with
+    /// [`BackplaneError::Closed`] from now on). The hub is not shut down: its streams go on
+    /// until the application shuts it down.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
+    /// # let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
+    /// node.shutdown();
+    /// assert!(node.publish("t", ssehub::Event::new("x")).await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn shutdown(&self) {
+        self.node.closed.store(true, Ordering::Release);
+        if let Some(task) = lock(&self.stop.0).take() {
+            task.abort();
+        }
+        self.node.set_connected(false);
+    }
+}
+
+/// The subscribe path of a hub that may have a backplane: the one the adapters take.
+#[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
+pub(crate) async fn subscribe(
+    hub: &Hub,
+    request: Subscribe,
+) -> Result<Subscription, SubscribeError> {
+    match hub.shared().remote.backplane() {
+        Some((node, broker)) => subscribe_on(&node, &broker, hub, request).await,
+        None => hub.subscribe(request),
+    }
+}
+
+/// See [`Backplane::subscribe`].
+async fn subscribe_on(
+    node: &Node,
+    broker: &Broker,
+    hub: &Hub,
+    mut request: Subscribe,
+) -> Result<Subscription, SubscribeError> {
+    let shared = &node.shared;
+    let Some(last) = request.last_event_id.as_deref() else {
+        return hub.subscribe(request);
+    };
+    let epoch = shared.remote.epoch();
+    let Parsed::Ours(after) = parse_id(last, epoch) else {
+        // Malformed, another epoch, not an id we issue: the hub's own answer.
+        return hub.subscribe(request);
+    };
+    // A client that moved from a node slightly ahead of this one: wait (bounded) rather than
+    // answer with a reset.
+    let deadline = tokio::time::Instant::now() + node.common.catch_up;
+    while node.position() < after && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if node.position() < after {
+        return hub.subscribe(request);
+    }
+    // What the hub would refuse is refused by it, before any broker round trip.
+    let count = request.topics.len() + request.patterns.len();
+    let valid = |t: &String| validate_topic(t, shared.config.max_topic_len).is_ok();
+    if count > shared.config.max_topics_per_subscription || !request.topics.iter().all(valid) {
+        return hub.subscribe(request);
+    }
+    let mut patterns = Vec::with_capacity(request.patterns.len());
+    for source in &request.patterns {
+        match Pattern::with_max_len(source, shared.config.max_topic_len) {
+            Ok(pattern) => patterns.push(pattern),
+            // Invalid: the hub refuses the request with the right error.
+            Err(_) => return hub.subscribe(request),
+        }
+    }
+    if shared.mirror_covers(shared.remote.to_local(after), &request.topics, &patterns) {
+        return hub.subscribe(request);
+    }
+    Counters::bump(&node.counters.fetches);
+    let max = shared.config.max_replay;
+    let fetched = tokio::time::timeout(node.common.timeout, async {
+        match broker {
+            #[cfg(feature = "redis")]
+            Broker::Redis(client) => client.fetch(after, &request.topics, &patterns, max).await,
+            #[cfg(feature = "nats")]
+            Broker::Nats(client) => client.fetch(after, &request.topics, &patterns, max).await,
+        }
+    })
+    .await
+    .unwrap_or(Err(BackplaneError::Timeout(node.common.timeout)))
+    .map_err(|_| SubscribeError::Unavailable)?;
+    let upto = shared.remote.to_local(fetched.upto);
+    let mut prefix = Prefix { frames: Vec::new(), upto, reset: fetched.reset };
+    if fetched.epoch != epoch {
+        prefix.reset = Some(ResetReason::OtherEpoch);
+    } else if fetched.events.len() > max {
+        prefix.reset = Some(ResetReason::TooMany);
+    } else {
+        for (seq, event) in fetched.events {
+            // An event this node cannot deliver is skipped here as it is live.
+            if let Ok(frame) = shared.encode_remote(epoch, seq, event) {
+                prefix.frames.push((shared.remote.to_local(seq), frame));
+            }
+        }
+    }
+    request.prefix = Some(prefix);
+    hub.subscribe(request)
+}
+
+impl Remote {
+    /// Claims the hub for a backplane; false if one has it.
+    fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Gives the claim back after a failed connect.
+    fn release(&self) {
+        self.claimed.store(false, Ordering::Release);
+    }
+
+    /// Remembers the backplane so the adapters' resumes go through it.
+    fn set_node(&self, backplane: &Backplane) {
+        *lock(&self.node) = Some(WeakBackplane {
+            node: PlainArc::downgrade(&backplane.node),
+            broker: PlainArc::downgrade(&backplane.broker),
+        });
+    }
+
+    /// The hub's backplane, while one is alive.
+    #[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
+    fn backplane(&self) -> Option<(PlainArc<Node>, PlainArc<Broker>)> {
+        let weak = lock(&self.node).clone()?;
+        Some((weak.node.upgrade()?, weak.broker.upgrade()?))
+    }
+}
+
+/// A backplane as its hub remembers it: weakly, so the hub does not keep it alive. Only the
+/// adapters read it.
+#[derive(Clone)]
+#[cfg_attr(not(any(feature = "axum", feature = "hyper", feature = "server")), allow(dead_code))]
+pub(crate) struct WeakBackplane {
+    /// See [`Backplane::node`].
+    node: std::sync::Weak<Node>,
+    /// See [`Backplane::broker`].
+    broker: std::sync::Weak<Broker>,
+}
+
+impl fmt::Debug for WeakBackplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WeakBackplane")
+    }
+}
+
+/// `url` with any credentials (`user:password@`) hidden, for `Debug`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// A fresh random epoch for a broker that has none.
+#[cfg(feature = "redis")]
+pub(crate) fn fresh_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness, the clock still makes a new epoch differ from the last one.
+    if getrandom::fill(&mut bytes).is_err() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        return now.map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
+    // Kept below 2^53 so brokers that hold numbers as doubles (Lua) keep it exact.
+    u64::from_le_bytes(bytes) >> 11
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn debug_hides_credentials() {
+        assert_eq!(redact("redis://:s3cret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("nats://user:pw@host:4222"), "nats://***@host:4222");
+        assert_eq!(redact("redis://host:6379/a@b"), "redis://host:6379/a@b");
+        assert_eq!(redact("no scheme"), "no scheme");
+    }
+}

@@ -1,0 +1,571 @@
+//! The Redis backplane: fan-out over one pub/sub channel, history in one Redis Stream per topic.
+//!
+//! Keys, all under one prefix (`ssehub` by default; put it in braces, `{ssehub}`, to keep every
+//! key in one Redis Cluster slot, as the scripts need):
+//!
+//! | key | holds |
+//! | --- | --- |
+//! | `P:epoch` | the history's epoch (hex), set once; a Redis that lost its data gets a new one |
+//! | `P:seq` | the last sequence number issued |
+//! | `P:topics` | a hash: topic name to the last sequence number published to it |
+//! | `P:t:TOPIC` | the topic's stream; entry `n-0` is event `n` |
+//! | `P:trimmed` | a hash: topic name to the last sequence number trimmed from its stream |
+//! | `P:events` | the pub/sub channel every node subscribes to |
+//!
+//! A publish is one Lua script: number the event, `XADD` it, `PUBLISH` it. Scripts run one at a
+//! time, so the channel's order is the numbering's order, and a number is only used by an event
+//! that was stored (the `XADD` comes before anything that could not be undone).
+
+use std::time::Duration;
+
+use ::redis::aio::{MultiplexedConnection, PubSub};
+use ::redis::Script;
+use futures_util::StreamExt;
+
+use super::{backoff, BackplaneError, Broker, Common, Fetched, Node};
+use crate::history::ResetReason;
+use crate::sync::PlainArc;
+use crate::topic::Pattern;
+
+/// Numbers, stores and fans out one event. Trimming is exact and remembered: once a stream
+/// holds an eighth more than its bound, the oldest entries down to the bound go, and the last
+/// one's number is kept in `P:trimmed`, so a resume from before it gets a reset, never a gap.
+/// (`MAXLEN ~` trims whole radix nodes and `max-deleted-entry-id` does not count trimming, so
+/// neither could say which events are gone.)
+const PUBLISH: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[1], epoch)
+end
+local id = string.format('%d', (tonumber(redis.call('GET', KEYS[2])) or 0) + 1)
+redis.call('XADD', KEYS[4], id .. '-0', 'd', ARGV[2])
+redis.call('SET', KEYS[2], id)
+redis.call('HSET', KEYS[3], ARGV[1], id)
+local max = tonumber(ARGV[3])
+local len = redis.call('XLEN', KEYS[4])
+if len > max + math.floor(max / 8) then
+  local cut = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', len - max)
+  local last = tonumber(string.match(cut[#cut][1], '^(%d+)'))
+  redis.call('XTRIM', KEYS[4], 'MINID', string.format('%d', last + 1))
+  redis.call('HSET', KEYS[5], ARGV[1], string.format('%d', last))
+end
+redis.call('PUBLISH', ARGV[4], epoch .. '-' .. id .. '\n' .. ARGV[1] .. '\n' .. ARGV[2])
+return {epoch, id}
+";
+
+/// The epoch and position a node joins at. A Redis that lost its data (no epoch) or went back
+/// in time (a position below what the node saw, as after a restore) gets a new epoch, so old
+/// ids are answered with a reset instead of being taken for new events.
+const REBASE: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+local n = tonumber(redis.call('GET', KEYS[2])) or 0
+if not epoch or (epoch == ARGV[1] and n < tonumber(ARGV[2])) then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[1], epoch)
+end
+return {epoch, string.format('%d', n)}
+";
+
+/// The events after `ARGV[1]` on the given topics, at most `ARGV[2]` per topic, with the epoch,
+/// the position, and whether any topic already trimmed some of them: all read atomically.
+const FETCH: &str = r"
+local out = {redis.call('GET', KEYS[1]) or '', redis.call('GET', KEYS[2]) or '0', '0'}
+local after = tonumber(ARGV[1])
+for i = 5, #KEYS do
+  local name = ARGV[i - 2]
+  local last = tonumber(redis.call('HGET', KEYS[3], name)) or 0
+  if last > after then
+    local trimmed = tonumber(redis.call('HGET', KEYS[4], name)) or 0
+    if trimmed > after or redis.call('EXISTS', KEYS[i]) == 0 then
+      out[3] = '1'
+    else
+      local entries = redis.call('XRANGE', KEYS[i], string.format('%d', after + 1), '+', 'COUNT', ARGV[2])
+      for _, entry in ipairs(entries) do
+        table.insert(out, entry[1])
+        table.insert(out, entry[2][2])
+      end
+    end
+  end
+end
+return out
+";
+
+/// Most topics one resume may fetch (a pattern matching more gets a `too-many` reset).
+const MAX_FETCH_TOPICS: usize = 4096;
+
+/// How a node joins Redis.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1:6379")
+///     .with_prefix("{ssehub}")
+///     .with_max_len(10_000)
+///     .with_timeout(Duration::from_secs(2));
+/// # drop(redis);
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct Redis {
+    /// `redis://host:port/db`.
+    url: String,
+    /// Prefix of every key and of the channel.
+    prefix: String,
+    /// Events kept per topic stream (up to an eighth more, trimmed in batches).
+    max_len: usize,
+    /// Timeouts and backoff.
+    common: Common,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &super::redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("max_len", &self.max_len)
+            .field("common", &self.common)
+            .finish()
+    }
+}
+
+impl Redis {
+    /// Redis at `url` (`redis://[:password@]host[:port][/db]`), keys under `ssehub`, 1,000
+    /// events kept per topic, 5 s timeouts, reconnects backing off from 100 ms to 5 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1:6379");
+    /// # drop(redis);
+    /// ```
+    pub fn new(url: &str) -> Self {
+        Redis {
+            url: url.to_string(),
+            prefix: "ssehub".to_string(),
+            max_len: 1000,
+            common: Common::default(),
+        }
+    }
+
+    /// The prefix of every key and of the channel, so several deployments can share a Redis.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1").with_prefix("staging");
+    /// # drop(redis);
+    /// ```
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_string();
+        self
+    }
+
+    /// Events kept per topic in Redis (at least 1; up to an eighth more, as streams are
+    /// trimmed in batches). A resume from before them is answered with a `too-old` reset.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1").with_max_len(50_000);
+    /// # drop(redis);
+    /// ```
+    pub fn with_max_len(mut self, events: usize) -> Self {
+        self.max_len = events.max(1);
+        self
+    }
+
+    /// How long one Redis operation (a publish, a fetch, a connect) may take.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1")
+    ///     .with_timeout(std::time::Duration::from_secs(1));
+    /// # drop(redis);
+    /// ```
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.common.timeout = timeout;
+        self
+    }
+
+    /// The first and the longest pause between reconnect attempts (doubling, with jitter).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1")
+    ///     .with_backoff(Duration::from_millis(50), Duration::from_secs(2));
+    /// # drop(redis);
+    /// ```
+    pub fn with_backoff(mut self, first: Duration, longest: Duration) -> Self {
+        self.common.backoff = (first, longest.max(first));
+        self
+    }
+}
+
+impl Redis {
+    /// Connects, joins the broker's stream and starts the node's task.
+    pub(super) async fn open(
+        self,
+        node: &PlainArc<Node>,
+    ) -> Result<(Broker, tokio::task::JoinHandle<()>), BackplaneError> {
+        let client = ::redis::Client::open(self.url.as_str()).map_err(unavailable)?;
+        let prefix = &self.prefix;
+        let inner = Inner {
+            client,
+            epoch_key: format!("{prefix}:epoch"),
+            seq_key: format!("{prefix}:seq"),
+            topics_key: format!("{prefix}:topics"),
+            trimmed_key: format!("{prefix}:trimmed"),
+            stream_prefix: format!("{prefix}:t:"),
+            channel: format!("{prefix}:events"),
+            max_len: self.max_len,
+            timeout: self.common.timeout,
+            connection: tokio::sync::Mutex::new(None),
+            publish: Script::new(PUBLISH),
+            rebase: Script::new(REBASE),
+            fetch: Script::new(FETCH),
+        };
+        let client = Client(PlainArc::new(inner));
+        let pubsub = client.join(node).await?;
+        node.set_connected(true);
+        let task = tokio::spawn(run(node.clone(), client.clone(), pubsub));
+        Ok((Broker::Redis(client), task))
+    }
+
+    /// The settings shared by every broker.
+    pub(super) fn common(&self) -> Common {
+        self.common
+    }
+}
+
+/// A Redis error as a backplane error.
+fn unavailable(error: ::redis::RedisError) -> BackplaneError {
+    BackplaneError::Unavailable(super::BrokerError::wrap(error))
+}
+
+/// The node's Redis client.
+#[derive(Clone)]
+pub(crate) struct Client(PlainArc<Inner>);
+
+/// See [`Client`].
+struct Inner {
+    /// Connection settings.
+    client: ::redis::Client,
+    /// See the module docs.
+    epoch_key: String,
+    /// See the module docs.
+    seq_key: String,
+    /// See the module docs.
+    topics_key: String,
+    /// See the module docs.
+    trimmed_key: String,
+    /// A topic's stream key is this and its name.
+    stream_prefix: String,
+    /// See the module docs.
+    channel: String,
+    /// Events kept per stream.
+    max_len: usize,
+    /// How long one operation may take.
+    timeout: Duration,
+    /// The command connection (multiplexed: publishes share it), made again after an error.
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// See [`PUBLISH`].
+    publish: Script,
+    /// See [`REBASE`].
+    rebase: Script,
+    /// See [`FETCH`].
+    fetch: Script,
+}
+
+impl Client {
+    /// Runs `op` on the command connection, within the timeout; a failed connection is
+    /// dropped, so the next call connects again.
+    async fn call<T, F>(
+        &self,
+        op: impl FnOnce(MultiplexedConnection) -> F,
+    ) -> Result<T, BackplaneError>
+    where
+        F: std::future::Future<Output = ::redis::RedisResult<T>>,
+    {
+        let inner = &self.0;
+        let attempt = async {
+            let connection = {
+                let mut slot = inner.connection.lock().await;
+                match &*slot {
+                    Some(connection) => connection.clone(),
+                    None => {
+                        let connection = inner.client.get_multiplexed_async_connection().await?;
+                        *slot = Some(connection.clone());
+                        connection
+                    }
+                }
+            };
+            op(connection).await
+        };
+        match tokio::time::timeout(inner.timeout, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                if error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+                    *inner.connection.lock().await = None;
+                }
+                Err(unavailable(error))
+            }
+            Err(_) => {
+                *inner.connection.lock().await = None;
+                Err(BackplaneError::Timeout(inner.timeout))
+            }
+        }
+    }
+
+    /// Numbers, stores and fans out one event; returns its epoch and number.
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+    ) -> Result<(u64, u64), BackplaneError> {
+        let inner = &self.0;
+        let stream = format!("{}{topic}", inner.stream_prefix);
+        let fresh = format!("{:x}", super::fresh_epoch());
+        let (epoch, seq): (String, String) = self
+            .call(|mut connection| async move {
+                let mut invocation = inner.publish.prepare_invoke();
+                invocation
+                    .key(&inner.epoch_key)
+                    .key(&inner.seq_key)
+                    .key(&inner.topics_key)
+                    .key(&stream)
+                    .key(&inner.trimmed_key)
+                    .arg(topic)
+                    .arg(payload)
+                    .arg(inner.max_len)
+                    .arg(&inner.channel)
+                    .arg(&fresh);
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        parse_position(&epoch, &seq).ok_or(BackplaneError::Protocol)
+    }
+
+    /// The broker's last sequence number.
+    async fn position(&self) -> Result<u64, BackplaneError> {
+        let key = self.0.seq_key.clone();
+        let seq: Option<String> = self
+            .call(|mut connection| async move {
+                ::redis::cmd("GET").arg(&key).query_async(&mut connection).await
+            })
+            .await?;
+        Ok(seq.and_then(|s| s.parse().ok()).unwrap_or(0))
+    }
+
+    /// Subscribes to the channel, then learns where the broker is: everything published after
+    /// that point arrives on the subscription, everything before is in the streams.
+    async fn join(&self, node: &Node) -> Result<PubSub, BackplaneError> {
+        let inner = &self.0;
+        let subscribe = async {
+            let mut pubsub = inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(&inner.channel).await?;
+            Ok::<_, ::redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::time::timeout(inner.timeout, subscribe)
+            .await
+            .map_err(|_| BackplaneError::Timeout(inner.timeout))?
+            .map_err(unavailable)?;
+        let seen_epoch = if node.shared.remote.is_attached() {
+            format!("{:x}", node.shared.remote.epoch())
+        } else {
+            String::new()
+        };
+        let seen = node.position().to_string();
+        let fresh = format!("{:x}", super::fresh_epoch());
+        let (epoch, seq): (String, String) = self
+            .call(|mut connection| async move {
+                let mut invocation = inner.rebase.prepare_invoke();
+                invocation
+                    .key(&inner.epoch_key)
+                    .key(&inner.seq_key)
+                    .arg(&seen_epoch)
+                    .arg(&seen)
+                    .arg(&fresh);
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        let (epoch, seq) = parse_position(&epoch, &seq).ok_or(BackplaneError::Protocol)?;
+        node.rebase(epoch, seq);
+        Ok(pubsub)
+    }
+
+    /// The events after `after` on `topics` and the topics matching `patterns`.
+    pub(crate) async fn fetch(
+        &self,
+        after: u64,
+        topics: &[String],
+        patterns: &[Pattern],
+        max: usize,
+    ) -> Result<Fetched, BackplaneError> {
+        let inner = &self.0;
+        let mut names: Vec<String> = topics.to_vec();
+        if !patterns.is_empty() {
+            let key = inner.topics_key.clone();
+            let known: Vec<String> = self
+                .call(|mut connection| async move {
+                    ::redis::cmd("HKEYS").arg(&key).query_async(&mut connection).await
+                })
+                .await?;
+            names.extend(known.into_iter().filter(|t| patterns.iter().any(|p| p.matches(t))));
+        }
+        names.sort_unstable();
+        names.dedup();
+        if names.len() > MAX_FETCH_TOPICS {
+            return Ok(Fetched { reset: Some(ResetReason::TooMany), ..Fetched::default() });
+        }
+        let reply: Vec<Vec<u8>> = self
+            .call(|mut connection| async move {
+                let mut invocation = inner.fetch.prepare_invoke();
+                invocation
+                    .key(&inner.epoch_key)
+                    .key(&inner.seq_key)
+                    .key(&inner.topics_key)
+                    .key(&inner.trimmed_key);
+                for name in &names {
+                    invocation.key(format!("{}{name}", inner.stream_prefix));
+                }
+                invocation.arg(after).arg(max.saturating_add(1));
+                for name in &names {
+                    invocation.arg(name);
+                }
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        let text = |bytes: &Vec<u8>| std::str::from_utf8(bytes).ok().map(str::to_owned);
+        let (Some(epoch), Some(upto), Some(trimmed)) =
+            (reply.first().and_then(text), reply.get(1).and_then(text), reply.get(2))
+        else {
+            return Err(BackplaneError::Protocol);
+        };
+        let (epoch, upto) = parse_position(&epoch, &upto).ok_or(BackplaneError::Protocol)?;
+        let mut fetched = Fetched { epoch, upto, ..Fetched::default() };
+        if trimmed.as_slice() == b"1" {
+            fetched.reset = Some(ResetReason::TooOld);
+            return Ok(fetched);
+        }
+        for pair in reply[3..].chunks(2) {
+            let [id, payload] = pair else {
+                return Err(BackplaneError::Protocol);
+            };
+            let seq = std::str::from_utf8(id)
+                .ok()
+                .and_then(|id| id.strip_suffix("-0"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or(BackplaneError::Protocol)?;
+            // Undecodable events are skipped here as they are live.
+            if let Ok(event) = super::codec::decode(payload) {
+                fetched.events.push((seq, event));
+            }
+        }
+        fetched.events.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(fetched)
+    }
+}
+
+/// `(epoch, sequence)` from the scripts' hex epoch and decimal number.
+fn parse_position(epoch: &str, seq: &str) -> Option<(u64, u64)> {
+    Some((u64::from_str_radix(epoch, 16).ok()?, seq.parse().ok()?))
+}
+
+/// `EPOCH-SEQ\nTOPIC\nPAYLOAD`, as the publish script sends it.
+fn parse_message(message: &[u8]) -> Option<(u64, u64, &str, &[u8])> {
+    let mut parts = message.splitn(3, |b| *b == b'\n');
+    let id = std::str::from_utf8(parts.next()?).ok()?;
+    let topic = std::str::from_utf8(parts.next()?).ok()?;
+    let payload = parts.next()?;
+    let (epoch, seq) = id.split_once('-')?;
+    let (epoch, seq) = parse_position(epoch, seq)?;
+    Some((epoch, seq, topic, payload))
+}
+
+/// The node's broker task: listens, and when the subscription is lost, reconnects with backoff
+/// and joins again, until the backplane is dropped.
+async fn run(node: PlainArc<Node>, client: Client, first: PubSub) {
+    let mut pubsub = Some(first);
+    let mut attempt: u32 = 0;
+    loop {
+        if node.is_closed() {
+            return;
+        }
+        let joined = match pubsub.take() {
+            Some(pubsub) => Ok(pubsub),
+            None => client.join(&node).await,
+        };
+        if let Ok(mut pubsub) = joined {
+            attempt = 0;
+            node.set_connected(true);
+            listen(&node, &client, &mut pubsub).await;
+            node.set_connected(false);
+        }
+        if node.is_closed() {
+            return;
+        }
+        let jitter = u64::try_from(node.shared.jitter(Duration::from_secs(3600)).as_millis());
+        tokio::time::sleep(backoff(&node.common, attempt, jitter.unwrap_or(0))).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Delivers messages until the subscription ends or stalls (the broker has events this node
+/// has not received for three polls in a row: a half-open connection).
+async fn listen(node: &Node, client: &Client, pubsub: &mut PubSub) {
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    let mut stalled = 0;
+    let mut last = node.position();
+    let mut messages = pubsub.on_message();
+    loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else { return };
+                match parse_message(message.get_payload_bytes()) {
+                    Some((epoch, seq, topic, payload)) => {
+                        if epoch != node.shared.remote.epoch() {
+                            // Another history (Redis lost its data and a publish started a
+                            // new one): join it where this event starts.
+                            node.rebase(epoch, seq.saturating_sub(1));
+                        }
+                        node.deliver(topic, seq, payload);
+                    }
+                    None => node.skip(),
+                }
+            }
+            _ = poll.tick() => {
+                if node.is_closed() {
+                    return;
+                }
+                if let Ok(seq) = client.position().await {
+                    node.saw(seq);
+                    let position = node.position();
+                    stalled = if seq > position && position == last { stalled + 1 } else { 0 };
+                    last = position;
+                    if stalled >= 3 {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse_only_when_whole() {
+        assert_eq!(parse_message(b"ab-7\nnews\n\x01x"), Some((0xab, 7, "news", &b"\x01x"[..])));
+        assert_eq!(parse_message(b"ab-7\nnews\n"), Some((0xab, 7, "news", &b""[..])));
+        for bad in [&b"ab-7\nnews"[..], b"zz-7\nt\n", b"ab7\nt\n", b"ab-x\nt\n", b""] {
+            assert_eq!(parse_message(bad), None);
+        }
+    }
+}
