@@ -555,34 +555,24 @@ mod tests {
         assert!(take_all(&ring, &stuck).1.overflowed);
     }
 
+    /// What a reader with a bound of 1,024 takes from `ring` at its cursor, as a batch.
+    fn run_at(ring: &Ring, member: &Member, out: &mut Vec<Bytes>) -> (Taken, Option<Run>) {
+        let policy = SlowPolicy::Disconnect;
+        ring.take_run(member.cursor(), 1024, policy, u64::MAX, 64, 1 << 20, out)
+    }
+
     #[test]
     fn a_chunk_held_by_a_batch_is_copied_before_an_append_and_the_batch_stays_intact() {
         let ring = Ring::new();
         let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
         ring.push(1, &frame(1));
         let mut out = Vec::new();
-        let (taken, run) = ring.take_run(
-            member.cursor(),
-            1024,
-            SlowPolicy::Disconnect,
-            u64::MAX,
-            64,
-            1 << 20,
-            &mut out,
-        );
+        let (taken, run) = run_at(&ring, &member, &mut out);
         let run = run.expect("one chunk");
         member.advance(taken.from + 1);
         ring.push(2, &frame(2));
         assert_eq!(run.frames(), [frame(1)], "the batch still sees only what it took");
-        let (_, next) = ring.take_run(
-            member.cursor(),
-            1024,
-            SlowPolicy::Disconnect,
-            u64::MAX,
-            64,
-            1 << 20,
-            &mut out,
-        );
+        let (_, next) = run_at(&ring, &member, &mut out);
         assert_eq!(next.expect("one chunk").frames(), [frame(2)]);
     }
 
@@ -595,15 +585,7 @@ mod tests {
         }
         member.advance(CHUNK as u64 - 5);
         let mut out = Vec::new();
-        let (taken, run) = ring.take_run(
-            member.cursor(),
-            1024,
-            SlowPolicy::Disconnect,
-            u64::MAX,
-            64,
-            1 << 20,
-            &mut out,
-        );
+        let (taken, run) = run_at(&ring, &member, &mut out);
         assert!(run.is_none());
         assert_eq!((taken.count, out.len()), (15, 15));
         assert_eq!(out[0], frame(CHUNK as u64 - 4));

@@ -196,13 +196,7 @@ impl Shared {
         };
         this.complete(seq);
         drop(sequencer);
-        if let Some(ring) = fan.ring.take() {
-            ring.wake_parked();
-        }
-        this.counters.published(&fan);
-        for id in &fan.slow_ids {
-            Shared::remove(this, *id);
-        }
+        Shared::after_publish(this, &mut fan);
         Ok(if gap { Delivered::AfterGap } else { Delivered::Queued(fan.delivered) })
     }
 

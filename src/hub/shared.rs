@@ -446,20 +446,7 @@ impl Shared {
         // A subscriber that sees this number sees every entry of this publish.
         this.complete(seq);
         drop(sequencer);
-        // Wake the ring's parked readers only now that the watermark lets them take the entry.
-        if let Some(ring) = fan.ring.take() {
-            ring.wake_parked();
-        }
-        this.counters.published(&fan);
-        // A subscriber dropped as slow leaves the registry now, not when its connection gets
-        // around to dropping the subscription: a writer blocked on a full socket may not poll
-        // its stream for a long time. Only on this rare path does a publish take the registry's
-        // writer lock, and only after the sequencer is released.
-        for id in &fan.slow_ids {
-            #[cfg(feature = "tracing")]
-            tracing::info!(target: "ssehub", subscriber = id, reason = "slow", "subscriber dropped");
-            Shared::remove(this, *id);
-        }
+        Shared::after_publish(this, &mut fan);
         Ok(Published {
             receivers: usize::try_from(fan.delivered).unwrap_or(usize::MAX),
             id: event.id,
@@ -650,6 +637,25 @@ impl Shared {
             }
             pending.sort_by_key(|(seq, _)| *seq);
             slot.queue.close_absorbing(reason, pending)
+        }
+    }
+
+    /// What follows a publish once the watermark is stored and the sequencer released: the
+    /// ring's parked readers are woken (only now may they take the entry), the counters
+    /// updated, and subscribers it dropped as slow taken out of the registry.
+    pub(crate) fn after_publish(this: &Arc<Self>, fan: &mut FanOut) {
+        if let Some(ring) = fan.ring.take() {
+            ring.wake_parked();
+        }
+        this.counters.published(fan);
+        // A subscriber dropped as slow leaves the registry now, not when its connection gets
+        // around to dropping the subscription: a writer blocked on a full socket may not poll
+        // its stream for a long time. Only on this rare path does a publish take the registry's
+        // writer lock, and only after the sequencer is released.
+        for id in &fan.slow_ids {
+            #[cfg(feature = "tracing")]
+            tracing::info!(target: "ssehub", subscriber = id, reason = "slow", "subscriber dropped");
+            Shared::remove(this, *id);
         }
     }
 
