@@ -272,24 +272,26 @@ async fn slowloris_is_cut_at_the_head_timeout_leaving_no_task() {
             tokio::spawn(async move {
                 let mut socket = TcpStream::connect(addr).await.unwrap();
                 let request = b"GET /?topic=t HTTP/1.1\r\nhost: t\r\nx-slow: ";
-                let started = tokio::time::Instant::now();
+                let mut sent = 0usize;
                 for byte in request.iter().chain(std::iter::repeat(&b'x')).take(400) {
                     if socket.write_all(&[*byte]).await.is_err() {
                         break;
                     }
+                    sent += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let mut rest = Vec::new();
                 let read = tokio::time::timeout(WAIT, socket.read_to_end(&mut rest)).await;
                 assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed unanswered: {rest:?}");
-                started.elapsed()
+                sent
             })
         })
         .collect();
     for drip in drips {
-        let took = drip.await.unwrap();
-        // The whole drip would take 8 s; the head timeout is 0.3 s.
-        assert!(took < Duration::from_secs(5), "cut at the head timeout, not after the drip");
+        let sent = drip.await.unwrap();
+        // The head timeout (0.3 s) cuts the drip (400 bytes, one per 20 ms) long before its
+        // end: the server's close makes the client's writes fail.
+        assert!(sent < 400, "the whole drip was accepted: not cut at the head timeout");
     }
     until("no task left", || tasks() == baseline).await;
     assert_eq!(hub.subscriber_count(), 0);
@@ -516,7 +518,8 @@ async fn a_peer_that_vanishes_is_removed_at_the_write_deadline() {
 async fn a_zero_window_reader_is_dropped_as_slow_at_once_and_the_others_get_everything() {
     let hub = Hub::builder().with_heartbeat(None).with_capacity(64).build();
     let endpoint = Endpoint::new(hub.clone());
-    let server = Server::new(endpoint.clone()).with_write_timeout(Duration::from_secs(60));
+    // A write deadline no run of this test reaches: a close can only come from the policy.
+    let server = Server::new(endpoint.clone()).with_write_timeout(Duration::from_secs(3600));
     let addr = start(server).await;
     let _stuck = stalled(addr, "/?topic=t", "").await;
     let mut reader = Client::get(addr, "/?topic=t", "").await;
@@ -536,7 +539,6 @@ async fn a_zero_window_reader_is_dropped_as_slow_at_once_and_the_others_get_ever
             seen += 1;
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(30), "closed by the deadline, not the policy");
     assert_eq!(hub.stats().slow_disconnects, 1);
     assert_eq!(hub.subscriber_count(), 1, "the reader is untouched");
 }
