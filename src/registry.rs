@@ -491,8 +491,12 @@ fn detach(state: &TopicState, id: u64) {
     };
     if slot.reads_rings() {
         state.readers.rcu(|set| set.remove(id));
-        state.ring.leave(id);
-        lock(&slot.feeds).retain(|f| !Arc::ptr_eq(&f.ring, &state.ring));
+        let mut feeds = lock(&slot.feeds);
+        for feed in feeds.iter().filter(|f| Arc::ptr_eq(&f.ring, &state.ring)) {
+            state.ring.leave(&feed.member);
+        }
+        feeds.retain(|f| !Arc::ptr_eq(&f.ring, &state.ring));
+        drop(feeds);
         if state.readers.load().is_empty() {
             state.ring.clear();
         }

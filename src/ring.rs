@@ -24,17 +24,21 @@
 //! `Conflate` subscribers do not read rings: replacing a queued frame by key needs a queue of
 //! their own, so they keep the per-subscriber queue (`queue.rs`).
 //!
-//! Parked readers register in the ring's `parked` map; a publish drains the map and wakes each
-//! of them once, after the hub's watermark says the event is complete (see `Shared::sequenced`).
+//! Parked readers register in the ring's `parked` list, in the order they parked; a publish takes
+//! the list and wakes each of them once, in that order, after the hub's watermark says the event
+//! is complete (see `Shared::sequenced`). A reader's `parked` flag keeps it in the list at most
+//! once; the list's allocation is reused from publish to publish.
+//! Waking in park order keeps each reader's place from one event to the next (the order they
+//! drained in), so a reader's latency does not depend on where a hash put it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 
 use crate::idmap::IdMap;
 use crate::queue::SlowPolicy;
 use crate::registry::{Slot, TopicState};
-use crate::sync::{lock, Arc, AtomicU64, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// Scans come at least this often (in publishes), so a quiet topic's log stays short.
 const MIN_SCAN_INTERVAL: u64 = 16;
@@ -47,6 +51,12 @@ pub(crate) struct Member {
     /// The position of the next entry to read. Written by the subscriber's drain (and at
     /// registration); read by the publisher's scans and by `queued()`.
     pub(crate) cursor: AtomicU64,
+    /// In the ring's current parked list, so parking again has nothing to do. Read and
+    /// written only under the ring's `parked` lock.
+    parked: AtomicBool,
+    /// Left the ring: not listed again, not woken, and dropped from the list by the next wake
+    /// or compaction.
+    left: AtomicBool,
 }
 
 impl Member {
@@ -182,8 +192,20 @@ pub(crate) struct Ring {
     log: Mutex<Log>,
     /// The tail position, mirrored for lock-free "anything new?" checks.
     tail: AtomicU64,
-    /// Readers waiting for the next entry, by subscriber id.
-    parked: Mutex<HashMap<u64, Arc<Member>>>,
+    /// Readers waiting for the next entry.
+    parked: Mutex<Parked>,
+}
+
+/// The readers waiting for a ring's next entry.
+#[derive(Debug, Default)]
+struct Parked {
+    /// In the order they parked; some may have left since.
+    list: Vec<Arc<Member>>,
+    /// The list the last wake took, emptied and given back for its allocation.
+    spare: Vec<Arc<Member>>,
+    /// How many in `list` left (an upper bound): when they are half of it, it is compacted,
+    /// so a quiet topic's churn does not grow it.
+    left: usize,
 }
 
 impl Ring {
@@ -198,7 +220,7 @@ impl Ring {
                 check_at: MIN_SCAN_INTERVAL,
             }),
             tail: AtomicU64::new(0),
-            parked: Mutex::new(HashMap::new()),
+            parked: Mutex::new(Parked::default()),
         }
     }
 
@@ -220,9 +242,18 @@ impl Ring {
         tail
     }
 
-    /// Forgets a reader that left: it no longer waits for a wake.
-    pub(crate) fn leave(&self, id: u64) {
-        lock(&self.parked).remove(&id);
+    /// Forgets a reader that left: it no longer waits for a wake. Amortised O(1): it stays in
+    /// the list until the next wake, or until leavers are half the list.
+    pub(crate) fn leave(&self, member: &Member) {
+        member.left.store(true, Ordering::Release);
+        let mut parked = lock(&self.parked);
+        if member.parked.load(Ordering::Relaxed) {
+            parked.left += 1;
+            if parked.left * 2 > parked.list.len() {
+                parked.list.retain(|m| !m.left.load(Ordering::Acquire));
+                parked.left = 0;
+            }
+        }
     }
 
     /// Drops every entry (the last reader left); positions keep counting.
@@ -441,21 +472,43 @@ impl Ring {
     }
 
     /// Registers `member` to be woken by the next publish to this ring.
+    ///
+    /// Always under the lock, even when the reader is listed already: that lock is what orders
+    /// the caller's next drain after any take that missed it (the publish behind that take
+    /// completed before it), so either the take wakes the reader or its drain sees the event.
+    /// The caller has stored its waker (in its queue) before.
     pub(crate) fn park(&self, member: &Arc<Member>) {
-        lock(&self.parked).entry(member.slot.id).or_insert_with(|| member.clone());
+        let mut parked = lock(&self.parked);
+        // A reader that left is not listed again (`leave` sets the flag before its lock).
+        if member.parked.load(Ordering::Relaxed) || member.left.load(Ordering::Acquire) {
+            return;
+        }
+        member.parked.store(true, Ordering::Relaxed);
+        parked.list.push(member.clone());
     }
 
-    /// Wakes every parked reader (each once) and forgets them.
+    /// Wakes every parked reader (each once, in the order they parked) and forgets them.
     pub(crate) fn wake_parked(&self) {
-        let parked: Vec<Arc<Member>> = {
+        let mut list = {
             let mut parked = lock(&self.parked);
-            if parked.is_empty() {
+            if parked.list.is_empty() {
                 return;
             }
-            parked.drain().map(|(_, member)| member).collect()
+            parked.left = 0;
+            for member in &parked.list {
+                member.parked.store(false, Ordering::Relaxed);
+            }
+            let spare = std::mem::take(&mut parked.spare);
+            std::mem::replace(&mut parked.list, spare)
         };
-        for member in parked {
-            member.slot.queue.wake();
+        for member in list.drain(..) {
+            if !member.left.load(Ordering::Acquire) {
+                member.slot.queue.wake();
+            }
+        }
+        let mut parked = lock(&self.parked);
+        if parked.spare.capacity() < list.capacity() {
+            parked.spare = list;
         }
     }
 
@@ -469,7 +522,12 @@ impl Ring {
 impl Member {
     /// A reader of a ring, starting at `cursor`.
     pub(crate) fn new(slot: Arc<Slot>, cursor: u64) -> Member {
-        Member { slot, cursor: AtomicU64::new(cursor) }
+        Member {
+            slot,
+            cursor: AtomicU64::new(cursor),
+            parked: AtomicBool::new(false),
+            left: AtomicBool::new(false),
+        }
     }
 
     /// Moves the cursor to `to` after the subscriber took entries up to there.
@@ -604,5 +662,47 @@ mod tests {
             // Whole chunks go: what is kept is the unread tail's chunk.
             assert!(ring.len() <= CHUNK + MIN_SCAN_INTERVAL as usize, "{} kept", ring.len());
         }
+    }
+
+    fn parked_ids(ring: &Ring) -> Vec<u64> {
+        lock(&ring.parked).list.iter().map(|m| m.slot.id).collect()
+    }
+
+    #[test]
+    fn parked_readers_are_listed_once_in_park_order_and_relisted_after_a_wake() {
+        let ring = Ring::new();
+        let readers: Vec<_> =
+            (1..=3).map(|id| reader(id, 8, SlowPolicy::Disconnect, &ring)).collect();
+        for i in [2, 0, 1, 0, 2] {
+            ring.park(&readers[i]);
+        }
+        assert_eq!(parked_ids(&ring), [3, 1, 2]);
+        ring.wake_parked();
+        assert!(parked_ids(&ring).is_empty());
+        ring.park(&readers[1]);
+        assert_eq!(parked_ids(&ring), [2]);
+    }
+
+    #[test]
+    fn leavers_are_not_relisted_and_are_compacted_away_when_half_the_list() {
+        let ring = Ring::new();
+        let readers: Vec<_> =
+            (1..=10).map(|id| reader(id, 8, SlowPolicy::Disconnect, &ring)).collect();
+        for r in &readers {
+            ring.park(r);
+        }
+        for r in &readers[..5] {
+            ring.leave(r);
+        }
+        // Five of ten left: not yet more than half, so they stay until a wake or compaction.
+        assert_eq!(parked_ids(&ring).len(), 10);
+        ring.leave(&readers[5]);
+        assert_eq!(parked_ids(&ring), [7, 8, 9, 10]);
+        ring.park(&readers[0]);
+        assert_eq!(parked_ids(&ring), [7, 8, 9, 10]);
+        // A wake forgets leavers still listed, and never wakes them.
+        ring.leave(&readers[6]);
+        ring.wake_parked();
+        assert!(parked_ids(&ring).is_empty());
     }
 }

@@ -624,7 +624,7 @@ impl Shared {
             for feed in &feeds {
                 // Off the readers under the sequencer: no later publish counts it.
                 feed.topic.readers.rcu(|set| set.remove(slot.id));
-                feed.ring.leave(slot.id);
+                feed.ring.leave(&feed.member);
             }
             let capacity = slot.queue.capacity();
             let policy = slot.queue.policy();

@@ -26,6 +26,7 @@ use crate::sync::PlainArc as StdArc;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Buf;
@@ -539,9 +540,18 @@ async fn stream(
     drop(head);
     let mut trailing = 0usize;
     loop {
-        let next = tokio::select! {
-            next = poll_fn(|cx| events.poll_batch(cx)) => next,
-            ready = socket.readable() => {
+        // The events first, and the socket's read readiness only when none are waiting: a
+        // delivery then costs no readiness registration (a `readable()` future in a `select!`
+        // would be created, registered and dropped again on every batch), and the one waker
+        // slot `poll_read_ready` keeps per socket is all an idle connection needs.
+        let next = match poll_fn(|cx| match events.poll_batch(cx) {
+            Poll::Ready(next) => Poll::Ready(Ok(next)),
+            Poll::Pending => socket.poll_read_ready(cx).map(Err),
+        })
+        .await
+        {
+            Ok(next) => next,
+            Err(ready) => {
                 ready?;
                 match socket.try_read(&mut [0u8; 64]) {
                     // The peer closed (FIN): end here; dropping `events` unsubscribes.

@@ -146,3 +146,44 @@ fn loom_ring_scan_vs_drain_drops_only_a_reader_that_fell_behind() {
     });
     OUTCOMES.assert_reached(&["kept up", "dropped"]);
 }
+
+/// Two publishers each send one event to a topic while its reader drains and parks between
+/// them: whichever takes the parked list first, the other's take either finds the reader
+/// listed again or came before the reader's park, whose lock then shows the reader that event.
+/// It gets both and never hangs (this model caught a lock-free "already parked" shortcut).
+#[test]
+fn loom_ring_a_reader_parks_again_between_two_racing_wakes() {
+    loom::model(|| {
+        let shared = shared(4, SlowPolicy::Disconnect);
+        let mut sub = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        let (s1, s2) = (shared.clone(), shared.clone());
+        let first = thread::spawn(move || publish(&s1, "t", "e1"));
+        let second = thread::spawn(move || publish(&s2, "t", "e2"));
+        let (mut seen, ended) = wait_for(&mut sub, 2);
+        first.join().unwrap();
+        second.join().unwrap();
+        seen.sort();
+        assert_eq!((seen, ended), (vec!["e1".to_string(), "e2".to_string()], None));
+    });
+}
+
+/// A parked reader leaves its topic while a publish wakes the parked list: the reader that
+/// stays is woken and gets the event, and the one that left is gone from the topic's counts.
+#[test]
+fn loom_ring_a_leaver_racing_a_wake_leaves_the_others_woken() {
+    loom::model(|| {
+        let shared = shared(4, SlowPolicy::Disconnect);
+        let mut stays = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        let mut leaves = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        // Park the leaver: its first poll finds nothing and lists it.
+        assert!(block_on(poll_fn(|cx| Poll::Ready(leaves.poll_batch(Some(cx)).is_pending()))));
+        let leaver = thread::spawn(move || drop(leaves));
+        let s = shared.clone();
+        let publisher = thread::spawn(move || publish(&s, "t", "e1"));
+        let (seen, ended) = wait_for(&mut stays, 1);
+        leaver.join().unwrap();
+        publisher.join().unwrap();
+        assert_eq!((seen, ended), (vec!["e1".to_string()], None));
+        assert_eq!(shared.stats().subscribers, 1);
+    });
+}
