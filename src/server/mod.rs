@@ -595,7 +595,13 @@ async fn write_batch(
         let written = {
             let mut slices = [IoSlice::new(&[]); 64];
             let count = batch.chunks_vectored(&mut slices);
-            socket.try_write_vectored(&slices[..count])
+            // One frame (each event going out alone, the latency case) goes with `write`,
+            // which spares the kernel importing an iovec array for it.
+            if count == 1 {
+                socket.try_write(&slices[0])
+            } else {
+                socket.try_write_vectored(&slices[..count])
+            }
         };
         match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
