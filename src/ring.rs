@@ -269,8 +269,20 @@ impl Ring {
             self.tail.store(aligned, Ordering::Release);
             std::mem::take(&mut log.chunks)
         };
-        // Frames are released outside the lock.
+        // Nobody reads the ring any more: members still listed have left (or were dropped as
+        // slow and closed, which wakes them itself), and would keep their subscribers alive
+        // until this topic's next publish.
+        let listed = {
+            let mut parked = lock(&self.parked);
+            parked.left = 0;
+            for member in &parked.list {
+                member.parked.store(false, Ordering::Relaxed);
+            }
+            std::mem::take(&mut parked.list)
+        };
+        // Frames and members are released outside the locks.
         drop(dropped);
+        drop(listed);
     }
 
     /// Appends one entry, evicting the oldest when full. Returns whether the readers must be
@@ -704,5 +716,20 @@ mod tests {
         ring.leave(&readers[6]);
         ring.wake_parked();
         assert!(parked_ids(&ring).is_empty());
+    }
+
+    #[test]
+    fn clearing_a_ring_its_last_reader_left_forgets_the_listed_leavers() {
+        let ring = Ring::new();
+        let readers: Vec<_> =
+            (1..=4).map(|id| reader(id, 8, SlowPolicy::Disconnect, &ring)).collect();
+        for r in &readers {
+            ring.park(r);
+        }
+        ring.leave(&readers[0]);
+        assert_eq!(parked_ids(&ring).len(), 4);
+        ring.clear();
+        assert!(parked_ids(&ring).is_empty());
+        assert_eq!(Arc::strong_count(&readers[0]), 1);
     }
 }
