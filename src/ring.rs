@@ -208,6 +208,17 @@ struct Parked {
     left: usize,
 }
 
+impl Parked {
+    /// Takes the whole list (leaving `with` in its place), every member unlisted.
+    fn take(&mut self, with: Vec<Arc<Member>>) -> Vec<Arc<Member>> {
+        self.left = 0;
+        for member in &self.list {
+            member.parked.store(false, Ordering::Relaxed);
+        }
+        std::mem::replace(&mut self.list, with)
+    }
+}
+
 impl Ring {
     /// An empty ring; allocates nothing until the first entry.
     pub(crate) fn new() -> Ring {
@@ -272,14 +283,7 @@ impl Ring {
         // Nobody reads the ring any more: members still listed have left (or were dropped as
         // slow and closed, which wakes them itself), and would keep their subscribers alive
         // until this topic's next publish.
-        let listed = {
-            let mut parked = lock(&self.parked);
-            parked.left = 0;
-            for member in &parked.list {
-                member.parked.store(false, Ordering::Relaxed);
-            }
-            std::mem::take(&mut parked.list)
-        };
+        let listed = lock(&self.parked).take(Vec::new());
         // Frames and members are released outside the locks.
         drop(dropped);
         drop(listed);
@@ -506,12 +510,8 @@ impl Ring {
             if parked.list.is_empty() {
                 return;
             }
-            parked.left = 0;
-            for member in &parked.list {
-                member.parked.store(false, Ordering::Relaxed);
-            }
             let spare = std::mem::take(&mut parked.spare);
-            std::mem::replace(&mut parked.list, spare)
+            parked.take(spare)
         };
         for member in list.drain(..) {
             if !member.left.load(Ordering::Acquire) {
@@ -680,11 +680,20 @@ mod tests {
         lock(&ring.parked).list.iter().map(|m| m.slot.id).collect()
     }
 
+    /// Readers 1 to `n` of `ring`, parked in that order when `park` says so.
+    fn readers(ring: &Ring, n: u64, park: bool) -> Vec<Arc<Member>> {
+        let readers: Vec<_> =
+            (1..=n).map(|id| reader(id, 8, SlowPolicy::Disconnect, ring)).collect();
+        if park {
+            readers.iter().for_each(|r| ring.park(r));
+        }
+        readers
+    }
+
     #[test]
     fn parked_readers_are_listed_once_in_park_order_and_relisted_after_a_wake() {
         let ring = Ring::new();
-        let readers: Vec<_> =
-            (1..=3).map(|id| reader(id, 8, SlowPolicy::Disconnect, &ring)).collect();
+        let readers = readers(&ring, 3, false);
         for i in [2, 0, 1, 0, 2] {
             ring.park(&readers[i]);
         }
@@ -698,11 +707,7 @@ mod tests {
     #[test]
     fn leavers_are_not_relisted_and_are_compacted_away_when_half_the_list() {
         let ring = Ring::new();
-        let readers: Vec<_> =
-            (1..=10).map(|id| reader(id, 8, SlowPolicy::Disconnect, &ring)).collect();
-        for r in &readers {
-            ring.park(r);
-        }
+        let readers = readers(&ring, 10, true);
         for r in &readers[..5] {
             ring.leave(r);
         }
@@ -712,7 +717,7 @@ mod tests {
         assert_eq!(parked_ids(&ring), [7, 8, 9, 10]);
         ring.park(&readers[0]);
         assert_eq!(parked_ids(&ring), [7, 8, 9, 10]);
-        // A wake forgets leavers still listed, and never wakes them.
+        // A wake forgets leavers still listed.
         ring.leave(&readers[6]);
         ring.wake_parked();
         assert!(parked_ids(&ring).is_empty());
@@ -721,11 +726,7 @@ mod tests {
     #[test]
     fn clearing_a_ring_its_last_reader_left_forgets_the_listed_leavers() {
         let ring = Ring::new();
-        let readers: Vec<_> =
-            (1..=4).map(|id| reader(id, 8, SlowPolicy::Disconnect, &ring)).collect();
-        for r in &readers {
-            ring.park(r);
-        }
+        let readers = readers(&ring, 4, true);
         ring.leave(&readers[0]);
         assert_eq!(parked_ids(&ring).len(), 4);
         ring.clear();
