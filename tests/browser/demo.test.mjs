@@ -98,9 +98,17 @@ try {
   });
 
   await step("the page's own stream reconnects and stays live", async () => {
-    const response = await page.evaluate(async () =>
-      (await fetch("/disconnect?topic=price:AAPL", { method: "POST" })).json());
-    assert.equal(response.disconnected, 1);
+    // A topic the hub has created (on its first publish: the demo picks symbols at random, so
+    // a given one may not exist yet) and the page's pattern stream receives.
+    const topic = await page.evaluate(async () => {
+      const stats = await (await fetch("/stats", { cache: "no-store" })).json();
+      const found = stats.top_topics.find((t) => t.topic.startsWith("price:") && t.subscribers === 1);
+      return found && found.topic;
+    });
+    assert.ok(topic, "a price topic with the page's stream on it");
+    const response = await page.evaluate(async (topic) =>
+      (await fetch("/disconnect?topic=" + encodeURIComponent(topic), { method: "POST" })).json(), topic);
+    assert.equal(response.disconnected, 1, topic);
     await page.waitForFunction(() => document.getElementById("reconnects").textContent === "1");
     await page.waitForSelector('body[data-state="live"]');
     const id = await page.evaluate(() => window.ssehubDemo.lastId());
