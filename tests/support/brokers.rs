@@ -54,10 +54,33 @@ fn find(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 right now, below the kernel's ephemeral range: an outgoing
+/// connection of another test can never be given it as its local port between this check and the
+/// broker's bind (or while the broker is down for a restart), and a reconnecting client can never
+/// connect to itself on it.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("its address").port()
+    let (low, _) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| {
+            let mut bounds = range.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((bounds.next()??, bounds.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Ports from 10,000 up to the ephemeral range, tried from a point that differs per process
+    // and per call, so test binaries running side by side rarely try the same one first.
+    let span = u32::from(low.saturating_sub(10_000)).max(1);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for step in 0..span {
+        let port = 10_000 + ((seed.wrapping_add(step.wrapping_mul(7_919))) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {low}")
 }
 
 impl Broker {
@@ -84,8 +107,15 @@ impl Broker {
         ));
         std::fs::create_dir_all(&dir).expect("create the data directory");
         let mut broker = Broker { kind, binary, child: None, port: free_port(), dir };
-        broker.restart();
-        Some(broker)
+        // A port can still be taken between the check and the broker's bind (by another test's
+        // broker): then the process exits, and a first start moves to another port.
+        for _ in 0..5 {
+            if broker.spawn() {
+                return Some(broker);
+            }
+            broker.port = free_port();
+        }
+        panic!("{} did not start on five ports", kind.binary())
     }
 
     /// The broker's URL.
@@ -96,9 +126,23 @@ impl Broker {
         }
     }
 
-    /// Starts the process (again, on the same port and data), and waits until it accepts
+    /// Starts the process again, on the same port and data, and waits until it accepts
     /// connections.
     pub fn restart(&mut self) {
+        // The port is outside the ephemeral range, so nothing but another broker can hold it;
+        // a failed bind is retried in case the old process's socket is still being torn down.
+        for _ in 0..5 {
+            if self.spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{} did not restart on port {}", self.kind.binary(), self.port)
+    }
+
+    /// Spawns the process and waits until it accepts connections: `true` once it does while
+    /// still running (so the listener is ours, not another process's), `false` if it exited.
+    fn spawn(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
         let port = self.port.to_string();
         let dir = self.dir.to_string_lossy().to_string();
@@ -126,23 +170,42 @@ impl Broker {
                 command.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &dir]);
             }
         }
-        let child = command
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the broker");
-        self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", self.kind.binary());
+        let exited = |child: &mut Child| !matches!(child.try_wait(), Ok(None));
+        loop {
+            if exited(&mut child) {
+                let _ = child.wait();
+                return false;
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not open port {} in 10 s", self.kind.binary(), self.port);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if self.kind == Kind::Nats {
-            // JetStream answers a moment after the port opens.
-            std::thread::sleep(Duration::from_millis(300));
+        // JetStream answers a moment after the port opens; and a process that lost the port to
+        // another has exited by then, so the check below does not take a stranger for ours.
+        std::thread::sleep(Duration::from_millis(match self.kind {
+            Kind::Nats => 300,
+            Kind::Redis => 100,
+        }));
+        if exited(&mut child) {
+            let _ = child.wait();
+            return false;
         }
+        self.child = Some(child);
+        true
     }
 
     /// Kills the process (SIGKILL, by PID) and waits for it.
