@@ -210,3 +210,38 @@ async fn a_kept_alive_client_gets_its_stream_from_the_listener_after_a_fallback_
     let (_client, head) = open(addr, "/events?topic=t").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+/// With `with_send_buffer`, a client that stops reading stops taking writes once its small
+/// kernel buffers are full, so the hub's bounds act on it after tens of KiB. Left to its
+/// autotuning, Linux lets a loopback send buffer grow to megabytes, which would swallow the
+/// whole 1 MiB published here before a write ever blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_send_buffer_stops_writes_to_a_stalled_client_within_kibibytes() {
+    // Bounds this test never reaches from the hub's side: only the blocked write can end it.
+    let hub = Hub::builder().with_heartbeat(None).with_capacity(100_000).build();
+    let endpoint = Endpoint::new(hub.clone());
+    let server = Server::new(endpoint.clone())
+        .with_send_buffer(8 * 1024)
+        .with_write_timeout(Duration::from_millis(300));
+    let addr = start(server).await;
+    // A client that never reads, with a small fixed receive window, as over a real network.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    stalled.write_all(b"GET /?topic=t HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+    until("subscribed", || hub.topic_subscriber_count("t") == 1).await;
+    let payload = "s".repeat(1000);
+    let mut published = 0usize;
+    // Paced at about 500 KB/s: the 300 ms deadline then lets at most ~150 KB more through.
+    while endpoint.connection_count() > 0 {
+        assert!(
+            published < 1024 * 1024,
+            "1 MiB published and the stalled client's writes never blocked"
+        );
+        hub.publish("t", Event::new(payload.clone())).unwrap();
+        published += payload.len();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(hub.stats().slow_disconnects, 0, "the blocked write ended it, not the policy");
+    until("unsubscribed", || hub.topic_subscriber_count("t") == 0).await;
+}

@@ -94,6 +94,8 @@ struct Inner<R> {
     head: HeadLimits,
     /// Longest a write may stay blocked before the peer is considered gone.
     write_timeout: Duration,
+    /// `SO_SNDBUF` of each stream's socket; `None` leaves the kernel's autotuning.
+    send_buffer: Option<usize>,
     /// Where other paths go.
     fallback: Option<Fallback>,
     /// The accept rate limit, if any.
@@ -117,6 +119,7 @@ impl<R> fmt::Debug for Server<R> {
             .field("path", &self.inner.path)
             .field("head", &self.inner.head)
             .field("write_timeout", &self.inner.write_timeout)
+            .field("send_buffer", &self.inner.send_buffer)
             .field("fallback", &self.inner.fallback.is_some())
             .field("accept_rate", &self.inner.accept_rate)
             .field("max_per_ip", &self.inner.max_per_ip)
@@ -143,6 +146,7 @@ impl<R: Resolver> Server<R> {
                 path: None,
                 head: HeadLimits { max_bytes: 8 * 1024, timeout: Duration::from_secs(10) },
                 write_timeout: Duration::from_secs(30),
+                send_buffer: None,
                 fallback: None,
                 accept_rate: None,
                 max_per_ip: None,
@@ -194,6 +198,34 @@ impl<R: Resolver> Server<R> {
     #[must_use]
     pub fn with_write_timeout(self, timeout: Duration) -> Self {
         self.map(|inner| inner.write_timeout = timeout)
+    }
+
+    /// Fixes each stream's kernel send buffer (`SO_SNDBUF`) at `bytes`, instead of leaving it
+    /// to the kernel's autotuning. Off by default.
+    ///
+    /// Events a client has not taken wait in two places: its queue in the hub, which the
+    /// slow-client policy bounds, and the socket's send buffer, which the kernel grows as it sees
+    /// fit (on Linux up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default, per connection).
+    /// While the kernel takes a stalled client's writes, the hub cannot see that it is stalled:
+    /// every event still costs a write to it, its data costs kernel memory, and the policy acts
+    /// only once that buffer is full. A small fixed buffer (tens of KiB are ample for a feed of
+    /// small events) bounds both, so a stalled client stops being written to within a few
+    /// dozen events and is then dropped by the hub's bound or the
+    /// [write timeout](Self::with_write_timeout). The cost: one connection's throughput is
+    /// capped near `bytes` per round trip, which matters for a large replay over a
+    /// long-distance link. Linux doubles the value for its bookkeeping and caps it at
+    /// `net.core.wmem_max`; a value the kernel refuses leaves the socket as it was.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_send_buffer(32 * 1024);
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_send_buffer(self, bytes: usize) -> Self {
+        self.map(|inner| inner.send_buffer = Some(bytes))
     }
 
     /// Accepts at most `per_second` connections a second on average, and at most `burst` at once
@@ -291,6 +323,7 @@ impl<R: Resolver> Server<R> {
                     path: shared.path.clone(),
                     head: shared.head,
                     write_timeout: shared.write_timeout,
+                    send_buffer: shared.send_buffer,
                     fallback: shared.fallback.clone(),
                     accept_rate: shared.accept_rate,
                     max_per_ip: shared.max_per_ip,
@@ -394,6 +427,10 @@ impl<R: Resolver> Server<R> {
         let Some((socket, head, events)) = Box::pin(self.request(socket)).await else {
             return;
         };
+        if let Some(bytes) = self.inner.send_buffer {
+            // Best effort, like `TCP_NODELAY`: a refused size leaves the kernel's default.
+            let _ = socket2::SockRef::from(&socket).set_send_buffer_size(bytes);
+        }
         #[cfg(feature = "tracing")]
         let peer = socket.peer_addr().ok();
         let ended = stream(socket, head, events, self.inner.write_timeout).await;
