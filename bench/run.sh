@@ -20,6 +20,7 @@ ROUNDS=3
 DURATION=15
 WARMUP=3
 G_DURATION=60
+SEND_BUFFER=16384
 SERVERS="ssehub-native,ssehub-axum,axum-broadcast,floor-write,floor-writev"
 SCENARIOS="a,b,c,d,l,m,e,f,g"
 MAX_CLIENTS=0
@@ -28,6 +29,7 @@ LOADGEN_CPU=1
 BUILD=1
 PLOT=1
 QUICK=0
+BY_SERVER=0
 OUT=""
 IMG_DIR="$ROOT/docs/img"
 
@@ -41,11 +43,17 @@ usage: bench/run.sh [options]
   --warmup S           warm-up seconds per run                      [$WARMUP]
   --stall-duration S   measured seconds of scenario g               [$G_DURATION]
   --servers LIST       comma-separated, from: ssehub-native ssehub-axum ssehub-hyper
-                       axum-broadcast floor-write floor-writev
+                       axum-broadcast floor-write floor-writev, and ssehub-native-sb
+                       floor-writev-sb (the same with SO_SNDBUF fixed at --send-buffer)
                        [$SERVERS]
-  --scenarios LIST     comma-separated, from: a b c d l m e f g k   [$SCENARIOS]
-                       (k: an extra clients sweep at 100 ev/s, for the plots)
+  --send-buffer BYTES  SO_SNDBUF of the -sb servers                 [$SEND_BUFFER]
+  --scenarios LIST     comma-separated, from: a b c d l m e f g k mw l1100   [$SCENARIOS]
+                       (k: an extra clients sweep at 100 ev/s, for the plots;
+                       mw and l1100: the controls of m, see below)
   --max-clients N      cap every scenario's client count (smoke tests)
+  --by-server          in each round, run every scenario for one server before the next
+                       (pairs a server's scenarios closely in time, for ratios such as
+                       m/l; the default pairs the servers within each scenario)
   --server-cpu N       CPU the server is pinned to                  [$SERVER_CPU]
   --loadgen-cpu N      CPU the load generator is pinned to          [$LOADGEN_CPU]
   --out FILE           JSON lines output                            [bench/results/<timestamp>.jsonl]
@@ -59,6 +67,11 @@ stalled ones (10,000 sockets per process at most); l 1,000 clients 1 topic 100 e
 m l plus 100 stalled; e saturation ladders at 10,000 and 1,000 clients (rate doubled until
 deliveries/s stop growing or a run, tried twice, is not kept up with); f connect storm of 10,000 held 10 s;
 g a 1,000 ev/s stall run of --stall-duration seconds with 100 stalled clients.
+Controls of m: mw is m with the stalled clients' receive buffer fixed at 16 KiB (SO_RCVBUF
+before connect), so their window closes as over a real network (on loopback an unread socket's
+buffer keeps growing and takes every write), and an 8 s warm-up (at least), so the window opens
+once their sockets are full; l1100 is l with 1,100 readers, what 100 more clients cost when
+they read.
 EOF
 }
 
@@ -69,9 +82,11 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
     --stall-duration) G_DURATION=$2; shift ;;
+    --send-buffer) SEND_BUFFER=$2; shift ;;
     --servers) SERVERS=$2; shift ;;
     --scenarios) SCENARIOS=$2; shift ;;
     --max-clients) MAX_CLIENTS=$2; shift ;;
+    --by-server) BY_SERVER=1 ;;
     --server-cpu) SERVER_CPU=$2; shift ;;
     --loadgen-cpu) LOADGEN_CPU=$2; shift ;;
     --out) OUT=$2; shift ;;
@@ -114,6 +129,8 @@ server_cmd() {
     axum-broadcast) echo "$BIN/axum_broadcast" ;;
     floor-write) echo "$BIN/floor --mode write" ;;
     floor-writev) echo "$BIN/floor --mode writev" ;;
+    ssehub-native-sb) echo "$BIN/examples/bench_server --listener native --send-buffer $SEND_BUFFER" ;;
+    floor-writev-sb) echo "$BIN/floor --mode writev --send-buffer $SEND_BUFFER" ;;
     *) echo "run.sh: unknown server $1" >&2; return 1 ;;
   esac
 }
@@ -184,6 +201,11 @@ scenario() {
     d) run_one "$label" d "$round" "$(cap 9900)" 1 100 128 100 "$DURATION"; line=$LINE ;;
     l) run_one "$label" l "$round" "$(cap 1000)" 1 100 128 0 "$DURATION"; line=$LINE ;;
     m) run_one "$label" m "$round" "$(cap 1000)" 1 100 128 100 "$DURATION"; line=$LINE ;;
+    mw)
+      # A longer warm-up: the window opens once the stalled sockets have filled (about 5 s).
+      run_one "$label" mw "$round" "$(cap 1000)" 1 100 128 100 "$DURATION" --slow-rcvbuf 16384 \
+        --warmup "$(( ${WARMUP%.*} > 8 ? ${WARMUP%.*} : 8 ))"; line=$LINE ;;
+    l1100) run_one "$label" l1100 "$round" "$(cap 1100)" 1 100 128 0 "$DURATION"; line=$LINE ;;
     g) run_one "$label" g "$round" "$(cap 1000)" 1 1000 128 100 "$G_DURATION"; line=$LINE ;;
     f) run_one "$label" f "$round" "$(cap 10000)" 1 100 128 0 0 --connect-only --hold 10; line=$LINE ;;
     k)
@@ -224,12 +246,21 @@ scenario() {
 
 log "results: $OUT (servers: $SERVERS; scenarios: $SCENARIOS; $ROUNDS round(s); ${DURATION}s runs)"
 for round in $(seq "$ROUNDS"); do
-  for name in "${SCENARIO_LIST[@]}"; do
-    log "round $round, scenario $name"
+  if [ "$BY_SERVER" = 1 ]; then
     for label in "${SERVER_LIST[@]}"; do
-      scenario "$name" "$round" "$label"
+      log "round $round, server $label"
+      for name in "${SCENARIO_LIST[@]}"; do
+        scenario "$name" "$round" "$label"
+      done
     done
-  done
+  else
+    for name in "${SCENARIO_LIST[@]}"; do
+      log "round $round, scenario $name"
+      for label in "${SERVER_LIST[@]}"; do
+        scenario "$name" "$round" "$label"
+      done
+    done
+  fi
 done
 
 "$BIN/summarize" --baseline floor-writev "$OUT" | tee "$MD"

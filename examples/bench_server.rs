@@ -51,6 +51,8 @@ USAGE: cargo run --release --example bench_server -- [FLAGS]
   --listener KIND         native | axum | hyper                      [native]
   --workers N             tokio worker threads                       [1]
   --capacity N            per-client queue bound, in frames          [4096]
+  --send-buffer BYTES     SO_SNDBUF of each stream (native listener only;
+                          Server::with_send_buffer)                  [kernel's autotuning]
   --exit-after SECS       exit by itself after SECS (a safety net for scripts)
   -h, --help              this text
 ";
@@ -86,6 +88,8 @@ struct Config {
     workers: usize,
     /// Per-subscriber queue bound.
     capacity: usize,
+    /// `SO_SNDBUF` of each stream, if fixed (native listener only).
+    send_buffer: Option<usize>,
     /// Exit after this long, if set.
     exit_after: Option<Duration>,
 }
@@ -105,6 +109,7 @@ impl Config {
             listener: Listener::Native,
             workers: 1,
             capacity: 4096,
+            send_buffer: None,
             exit_after: None,
         };
         while let Some(flag) = args.next() {
@@ -118,6 +123,7 @@ impl Config {
                 "--autostart" => config.autostart = true,
                 "--workers" => config.workers = parse(&flag, &value()?)?,
                 "--capacity" => config.capacity = parse(&flag, &value()?)?,
+                "--send-buffer" => config.send_buffer = Some(parse(&flag, &value()?)?),
                 "--exit-after" => {
                     config.exit_after = Some(Duration::from_secs_f64(parse(&flag, &value()?)?))
                 }
@@ -137,6 +143,9 @@ impl Config {
         }
         if config.topics == 0 || config.workers == 0 || config.capacity == 0 {
             return Err("--topics, --workers and --capacity must be at least 1".into());
+        }
+        if config.send_buffer.is_some() && config.listener != Listener::Native {
+            return Err("--send-buffer is a setting of the native listener".into());
         }
         if config.payload < MIN_PAYLOAD {
             return Err(format!(
@@ -294,7 +303,7 @@ fn run(config: Config) -> Result<(), Box<dyn Error>> {
         );
         let endpoint = Endpoint::new(hub.clone());
         match config.listener {
-            Listener::Native => serve_native(listener, endpoint, gate).await,
+            Listener::Native => serve_native(listener, endpoint, gate, config.send_buffer).await,
             Listener::Axum => serve_axum(listener, endpoint, gate).await?,
             Listener::Hyper => serve_hyper(listener, endpoint, gate).await,
         }
@@ -318,12 +327,18 @@ fn start_route(gate: Arc<Gate>) -> Router {
 
 /// `/events` through ssehub's native listener, which owns each stream's socket; `/start` (any
 /// other path) goes to its fallback router on the same port.
-async fn serve_native(listener: TcpListener, endpoint: Endpoint, gate: Arc<Gate>) {
-    ssehub::server::Server::new(endpoint)
-        .with_path("/events")
-        .with_fallback(start_route(gate))
-        .serve(listener)
-        .await;
+async fn serve_native(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    gate: Arc<Gate>,
+    send_buffer: Option<usize>,
+) {
+    let mut server =
+        ssehub::server::Server::new(endpoint).with_path("/events").with_fallback(start_route(gate));
+    if let Some(bytes) = send_buffer {
+        server = server.with_send_buffer(bytes);
+    }
+    server.serve(listener).await;
 }
 
 /// `/events` through `ssehub::axum::events` beside the `/start` route, with `TCP_NODELAY` as

@@ -44,6 +44,9 @@ USAGE: loadgen [FLAGS]
   --warmup S            seconds after /start before measuring           [2]
   --duration S          measured seconds                                [10]
   --slow K              extra clients that connect and never read       [0]
+  --slow-rcvbuf BYTES   SO_RCVBUF of the slow clients, set before connect
+                        (fixes their window, as on a real network; on
+                        loopback an unread socket's buffer keeps growing) [0 = kernel's]
   --no-start            do not GET /start (server runs with --autostart)
   --server-pid PID      read the server's CPU and memory from /proc
   --threads N           tokio worker threads                            [1]
@@ -72,6 +75,7 @@ struct Args {
     warmup: Duration,
     duration: Duration,
     slow: usize,
+    slow_rcvbuf: u32,
     start: bool,
     server_pid: Option<u32>,
     threads: usize,
@@ -104,6 +108,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
         warmup: Duration::from_secs(2),
         duration: Duration::from_secs(10),
         slow: 0,
+        slow_rcvbuf: 0,
         start: true,
         server_pid: None,
         threads: 1,
@@ -138,6 +143,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
             "--warmup" => a.warmup = secs(&flag, it.next())?,
             "--duration" => a.duration = secs(&flag, it.next())?,
             "--slow" => a.slow = num(&flag, it.next())?,
+            "--slow-rcvbuf" => a.slow_rcvbuf = num(&flag, it.next())?,
             "--no-start" => a.start = false,
             "--server-pid" => a.server_pid = Some(num(&flag, it.next())?),
             "--threads" => a.threads = num(&flag, it.next())?,
@@ -234,10 +240,25 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Connects, sends the request for `path` and reads the response head; returns the stream,
-/// the head, a buffer holding what followed the head, and its length.
-async fn open(addr: SocketAddr, path: &str) -> Result<(TcpStream, Head, Vec<u8>), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+/// Connects (with `SO_RCVBUF` set to `rcvbuf` first, unless 0), sends the request for `path`
+/// and reads the response head; returns the stream, the head and a buffer holding what followed
+/// the head.
+async fn open(
+    addr: SocketAddr,
+    path: &str,
+    rcvbuf: u32,
+) -> Result<(TcpStream, Head, Vec<u8>), String> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    if rcvbuf > 0 {
+        // Before connect, so the window scale is chosen for it; it also stops the kernel's
+        // receive-buffer autotuning for this socket.
+        socket.set_recv_buffer_size(rcvbuf).map_err(|e| format!("SO_RCVBUF: {e}"))?;
+    }
+    let mut stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\
@@ -300,7 +321,7 @@ async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
     let path = format!("/events?topic=t{}", i % args.topics);
     let permit = gate.acquire().await;
     let begun = Instant::now();
-    let opened = tokio::time::timeout(args.setup_timeout, open(args.addr, &path)).await;
+    let opened = tokio::time::timeout(args.setup_timeout, open(args.addr, &path, 0)).await;
     drop(permit);
     let (mut stream, head, leftover) = match opened {
         Ok(Ok((stream, head, leftover))) if head.status == 200 && head.event_stream => {
@@ -403,7 +424,8 @@ async fn slow_client(
     let c = &*COUNTERS;
     let path = format!("/events?topic=t{}", i % args.topics);
     let permit = gate.acquire().await;
-    let opened = tokio::time::timeout(args.setup_timeout, open(args.addr, &path)).await;
+    let opened =
+        tokio::time::timeout(args.setup_timeout, open(args.addr, &path, args.slow_rcvbuf)).await;
     drop(permit);
     let (mut stream, head, leftover) = match opened {
         Ok(Ok((stream, head, leftover))) if head.status == 200 => (stream, head, leftover),
@@ -535,6 +557,7 @@ fn parameters(args: &Args, kind: &str) -> serde_json::Map<String, Value> {
         "addr": args.addr.to_string(),
         "clients": args.clients,
         "slow": args.slow,
+        "slow_rcvbuf": args.slow_rcvbuf,
         "topics": args.topics,
         "rate": args.rate,
         "payload": args.payload,

@@ -28,6 +28,8 @@ pub struct Config {
     pub exit_after: Option<Duration>,
     /// `--mode`, for peers that have modes.
     pub mode: Option<String>,
+    /// `--send-buffer`: `SO_SNDBUF` of each connection, for peers that set it.
+    pub send_buffer: Option<usize>,
 }
 
 /// The smallest payload: 19 digits of nanoseconds, a space, one byte of padding.
@@ -59,6 +61,7 @@ impl Config {
             capacity: 4096,
             exit_after: None,
             mode: None,
+            send_buffer: None,
         };
         fn parse<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
             let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -81,6 +84,7 @@ impl Config {
                     );
                 }
                 "--mode" => config.mode = Some(parse(&flag, args.next())?),
+                "--send-buffer" => config.send_buffer = Some(parse(&flag, args.next())?),
                 other => return Err(format!("unknown flag {other:?} (see --help)")),
             }
         }

@@ -70,6 +70,11 @@ async fn start(State(app): State<App>) -> &'static str {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::from_args(HELP);
+    if config.send_buffer.is_some() {
+        // The idiomatic server this peer stands for leaves the kernel's default.
+        eprintln!("axum_broadcast: --send-buffer is not supported");
+        std::process::exit(2);
+    }
     let senders: Vec<broadcast::Sender<Tick>> =
         (0..config.topics).map(|_| broadcast::channel(config.capacity).0).collect();
     let app = App {

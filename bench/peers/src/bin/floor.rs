@@ -23,6 +23,7 @@ use tokio::task::AbortHandle;
 const HELP: &str = "floor: each event encoded once and written to every socket, no engine
 
   --mode write|writev     one write per event, or one writev per wake-up [writev]
+  --send-buffer BYTES     SO_SNDBUF of each connection               [kernel's autotuning]
 ";
 
 /// Most frames, and about the most bytes, one vectored write takes.
@@ -58,6 +59,8 @@ struct State {
     capacity: usize,
     /// How connections write.
     mode: Mode,
+    /// `SO_SNDBUF` of each connection, if fixed.
+    send_buffer: Option<usize>,
 }
 
 /// Reads the request head (at most 8 KiB, within 10 s) and returns its target.
@@ -197,6 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gate: Gate::default(),
         capacity: config.capacity,
         mode,
+        send_buffer: config.send_buffer,
     });
     if config.autostart {
         state.gate.open();
@@ -237,6 +241,9 @@ async fn serve(config: &Config, state: Arc<State>) -> io::Result<()> {
             }
         };
         let _ = socket.set_nodelay(true);
+        if let Some(bytes) = state.send_buffer {
+            let _ = socket2::SockRef::from(&socket).set_send_buffer_size(bytes);
+        }
         let (tell, me) = oneshot::channel();
         let task = tokio::spawn(connection(socket, state.clone(), me));
         let _ = tell.send(task.abort_handle());
