@@ -229,8 +229,12 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
     // `/events` is served by ssehub's native listener, which owns each stream's socket; every
     // other route goes to the axum router below, on the same port and connection.
+    let send_buffer = app.config.send_buffer;
     let (endpoint, routes) = router(app);
-    let server = Server::new(endpoint.clone()).with_path("/events").with_fallback(routes);
+    let mut server = Server::new(endpoint.clone()).with_path("/events").with_fallback(routes);
+    if let Some(bytes) = send_buffer {
+        server = server.with_send_buffer(bytes);
+    }
     server
         .serve_with_shutdown(listener, async move {
             let name = signal.await;

@@ -671,6 +671,22 @@ fn the_connection_limit_answers_503() {
 }
 
 #[test]
+fn a_fixed_send_buffer_still_streams_every_event() {
+    let server = Server::start(&["--heartbeat", "0", "--send-buffer", "16384"]);
+    let mut stream = Stream::connected(server.addr, "/events?topic=t", &[]);
+    assert_eq!(stream.status, 200);
+    // 400 KB published before the client reads: more than its socket buffers hold, so the
+    // stream waits on a full socket and goes on as it drains.
+    let data = "b".repeat(4000);
+    let ids: Vec<String> =
+        (0..100).map(|_| publish(server.addr, "t", &serde_json::json!({ "data": data }))).collect();
+    for id in ids {
+        let event = stream.next_message().expect("every event");
+        assert_eq!((event.id.as_str(), event.data.len()), (id.as_str(), data.len()));
+    }
+}
+
+#[test]
 fn help_and_bad_flags() {
     let help = hub_command().arg("--help").output().expect("--help");
     assert!(help.status.success());
@@ -680,7 +696,13 @@ fn help_and_bad_flags() {
     {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
-    for args in [&["--bogus"][..], &["--heartbeat", "soon"], &["--addr"], &["--addr", "nowhere"]] {
+    for args in [
+        &["--bogus"][..],
+        &["--heartbeat", "soon"],
+        &["--addr"],
+        &["--addr", "nowhere"],
+        &["--send-buffer", "lots"],
+    ] {
         let output = hub_command().args(args).output().expect("run");
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(!output.stderr.is_empty());

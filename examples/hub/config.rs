@@ -38,6 +38,10 @@ FLAGS (each may also be set by the environment variable shown; a flag wins):
                              0 turns replay (and hub-assigned ids) off [default: 1000]
     --max-connections N      most open streams; more get 503         SSEHUB_MAX_CONNECTIONS
                              [default: unlimited]
+    --send-buffer BYTES      fix each stream's kernel send buffer,   SSEHUB_SEND_BUFFER
+                             so a client that stops reading is
+                             detected after tens of KiB rather than
+                             megabytes [default: the kernel's]
     --retry SECONDS          reconnect delay hinted to clients       SSEHUB_RETRY
                              [default: 2]
     --retry-jitter SECONDS   random extra added to each hint, so     SSEHUB_RETRY_JITTER
@@ -75,6 +79,8 @@ pub struct Config {
     pub history: usize,
     /// Most open streams.
     pub max_connections: Option<usize>,
+    /// `SO_SNDBUF` of each stream, if fixed.
+    pub send_buffer: Option<usize>,
     /// The reconnect delay hinted to clients.
     pub retry: Duration,
     /// The most random extra added to `retry`.
@@ -114,6 +120,7 @@ impl Default for Config {
             publish_token: None,
             history: 1000,
             max_connections: None,
+            send_buffer: None,
             retry: Duration::from_secs(2),
             retry_jitter: Duration::from_secs(3),
             stats_top: 20,
@@ -132,7 +139,7 @@ pub enum Command {
 }
 
 /// Every setting: flag, environment variable, whether it takes a value.
-const SETTINGS: [(&str, &str, bool); 13] = [
+const SETTINGS: [(&str, &str, bool); 14] = [
     ("--addr", "SSEHUB_ADDR", true),
     ("--demo", "SSEHUB_DEMO", false),
     ("--demo-rate", "SSEHUB_DEMO_RATE", true),
@@ -141,6 +148,7 @@ const SETTINGS: [(&str, &str, bool); 13] = [
     ("--publish-token", "SSEHUB_PUBLISH_TOKEN", true),
     ("--history", "SSEHUB_HISTORY", true),
     ("--max-connections", "SSEHUB_MAX_CONNECTIONS", true),
+    ("--send-buffer", "SSEHUB_SEND_BUFFER", true),
     ("--retry", "SSEHUB_RETRY", true),
     ("--retry-jitter", "SSEHUB_RETRY_JITTER", true),
     ("--stats-top", "SSEHUB_STATS_TOP", true),
@@ -211,6 +219,10 @@ impl Config {
             "--history" => self.history = value.parse().map_err(|_| "expected a count")?,
             "--max-connections" => {
                 self.max_connections = Some(value.parse().map_err(|_| "expected a count")?);
+            }
+            "--send-buffer" => {
+                let bytes: usize = value.parse().map_err(|_| "expected a size in bytes")?;
+                self.send_buffer = Some(bytes).filter(|&b| b > 0);
             }
             "--retry" => self.retry = seconds(value)?,
             "--retry-jitter" => self.retry_jitter = seconds(value)?,
