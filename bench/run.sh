@@ -30,6 +30,7 @@ BUILD=1
 PLOT=1
 QUICK=0
 BY_SERVER=0
+declare -A EXTRA_SERVERS=()
 OUT=""
 IMG_DIR="$ROOT/docs/img"
 
@@ -47,6 +48,9 @@ usage: bench/run.sh [options]
                        floor-writev-sb (the same with SO_SNDBUF fixed at --send-buffer)
                        [$SERVERS]
   --send-buffer BYTES  SO_SNDBUF of the -sb servers                 [$SEND_BUFFER]
+  --extra-server LABEL=COMMAND
+                       one more server for --servers, e.g. an older build of bench_server
+                       for an A/B comparison (repeatable; run.sh appends the common flags)
   --scenarios LIST     comma-separated, from: a b c d l m e f g k mw l1100   [$SCENARIOS]
                        (k: an extra clients sweep at 100 ev/s, for the plots;
                        mw and l1100: the controls of m, see below)
@@ -87,6 +91,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS=$2; shift ;;
     --max-clients) MAX_CLIENTS=$2; shift ;;
     --by-server) BY_SERVER=1 ;;
+    --extra-server) EXTRA_SERVERS[${2%%=*}]=${2#*=}; shift ;;
     --server-cpu) SERVER_CPU=$2; shift ;;
     --loadgen-cpu) LOADGEN_CPU=$2; shift ;;
     --out) OUT=$2; shift ;;
@@ -122,6 +127,7 @@ done
 
 # The command line of a server, by label.
 server_cmd() {
+  if [ -n "${EXTRA_SERVERS[$1]+set}" ]; then echo "${EXTRA_SERVERS[$1]}"; return; fi
   case "$1" in
     ssehub-native) echo "$BIN/examples/bench_server --listener native" ;;
     ssehub-axum) echo "$BIN/examples/bench_server --listener axum" ;;
