@@ -4,6 +4,9 @@
 //! runtime, so these tests can run in parallel (the process-wide fd and RSS checks live in
 //! `server_churn.rs`, one test per binary).
 
+#[path = "support/http.rs"]
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -468,17 +471,6 @@ fn bad_events_are_typed_errors_and_change_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Faults and load
 
-/// A socket whose receive buffer is small, so a client that stops reading stalls the server's
-/// writes quickly.
-async fn stalled(addr: SocketAddr, target: &str, headers: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let request = format!("GET {target} HTTP/1.1\r\nhost: t\r\n{headers}\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream
-}
-
 /// A peer that vanishes without a FIN, simulated on loopback by a client that stops reading and
 /// keeps its socket open: once the socket buffers fill, the write deadline ends the connection
 /// and its subscription, and the counts (subscribers, topics, connections, tasks) return to
@@ -494,7 +486,7 @@ async fn a_peer_that_vanishes_is_removed_at_the_write_deadline() {
     let server = Server::new(endpoint.clone()).with_write_timeout(Duration::from_millis(300));
     let addr = start(server).await;
     let baseline = (tasks(), hub.stats().subscribers, hub.stats().topics);
-    let _gone = stalled(addr, "/?topic=t", "").await;
+    let _gone = support::stalled(addr, "/?topic=t", "").await;
     until("subscribed", || hub.subscriber_count() == 1).await;
     let payload = "x".repeat(64 * 1024);
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -521,7 +513,7 @@ async fn a_zero_window_reader_is_dropped_as_slow_at_once_and_the_others_get_ever
     // A write deadline no run of this test reaches: a close can only come from the policy.
     let server = Server::new(endpoint.clone()).with_write_timeout(Duration::from_secs(3600));
     let addr = start(server).await;
-    let _stuck = stalled(addr, "/?topic=t", "").await;
+    let _stuck = support::stalled(addr, "/?topic=t", "").await;
     let mut reader = Client::get(addr, "/?topic=t", "").await;
     until("both subscribed", || hub.subscriber_count() == 2).await;
     let payload = "z".repeat(16 * 1024);
@@ -785,7 +777,7 @@ async fn graceful_shutdown_with_full_queues_flushes_and_leaks_nothing() {
     }
     let mut stalls = Vec::new();
     for _ in 0..10 {
-        stalls.push(stalled(addr, "/?topic=t", "").await);
+        stalls.push(support::stalled(addr, "/?topic=t", "").await);
     }
     until("all subscribed", || hub.subscriber_count() == 20).await;
     let payload = "z".repeat(8 * 1024);

@@ -1,5 +1,8 @@
 //! The native listener over real TCP: requests, refusals, streaming, peer close, fallback.
 
+#[path = "support/http.rs"]
+mod support;
+
 use std::time::Duration;
 
 use ssehub::parse::Parser;
@@ -224,11 +227,7 @@ async fn a_fixed_send_buffer_stops_writes_to_a_stalled_client_within_kibibytes()
         .with_send_buffer(8 * 1024)
         .with_write_timeout(Duration::from_millis(300));
     let addr = start(server).await;
-    // A client that never reads, with a small fixed receive window, as over a real network.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(addr).await.unwrap();
-    stalled.write_all(b"GET /?topic=t HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+    let _stalled = support::stalled(addr, "/?topic=t", "").await;
     until("subscribed", || hub.topic_subscriber_count("t") == 1).await;
     let payload = "s".repeat(1000);
     let mut published = 0usize;

@@ -14,8 +14,7 @@ use std::time::Duration;
 use ::http::request::Parts;
 use ssehub::server::Server;
 use ssehub::{Endpoint, Event, Hub, QueryTopics, Resolver};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -54,16 +53,6 @@ async fn start<R: Resolver>(server: Server<R>) -> SocketAddr {
     addr
 }
 
-/// A client that sends its request and never reads (a small receive buffer fills fast).
-async fn stalled(addr: SocketAddr, target: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let request = format!("GET {target} HTTP/1.1\r\nhost: t\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream
-}
-
 /// Waits until `check` holds, or fails the test.
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -88,7 +77,7 @@ async fn drops_panics_and_refusals_are_logged() {
         .with_max_connections_per_ip(2)
         .with_write_timeout(Duration::from_millis(300));
     let addr = start(server).await;
-    let _stalled = stalled(addr, "/?topic=t").await;
+    let _stalled = http::stalled(addr, "/?topic=t", "").await;
     until("subscribed", || hub.subscriber_count() == 1).await;
     let payload = "x".repeat(64 * 1024);
     let deadline = tokio::time::Instant::now() + WAIT;

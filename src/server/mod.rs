@@ -436,7 +436,8 @@ impl<R: Resolver> Server<R> {
             // Captured (moved into the task), so the place is held until the task ends.
             let _ = &slot;
             if let Some(stream) = request.await {
-                // How it ended is logged where it ends, with the socket at hand.
+                // However it ends (the peer, the hub, or an I/O error), the connection closes;
+                // the listener's own drops are logged where they happen.
                 let _ = stream.await;
             }
         }
@@ -447,7 +448,7 @@ impl<R: Resolver> Server<R> {
     async fn request(
         self,
         mut socket: TcpStream,
-    ) -> Option<impl Future<Output = io::Result<Ended>> + Send + 'static> {
+    ) -> Option<impl Future<Output = io::Result<()>> + Send + 'static> {
         let inner = &self.inner;
         let socket_ref = &mut socket;
         let head = match read_head(socket_ref, inner.head).await {
@@ -560,17 +561,6 @@ fn response_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
 /// nothing; anything more is a misbehaving or hostile peer).
 const MAX_TRAILING_INPUT: usize = 4096;
 
-/// How a stream ended, short of an I/O error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    /// The peer closed, or sent more than an SSE client would.
-    Peer,
-    /// The hub dropped the subscriber as slow.
-    Slow,
-    /// The hub ended the subscription (shutdown, disconnect).
-    Hub,
-}
-
 /// Logs (with the `tracing` feature) a stream the listener ended: dropped as slow, or cut at
 /// the write deadline. The peer's address is looked up here, on this rare path, rather than
 /// kept in every connection's state.
@@ -613,7 +603,7 @@ fn stream(
     mut socket: TcpStream,
     mut events: Events,
     write_timeout: Duration,
-) -> impl Future<Output = io::Result<Ended>> {
+) -> impl Future<Output = io::Result<()>> {
     async move {
         let mut trailing = 0usize;
         loop {
@@ -644,25 +634,25 @@ fn stream(
                 .await;
                 match step {
                     Step::Blocked(rest) => {
-                        write_blocked(&socket, *rest, &mut events, write_timeout)
+                        Box::pin(write_blocked(&socket, *rest, &mut events, write_timeout))
                     }
                     // Dropped as slow: close without ceremony; its client reconnects and resumes.
                     Step::Slow => {
                         dropped(&socket, "slow");
-                        return Ok(Ended::Slow);
+                        return Ok(());
                     }
                     Step::Failed(error) => return Err(error),
                     // Ended by the hub: a clean end of the body.
-                    Step::Ended => return socket.shutdown().await.map(|()| Ended::Hub),
+                    Step::Ended => return socket.shutdown().await,
                     Step::Readable(ready) => {
                         ready?;
                         match socket.try_read(&mut [0u8; 64]) {
                             // The peer closed (FIN): end here; dropping `events` unsubscribes.
-                            Ok(0) => return Ok(Ended::Peer),
+                            Ok(0) => return Ok(()),
                             Ok(n) => {
                                 trailing += n;
                                 if trailing > MAX_TRAILING_INPUT {
-                                    return Ok(Ended::Peer);
+                                    return Ok(());
                                 }
                                 continue;
                             }
@@ -676,7 +666,7 @@ fn stream(
                 Ok(true) => {}
                 Ok(false) => {
                     dropped(&socket, "slow");
-                    return Ok(Ended::Slow);
+                    return Ok(());
                 }
                 Err(error) => {
                     if error.kind() == io::ErrorKind::TimedOut {
@@ -715,22 +705,9 @@ fn write_now(socket: &TcpStream, mut batch: Batch) -> io::Result<Option<Batch>> 
 /// The rest of a batch the socket refused: waits for room and writes it. A write blocked for
 /// longer than `timeout` ends the connection. Resolves to `false` when the hub dropped the
 /// subscriber as slow while the write was blocked: the connection ends then, not at the
-/// deadline.
-///
-/// The rare path, so it is boxed, and built outside the caller's `async` body: its timer and
-/// state (even a future merely moved into a box there) would otherwise size every
+/// deadline. The rare path: the caller boxes it, so its timer and state do not size every
 /// connection's task.
-fn write_blocked<'a>(
-    socket: &'a TcpStream,
-    batch: Batch,
-    events: &'a mut Events,
-    timeout: Duration,
-) -> std::pin::Pin<Box<dyn Future<Output = io::Result<bool>> + Send + 'a>> {
-    Box::pin(write_rest(socket, batch, events, timeout))
-}
-
-/// The body of [`write_blocked`].
-async fn write_rest(
+async fn write_blocked(
     socket: &TcpStream,
     mut batch: Batch,
     events: &mut Events,

@@ -157,6 +157,18 @@ pub async fn request(
     send(stream, method, target, headers).await
 }
 
+/// A client that sends its request (`headers`: extra lines, each ending in CRLF) and never
+/// reads. Its receive buffer is fixed at 4 KiB, so its window closes quickly, as over a
+/// network, and the server's writes to it stall.
+pub async fn stalled(addr: SocketAddr, target: &str, headers: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!("GET {target} HTTP/1.1\r\nhost: t\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
 /// `GET target`.
 pub async fn get(addr: SocketAddr, target: &str) -> Client {
     request(addr, "GET", target, &[]).await
