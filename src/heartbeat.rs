@@ -35,7 +35,7 @@ pub(crate) struct Heartbeat {
 pub(crate) fn tick(shared: &Shared) -> u64 {
     let frame = Bytes::from_static(KEEP_ALIVE);
     let mut sent = 0;
-    shared.registry.subscribers().for_each(|slot| {
+    shared.engine.registry.subscribers().for_each(|slot| {
         // Read before the queue's lock is taken: the subscriber's drain takes its feeds' lock
         // first and the queue's inside it.
         let rings_idle = slot.ring_waiting() == 0;
@@ -43,7 +43,7 @@ pub(crate) fn tick(shared: &Shared) -> u64 {
             sent += 1;
         }
     });
-    shared.counters.heartbeats(sent);
+    shared.engine.counters.heartbeats(sent);
     // Age out idle topics' history and expired sessions here, so neither outlives its TTL
     // without anyone touching it.
     shared.sweep();

@@ -95,6 +95,7 @@ pub mod backplane;
 mod batch;
 #[cfg(feature = "client")]
 pub mod client;
+mod engine;
 mod error;
 mod frame;
 mod heartbeat;

@@ -317,7 +317,7 @@ impl Producers {
 
     /// Brings `topic`'s instance in line with its current subscriber count.
     pub(crate) fn reconcile(shared: &Arc<Shared>, topic: &SharedStr) {
-        let count = shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
+        let count = shared.engine.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
         let mut guard = lock(&shared.producers.inner);
         let table = &mut *guard;
         let Some(spec) = table.specs.iter().find(|s| s.target.matches(topic)) else {
@@ -386,7 +386,7 @@ impl Producers {
 
     /// A linger timer ran out: stop the instance if it is still the one lingering.
     fn linger_over(shared: &Arc<Shared>, topic: &SharedStr, timer: u64) {
-        let count = shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
+        let count = shared.engine.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
         let mut table = lock(&shared.producers.inner);
         if let Some(running) = table.running.get_mut(topic) {
             if running.linger == Some(timer) && count == 0 {
@@ -400,7 +400,7 @@ impl Producers {
     /// An instance ended: forget it, or remember that it finished by itself while its topic
     /// still has subscribers (so it is not restarted for them).
     fn ended(shared: &Shared, topic: &SharedStr, generation: u64, by_itself: bool) {
-        let count = shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
+        let count = shared.engine.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
         let mut table = lock(&shared.producers.inner);
         if let Some(running) = table.running.get_mut(topic) {
             if running.generation == generation {
@@ -484,7 +484,7 @@ impl Instance {
         match &reason {
             StopReason::Failed(error) => report(&shared, &topic, error),
             StopReason::Panicked => {
-                shared.counters.producer_panic();
+                shared.engine.counters.producer_panic();
                 report(&shared, &topic, "producer panicked");
             }
             _ => {}
@@ -496,7 +496,7 @@ impl Instance {
             // The callback is the application's code: contain a panic in it like a producer's.
             let call = std::panic::AssertUnwindSafe(|| on_stop(&topic, &reason));
             if std::panic::catch_unwind(call).is_err() {
-                shared.counters.producer_panic();
+                shared.engine.counters.producer_panic();
             }
         }
     }

@@ -212,7 +212,8 @@ fn random_hex(n: usize) -> Result<String, getrandom::Error> {
 impl Sessions {
     /// Opens a session for the connection with `slot`: resumes the one `token` names if it is
     /// live or within its TTL and belongs to `principal`, else issues a new one. The slot becomes
-    /// the session's target at once.
+    /// the session's target at once. `None` when no session can be issued (no OS randomness
+    /// for an unguessable token): the connection simply gets none.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         &self,
@@ -223,7 +224,7 @@ impl Sessions {
         patterns: &[String],
         slot: &Arc<Slot>,
         now: Instant,
-    ) -> Result<Opened, Hijack> {
+    ) -> Result<Option<Opened>, Hijack> {
         let mut inner = lock(&self.inner);
         let known = token.and_then(|t| inner.by_token.get(t).cloned());
         if let Some(id) = known {
@@ -251,13 +252,13 @@ impl Sessions {
                         session.patterns.push(pattern.clone());
                     }
                 }
-                return Ok(Opened {
+                return Ok(Some(Opened {
                     id,
                     token: session.token.clone(),
                     missed,
                     topics: session.topics.clone(),
                     patterns: session.patterns.clone(),
-                });
+                }));
             }
         }
         if inner.by_id.len() >= limits.max_sessions {
@@ -267,7 +268,7 @@ impl Sessions {
             (Ok(id), Ok(token)) => (SharedStr::from(id), token),
             // Without OS randomness no unguessable token can be issued; the connection simply
             // gets no session.
-            _ => return Ok(Opened::none()),
+            _ => return Ok(None),
         };
         inner.by_token.insert(token.clone(), id.clone());
         inner.by_id.insert(
@@ -280,13 +281,13 @@ impl Sessions {
                 state: State::Live(slot.clone()),
             },
         );
-        Ok(Opened {
+        Ok(Some(Opened {
             id,
             token,
             missed: Vec::new(),
             topics: topics.to_vec(),
             patterns: patterns.to_vec(),
-        })
+        }))
     }
 
     /// The connection with `slot_id` ended: session `id` starts waiting for its client.
@@ -334,19 +335,6 @@ impl Sessions {
     /// Number of remembered sessions.
     pub(crate) fn len(&self) -> usize {
         lock(&self.inner).by_id.len()
-    }
-}
-
-impl Opened {
-    /// A connection without a session (the OS could not provide randomness).
-    fn none() -> Opened {
-        Opened {
-            id: SharedStr::from(""),
-            token: String::new(),
-            missed: Vec::new(),
-            topics: Vec::new(),
-            patterns: Vec::new(),
-        }
     }
 }
 

@@ -243,7 +243,7 @@ impl Subscription {
         if self.ended.is_some() {
             return Poll::Ready(None);
         }
-        let config = &self.shared.config;
+        let config = self.shared.config();
         // Pending frames (connected, replay or reset) go out before live frames, in batches of
         // the usual size; live frames wait in the queue meanwhile, within its bound.
         let take = self.pending.len().min(config.max_batch_frames);
@@ -272,7 +272,7 @@ impl Subscription {
         if frames.is_empty() && drained.is_empty() && drained.lagged == 0 {
             return Poll::Pending;
         }
-        if drained.lagged > 0 && self.shared.config.lag_event {
+        if drained.lagged > 0 && self.shared.config().lag_event {
             frames.push(crate::hub::lag_frame(drained.lagged));
         }
         if let Some(run) = drained.run {
@@ -311,7 +311,7 @@ impl Subscription {
         room: usize,
         waker: Option<&std::task::Waker>,
     ) -> Result<crate::queue::Drained, EndReason> {
-        let max_bytes = self.shared.config.max_batch_bytes;
+        let max_bytes = self.shared.config().max_batch_bytes;
         let mut parked = false;
         loop {
             let feeds = lock(&self.slot.feeds);
@@ -332,7 +332,7 @@ impl Subscription {
                 }
                 Ok(drained) => {
                     if drained.skipped > 0 {
-                        self.shared.counters.drained(drained.skipped, false);
+                        self.shared.engine.counters.drained(drained.skipped, false);
                     }
                     return Ok(drained);
                 }
@@ -341,7 +341,7 @@ impl Subscription {
                     drop(feeds);
                     // Fell more than its bound behind between two scans of a publisher (the
                     // scans catch it otherwise): dropped here, as a publish would have.
-                    self.shared.counters.drained(0, true);
+                    self.shared.engine.counters.drained(0, true);
                     #[cfg(feature = "tracing")]
                     tracing::info!(
                         target: "ssehub",

@@ -380,12 +380,9 @@ impl<R: Resolver> Endpoint<R> {
         let Some(permit) = Permit::take(&self.open, self.limits.max_connections) else {
             return self.busy("too many connections, retry later");
         };
-        // A backplane node resumes from the broker's history when its own does not reach.
-        #[cfg(any(feature = "redis", feature = "nats"))]
-        let subscribed = crate::backplane::subscribe(&self.hub, subscribe).await;
-        #[cfg(not(any(feature = "redis", feature = "nats")))]
-        let subscribed = self.hub.subscribe(subscribe);
-        match subscribed {
+        // A resume the hub's history cannot serve goes to its replay source (a backplane's
+        // broker), when one is registered.
+        match self.hub.subscribe_resuming(subscribe).await {
             Ok(subscription) => stream(Events { subscription, _permit: Some(permit) }),
             Err(error) => self.refused(&error),
         }

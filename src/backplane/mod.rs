@@ -36,7 +36,6 @@
 //! ```
 
 mod codec;
-mod hook;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "redis")]
@@ -45,15 +44,15 @@ mod redis;
 use std::fmt;
 use std::time::Duration;
 
+use crate::engine::{Attached, Fetch, Numbered, ReplaySource};
 use crate::error::{EventError, SubscribeError, TopicError};
 use crate::frame::Event;
-use crate::history::{parse_id, Parsed, ResetReason};
 use crate::hub::{Hub, Shared, Subscribe};
 use crate::subscription::Subscription;
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
 use crate::topic::{validate_topic, Pattern};
 
-pub(crate) use hook::{Prefix, Remote};
+pub(crate) use crate::engine::Fetched;
 
 #[cfg(feature = "nats")]
 pub use nats::Nats;
@@ -214,7 +213,7 @@ impl Counters {
     fn report(&self, shared: &Shared) {
         #[cfg(feature = "metrics")]
         {
-            let position = shared.remote_position();
+            let position = shared.external_position();
             let broker = self.broker_position.load(Ordering::Relaxed);
             let connected = self.connected.load(Ordering::Relaxed);
             metrics::gauge!("ssehub_backplane_connected").set(if connected { 1.0 } else { 0.0 });
@@ -260,19 +259,6 @@ enum Broker {
     Nats(nats::Client),
 }
 
-/// Events fetched from a broker's history for one resume.
-#[derive(Debug, Default)]
-pub(crate) struct Fetched {
-    /// The broker's epoch.
-    pub(crate) epoch: u64,
-    /// The broker's last sequence number when fetched.
-    pub(crate) upto: u64,
-    /// `(sequence, event)` after the resume point, oldest first, at most `upto`.
-    pub(crate) events: Vec<(u64, Event)>,
-    /// Why it could not be exact, if it could not.
-    pub(crate) reset: Option<ResetReason>,
-}
-
 /// What a node shares with its broker task.
 pub(crate) struct Node {
     /// The hub's state (not a `Hub` handle: the task must not keep the hub from shutting down).
@@ -290,14 +276,13 @@ impl Node {
     pub(crate) fn deliver(&self, topic: &str, seq: u64, payload: &[u8]) {
         self.counters.saw(seq);
         let event = codec::decode(payload).ok();
-        let delivered = Shared::deliver_remote(&self.shared, topic, seq, event).ok();
-        match delivered {
-            Some(hook::Delivered::Queued(_)) => Counters::bump(&self.counters.received),
-            Some(hook::Delivered::AfterGap) => {
+        match Shared::publish_given(&self.shared, topic, seq, event) {
+            Some(Numbered::InOrder) => Counters::bump(&self.counters.received),
+            Some(Numbered::AfterGap) => {
                 Counters::bump(&self.counters.received);
                 Counters::bump(&self.counters.gaps);
             }
-            Some(hook::Delivered::Duplicate) => {}
+            Some(Numbered::Duplicate) => {}
             None => Counters::bump(&self.counters.skipped),
         }
     }
@@ -310,7 +295,7 @@ impl Node {
     /// (Re)joins the broker's stream at `upto` in `epoch`.
     pub(crate) fn rebase(&self, epoch: u64, upto: u64) {
         self.counters.saw(upto);
-        if Shared::rebase_remote(&self.shared, epoch, upto) != hook::Rebased::Continuous {
+        if self.shared.attach_clock(epoch, upto) != Attached::Continuous {
             Counters::bump(&self.counters.gaps);
         }
     }
@@ -333,7 +318,7 @@ impl Node {
 
     /// The broker's number of the last event delivered here.
     pub(crate) fn position(&self) -> u64 {
-        self.shared.remote_position()
+        self.shared.external_position()
     }
 
     /// Whether the node or its hub was shut down.
@@ -476,14 +461,14 @@ impl Backplane {
             #[cfg(feature = "nats")]
             Target::Nats(nats) => nats.common(),
         };
-        let shared = hub.shared();
-        if shared.config.history.is_none() {
+        let shared = &hub.shared;
+        if shared.config().history.is_none() {
             return Err(BackplaneError::NoHistory);
         }
         if shared.is_closed() {
             return Err(BackplaneError::Closed);
         }
-        if !shared.remote.claim() {
+        if !shared.claim_clock() {
             return Err(BackplaneError::AlreadyAttached);
         }
         let node = PlainArc::new(Node {
@@ -501,7 +486,7 @@ impl Backplane {
         let (broker, task) = match opened {
             Ok(opened) => opened,
             Err(error) => {
-                shared.remote.release();
+                shared.release_clock();
                 return Err(error);
             }
         };
@@ -511,7 +496,10 @@ impl Backplane {
             hub: hub.clone(),
             stop: PlainArc::new(Stop(Mutex::new(Some(task)))),
         };
-        shared.remote.set_node(&backplane);
+        shared.set_replay_source(PlainArc::new(WeakBackplane {
+            node: PlainArc::downgrade(&backplane.node),
+            broker: PlainArc::downgrade(&backplane.broker),
+        }));
         Ok(backplane)
     }
 
@@ -566,7 +554,7 @@ impl Backplane {
         if self.node.is_closed() {
             return Err(BackplaneError::Closed);
         }
-        let config = &self.node.shared.config;
+        let config = self.node.shared.config();
         validate_topic(topic, config.max_topic_len)?;
         let mut event = event.normalized();
         event.validate()?;
@@ -632,7 +620,7 @@ impl Backplane {
         &self,
         request: impl Into<Subscribe>,
     ) -> Result<Subscription, SubscribeError> {
-        subscribe_on(&self.node, &self.broker, &self.hub, request.into()).await
+        self.hub.subscribe_resuming(request.into()).await
     }
 
     /// The node's connection state, position and lag.
@@ -694,127 +682,47 @@ impl Backplane {
     }
 }
 
-/// The subscribe path of a hub that may have a backplane: the one the adapters take.
-#[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
-pub(crate) async fn subscribe(
-    hub: &Hub,
-    request: Subscribe,
-) -> Result<Subscription, SubscribeError> {
-    match hub.shared().remote.backplane() {
-        Some((node, broker)) => subscribe_on(&node, &broker, hub, request).await,
-        None => hub.subscribe(request),
-    }
-}
-
-/// See [`Backplane::subscribe`].
-async fn subscribe_on(
-    node: &Node,
-    broker: &Broker,
-    hub: &Hub,
-    mut request: Subscribe,
-) -> Result<Subscription, SubscribeError> {
-    let shared = &node.shared;
-    let Some(last) = request.last_event_id.as_deref() else {
-        return hub.subscribe(request);
-    };
-    let epoch = shared.remote.epoch();
-    let Parsed::Ours(after) = parse_id(last, epoch) else {
-        // Malformed, another epoch, not an id we issue: the hub's own answer.
-        return hub.subscribe(request);
-    };
-    // A client that moved from a node slightly ahead of this one: wait (bounded) rather than
-    // answer with a reset.
-    let deadline = tokio::time::Instant::now() + node.common.catch_up;
-    while node.position() < after && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    if node.position() < after {
-        return hub.subscribe(request);
-    }
-    // What the hub would refuse is refused by it, before any broker round trip.
-    let count = request.topics.len() + request.patterns.len();
-    let valid = |t: &String| validate_topic(t, shared.config.max_topic_len).is_ok();
-    if count > shared.config.max_topics_per_subscription || !request.topics.iter().all(valid) {
-        return hub.subscribe(request);
-    }
-    let mut patterns = Vec::with_capacity(request.patterns.len());
-    for source in &request.patterns {
-        match Pattern::with_max_len(source, shared.config.max_topic_len) {
-            Ok(pattern) => patterns.push(pattern),
-            // Invalid: the hub refuses the request with the right error.
-            Err(_) => return hub.subscribe(request),
-        }
-    }
-    if shared.mirror_covers(shared.remote.to_local(after), &request.topics, &patterns) {
-        return hub.subscribe(request);
-    }
-    Counters::bump(&node.counters.fetches);
-    let max = shared.config.max_replay;
-    let fetched = tokio::time::timeout(node.common.timeout, async {
-        match broker {
-            #[cfg(feature = "redis")]
-            Broker::Redis(client) => client.fetch(after, &request.topics, &patterns, max).await,
-            #[cfg(feature = "nats")]
-            Broker::Nats(client) => client.fetch(after, &request.topics, &patterns, max).await,
-        }
-    })
-    .await
-    .unwrap_or(Err(BackplaneError::Timeout(node.common.timeout)))
-    .map_err(|_| SubscribeError::Unavailable)?;
-    let upto = shared.remote.to_local(fetched.upto);
-    let mut prefix = Prefix { frames: Vec::new(), upto, reset: fetched.reset };
-    if fetched.epoch != epoch {
-        prefix.reset = Some(ResetReason::OtherEpoch);
-    } else if fetched.events.len() > max {
-        prefix.reset = Some(ResetReason::TooMany);
-    } else {
-        for (seq, event) in fetched.events {
-            // An event this node cannot deliver is skipped here as it is live.
-            if let Ok(frame) = shared.encode_remote(epoch, seq, event) {
-                prefix.frames.push((shared.remote.to_local(seq), frame));
-            }
-        }
-    }
-    request.prefix = Some(prefix);
-    hub.subscribe(request)
-}
-
-impl Remote {
-    /// Claims the hub for a backplane; false if one has it.
-    fn claim(&self) -> bool {
-        !self.claimed.swap(true, Ordering::AcqRel)
-    }
-
-    /// Gives the claim back after a failed connect.
-    fn release(&self) {
-        self.claimed.store(false, Ordering::Release);
-    }
-
-    /// Remembers the backplane so the adapters' resumes go through it.
-    fn set_node(&self, backplane: &Backplane) {
-        *lock(&self.node) = Some(WeakBackplane {
-            node: PlainArc::downgrade(&backplane.node),
-            broker: PlainArc::downgrade(&backplane.broker),
-        });
-    }
-
-    /// The hub's backplane, while one is alive.
-    #[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
-    fn backplane(&self) -> Option<(PlainArc<Node>, PlainArc<Broker>)> {
-        let weak = lock(&self.node).clone()?;
-        Some((weak.node.upgrade()?, weak.broker.upgrade()?))
-    }
-}
-
-/// A backplane as its hub remembers it: weakly, so the hub does not keep it alive. Only the
-/// adapters read it.
+/// A backplane as its hub remembers it, as the hub's replay source: weakly, so the hub does
+/// not keep it alive.
 #[derive(Clone)]
-#[cfg_attr(not(any(feature = "axum", feature = "hyper", feature = "server")), allow(dead_code))]
 pub(crate) struct WeakBackplane {
     /// See [`Backplane::node`].
     node: std::sync::Weak<Node>,
     /// See [`Backplane::broker`].
     broker: std::sync::Weak<Broker>,
+}
+
+impl ReplaySource for WeakBackplane {
+    fn catch_up(&self) -> Option<Duration> {
+        let node = self.node.upgrade()?;
+        (self.broker.strong_count() > 0).then_some(node.common.catch_up)
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        after: u64,
+        topics: &'a [String],
+        patterns: &'a [Pattern],
+        max: usize,
+    ) -> Fetch<'a> {
+        Box::pin(async move {
+            let (Some(node), Some(broker)) = (self.node.upgrade(), self.broker.upgrade()) else {
+                return Err(SubscribeError::Unavailable);
+            };
+            Counters::bump(&node.counters.fetches);
+            tokio::time::timeout(node.common.timeout, async {
+                match &*broker {
+                    #[cfg(feature = "redis")]
+                    Broker::Redis(client) => client.fetch(after, topics, patterns, max).await,
+                    #[cfg(feature = "nats")]
+                    Broker::Nats(client) => client.fetch(after, topics, patterns, max).await,
+                }
+            })
+            .await
+            .unwrap_or(Err(BackplaneError::Timeout(node.common.timeout)))
+            .map_err(|_| SubscribeError::Unavailable)
+        })
+    }
 }
 
 impl fmt::Debug for WeakBackplane {

@@ -525,7 +525,7 @@ async fn listen(node: &Node, client: &Client, messages: &mut Messages) {
                 missing = 0;
                 if let Ok((epoch, upto, _)) = client.position(&stream).await {
                     node.saw(upto);
-                    if epoch != node.shared.remote.epoch() || upto < node.position() {
+                    if Some(epoch) != node.shared.external_epoch() || upto < node.position() {
                         // Another stream under the same name: numbers mean other events.
                         return;
                     }

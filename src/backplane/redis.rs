@@ -374,11 +374,8 @@ impl Client {
             .await
             .map_err(|_| BackplaneError::Timeout(inner.timeout))?
             .map_err(unavailable)?;
-        let seen_epoch = if node.shared.remote.is_attached() {
-            format!("{:x}", node.shared.remote.epoch())
-        } else {
-            String::new()
-        };
+        let seen_epoch =
+            node.shared.external_epoch().map(|epoch| format!("{epoch:x}")).unwrap_or_default();
         let seen = node.position().to_string();
         let fresh = format!("{:x}", super::fresh_epoch());
         let (epoch, seq): (String, String) = self
@@ -528,7 +525,7 @@ async fn listen(node: &Node, client: &Client, pubsub: &mut PubSub) {
                 let Some(message) = message else { return };
                 match parse_message(message.get_payload_bytes()) {
                     Some((epoch, seq, topic, payload)) => {
-                        if epoch != node.shared.remote.epoch() {
+                        if Some(epoch) != node.shared.external_epoch() {
                             // Another history (Redis lost its data and a publish started a
                             // new one): join it where this event starts.
                             node.rebase(epoch, seq.saturating_sub(1));

@@ -47,6 +47,33 @@ pub(crate) struct Config {
     pub(crate) presence: bool,
 }
 
+impl Config {
+    /// The engine's settings and the services'.
+    pub(crate) fn split(self) -> (crate::engine::Config, super::Services) {
+        let engine = crate::engine::Config {
+            capacity: self.capacity,
+            policy: self.policy,
+            max_batch_frames: self.max_batch_frames,
+            max_batch_bytes: self.max_batch_bytes,
+            max_topic_len: self.max_topic_len,
+            max_topics_per_subscription: self.max_topics_per_subscription,
+            max_subscribers: self.max_subscribers,
+            max_event_bytes: self.max_event_bytes,
+            lag_event: self.lag_event,
+            history: self.history,
+            max_replay: self.max_replay,
+            epoch: self.epoch,
+        };
+        let services = super::Services {
+            connected_event: self.connected_event,
+            retry: self.retry,
+            sessions: self.sessions,
+            presence: self.presence,
+        };
+        (engine, services)
+    }
+}
+
 /// A new epoch per process start: milliseconds since the UNIX epoch.
 fn default_epoch() -> u64 {
     std::time::SystemTime::now()

@@ -1,6 +1,7 @@
 //! The `Hub`: publish, broadcast, targeted sends, subscribe, shutdown.
 
 mod builder;
+mod door;
 mod subscribe;
 
 pub(crate) use builder::Config;
@@ -9,9 +10,8 @@ pub use subscribe::Subscribe;
 
 mod shared;
 
-#[cfg(any(feature = "redis", feature = "nats"))]
-pub(crate) use shared::deliver_to_topic;
-pub(crate) use shared::{json_string, lag_frame, Shared};
+pub use crate::engine::Published;
+pub(crate) use shared::{json_string, lag_frame, Services, Shared};
 
 use std::fmt;
 
@@ -47,8 +47,9 @@ use crate::sync::{Arc, Ordering};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Hub {
-    /// Everything, shared with subscriptions.
-    shared: Arc<Shared>,
+    /// Everything, shared with subscriptions (and reached by a backplane through the door
+    /// in `door.rs`).
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// How [`Hub::shutdown_paced`] spreads the end of the streams.
@@ -142,65 +143,11 @@ impl Pacing {
     }
 }
 
-/// What a publish did.
-///
-/// # Examples
-///
-/// ```
-/// let hub = ssehub::Hub::new();
-/// let published = hub.publish("nobody-listens", ssehub::Event::new("x"))?;
-/// assert_eq!(published.receivers(), 0);
-/// assert_eq!(published.id(), None);
-/// # Ok::<(), ssehub::PublishError>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// Subscribers the frame was queued for.
-    receivers: usize,
-    /// The event's id on the wire, given or assigned.
-    id: Option<String>,
-}
-
-impl Published {
-    /// How many subscribers the frame was queued for: the subscribers of the topic when the
-    /// publish took its snapshot, less those it found too slow to keep (a subscriber being
-    /// dropped at that very moment may still be counted).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let hub = ssehub::Hub::new();
-    /// let _a = hub.subscribe("t")?;
-    /// assert_eq!(hub.publish("t", ssehub::Event::new("x"))?.receivers(), 1);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[must_use]
-    pub fn receivers(&self) -> usize {
-        self.receivers
-    }
-
-    /// The event's id as sent to clients: the publisher's, or the one the hub assigned (with
-    /// history on); `None` for an event without one.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let hub = ssehub::Hub::new();
-    /// let published = hub.publish("t", ssehub::Event::new("x").with_id("7"))?;
-    /// assert_eq!(published.id(), Some("7"));
-    /// # Ok::<(), ssehub::PublishError>(())
-    /// ```
-    #[must_use]
-    pub fn id(&self) -> Option<&str> {
-        self.id.as_deref()
-    }
-}
-
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hub")
-            .field("subscribers", &self.shared.registry.subscribers().len())
-            .field("topics", &self.shared.registry.topic_count())
+            .field("subscribers", &self.shared.engine.registry.subscribers().len())
+            .field("topics", &self.shared.engine.registry.topic_count())
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -253,12 +200,6 @@ impl Hub {
     /// ```
     pub fn builder() -> HubBuilder {
         HubBuilder::new()
-    }
-
-    /// The state behind this handle, for the backplane's hook.
-    #[cfg(any(feature = "redis", feature = "nats"))]
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
     }
 
     /// Builds the shared state and starts the heartbeat.
@@ -447,7 +388,7 @@ impl Hub {
     /// # Ok::<(), ssehub::SubscribeError>(())
     /// ```
     pub fn disconnect(&self, id: SubscriberId) -> bool {
-        let slot = self.shared.registry.subscribers().get(id.0).cloned();
+        let slot = self.shared.engine.registry.subscribers().get(id.0).cloned();
         slot.is_some_and(|slot| Shared::end(&self.shared, &slot, EndReason::Disconnected))
     }
 
@@ -463,7 +404,7 @@ impl Hub {
     /// # Ok::<(), ssehub::SubscribeError>(())
     /// ```
     pub fn disconnect_topic(&self, topic: &str) -> usize {
-        let Some(state) = self.shared.registry.topic(topic) else {
+        let Some(state) = self.shared.engine.registry.topic(topic) else {
             return 0;
         };
         let slots = state.subscribers.load().values();
@@ -555,7 +496,7 @@ impl Hub {
     /// Counts a request resolver that panicked (the adapters catch it and answer 500).
     #[cfg(any(feature = "axum", feature = "hyper", feature = "server"))]
     pub(crate) fn resolver_panicked(&self) {
-        self.shared.counters.resolver_panic();
+        self.shared.engine.counters.resolver_panic();
     }
 
     /// Whether the hub was shut down.
@@ -594,7 +535,7 @@ impl Hub {
     /// ```
     #[must_use]
     pub fn subscriber_count(&self) -> usize {
-        self.shared.registry.subscribers().len()
+        self.shared.engine.registry.subscribers().len()
     }
 
     /// Number of subscribers receiving `topic` (by name or pattern); 0 for a topic that does not
@@ -610,7 +551,7 @@ impl Hub {
     /// ```
     #[must_use]
     pub fn topic_subscriber_count(&self, topic: &str) -> usize {
-        self.shared.registry.topic(topic).map_or(0, |t| t.subscribers.load().len())
+        self.shared.engine.registry.topic(topic).map_or(0, |t| t.subscribers.load().len())
     }
 
     /// Every live topic with its subscriber count (allocates; for stats pages, not hot paths).
@@ -625,6 +566,6 @@ impl Hub {
     /// ```
     #[must_use]
     pub fn topics(&self) -> Vec<(String, usize)> {
-        self.shared.registry.topic_counts()
+        self.shared.engine.registry.topic_counts()
     }
 }

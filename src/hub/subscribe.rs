@@ -43,9 +43,6 @@ pub struct Subscribe {
     pub(crate) principal: Option<String>,
     /// A session resume token.
     pub(crate) session_token: Option<String>,
-    /// Events a backplane fetched from the broker for this resume, replayed first.
-    #[cfg(any(feature = "redis", feature = "nats"))]
-    pub(crate) prefix: Option<crate::backplane::Prefix>,
 }
 
 impl Subscribe {

@@ -1,0 +1,172 @@
+//! The one door a backplane has into a hub: claim the engine's external clock, attach it at an
+//! epoch, publish events with its numbers through the one pipeline, register a replay source,
+//! and resume subscriptions through it. Nothing else of the hub or the engine is reached from
+//! `src/backplane/`, and nothing here names a broker.
+//!
+//! Without a backplane feature nothing calls these methods (they are `allow(dead_code)` for
+//! that build alone, with no feature `cfg`): the engine and the hub run the same code paths
+//! either way, with the clock never attached.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use super::{Hub, Shared, Subscribe};
+use crate::engine::{Attached, Fetched, Number, Numbered, Replay, ReplaySource};
+use crate::error::SubscribeError;
+use crate::frame::Event;
+use crate::history::{parse_id, Parsed, ResetReason};
+use crate::subscription::Subscription;
+use crate::sync::{lock, Arc, Ordering, PlainArc};
+use crate::topic::{validate_topic, Pattern};
+
+impl Shared {
+    /// Claims the external clock for one owner; false if another holds it.
+    pub(crate) fn claim_clock(&self) -> bool {
+        // AcqRel: one claimant wins, and sees what a released claim left.
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Gives the clock back (a backplane that failed to connect): the replay source is
+    /// forgotten and the engine numbers its events itself again.
+    pub(crate) fn release_clock(&self) {
+        *lock(&self.source) = None;
+        self.engine.detach();
+        self.claimed.store(false, Ordering::Release);
+    }
+
+    /// (Re)attaches the clock at its number `upto` in `epoch` (see [`Attached`]).
+    pub(crate) fn attach_clock(&self, epoch: u64, upto: u64) -> Attached {
+        self.engine.attach(epoch, upto)
+    }
+
+    /// The clock's epoch while it is attached.
+    pub(crate) fn external_epoch(&self) -> Option<u64> {
+        let clock = &self.engine.clock;
+        clock.is_attached().then(|| clock.epoch())
+    }
+
+    /// The clock's number of the last event this hub took.
+    pub(crate) fn external_position(&self) -> u64 {
+        self.engine.external_position()
+    }
+
+    /// Registers where resumes the hub's history cannot serve are fetched from.
+    pub(crate) fn set_replay_source(&self, source: PlainArc<dyn ReplaySource>) {
+        *lock(&self.source) = Some(source);
+    }
+
+    /// Delivers event number `n` of the clock to `topic`'s subscribers, through the same
+    /// pipeline as a local publish: a duplicate is skipped, a gap ends every stream first.
+    /// `None` for an event this hub cannot deliver (`event` is `None` for a payload it could
+    /// not read; or the topic or event is over its limits): its number is used up all the same.
+    pub(crate) fn publish_given(
+        this: &Arc<Self>,
+        topic: &str,
+        n: u64,
+        event: Option<Event>,
+    ) -> Option<Numbered> {
+        let topic_ok = validate_topic(topic, this.engine.config.max_topic_len).is_ok();
+        let deliverable = event.filter(|_| topic_ok);
+        let undeliverable = deliverable.is_none();
+        let sequenced = Shared::sequenced(this, Number::Given(n), deliverable, |entry| {
+            this.engine.deliver_to_named(topic, entry)
+        })
+        .ok()?;
+        match sequenced.numbered {
+            Numbered::Duplicate => Some(Numbered::Duplicate),
+            _ if undeliverable => None,
+            numbered => Some(numbered),
+        }
+    }
+
+    /// Subscribes, resuming a `Last-Event-ID` the clock numbered (on any node) from the
+    /// replay source when the hub's own history does not reach back far enough. Without a
+    /// replay source (or without a resume), the same as [`Shared::subscribe`].
+    pub(crate) async fn subscribe_resuming(
+        this: &Arc<Self>,
+        request: Subscribe,
+    ) -> Result<Subscription, SubscribeError> {
+        let source = lock(&this.source).clone();
+        let Some((source, catch_up)) = source.and_then(|s| s.catch_up().map(|c| (s, c))) else {
+            return Shared::subscribe(this, request);
+        };
+        let Some(after) = this.resume_point(&request, catch_up).await else {
+            return Shared::subscribe(this, request);
+        };
+        let Some(patterns) = this.valid_patterns(&request) else {
+            // Invalid: the hub refuses the request with the right error.
+            return Shared::subscribe(this, request);
+        };
+        let engine = &this.engine;
+        if engine.covers(engine.clock.to_local(after), &request.topics, &patterns) {
+            return Shared::subscribe(this, request);
+        }
+        let max = engine.config.max_replay;
+        let fetched = source.fetch(after, &request.topics, &patterns, max).await?;
+        let replay = this.replay(fetched);
+        Shared::subscribe_with(this, request, Some(replay))
+    }
+
+    /// The clock's number a resume starts after, when the replay source may be needed: the
+    /// request's id is one the clock numbered in its current epoch, and this hub reached it
+    /// (waiting up to `catch_up` for a client that moved from a node slightly ahead, rather
+    /// than answer with a reset).
+    async fn resume_point(&self, request: &Subscribe, catch_up: Duration) -> Option<u64> {
+        let last = request.last_event_id.as_deref()?;
+        let epoch = self.external_epoch()?;
+        // Malformed, another epoch, not an id the clock issues: the hub's own answer.
+        let Parsed::Ours(after) = parse_id(last, epoch) else { return None };
+        let deadline = tokio::time::Instant::now() + catch_up;
+        while self.external_position() < after && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (self.external_position() >= after).then_some(after)
+    }
+
+    /// The request's patterns, if its names are all within the hub's limits (what the hub
+    /// would refuse is refused by it, before any fetch).
+    fn valid_patterns(&self, request: &Subscribe) -> Option<Vec<Pattern>> {
+        let config = &self.engine.config;
+        let count = request.topics.len() + request.patterns.len();
+        let valid = |t: &String| validate_topic(t, config.max_topic_len).is_ok();
+        if count > config.max_topics_per_subscription || !request.topics.iter().all(valid) {
+            return None;
+        }
+        let patterns =
+            request.patterns.iter().map(|p| Pattern::with_max_len(p, config.max_topic_len));
+        patterns.collect::<Result<Vec<_>, _>>().ok()
+    }
+
+    /// A fetch as the engine replays it: frames encoded as the pipeline encodes events with a
+    /// given number, numbered as the engine numbers them.
+    fn replay(&self, fetched: Fetched) -> Replay {
+        let engine = &self.engine;
+        let epoch = engine.clock.epoch();
+        let upto = engine.clock.to_local(fetched.upto);
+        let mut replay = Replay { frames: Vec::new(), upto, reset: fetched.reset };
+        if fetched.epoch != epoch {
+            replay.reset = Some(ResetReason::OtherEpoch);
+        } else if fetched.events.len() > engine.config.max_replay {
+            replay.reset = Some(ResetReason::TooMany);
+        } else {
+            for (n, event) in fetched.events {
+                // An event this hub cannot deliver is skipped here as it is live.
+                if let Ok(frame) = engine.encode_external(epoch, n, event) {
+                    replay.frames.push((engine.clock.to_local(n), frame));
+                }
+            }
+        }
+        replay
+    }
+}
+
+impl Hub {
+    /// Subscribes, resuming through the replay source when one is registered (see
+    /// [`Shared::subscribe_resuming`]): the path the adapters take.
+    pub(crate) async fn subscribe_resuming(
+        &self,
+        request: Subscribe,
+    ) -> Result<Subscription, SubscribeError> {
+        Shared::subscribe_resuming(&self.shared, request).await
+    }
+}
