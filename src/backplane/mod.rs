@@ -44,7 +44,8 @@ mod redis;
 use std::fmt;
 use std::time::Duration;
 
-use crate::engine::{Attached, Fetch, Numbered, ReplaySource};
+use crate::engine::external::Fetch;
+use crate::engine::{Attached, Numbered, ReplaySource};
 use crate::error::{EventError, SubscribeError, TopicError};
 use crate::frame::Event;
 use crate::hub::{Hub, Shared, Subscribe};

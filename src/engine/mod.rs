@@ -9,7 +9,7 @@
 //! one door only, the hub's: the [`ExternalClock`] (which numbers events when a broker does)
 //! and a [`ReplaySource`] (which fetches what a resume needs from elsewhere).
 
-mod external;
+pub(crate) mod external;
 mod pipeline;
 mod resolve;
 
@@ -17,7 +17,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 
-pub(crate) use external::{Attached, ExternalClock, Fetch, Fetched, ReplaySource};
+pub(crate) use external::{Attached, ExternalClock, Fetched, ReplaySource};
 pub(crate) use pipeline::{count, fan_out, Entry, Number, Numbered, Sequenced};
 pub(crate) use resolve::{Replay, Start};
 

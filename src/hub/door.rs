@@ -170,3 +170,78 @@ impl Hub {
         Shared::subscribe_resuming(&self.shared, request).await
     }
 }
+
+#[cfg(all(test, not(ssehub_loom)))]
+mod tests {
+    use crate::engine::Numbered;
+    use crate::hub::Shared;
+    use crate::{EndReason, Event, HistoryLimits, Hub};
+
+    /// A hub with history, its external clock attached at number 0 of epoch 7.
+    fn attached() -> Hub {
+        let hub = Hub::builder().with_history(Some(HistoryLimits::new())).build();
+        hub.shared.attach_clock(7, 0);
+        hub
+    }
+
+    /// The frames `sub` can take now, as text.
+    fn frames(sub: &mut crate::Subscription) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(Some(batch)) = sub.try_recv() {
+            out.extend(batch.frames().iter().map(|f| String::from_utf8_lossy(f).into_owned()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_given_duplicate_is_skipped_and_a_gap_ends_the_streams_in_the_one_pipeline() {
+        let hub = attached();
+        let mut sub = hub.subscribe("t").expect("open");
+        let given =
+            |n, data: &str| Shared::publish_given(&hub.shared, "t", n, Some(Event::new(data)));
+        assert_eq!(given(1, "one"), Some(Numbered::InOrder));
+        assert_eq!(given(1, "one again"), Some(Numbered::Duplicate));
+        assert_eq!(frames(&mut sub), vec!["id: 7-1\ndata: one\n\n".to_string()]);
+        assert_eq!(hub.shared.external_position(), 1);
+
+        // Number 2 was missed: the stream ends after 1, so its client resumes from the replay
+        // source with id 7-1 and gets 2 from there; 3 is taken, and kept for later resumes.
+        assert_eq!(given(3, "three"), Some(Numbered::AfterGap));
+        assert!(frames(&mut sub).is_empty());
+        assert!(matches!(sub.try_recv(), Err(EndReason::Disconnected)));
+        assert_eq!(hub.shared.external_position(), 3);
+        let resumed = hub.subscribe(crate::Subscribe::from("t").with_last_event_id("7-1"));
+        let mut resumed = resumed.expect("open");
+        let reset = frames(&mut resumed);
+        assert_eq!(reset, vec!["event: reset\ndata: {\"reason\":\"too-old\"}\n\n".to_string()]);
+        let mut after = hub.subscribe(crate::Subscribe::from("t").with_last_event_id("7-2"));
+        assert_eq!(frames(after.as_mut().expect("open")), vec!["id: 7-3\ndata: three\n\n"]);
+    }
+
+    #[test]
+    fn an_undeliverable_given_event_uses_its_number_up() {
+        let hub = attached();
+        let mut sub = hub.subscribe("t").expect("open");
+        assert_eq!(Shared::publish_given(&hub.shared, "t", 1, None), None);
+        assert_eq!(
+            Shared::publish_given(&hub.shared, "bad\ntopic", 2, Some(Event::new("x"))),
+            None
+        );
+        let next = Shared::publish_given(&hub.shared, "t", 3, Some(Event::new("three")));
+        assert_eq!(next, Some(Numbered::InOrder));
+        assert_eq!(frames(&mut sub), vec!["id: 7-3\ndata: three\n\n".to_string()]);
+    }
+
+    #[test]
+    fn a_local_publish_on_an_attached_hub_takes_no_number() {
+        let hub = attached();
+        let mut sub = hub.subscribe("t").expect("open");
+        let published = hub.publish("t", Event::new("local")).expect("open");
+        assert_eq!((published.receivers(), published.id()), (1, None));
+        assert_eq!(hub.shared.external_position(), 0);
+        let next = Shared::publish_given(&hub.shared, "t", 1, Some(Event::new("shared")));
+        assert_eq!(next, Some(Numbered::InOrder));
+        let got = frames(&mut sub);
+        assert_eq!(got, vec!["data: local\n\n", "id: 7-1\ndata: shared\n\n"]);
+    }
+}
