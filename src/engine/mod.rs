@@ -2,8 +2,8 @@
 //! external clock a backplane numbers events by.
 //!
 //! The engine knows topics, frames and sequence numbers. It knows nothing of HTTP, of brokers,
-//! nor of the optional services (sessions, producers, presence, heartbeat): the hub
-//! ([`crate::hub::Shared`]) wraps an `Engine` and calls those services around the engine's
+//! nor of the optional services (sessions, producers, presence, heartbeat): the hub (`Shared`
+//! in `src/hub/shared.rs`) wraps an `Engine` and calls those services around the engine's
 //! operations, which report what they changed (the topics a subscribe or an unsubscribe
 //! touched, the subscribers a publish dropped as slow). A backplane reaches the engine through
 //! one door only, the hub's: the [`ExternalClock`] (which numbers events when a broker does)
