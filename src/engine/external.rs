@@ -11,13 +11,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::pipeline::end_streams;
 use super::Engine;
-use crate::error::{EventError, SubscribeError};
+use crate::error::SubscribeError;
 use crate::frame::Event;
-use crate::history::{format_id, History, ResetReason};
+use crate::history::{History, ResetReason};
 use crate::registry::TopicState;
 use crate::sync::{lock, AtomicBool, AtomicU64, Ordering};
 use crate::topic::Pattern;
@@ -199,19 +197,5 @@ impl Engine {
             .filter(|(name, _)| patterns.iter().any(|p| p.matches(name)))
             .filter_map(|(name, _)| self.registry.topic(name))
             .any(|s| evicted_past(&s))
-    }
-
-    /// Encodes an event numbered `n` by the clock in `epoch` exactly as the pipeline does
-    /// for [`Number::Given`](super::Number::Given), for a replay fetched from elsewhere.
-    pub(crate) fn encode_external(
-        &self,
-        epoch: u64,
-        n: u64,
-        event: Event,
-    ) -> Result<Bytes, EventError> {
-        let mut event = event.normalized();
-        event.validate()?;
-        event.id = Some(format_id(epoch, n));
-        Ok(event.encode_limited(self.config.max_event_bytes)?.into_bytes())
     }
 }

@@ -24,7 +24,7 @@ pub(crate) use resolve::{Replay, Start};
 use crate::error::{SubscribeError, TopicError};
 use crate::history::HistoryLimits;
 use crate::queue::{EndReason, Queue, SlowPolicy};
-use crate::registry::{Refused, Registry, Slot, TopicState};
+use crate::registry::{Refused, Registry, Removed, Slot, TopicState};
 use crate::stats::{Counters, Stats};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, SharedStr};
 use crate::topic::{validate_topic, Pattern};
@@ -294,6 +294,14 @@ impl Engine {
         };
         let topics = registered.map_err(|refused| self.refusal(refused))?;
         Ok(Joined { topics, replay: None })
+    }
+
+    /// Takes subscriber `id` out of the registry (once: later calls do nothing) and updates
+    /// the size gauges; returns what that changed (the topics it left), for the services.
+    pub(crate) fn remove(&self, id: u64) -> Option<Removed> {
+        let removed = self.registry.unsubscribe(id)?;
+        self.report_sizes();
+        Some(removed)
     }
 
     /// The error for a refused registration.

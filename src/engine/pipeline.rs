@@ -146,6 +146,19 @@ impl Engine {
         Ok(Sequenced { published, numbered, slow: std::mem::take(&mut fan.slow_ids) })
     }
 
+    /// Encodes an event numbered `n` by the external clock in `epoch` as the pipeline does for
+    /// [`Number::Given`] (the same checks, the same id), for a replay fetched from elsewhere.
+    pub(crate) fn encode_external(
+        &self,
+        epoch: u64,
+        n: u64,
+        event: Event,
+    ) -> Result<Bytes, EventError> {
+        let Prepared { mut event, .. } = self.prepare(Number::Given(n), event)?;
+        event.id = Some(format_id(epoch, n));
+        Ok(event.encode_limited(self.config.max_event_bytes)?.into_bytes())
+    }
+
     /// Normalises and validates `event`, and encodes it now when its id is final: the
     /// publisher's own (or none) for a local event the engine assigns no id to. An event with
     /// a given number always gets the external clock's id, under the sequencer.

@@ -424,10 +424,9 @@ impl Shared {
     /// Takes subscriber `id` out of the registry (once: later calls do nothing), then reports
     /// what that changed: sizes, presence, producers.
     pub(crate) fn remove(this: &Arc<Self>, id: u64) {
-        let Some(removed) = this.engine.registry.unsubscribe(id) else {
+        let Some(removed) = this.engine.remove(id) else {
             return;
         };
-        this.engine.report_sizes();
         if this.producers.any() {
             for topic in &removed.left {
                 Producers::reconcile(this, topic);
