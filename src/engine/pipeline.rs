@@ -105,6 +105,7 @@ impl Engine {
             let event = prepared.and_then(Result::ok).map(|p| p.event).unwrap_or_default();
             return Err(PublishError::Closed(Box::new(event)));
         }
+        let previous = *sequencer;
         let Some((seq, numbered)) = self.take_number(&mut sequencer, number) else {
             return Ok(Sequenced::duplicate());
         };
@@ -133,7 +134,8 @@ impl Engine {
             }
         };
         *sequencer = seq;
-        let replayable = number != Number::Next || !self.clock.is_attached();
+        // Only an event with a number of its own can be found again by a resume.
+        let replayable = seq > previous;
         let own_id = event.id.as_deref().filter(|_| own_id);
         let entry = Entry { seq, event: &event, frame: frame.as_bytes(), replayable, own_id };
         let mut fan = deliver(&entry);
