@@ -68,6 +68,16 @@ pub(crate) struct Entry<'a> {
     pub(crate) own_id: Option<&'a str>,
 }
 
+/// Whether an event's id is the publisher's own (kept in history, to find it by) or was
+/// assigned from its number (parsed on a resume, never looked up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnId {
+    /// The publisher's own id, or none.
+    Kept,
+    /// Assigned by the engine or the external clock.
+    Assigned,
+}
+
 /// An event checked before the sequencer is taken.
 struct Prepared {
     /// Normalised and validated.
@@ -107,36 +117,25 @@ impl Engine {
         }
         let previous = *sequencer;
         let Some((seq, numbered)) = self.take_number(&mut sequencer, number) else {
-            return Ok(Sequenced::duplicate());
+            return Ok(Sequenced::nothing(Numbered::Duplicate));
         };
-        let Some(prepared) = prepared else {
-            // Nothing to deliver: the number is used up.
-            *sequencer = seq;
-            self.complete(seq);
-            return Ok(Sequenced {
-                published: Published::new(0, None),
-                numbered,
-                slow: Vec::new(),
-            });
-        };
-        let Prepared { mut event, frame } = prepared.inspect_err(|_| *sequencer = seq)?;
-        let own_id = frame.is_some() && number == Number::Next;
-        let frame = match frame {
-            Some(frame) => frame,
+        let (event, frame, own_id) = match prepared.map(|p| self.encode(p, number, seq)) {
+            Some(Ok(encoded)) => encoded,
+            // A refused local event costs no number; a given number is used up all the same.
+            Some(Err(error)) if number == Number::Next => return Err(error.into()),
+            Some(Err(error)) => {
+                self.use_up(&mut sequencer, seq);
+                return Err(error.into());
+            }
             None => {
-                event.id = Some(self.id_for(number, seq));
-                event.encode_limited(self.config.max_event_bytes).inspect_err(|_| {
-                    // A given number is used up even by an event refused here.
-                    if number != Number::Next {
-                        *sequencer = seq;
-                    }
-                })?
+                self.use_up(&mut sequencer, seq);
+                return Ok(Sequenced::nothing(numbered));
             }
         };
         *sequencer = seq;
         // Only an event with a number of its own can be found again by a resume.
         let replayable = seq > previous;
-        let own_id = event.id.as_deref().filter(|_| own_id);
+        let own_id = event.id.as_deref().filter(|_| own_id == OwnId::Kept);
         let entry = Entry { seq, event: &event, frame: frame.as_bytes(), replayable, own_id };
         let mut fan = deliver(&entry);
         // A subscriber that sees this number sees every entry of this publish.
@@ -176,6 +175,30 @@ impl Engine {
         let frame =
             if assigned { None } else { Some(event.encode_limited(self.config.max_event_bytes)?) };
         Ok(Prepared { event, frame })
+    }
+
+    /// The event and its frame, encoded once: now, with the id its number gives it, unless
+    /// it was encoded before the sequencer was taken (its id was final).
+    fn encode(
+        &self,
+        prepared: Result<Prepared, EventError>,
+        number: Number,
+        seq: u64,
+    ) -> Result<(Event, Frame, OwnId), EventError> {
+        let Prepared { mut event, frame } = prepared?;
+        if let Some(frame) = frame {
+            return Ok((event, frame, OwnId::Kept));
+        }
+        event.id = Some(self.id_for(number, seq));
+        let frame = event.encode_limited(self.config.max_event_bytes)?;
+        Ok((event, frame, OwnId::Assigned))
+    }
+
+    /// Marks number `seq` taken with nothing delivered (the sequencer is held, `last` its
+    /// value), so a later number does not look like a gap.
+    fn use_up(&self, last: &mut u64, seq: u64) {
+        *last = seq;
+        self.complete(seq);
     }
 
     /// The id an event numbered `seq` gets: `{epoch:x}-{n}`, in the engine's epoch for its
@@ -244,13 +267,9 @@ impl Engine {
 }
 
 impl Sequenced {
-    /// A given number already delivered: nothing done.
-    fn duplicate() -> Sequenced {
-        Sequenced {
-            published: Published::new(0, None),
-            numbered: Numbered::Duplicate,
-            slow: Vec::new(),
-        }
+    /// Nothing delivered: a duplicate, or a number used up with nothing to deliver.
+    fn nothing(numbered: Numbered) -> Sequenced {
+        Sequenced { published: Published::new(0, None), numbered, slow: Vec::new() }
     }
 }
 
