@@ -590,7 +590,7 @@ impl Backplane {
     /// Subscribes on this node like [`Hub::subscribe`], resuming a `Last-Event-ID` issued by
     /// any node: from the local mirror when it reaches back far enough, else from the broker's
     /// history, with the same `reset` semantics as a single hub. An [`Endpoint`] serving the
-    /// node's hub calls this by itself.
+    /// node's hub resumes this way by itself.
     ///
     /// [`Endpoint`]: crate::Endpoint
     ///
