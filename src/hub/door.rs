@@ -90,7 +90,7 @@ impl Shared {
         let Some((source, catch_up)) = source.and_then(|s| s.catch_up().map(|c| (s, c))) else {
             return Shared::subscribe(this, request);
         };
-        let Some(after) = this.resume_point(&request, catch_up).await else {
+        let Some((epoch, after)) = this.resume_point(&request, catch_up).await else {
             return Shared::subscribe(this, request);
         };
         let Some(patterns) = this.valid_patterns(&request) else {
@@ -103,15 +103,16 @@ impl Shared {
         }
         let max = engine.config.max_replay;
         let fetched = source.fetch(after, &request.topics, &patterns, max).await?;
-        let replay = this.replay(fetched);
+        let replay = this.replay(epoch, fetched);
         Shared::subscribe_with(this, request, Some(replay))
     }
 
-    /// The clock's number a resume starts after, when the replay source may be needed: the
+    /// The clock's epoch and number a resume starts after, when the replay source may be
+    /// needed: the
     /// request's id is one the clock numbered in its current epoch, and this hub reached it
     /// (waiting up to `catch_up` for a client that moved from a node slightly ahead, rather
     /// than answer with a reset).
-    async fn resume_point(&self, request: &Subscribe, catch_up: Duration) -> Option<u64> {
+    async fn resume_point(&self, request: &Subscribe, catch_up: Duration) -> Option<(u64, u64)> {
         let last = request.last_event_id.as_deref()?;
         let epoch = self.external_epoch()?;
         // Malformed, another epoch, not an id the clock issues: the hub's own answer.
@@ -120,7 +121,7 @@ impl Shared {
         while self.external_position() < after && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        (self.external_position() >= after).then_some(after)
+        (self.external_position() >= after).then_some((epoch, after))
     }
 
     /// The request's patterns, if its names are all within the hub's limits (what the hub
@@ -137,11 +138,12 @@ impl Shared {
         patterns.collect::<Result<Vec<_>, _>>().ok()
     }
 
-    /// A fetch as the engine replays it: frames encoded as the pipeline encodes events with a
-    /// given number, numbered as the engine numbers them.
-    fn replay(&self, fetched: Fetched) -> Replay {
+    /// A fetch for a resume point in `epoch` as the engine replays it: frames encoded as the
+    /// pipeline encodes events with a given number, numbered as the engine numbers them; a
+    /// reset if the source's history is another epoch's (the clock moved on during the fetch,
+    /// or the source lost its data).
+    fn replay(&self, epoch: u64, fetched: Fetched) -> Replay {
         let engine = &self.engine;
-        let epoch = engine.clock.epoch();
         let upto = engine.clock.to_local(fetched.upto);
         let mut replay = Replay { frames: Vec::new(), upto, reset: fetched.reset };
         if fetched.epoch != epoch {
