@@ -57,6 +57,7 @@ impl ExternalClock {
 
     /// Raises the coverage floor to `seq` (under the sequencer: numbers before it were missed).
     pub(super) fn raise_floor(&self, seq: u64) {
+        // Relaxed: under the sequencer, like every change of the clock; see `floor`.
         self.floor.store(seq, Ordering::Relaxed);
     }
 
@@ -69,6 +70,7 @@ impl ExternalClock {
 
     /// The clock's number for the engine's `seq` in the current epoch.
     fn to_external(&self, seq: u64) -> u64 {
+        // Relaxed: as in `to_local`; the caller holds the sequencer.
         seq.saturating_sub(self.offset.load(Ordering::Relaxed))
     }
 }
@@ -139,6 +141,8 @@ impl Engine {
                 }
             }
             let offset = sequencer.saturating_sub(upto);
+            // Relaxed, as the epoch and floor below: changed only under the sequencer, and
+            // published with `attached`'s Release.
             self.clock.offset.store(offset, Ordering::Relaxed);
             *sequencer = upto.saturating_add(offset);
             if first {
@@ -168,6 +172,8 @@ impl Engine {
     /// epoch's from now on).
     pub(crate) fn detach(&self) {
         let _sequencer = lock(&self.sequencer);
+        // Release, under the sequencer: a publish that sees the clock detached numbers after
+        // the last number the clock gave.
         self.clock.attached.store(false, Ordering::Release);
     }
 

@@ -31,6 +31,7 @@ impl Shared {
     pub(crate) fn release_clock(&self) {
         *lock(&self.source) = None;
         self.engine.detach();
+        // Release pairs with the next claimant's AcqRel swap: it sees the clock detached.
         self.claimed.store(false, Ordering::Release);
     }
 
@@ -175,8 +176,9 @@ impl Hub {
 
 #[cfg(all(test, not(ssehub_loom)))]
 mod tests {
-    use crate::engine::Numbered;
+    use crate::engine::{Fetched, Numbered, ReplaySource};
     use crate::hub::Shared;
+    use crate::sync::{lock, PlainArc};
     use crate::{EndReason, Event, HistoryLimits, Hub};
 
     /// A hub with history, its external clock attached at number 0 of epoch 7.
@@ -218,6 +220,58 @@ mod tests {
         assert_eq!(reset, vec!["event: reset\ndata: {\"reason\":\"too-old\"}\n\n".to_string()]);
         let mut after = hub.subscribe(crate::Subscribe::from("t").with_last_event_id("7-2"));
         assert_eq!(frames(after.as_mut().expect("open")), vec!["id: 7-3\ndata: three\n\n"]);
+    }
+
+    /// A replay source that holds events 1..=6 of epoch 7 and records what it was asked.
+    struct Source {
+        /// The `after` of every fetch.
+        asked: crate::sync::Mutex<Vec<u64>>,
+    }
+
+    impl ReplaySource for Source {
+        fn catch_up(&self) -> Option<std::time::Duration> {
+            Some(std::time::Duration::ZERO)
+        }
+
+        fn fetch<'a>(
+            &'a self,
+            after: u64,
+            _topics: &'a [String],
+            _patterns: &'a [crate::topic::Pattern],
+            _max: usize,
+        ) -> crate::engine::external::Fetch<'a> {
+            lock(&self.asked).push(after);
+            let events = (after + 1..=6).map(|n| (n, Event::new(format!("e{n}")))).collect();
+            Box::pin(async move { Ok(Fetched { epoch: 7, upto: 6, events, reset: None }) })
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_resume_below_the_coverage_floor_replays_from_the_source_then_the_mirror() {
+        let hub = Hub::builder().with_history(Some(HistoryLimits::new())).build();
+        // The node joins the clock's stream at 5: its mirror covers what comes after.
+        hub.shared.attach_clock(7, 5);
+        let source = PlainArc::new(Source { asked: crate::sync::Mutex::new(Vec::new()) });
+        hub.shared.set_replay_source(source.clone());
+        for n in 6..=7 {
+            let given =
+                Shared::publish_given(&hub.shared, "t", n, Some(Event::new(format!("e{n}"))));
+            assert_eq!(given, Some(Numbered::InOrder));
+        }
+        let resume = |id: &str| crate::Subscribe::from("t").with_last_event_id(id);
+
+        let mut covered = hub.subscribe_resuming(resume("7-6")).await.expect("open");
+        assert_eq!(frames(&mut covered), vec!["id: 7-7\ndata: e7\n\n"]);
+        assert!(lock(&source.asked).is_empty(), "the mirror covers 7-6: no fetch");
+
+        let mut fetched = hub.subscribe_resuming(resume("7-3")).await.expect("open");
+        let expected: Vec<String> = (4..=7).map(|n| format!("id: 7-{n}\ndata: e{n}\n\n")).collect();
+        assert_eq!(frames(&mut fetched), expected, "fetched 4-6, then the mirror's 7, each once");
+        assert_eq!(*lock(&source.asked), vec![3]);
+
+        // Without the source, the same resume is "too old" for the mirror alone.
+        let mut alone = hub.subscribe(resume("7-3")).expect("open");
+        assert_eq!(frames(&mut alone), vec!["event: reset\ndata: {\"reason\":\"too-old\"}\n\n"]);
     }
 
     #[test]
