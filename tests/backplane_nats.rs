@@ -18,7 +18,7 @@ use ssehub::backplane::{BrokerConfig, Nats};
 fn config(url: &str, ns: &str, max: usize) -> BrokerConfig {
     Nats::new(url)
         .with_stream(&ns.to_uppercase(), ns)
-        .with_max_events(max as u64)
+        .with_max_events(max)
         .with_timeout(Duration::from_secs(2))
         .with_backoff(Duration::from_millis(20), Duration::from_millis(500))
         .into()

@@ -18,7 +18,7 @@ use ssehub::backplane::{BrokerConfig, Redis};
 fn config(url: &str, ns: &str, max: usize) -> BrokerConfig {
     Redis::new(url)
         .with_prefix(ns)
-        .with_max_len(max)
+        .with_max_events(max)
         .with_timeout(Duration::from_secs(2))
         .with_backoff(Duration::from_millis(20), Duration::from_millis(500))
         .into()

@@ -162,6 +162,15 @@ pub struct Published {
 }
 
 impl Published {
+    /// What a publish made outside the hub did: a backplane's, whose receivers are counted on
+    /// each node as the event arrives from the broker.
+    // Dead without the backplane features; naming them in a cfg here would put a broker cfg
+    // outside `src/backplane/`.
+    #[allow(dead_code)]
+    pub(crate) fn new(receivers: usize, id: Option<String>) -> Self {
+        Published { receivers, id }
+    }
+
     /// How many subscribers the frame was queued for: the subscribers of the topic when the
     /// publish took its snapshot, less those it found too slow to keep (a subscriber being
     /// dropped at that very moment may still be counted).

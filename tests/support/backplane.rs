@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use ssehub::backplane::{Backplane, BackplaneError, BrokerConfig};
 use ssehub::client::{ClientEvent, EventSource};
 use ssehub::parse::ParsedEvent;
-use ssehub::{Endpoint, Event, HistoryLimits, Hub, Subscribe};
+use ssehub::{Endpoint, Event, HistoryLimits, Hub, Published, Subscribe};
 use tokio::net::TcpListener;
 
 use crate::brokers::{Broker, Kind};
@@ -61,10 +61,17 @@ impl Node {
         self.hub.shutdown();
     }
 
-    /// Publishes through this node, or fails the test.
+    /// Publishes through this node, or fails the test: the event's id.
     pub async fn publish(&self, topic: &str, data: &str) -> String {
-        self.backplane.publish(topic, Event::new(data)).await.expect("publish")
+        id(&self.backplane.publish(topic, Event::new(data)).await.expect("publish"))
     }
+}
+
+/// The id of an event the broker acknowledged, which it always has; no subscriber has the
+/// event when the publish returns, so none is counted.
+pub fn id(published: &Published) -> String {
+    assert_eq!(published.receivers(), 0, "receivers are counted as the event arrives");
+    published.id().expect("a backplane event has an id").to_string()
 }
 
 /// The sequence number in an id `{epoch:x}-{seq}`.
@@ -249,7 +256,7 @@ pub async fn broker_restart(kind: Kind, config: Config) {
         let data = format!("r{i}");
         attempted.insert(data.clone());
         match a.backplane.publish("t", Event::new(data.clone())).await {
-            Ok(id) => acknowledged.push((id, data)),
+            Ok(published) => acknowledged.push((id(&published), data)),
             Err(_) => failed += 1,
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -262,8 +269,8 @@ pub async fn broker_restart(kind: Kind, config: Config) {
         assert!(tokio::time::Instant::now() < deadline, "no publish succeeded after the restart");
         let data = format!("after{attempt}");
         attempted.insert(data.clone());
-        if let Ok(id) = a.backplane.publish("t", Event::new(data.clone())).await {
-            acknowledged.push((id, data));
+        if let Ok(published) = a.backplane.publish("t", Event::new(data.clone())).await {
+            acknowledged.push((id(&published), data));
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -344,8 +351,8 @@ pub async fn broker_loses_data(kind: Kind, config: Config) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let first_new = loop {
         assert!(tokio::time::Instant::now() < deadline, "no publish succeeded after the restart");
-        if let Ok(id) = a.backplane.publish("t", Event::new("new1")).await {
-            break id;
+        if let Ok(published) = a.backplane.publish("t", Event::new("new1")).await {
+            break id(&published);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
