@@ -60,6 +60,11 @@ async fn refusals_without_a_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_away_then_back_reconnects_with_backoff() {
+    backplane::reconnects_with_backoff(Kind::Nats, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_backplane_per_hub() {
     backplane::one_backplane_per_hub(Kind::Nats, config).await;
 }
