@@ -558,7 +558,9 @@ impl Backplane {
             Ok(at) => {
                 Counters::bump(&self.node.counters.published);
                 self.node.counters.saw(at.seq);
-                Ok(Published::new(0, Some(crate::history::format_id(at.epoch, at.seq))))
+                // Each node counts its own receivers as the event arrives from the broker.
+                let receivers = 0;
+                Ok(Published::new(receivers, Some(crate::history::format_id(at.epoch, at.seq))))
             }
             Err(error) => {
                 Counters::bump(&self.node.counters.publish_errors);

@@ -394,7 +394,7 @@ impl Client {
                     || topics.iter().any(|t| t == topic)
                     || patterns.iter().any(|p| p.matches(topic))
             };
-            self.read(&stream, after, upto, &filter, max, &wanted, &mut fetched).await?;
+            self.read(&stream, after, &filter, max, &wanted, &mut fetched).await?;
             if fetched.events.len() > max {
                 break;
             }
@@ -403,13 +403,12 @@ impl Client {
         Ok(fetched)
     }
 
-    /// Reads the messages on `filter` in `(after, upto]` into `fetched`, at most `max + 1`.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads the messages on `filter` in `(after, fetched.upto]` into `fetched`, at most
+    /// `max + 1`.
     async fn read(
         &self,
         stream: &Stream,
         after: u64,
-        upto: u64,
         filter: &str,
         max: usize,
         wanted: &(dyn Fn(&str) -> bool + Sync),
@@ -433,7 +432,7 @@ impl Client {
             let info = message.info().map_err(|_| BackplaneError::Protocol)?;
             let seq = info.stream_sequence;
             pending = info.pending;
-            if seq > upto {
+            if seq > fetched.upto {
                 break;
             }
             let Some(topic) = topic_of(&self.0.prefix, message.subject.as_str()) else { continue };
