@@ -334,6 +334,19 @@ impl Node {
         self.shared.remote_position()
     }
 
+    /// The epoch of the broker's history this node delivers from.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.shared.remote.epoch()
+    }
+
+    /// Where this node is in the broker's history; `None` before it first joined one.
+    pub(crate) fn seen(&self) -> Option<broker::Position> {
+        let remote = &self.shared.remote;
+        remote
+            .is_attached()
+            .then(|| broker::Position { epoch: remote.epoch(), seq: self.position() })
+    }
+
     /// Whether the node or its hub was shut down.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire) || self.shared.is_closed()

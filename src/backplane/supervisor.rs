@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::broker::{Broker, Incoming, Live, Polled, Position};
+use super::broker::{Broker, Incoming, Live, Polled};
 use super::{BackplaneError, Node};
 use crate::sync::PlainArc;
 
@@ -145,10 +145,7 @@ impl Watch {
 /// a new epoch since the node's last subscription ends the hub's streams, see
 /// [`Node::rebase`]).
 pub(crate) async fn join(node: &Node, broker: &dyn Broker) -> Result<Live, BackplaneError> {
-    let remote = &node.shared.remote;
-    let seen =
-        remote.is_attached().then(|| Position { epoch: remote.epoch(), seq: node.position() });
-    let (at, live) = broker.subscribe(seen).await?;
+    let (at, live) = broker.subscribe(node.seen()).await?;
     node.rebase(at.epoch, at.seq);
     Ok(live)
 }
@@ -194,7 +191,7 @@ async fn listen(node: &Node, broker: &dyn Broker, mut live: Live) {
                 if node.is_closed() {
                     return;
                 }
-                let (epoch, position) = (node.shared.remote.epoch(), node.position());
+                let (epoch, position) = (node.epoch(), node.position());
                 let polled = broker.position().await;
                 if let Polled::At(at) = polled {
                     node.saw(at.seq);
@@ -211,7 +208,7 @@ async fn listen(node: &Node, broker: &dyn Broker, mut live: Live) {
 fn receive(node: &Node, incoming: Incoming) {
     match incoming {
         Incoming::Event { epoch, seq, topic, payload } => {
-            if let Some(epoch) = epoch.filter(|e| *e != node.shared.remote.epoch()) {
+            if let Some(epoch) = epoch.filter(|e| *e != node.epoch()) {
                 // Another history (the broker lost its data and a publish started a new one):
                 // join it where this event starts.
                 node.rebase(epoch, seq.saturating_sub(1));
@@ -229,6 +226,7 @@ fn receive(node: &Node, incoming: Incoming) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::broker::Position;
     use super::super::Counters;
     use super::*;
 
