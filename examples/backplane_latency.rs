@@ -54,7 +54,7 @@ async fn main() {
     #[cfg(feature = "redis")]
     if let Some(broker) = Broker::start("redis-server") {
         let url = format!("redis://127.0.0.1:{}", broker.port);
-        let config = || ssehub::backplane::Redis::new(&url).with_max_len(1000);
+        let config = || ssehub::backplane::Redis::new(&url).with_max_events(1000);
         run("Redis backplane", config, &broker, events, latency_events, base).await;
     }
     #[cfg(feature = "nats")]

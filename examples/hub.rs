@@ -93,7 +93,7 @@ impl Publisher {
                 use ssehub::backplane::BackplaneError;
                 match backplane.publish(topic, event).await {
                     // Receivers are counted on each node as the event arrives, not here.
-                    Ok(id) => Ok((Some(id), None)),
+                    Ok(published) => Ok((published.id().map(str::to_string), None)),
                     Err(e @ (BackplaneError::Topic(_) | BackplaneError::Event(_))) => {
                         Err(Refused::Invalid(e.to_string()))
                     }
@@ -115,7 +115,7 @@ async fn join(hub: &Hub, config: &Config) -> Result<Publisher, Box<dyn std::erro
     match broker {
         #[cfg(feature = "redis")]
         config::Broker::Redis(url) => {
-            let redis = ssehub::backplane::Redis::new(url).with_max_len(config.history);
+            let redis = ssehub::backplane::Redis::new(url).with_max_events(config.history);
             let node = ssehub::backplane::Backplane::connect(hub, redis).await?;
             println!("backplane: joined Redis");
             Ok(Publisher::Shared(node))

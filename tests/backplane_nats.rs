@@ -18,7 +18,7 @@ use ssehub::backplane::{BrokerConfig, Nats};
 fn config(url: &str, ns: &str, max: usize) -> BrokerConfig {
     Nats::new(url)
         .with_stream(&ns.to_uppercase(), ns)
-        .with_max_events(max as u64)
+        .with_max_events(max)
         .with_timeout(Duration::from_secs(2))
         .with_backoff(Duration::from_millis(20), Duration::from_millis(500))
         .into()
@@ -57,6 +57,11 @@ async fn resume_while_the_broker_is_down_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_without_a_broker() {
     backplane::refusals(Kind::Nats, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_away_then_back_reconnects_with_backoff() {
+    backplane::reconnects_with_backoff(Kind::Nats, config).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,18 +28,21 @@
 //! let hub = Hub::builder().with_history(Some(HistoryLimits::new())).build();
 //! let node = Backplane::connect(&hub, Redis::new("redis://127.0.0.1:6379")).await?;
 //! let mut sub = node.subscribe("news").await?;
-//! let id = node.publish("news", Event::new("on every node")).await?;
+//! let published = node.publish("news", Event::new("on every node")).await?;
+//! let id = published.id().expect("a backplane event always has an id");
 //! let batch = sub.recv().await.expect("the event, back from the broker");
 //! assert!(std::str::from_utf8(&batch.into_bytes())?.contains(&format!("id: {id}\n")));
 //! # Ok(())
 //! # }
 //! ```
 
+mod broker;
 mod codec;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "redis")]
 mod redis;
+mod supervisor;
 
 use std::fmt;
 use std::time::Duration;
@@ -48,12 +51,13 @@ use crate::engine::external::Fetch;
 use crate::engine::{Attached, Numbered, ReplaySource};
 use crate::error::{EventError, SubscribeError, TopicError};
 use crate::frame::Event;
-use crate::hub::{Hub, Shared, Subscribe};
+use crate::hub::{Hub, Published, Shared, Subscribe};
 use crate::subscription::Subscription;
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
 use crate::topic::{validate_topic, Pattern};
 
-pub(crate) use crate::engine::Fetched;
+use broker::{Broker, Connect, Link, Position};
+use supervisor::Backoff;
 
 #[cfg(feature = "nats")]
 pub use nats::Nats;
@@ -205,6 +209,26 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records the subscription's connection going up or down; a loss while the node is not
+    /// `closing` counts as a reconnect (the loop will make it again).
+    fn link(&self, up: bool, closing: bool) {
+        // Relaxed: a status flag.
+        let was = self.connected.swap(up, Ordering::Relaxed);
+        if was && !up && !closing {
+            Counters::bump(&self.reconnects);
+        }
+    }
+
+    /// See [`BackplaneState::connected`].
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// See [`BackplaneState::reconnects`].
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
     /// Raises the broker position seen.
     fn saw(&self, seq: u64) {
         self.broker_position.fetch_max(seq, Ordering::Relaxed);
@@ -236,8 +260,8 @@ pub(crate) struct Common {
     pub(crate) timeout: Duration,
     /// How long a resume waits for this node to catch up with a client that was ahead of it.
     pub(crate) catch_up: Duration,
-    /// First and longest pause between reconnect attempts.
-    pub(crate) backoff: (Duration, Duration),
+    /// The pauses between reconnect attempts.
+    pub(crate) backoff: Backoff,
 }
 
 impl Default for Common {
@@ -245,19 +269,9 @@ impl Default for Common {
         Common {
             timeout: Duration::from_secs(5),
             catch_up: Duration::from_secs(2),
-            backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            backoff: Backoff::default(),
         }
     }
-}
-
-/// A broker's client side.
-enum Broker {
-    /// Redis: pub/sub and Streams.
-    #[cfg(feature = "redis")]
-    Redis(redis::Client),
-    /// NATS: subjects and JetStream.
-    #[cfg(feature = "nats")]
-    Nats(nats::Client),
 }
 
 /// What a node shares with its broker task.
@@ -303,11 +317,7 @@ impl Node {
 
     /// Records the connection going up or down.
     pub(crate) fn set_connected(&self, connected: bool) {
-        // Relaxed: a status flag.
-        let was = self.counters.connected.swap(connected, Ordering::Relaxed);
-        if was && !connected && !self.is_closed() {
-            Counters::bump(&self.counters.reconnects);
-        }
+        self.counters.link(connected, self.is_closed());
         self.counters.report(&self.shared);
     }
 
@@ -322,19 +332,21 @@ impl Node {
         self.shared.external_position()
     }
 
+    /// The epoch of the broker's history this node delivers from; `None` before it first
+    /// joined one.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        self.shared.external_epoch()
+    }
+
+    /// Where this node is in the broker's history; `None` before it first joined one.
+    pub(crate) fn seen(&self) -> Option<Position> {
+        self.epoch().map(|epoch| Position { epoch, seq: self.position() })
+    }
+
     /// Whether the node or its hub was shut down.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire) || self.shared.is_closed()
     }
-}
-
-/// The pause before reconnect attempt `attempt` (from 0): doubling from the first pause up to
-/// the longest, with up to half again of random jitter so nodes do not reconnect in step.
-pub(crate) fn backoff(common: &Common, attempt: u32, jitter: u64) -> Duration {
-    let (first, longest) = common.backoff;
-    let base = first.saturating_mul(1u32 << attempt.min(16)).min(longest);
-    let ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
-    base + Duration::from_millis(if ms == 0 { 0 } else { jitter % (ms / 2 + 1) })
 }
 
 /// A node of a multi-node deployment: a [`Hub`] joined to a broker.
@@ -365,7 +377,7 @@ pub struct Backplane {
     /// The node's state, shared with its broker task.
     node: PlainArc<Node>,
     /// The broker client.
-    broker: PlainArc<Broker>,
+    broker: PlainArc<dyn Broker>,
     /// The hub (a handle, so the hub lives as long as the backplane).
     hub: Hub,
     /// Stops the broker task when the last clone goes.
@@ -400,30 +412,19 @@ impl Drop for Stop {
 /// # drop(config);
 /// ```
 #[derive(Debug, Clone)]
-pub struct BrokerConfig(Target);
-
-/// See [`BrokerConfig`].
-#[derive(Debug, Clone)]
-enum Target {
-    /// Redis.
-    #[cfg(feature = "redis")]
-    Redis(Redis),
-    /// NATS.
-    #[cfg(feature = "nats")]
-    Nats(Nats),
-}
+pub struct BrokerConfig(PlainArc<dyn Connect>);
 
 #[cfg(feature = "redis")]
 impl From<Redis> for BrokerConfig {
     fn from(redis: Redis) -> Self {
-        BrokerConfig(Target::Redis(redis))
+        BrokerConfig(PlainArc::new(redis))
     }
 }
 
 #[cfg(feature = "nats")]
 impl From<Nats> for BrokerConfig {
     fn from(nats: Nats) -> Self {
-        BrokerConfig(Target::Nats(nats))
+        BrokerConfig(PlainArc::new(nats))
     }
 }
 
@@ -456,12 +457,6 @@ impl Backplane {
         broker: impl Into<BrokerConfig>,
     ) -> Result<Backplane, BackplaneError> {
         let BrokerConfig(target) = broker.into();
-        let common = match &target {
-            #[cfg(feature = "redis")]
-            Target::Redis(redis) => redis.common(),
-            #[cfg(feature = "nats")]
-            Target::Nats(nats) => nats.common(),
-        };
         let shared = &hub.shared;
         if shared.config().history.is_none() {
             return Err(BackplaneError::NoHistory);
@@ -476,24 +471,25 @@ impl Backplane {
             shared: shared.clone(),
             counters: Counters::default(),
             closed: AtomicBool::new(false),
-            common,
+            common: target.common(),
         });
-        let opened = match target {
-            #[cfg(feature = "redis")]
-            Target::Redis(redis) => redis.open(&node).await,
-            #[cfg(feature = "nats")]
-            Target::Nats(nats) => nats.open(&node).await,
+        let opened = async {
+            let broker = target.connect(Link::new()).await?;
+            let live = supervisor::join(&node, &*broker).await?;
+            Ok::<_, BackplaneError>((broker, live))
         };
-        let (broker, task) = match opened {
+        let (broker, live) = match opened.await {
             Ok(opened) => opened,
             Err(error) => {
                 shared.release_clock();
                 return Err(error);
             }
         };
+        node.set_connected(true);
+        let task = tokio::spawn(supervisor::run(node.clone(), broker.clone(), live));
         let backplane = Backplane {
             node,
-            broker: PlainArc::new(broker),
+            broker,
             hub: hub.clone(),
             stop: PlainArc::new(Stop(Mutex::new(Some(task)))),
         };
@@ -523,9 +519,11 @@ impl Backplane {
         &self.hub
     }
 
-    /// Publishes an event to `topic` on every node: returns its id once the broker has stored
-    /// it in the shared history. Every node, this one included, delivers it when it comes back
-    /// from the broker, with that id (an id set on the event is replaced).
+    /// Publishes an event to `topic` on every node: returns once the broker has stored it in
+    /// the shared history, with the id it has on every node ([`Published::id`]). Every node,
+    /// this one included, delivers it when it comes back from the broker, with that id (an id
+    /// set on the event is replaced); [`Published::receivers`] is 0, since no subscriber has it
+    /// yet: each node counts its own as the event arrives ([`BackplaneState::received`]).
     ///
     /// # Errors
     ///
@@ -546,12 +544,12 @@ impl Backplane {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
     /// # let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
-    /// let id = node.publish("price:BTC", ssehub::Event::new("64000.5").with_event("tick")).await?;
-    /// println!("stored as {id}");
+    /// let published = node.publish("price:BTC", ssehub::Event::new("64000.5").with_event("tick")).await?;
+    /// println!("stored as {}", published.id().unwrap_or_default());
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn publish(&self, topic: &str, event: Event) -> Result<String, BackplaneError> {
+    pub async fn publish(&self, topic: &str, event: Event) -> Result<Published, BackplaneError> {
         if self.node.is_closed() {
             return Err(BackplaneError::Closed);
         }
@@ -564,21 +562,17 @@ impl Backplane {
         event.encode_limited(config.max_event_bytes)?;
         event.id = None;
         let payload = codec::encode(&event);
-        let result = tokio::time::timeout(self.node.common.timeout, async {
-            match &*self.broker {
-                #[cfg(feature = "redis")]
-                Broker::Redis(client) => client.publish(topic, payload).await,
-                #[cfg(feature = "nats")]
-                Broker::Nats(client) => client.publish(topic, payload).await,
-            }
-        })
-        .await
-        .unwrap_or(Err(BackplaneError::Timeout(self.node.common.timeout)));
+        let result =
+            tokio::time::timeout(self.node.common.timeout, self.broker.publish(topic, payload))
+                .await
+                .unwrap_or(Err(BackplaneError::Timeout(self.node.common.timeout)));
         match result {
-            Ok((epoch, seq)) => {
+            Ok(at) => {
                 Counters::bump(&self.node.counters.published);
-                self.node.counters.saw(seq);
-                Ok(crate::history::format_id(epoch, seq))
+                self.node.counters.saw(at.seq);
+                // Each node counts its own receivers as the event arrives from the broker.
+                let receivers = 0;
+                Ok(Published::new(receivers, Some(crate::history::format_id(at.epoch, at.seq))))
             }
             Err(error) => {
                 Counters::bump(&self.node.counters.publish_errors);
@@ -611,7 +605,8 @@ impl Backplane {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
     /// # let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
-    /// let id = node.publish("t", ssehub::Event::new("missed")).await?;
+    /// let published = node.publish("t", ssehub::Event::new("missed")).await?;
+    /// let id = published.id().unwrap_or_default().to_string();
     /// let resumed = node.subscribe(ssehub::Subscribe::from("t").with_last_event_id(id)).await?;
     /// # drop(resumed);
     /// # Ok(())
@@ -644,8 +639,8 @@ impl Backplane {
         let position = self.node.position();
         let broker_position = load(&counters.broker_position).max(position);
         BackplaneState {
-            connected: counters.connected.load(Ordering::Relaxed),
-            reconnects: load(&counters.reconnects),
+            connected: counters.is_connected(),
+            reconnects: counters.reconnects(),
             position,
             broker_position,
             lag: broker_position - position,
@@ -690,7 +685,7 @@ pub(crate) struct WeakBackplane {
     /// See [`Backplane::node`].
     node: std::sync::Weak<Node>,
     /// See [`Backplane::broker`].
-    broker: std::sync::Weak<Broker>,
+    broker: std::sync::Weak<dyn Broker>,
 }
 
 impl ReplaySource for WeakBackplane {
@@ -711,17 +706,10 @@ impl ReplaySource for WeakBackplane {
                 return Err(SubscribeError::Unavailable);
             };
             Counters::bump(&node.counters.fetches);
-            tokio::time::timeout(node.common.timeout, async {
-                match &*broker {
-                    #[cfg(feature = "redis")]
-                    Broker::Redis(client) => client.fetch(after, topics, patterns, max).await,
-                    #[cfg(feature = "nats")]
-                    Broker::Nats(client) => client.fetch(after, topics, patterns, max).await,
-                }
-            })
-            .await
-            .unwrap_or(Err(BackplaneError::Timeout(node.common.timeout)))
-            .map_err(|_| SubscribeError::Unavailable)
+            tokio::time::timeout(node.common.timeout, broker.fetch(after, topics, patterns, max))
+                .await
+                .unwrap_or(Err(BackplaneError::Timeout(node.common.timeout)))
+                .map_err(|_| SubscribeError::Unavailable)
         })
     }
 }

@@ -22,9 +22,11 @@ use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType, Stream};
 use async_nats::jetstream::Context;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
-use super::{backoff, BackplaneError, Broker, BrokerError, Common, Fetched, Node};
+use super::broker::{Broker, Connect, Fetched, Incoming, Link, Live, Polled, Position};
+use super::{BackplaneError, BrokerError, Common};
 use crate::history::ResetReason;
 use crate::sync::{AtomicU64, Ordering, PlainArc};
 use crate::topic::Pattern;
@@ -54,7 +56,7 @@ pub struct Nats {
     /// The subjects' prefix (the stream takes `PREFIX.>`).
     prefix: String,
     /// Messages the stream keeps.
-    max_events: i64,
+    max_events: usize,
     /// Age past which the stream drops a message.
     max_age: Option<Duration>,
     /// Timeouts and backoff.
@@ -119,8 +121,8 @@ impl Nats {
     /// let nats = ssehub::backplane::Nats::new("nats://127.0.0.1").with_max_events(10_000);
     /// # drop(nats);
     /// ```
-    pub fn with_max_events(mut self, events: u64) -> Self {
-        self.max_events = i64::try_from(events.max(1)).unwrap_or(i64::MAX);
+    pub fn with_max_events(mut self, events: usize) -> Self {
+        self.max_events = events.max(1);
         self
     }
 
@@ -162,52 +164,54 @@ impl Nats {
     /// # drop(nats);
     /// ```
     pub fn with_backoff(mut self, first: Duration, longest: Duration) -> Self {
-        self.common.backoff = (first, longest.max(first));
+        self.common.backoff = super::Backoff { first, longest: longest.max(first) };
         self
     }
+}
 
-    /// The settings shared by every broker.
-    pub(super) fn common(&self) -> Common {
+impl Connect for Nats {
+    fn common(&self) -> Common {
         self.common
     }
 
-    /// Connects, makes or finds the stream, joins it and starts the node's task.
-    pub(super) async fn open(
-        self,
-        node: &PlainArc<Node>,
-    ) -> Result<(Broker, tokio::task::JoinHandle<()>), BackplaneError> {
+    /// Connects and makes or finds the stream. The client then keeps its connection up by
+    /// itself, paced by the node's backoff, and reports it going down and up to `link`.
+    fn connect(
+        &self,
+        link: Link,
+    ) -> BoxFuture<'static, Result<PlainArc<dyn Broker>, BackplaneError>> {
+        Box::pin(self.clone().open(link))
+    }
+}
+
+impl Nats {
+    /// See [`Connect::connect`].
+    async fn open(self, link: Link) -> Result<PlainArc<dyn Broker>, BackplaneError> {
         let timeout = self.common.timeout;
-        let common = self.common;
-        let events = PlainArc::downgrade(node);
+        let backoff = self.common.backoff;
         // Unknown (0) after a disconnect, until read again: a server may come back without
         // its stream, and a new stream is a new epoch.
         let epoch = PlainArc::new(AtomicU64::new(0));
         let forget = epoch.clone();
-        let reconnects = PlainArc::downgrade(node);
+        let reports = link.clone();
         let options = async_nats::ConnectOptions::new()
             .connection_timeout(timeout)
             .request_timeout(Some(timeout))
             .event_callback(move |event| {
-                let node = events.upgrade();
-                if matches!(event, async_nats::Event::Disconnected) {
-                    // Relaxed: a cache; a stale read costs one more lookup.
-                    forget.store(0, Ordering::Relaxed);
-                }
-                async move {
-                    match (event, node) {
-                        (async_nats::Event::Connected, Some(node)) => node.set_connected(true),
-                        (async_nats::Event::Disconnected, Some(node)) => node.set_connected(false),
-                        _ => {}
+                match event {
+                    async_nats::Event::Disconnected => {
+                        // Relaxed: a cache; a stale read costs one more lookup.
+                        forget.store(0, Ordering::Relaxed);
+                        reports.report(false);
                     }
+                    async_nats::Event::Connected => reports.report(true),
+                    _ => {}
                 }
+                std::future::ready(())
             })
             .reconnect_delay_callback(move |attempts| {
-                let jitter = reconnects.upgrade().map_or(0, |node| {
-                    let jitter = node.shared.jitter(Duration::from_secs(3600));
-                    u64::try_from(jitter.as_millis()).unwrap_or(0)
-                });
                 let attempt = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
-                backoff(&common, attempt, jitter)
+                backoff.pause(attempt, super::supervisor::jitter())
             });
         let client = tokio::time::timeout(timeout, options.connect(self.url.as_str()))
             .await
@@ -217,25 +221,22 @@ impl Nats {
         let config = StreamConfig {
             name: self.stream.clone(),
             subjects: vec![format!("{}.>", self.prefix)],
-            max_messages: self.max_events,
+            max_messages: i64::try_from(self.max_events).unwrap_or(i64::MAX),
             max_age: self.max_age.unwrap_or_default(),
             storage: StorageType::File,
             ..StreamConfig::default()
         };
-        let stream = within(timeout, context.get_or_create_stream(config.clone())).await?;
-        let client = Client(PlainArc::new(Inner {
+        within(timeout, context.get_or_create_stream(config.clone())).await?;
+        Ok(PlainArc::new(Client(Inner {
             client,
             context,
             stream_config: config,
+            prefix: PlainArc::from(self.prefix.as_str()),
             stream_name: self.stream,
-            prefix: self.prefix,
             timeout,
             epoch,
-        }));
-        let (messages, _) = client.join(node, &stream).await?;
-        node.set_connected(true);
-        let task = tokio::spawn(run(node.clone(), client.clone(), messages));
-        Ok((Broker::Nats(client), task))
+            link,
+        })))
     }
 }
 
@@ -251,8 +252,7 @@ async fn within<T, E: std::error::Error + Send + Sync + 'static>(
 }
 
 /// The node's NATS client.
-#[derive(Clone)]
-pub(crate) struct Client(PlainArc<Inner>);
+struct Client(Inner);
 
 /// See [`Client`].
 struct Inner {
@@ -264,12 +264,14 @@ struct Inner {
     stream_config: StreamConfig,
     /// The stream's name.
     stream_name: String,
-    /// The subjects' prefix.
-    prefix: String,
+    /// The subjects' prefix (shared with the live stream, which reads topics from subjects).
+    prefix: PlainArc<str>,
     /// How long one operation may take.
     timeout: Duration,
     /// The stream's epoch, as last read (0 when it must be read again).
     epoch: PlainArc<AtomicU64>,
+    /// Where the client reports its connection going down and up.
+    link: Link,
 }
 
 /// An ordered consumer's messages.
@@ -281,11 +283,6 @@ impl Client {
         subject_of(&self.0.prefix, topic)
     }
 
-    /// The topic of `subject`, if it is one of ours.
-    fn topic(&self, subject: &str) -> Option<String> {
-        topic_of(&self.0.prefix, subject)
-    }
-
     /// The stream, looked up again (its state is what a caller wants).
     async fn stream(&self) -> Result<Stream, BackplaneError> {
         within(self.0.timeout, self.0.context.get_stream(&self.0.stream_name)).await
@@ -293,7 +290,7 @@ impl Client {
 
     /// The stream's epoch (its creation time in milliseconds) and last sequence number, and its
     /// first one.
-    async fn position(&self, stream: &Stream) -> Result<(u64, u64, u64), BackplaneError> {
+    async fn tip(&self, stream: &Stream) -> Result<(u64, u64, u64), BackplaneError> {
         let info = within(self.0.timeout, stream.get_info()).await?;
         let created = info.created.unix_timestamp_nanos() / 1_000_000;
         let epoch = u64::try_from(created).map_err(|_| BackplaneError::Protocol)?;
@@ -302,11 +299,13 @@ impl Client {
         Ok((epoch, info.state.last_sequence, info.state.first_sequence))
     }
 
-    /// Learns where the stream is, then consumes it from just after there: every message
-    /// stored later arrives on the consumer, everything before is in the stream.
-    async fn join(&self, node: &Node, stream: &Stream) -> Result<(Messages, u64), BackplaneError> {
-        let (epoch, upto, _) = self.position(stream).await?;
-        node.rebase(epoch, upto);
+    /// See [`Broker::subscribe`]: learns where the stream is (making it again if the server
+    /// lost it: a new epoch), then consumes it from just after there: every message stored
+    /// later arrives on the consumer, everything before is in the stream.
+    async fn subscribe(&self) -> Result<(Position, Live), BackplaneError> {
+        let made = self.0.context.get_or_create_stream(self.0.stream_config.clone());
+        let stream = within(self.0.timeout, made).await?;
+        let (epoch, upto, _) = self.tip(&stream).await?;
         let config = OrderedConfig {
             deliver_subject: self.0.client.new_inbox(),
             filter_subject: format!("{}.>", self.0.prefix),
@@ -315,15 +314,27 @@ impl Client {
         };
         let consumer = within(self.0.timeout, stream.create_consumer(config)).await?;
         let messages = within(self.0.timeout, consumer.messages()).await?;
-        Ok((messages, epoch))
+        let live = self.0.link.merge(live(messages, self.0.prefix.clone()));
+        Ok((Position { epoch, seq: upto }, live))
     }
 
-    /// Stores one event; returns its epoch and stream sequence.
-    pub(crate) async fn publish(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-    ) -> Result<(u64, u64), BackplaneError> {
+    /// See [`Broker::position`].
+    async fn position(&self) -> Polled {
+        let connected =
+            self.0.client.connection_state() == async_nats::connection::State::Connected;
+        match self.stream().await {
+            Ok(stream) => match self.tip(&stream).await {
+                Ok((epoch, seq, _)) => Polled::At(Position { epoch, seq }),
+                Err(_) => Polled::Unreachable,
+            },
+            // Connected, yet no stream: the server lost it (with its storage).
+            Err(_) if connected => Polled::NoHistory,
+            Err(_) => Polled::Unreachable,
+        }
+    }
+
+    /// See [`Broker::publish`]: the epoch, and the stream sequence the acknowledgement carries.
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Position, BackplaneError> {
         // While disconnected the client would queue the message and send it after the
         // reconnect, long after this publish was reported failed: refuse it now instead.
         if self.0.client.connection_state() != async_nats::connection::State::Connected {
@@ -340,14 +351,13 @@ impl Client {
         // every publish would double a publish's round trips.
         let mut epoch = self.0.epoch.load(Ordering::Relaxed);
         if epoch == 0 {
-            epoch = self.position(&self.stream().await?).await?.0;
+            epoch = self.tip(&self.stream().await?).await?.0;
         }
-        Ok((epoch, ack.sequence))
+        Ok(Position { epoch, seq: ack.sequence })
     }
 
-    /// The events after `after` on `topics` and the topics matching `patterns`, up to the
-    /// stream's position when asked.
-    pub(crate) async fn fetch(
+    /// See [`Broker::fetch`]: up to the stream's position when asked.
+    async fn fetch(
         &self,
         after: u64,
         topics: &[String],
@@ -355,7 +365,7 @@ impl Client {
         max: usize,
     ) -> Result<Fetched, BackplaneError> {
         let stream = self.stream().await?;
-        let (epoch, upto, first) = self.position(&stream).await?;
+        let (epoch, upto, first) = self.tip(&stream).await?;
         let mut fetched = Fetched { epoch, upto, ..Fetched::default() };
         if upto <= after {
             return Ok(fetched);
@@ -384,7 +394,7 @@ impl Client {
                     || topics.iter().any(|t| t == topic)
                     || patterns.iter().any(|p| p.matches(topic))
             };
-            self.read(&stream, after, upto, &filter, max, &wanted, &mut fetched).await?;
+            self.read(&stream, after, &filter, max, &wanted, &mut fetched).await?;
             if fetched.events.len() > max {
                 break;
             }
@@ -393,13 +403,12 @@ impl Client {
         Ok(fetched)
     }
 
-    /// Reads the messages on `filter` in `(after, upto]` into `fetched`, at most `max + 1`.
-    #[allow(clippy::too_many_arguments)]
+    /// Reads the messages on `filter` in `(after, fetched.upto]` into `fetched`, at most
+    /// `max + 1`.
     async fn read(
         &self,
         stream: &Stream,
         after: u64,
-        upto: u64,
         filter: &str,
         max: usize,
         wanted: &(dyn Fn(&str) -> bool + Sync),
@@ -423,10 +432,10 @@ impl Client {
             let info = message.info().map_err(|_| BackplaneError::Protocol)?;
             let seq = info.stream_sequence;
             pending = info.pending;
-            if seq > upto {
+            if seq > fetched.upto {
                 break;
             }
-            let Some(topic) = self.topic(message.subject.as_str()) else { continue };
+            let Some(topic) = topic_of(&self.0.prefix, message.subject.as_str()) else { continue };
             if !wanted(&topic) {
                 continue;
             }
@@ -439,100 +448,70 @@ impl Client {
     }
 }
 
-/// The node's task: delivers the consumer's messages; when the consumer fails for good, or
-/// the stream turns out to be another one (a new epoch), joins again, with backoff.
-async fn run(node: PlainArc<Node>, client: Client, first: Messages) {
-    let mut messages = Some(first);
-    let mut attempt: u32 = 0;
-    loop {
-        if node.is_closed() {
-            return;
-        }
-        let joined = match messages.take() {
-            Some(messages) => Ok(messages),
-            // A stream lost with the server's storage is made again: a new epoch.
-            None => match within(
-                client.0.timeout,
-                client.0.context.get_or_create_stream(client.0.stream_config.clone()),
-            )
-            .await
-            {
-                Ok(stream) => client.join(&node, &stream).await.map(|(m, _)| m),
-                Err(error) => Err(error),
-            },
-        };
-        if let Ok(mut messages) = joined {
-            attempt = 0;
-            listen(&node, &client, &mut messages).await;
-        }
-        if node.is_closed() {
-            return;
-        }
-        let jitter = u64::try_from(node.shared.jitter(Duration::from_secs(3600)).as_millis());
-        tokio::time::sleep(backoff(&node.common, attempt, jitter.unwrap_or(0))).await;
-        attempt = attempt.saturating_add(1);
+impl Broker for Client {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Position, BackplaneError>> {
+        Box::pin(Client::publish(self, topic, payload))
+    }
+
+    /// NATS numbers within a stream whose epoch is its creation time: a stream that went back
+    /// is another stream, so `seen` tells it nothing.
+    fn subscribe(
+        &self,
+        _: Option<Position>,
+    ) -> BoxFuture<'_, Result<(Position, Live), BackplaneError>> {
+        Box::pin(Client::subscribe(self))
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        after: u64,
+        topics: &'a [String],
+        patterns: &'a [Pattern],
+        max: usize,
+    ) -> BoxFuture<'a, Result<Fetched, BackplaneError>> {
+        Box::pin(Client::fetch(self, after, topics, patterns, max))
+    }
+
+    fn position(&self) -> BoxFuture<'_, Polled> {
+        Box::pin(Client::position(self))
     }
 }
 
-/// Delivers messages until the consumer ends or the stream is another one; polls the stream's
-/// position every second for the lag.
-async fn listen(node: &Node, client: &Client, messages: &mut Messages) {
-    let mut poll = tokio::time::interval(Duration::from_secs(1));
-    let mut errors = 0u32;
-    let mut missing = 0u32;
-    loop {
-        tokio::select! {
-            message = messages.next() => match message {
-                None => return,
-                Some(Err(_)) => {
-                    // The ordered consumer recreates itself after a reconnect or a gap; a run
-                    // of failures means it cannot, so join again from scratch.
+/// An ordered consumer's messages as a live stream. The consumer recreates itself after a
+/// reconnect or a gap; a run of ten failures in a row means it cannot, and ends the stream so
+/// the node subscribes again from scratch.
+fn live(messages: Messages, prefix: PlainArc<str>) -> Live {
+    let state = (messages, prefix, 0u32);
+    futures_util::stream::unfold(state, |(mut messages, prefix, mut errors)| async move {
+        loop {
+            match messages.next().await? {
+                Err(_) => {
                     errors += 1;
                     if errors >= 10 {
-                        return;
+                        return None;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Some(Ok(message)) => {
-                    errors = 0;
-                    let Ok(info) = message.info() else {
-                        node.skip();
-                        continue;
+                Ok(message) => {
+                    let item = match message.info() {
+                        Ok(info) => Incoming::Event {
+                            epoch: None,
+                            seq: info.stream_sequence,
+                            topic: topic_of(&prefix, message.subject.as_str()),
+                            payload: message.payload.clone(),
+                        },
+                        Err(_) => Incoming::Unreadable,
                     };
-                    let seq = info.stream_sequence;
-                    match client.topic(message.subject.as_str()) {
-                        Some(topic) => node.deliver(&topic, seq, &message.payload),
-                        // Not a subject of ours: its number is used up all the same.
-                        None => node.deliver("", seq, &[]),
-                    }
-                }
-            },
-            _ = poll.tick() => {
-                if node.is_closed() {
-                    return;
-                }
-                let connected =
-                    client.0.client.connection_state() == async_nats::connection::State::Connected;
-                let Ok(stream) = client.stream().await else {
-                    // Connected, yet no stream: the server lost it (with its storage). Joining
-                    // again makes it anew.
-                    missing = if connected { missing + 1 } else { 0 };
-                    if missing >= 3 {
-                        return;
-                    }
-                    continue;
-                };
-                missing = 0;
-                if let Ok((epoch, upto, _)) = client.position(&stream).await {
-                    node.saw(upto);
-                    if Some(epoch) != node.shared.external_epoch() || upto < node.position() {
-                        // Another stream under the same name: numbers mean other events.
-                        return;
-                    }
+                    return Some((item, (messages, prefix, 0)));
                 }
             }
         }
-    }
+    })
+    .boxed()
 }
 
 /// The subject of `topic`: every byte outside `[A-Za-z0-9_:-]` as `%HH`.

@@ -18,11 +18,14 @@
 
 use std::time::Duration;
 
-use ::redis::aio::{MultiplexedConnection, PubSub};
+use ::redis::aio::MultiplexedConnection;
 use ::redis::Script;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
-use super::{backoff, BackplaneError, Broker, Common, Fetched, Node};
+use super::broker::{Broker, Connect, Fetched, Incoming, Link, Live, Polled, Position};
+use super::{BackplaneError, Common};
 use crate::history::ResetReason;
 use crate::sync::PlainArc;
 use crate::topic::Pattern;
@@ -102,7 +105,7 @@ const MAX_FETCH_TOPICS: usize = 4096;
 /// use std::time::Duration;
 /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1:6379")
 ///     .with_prefix("{ssehub}")
-///     .with_max_len(10_000)
+///     .with_max_events(10_000)
 ///     .with_timeout(Duration::from_secs(2));
 /// # drop(redis);
 /// ```
@@ -114,7 +117,7 @@ pub struct Redis {
     /// Prefix of every key and of the channel.
     prefix: String,
     /// Events kept per topic stream (up to an eighth more, trimmed in batches).
-    max_len: usize,
+    max_events: usize,
     /// Timeouts and backoff.
     common: Common,
 }
@@ -124,7 +127,7 @@ impl std::fmt::Debug for Redis {
         f.debug_struct("Redis")
             .field("url", &super::redact(&self.url))
             .field("prefix", &self.prefix)
-            .field("max_len", &self.max_len)
+            .field("max_events", &self.max_events)
             .field("common", &self.common)
             .finish()
     }
@@ -144,7 +147,7 @@ impl Redis {
         Redis {
             url: url.to_string(),
             prefix: "ssehub".to_string(),
-            max_len: 1000,
+            max_events: 1000,
             common: Common::default(),
         }
     }
@@ -168,11 +171,11 @@ impl Redis {
     /// # Examples
     ///
     /// ```
-    /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1").with_max_len(50_000);
+    /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1").with_max_events(50_000);
     /// # drop(redis);
     /// ```
-    pub fn with_max_len(mut self, events: usize) -> Self {
-        self.max_len = events.max(1);
+    pub fn with_max_events(mut self, events: usize) -> Self {
+        self.max_events = events.max(1);
         self
     }
 
@@ -201,44 +204,38 @@ impl Redis {
     /// # drop(redis);
     /// ```
     pub fn with_backoff(mut self, first: Duration, longest: Duration) -> Self {
-        self.common.backoff = (first, longest.max(first));
+        self.common.backoff = super::Backoff { first, longest: longest.max(first) };
         self
     }
 }
 
-impl Redis {
-    /// Connects, joins the broker's stream and starts the node's task.
-    pub(super) async fn open(
-        self,
-        node: &PlainArc<Node>,
-    ) -> Result<(Broker, tokio::task::JoinHandle<()>), BackplaneError> {
-        let client = ::redis::Client::open(self.url.as_str()).map_err(unavailable)?;
-        let prefix = &self.prefix;
-        let inner = Inner {
-            client,
-            epoch_key: format!("{prefix}:epoch"),
-            seq_key: format!("{prefix}:seq"),
-            topics_key: format!("{prefix}:topics"),
-            trimmed_key: format!("{prefix}:trimmed"),
-            stream_prefix: format!("{prefix}:t:"),
-            channel: format!("{prefix}:events"),
-            max_len: self.max_len,
-            timeout: self.common.timeout,
-            connection: tokio::sync::Mutex::new(None),
-            publish: Script::new(PUBLISH),
-            rebase: Script::new(REBASE),
-            fetch: Script::new(FETCH),
-        };
-        let client = Client(PlainArc::new(inner));
-        let pubsub = client.join(node).await?;
-        node.set_connected(true);
-        let task = tokio::spawn(run(node.clone(), client.clone(), pubsub));
-        Ok((Broker::Redis(client), task))
+impl Connect for Redis {
+    fn common(&self) -> Common {
+        self.common
     }
 
-    /// The settings shared by every broker.
-    pub(super) fn common(&self) -> Common {
-        self.common
+    /// Makes the client; connections are made on first use (the node's first subscription).
+    fn connect(&self, _: Link) -> BoxFuture<'static, Result<PlainArc<dyn Broker>, BackplaneError>> {
+        let opened = ::redis::Client::open(self.url.as_str()).map_err(unavailable);
+        let prefix = &self.prefix;
+        let client = opened.map(|client| {
+            PlainArc::new(Client(Inner {
+                client,
+                epoch_key: format!("{prefix}:epoch"),
+                seq_key: format!("{prefix}:seq"),
+                topics_key: format!("{prefix}:topics"),
+                trimmed_key: format!("{prefix}:trimmed"),
+                stream_prefix: format!("{prefix}:t:"),
+                channel: format!("{prefix}:events"),
+                max_events: self.max_events,
+                timeout: self.common.timeout,
+                connection: tokio::sync::Mutex::new(None),
+                publish: Script::new(PUBLISH),
+                rebase: Script::new(REBASE),
+                fetch: Script::new(FETCH),
+            })) as PlainArc<dyn Broker>
+        });
+        Box::pin(std::future::ready(client))
     }
 }
 
@@ -248,8 +245,7 @@ fn unavailable(error: ::redis::RedisError) -> BackplaneError {
 }
 
 /// The node's Redis client.
-#[derive(Clone)]
-pub(crate) struct Client(PlainArc<Inner>);
+struct Client(Inner);
 
 /// See [`Client`].
 struct Inner {
@@ -268,7 +264,7 @@ struct Inner {
     /// See the module docs.
     channel: String,
     /// Events kept per stream.
-    max_len: usize,
+    max_events: usize,
     /// How long one operation may take.
     timeout: Duration,
     /// The command connection (multiplexed: publishes share it), made again after an error.
@@ -321,12 +317,8 @@ impl Client {
         }
     }
 
-    /// Numbers, stores and fans out one event; returns its epoch and number.
-    pub(crate) async fn publish(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-    ) -> Result<(u64, u64), BackplaneError> {
+    /// See [`Broker::publish`].
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Position, BackplaneError> {
         let inner = &self.0;
         let stream = format!("{}{topic}", inner.stream_prefix);
         let fresh = format!("{:x}", super::fresh_epoch());
@@ -341,7 +333,7 @@ impl Client {
                     .key(&inner.trimmed_key)
                     .arg(topic)
                     .arg(payload)
-                    .arg(inner.max_len)
+                    .arg(inner.max_events)
                     .arg(&inner.channel)
                     .arg(&fresh);
                 invocation.invoke_async(&mut connection).await
@@ -350,20 +342,32 @@ impl Client {
         parse_position(&epoch, &seq).ok_or(BackplaneError::Protocol)
     }
 
-    /// The broker's last sequence number.
-    async fn position(&self) -> Result<u64, BackplaneError> {
-        let key = self.0.seq_key.clone();
-        let seq: Option<String> = self
+    /// See [`Broker::position`]: the epoch and the last number, read together.
+    async fn position(&self) -> Polled {
+        let keys = [self.0.epoch_key.clone(), self.0.seq_key.clone()];
+        let read: Result<(Option<String>, Option<String>), _> = self
             .call(|mut connection| async move {
-                ::redis::cmd("GET").arg(&key).query_async(&mut connection).await
+                ::redis::cmd("MGET").arg(&keys).query_async(&mut connection).await
             })
-            .await?;
-        Ok(seq.and_then(|s| s.parse().ok()).unwrap_or(0))
+            .await;
+        match read {
+            Err(_) => Polled::Unreachable,
+            // A Redis that lost its data has no epoch until a node rejoins or publishes.
+            Ok((None, _)) => Polled::NoHistory,
+            Ok((Some(epoch), seq)) => {
+                match parse_position(&epoch, seq.as_deref().unwrap_or("0")) {
+                    Some(at) => Polled::At(at),
+                    // Not ours to read: the live stream goes on, as it would without a poll.
+                    None => Polled::Unreachable,
+                }
+            }
+        }
     }
 
-    /// Subscribes to the channel, then learns where the broker is: everything published after
-    /// that point arrives on the subscription, everything before is in the streams.
-    async fn join(&self, node: &Node) -> Result<PubSub, BackplaneError> {
+    /// See [`Broker::subscribe`]: subscribes to the channel, then learns where the broker is:
+    /// everything published after that point arrives on the subscription, everything before is
+    /// in the streams.
+    async fn subscribe(&self, seen: Option<Position>) -> Result<(Position, Live), BackplaneError> {
         let inner = &self.0;
         let subscribe = async {
             let mut pubsub = inner.client.get_async_pubsub().await?;
@@ -374,9 +378,8 @@ impl Client {
             .await
             .map_err(|_| BackplaneError::Timeout(inner.timeout))?
             .map_err(unavailable)?;
-        let seen_epoch =
-            node.shared.external_epoch().map(|epoch| format!("{epoch:x}")).unwrap_or_default();
-        let seen = node.position().to_string();
+        let seen_epoch = seen.map(|at| format!("{:x}", at.epoch)).unwrap_or_default();
+        let seen = seen.map_or(0, |at| at.seq).to_string();
         let fresh = format!("{:x}", super::fresh_epoch());
         let (epoch, seq): (String, String) = self
             .call(|mut connection| async move {
@@ -390,13 +393,23 @@ impl Client {
                 invocation.invoke_async(&mut connection).await
             })
             .await?;
-        let (epoch, seq) = parse_position(&epoch, &seq).ok_or(BackplaneError::Protocol)?;
-        node.rebase(epoch, seq);
-        Ok(pubsub)
+        let at = parse_position(&epoch, &seq).ok_or(BackplaneError::Protocol)?;
+        let live = pubsub.into_on_message().map(|message| {
+            match parse_message(message.get_payload_bytes()) {
+                Some((epoch, seq, topic, payload)) => Incoming::Event {
+                    epoch: Some(epoch),
+                    seq,
+                    topic: Some(topic.to_string()),
+                    payload: Bytes::copy_from_slice(payload),
+                },
+                None => Incoming::Unreadable,
+            }
+        });
+        Ok((at, live.boxed()))
     }
 
-    /// The events after `after` on `topics` and the topics matching `patterns`.
-    pub(crate) async fn fetch(
+    /// See [`Broker::fetch`].
+    async fn fetch(
         &self,
         after: u64,
         topics: &[String],
@@ -443,8 +456,8 @@ impl Client {
         else {
             return Err(BackplaneError::Protocol);
         };
-        let (epoch, upto) = parse_position(&epoch, &upto).ok_or(BackplaneError::Protocol)?;
-        let mut fetched = Fetched { epoch, upto, ..Fetched::default() };
+        let at = parse_position(&epoch, &upto).ok_or(BackplaneError::Protocol)?;
+        let mut fetched = Fetched { epoch: at.epoch, upto: at.seq, ..Fetched::default() };
         if trimmed.as_slice() == b"1" {
             fetched.reset = Some(ResetReason::TooOld);
             return Ok(fetched);
@@ -468,9 +481,9 @@ impl Client {
     }
 }
 
-/// `(epoch, sequence)` from the scripts' hex epoch and decimal number.
-fn parse_position(epoch: &str, seq: &str) -> Option<(u64, u64)> {
-    Some((u64::from_str_radix(epoch, 16).ok()?, seq.parse().ok()?))
+/// The position the scripts answer with, a hex epoch and a decimal number.
+fn parse_position(epoch: &str, seq: &str) -> Option<Position> {
+    Some(Position { epoch: u64::from_str_radix(epoch, 16).ok()?, seq: seq.parse().ok()? })
 }
 
 /// `EPOCH-SEQ\nTOPIC\nPAYLOAD`, as the publish script sends it.
@@ -480,76 +493,38 @@ fn parse_message(message: &[u8]) -> Option<(u64, u64, &str, &[u8])> {
     let topic = std::str::from_utf8(parts.next()?).ok()?;
     let payload = parts.next()?;
     let (epoch, seq) = id.split_once('-')?;
-    let (epoch, seq) = parse_position(epoch, seq)?;
-    Some((epoch, seq, topic, payload))
+    let at = parse_position(epoch, seq)?;
+    Some((at.epoch, at.seq, topic, payload))
 }
 
-/// The node's broker task: listens, and when the subscription is lost, reconnects with backoff
-/// and joins again, until the backplane is dropped.
-async fn run(node: PlainArc<Node>, client: Client, first: PubSub) {
-    let mut pubsub = Some(first);
-    let mut attempt: u32 = 0;
-    loop {
-        if node.is_closed() {
-            return;
-        }
-        let joined = match pubsub.take() {
-            Some(pubsub) => Ok(pubsub),
-            None => client.join(&node).await,
-        };
-        if let Ok(mut pubsub) = joined {
-            attempt = 0;
-            node.set_connected(true);
-            listen(&node, &client, &mut pubsub).await;
-            node.set_connected(false);
-        }
-        if node.is_closed() {
-            return;
-        }
-        let jitter = u64::try_from(node.shared.jitter(Duration::from_secs(3600)).as_millis());
-        tokio::time::sleep(backoff(&node.common, attempt, jitter.unwrap_or(0))).await;
-        attempt = attempt.saturating_add(1);
+impl Broker for Client {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Position, BackplaneError>> {
+        Box::pin(Client::publish(self, topic, payload))
     }
-}
 
-/// Delivers messages until the subscription ends or stalls (the broker has events this node
-/// has not received for three polls in a row: a half-open connection).
-async fn listen(node: &Node, client: &Client, pubsub: &mut PubSub) {
-    let mut poll = tokio::time::interval(Duration::from_secs(1));
-    let mut stalled = 0;
-    let mut last = node.position();
-    let mut messages = pubsub.on_message();
-    loop {
-        tokio::select! {
-            message = messages.next() => {
-                let Some(message) = message else { return };
-                match parse_message(message.get_payload_bytes()) {
-                    Some((epoch, seq, topic, payload)) => {
-                        if Some(epoch) != node.shared.external_epoch() {
-                            // Another history (Redis lost its data and a publish started a
-                            // new one): join it where this event starts.
-                            node.rebase(epoch, seq.saturating_sub(1));
-                        }
-                        node.deliver(topic, seq, payload);
-                    }
-                    None => node.skip(),
-                }
-            }
-            _ = poll.tick() => {
-                if node.is_closed() {
-                    return;
-                }
-                if let Ok(seq) = client.position().await {
-                    node.saw(seq);
-                    let position = node.position();
-                    stalled = if seq > position && position == last { stalled + 1 } else { 0 };
-                    last = position;
-                    if stalled >= 3 {
-                        return;
-                    }
-                }
-            }
-        }
+    fn subscribe(
+        &self,
+        seen: Option<Position>,
+    ) -> BoxFuture<'_, Result<(Position, Live), BackplaneError>> {
+        Box::pin(Client::subscribe(self, seen))
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        after: u64,
+        topics: &'a [String],
+        patterns: &'a [Pattern],
+        max: usize,
+    ) -> BoxFuture<'a, Result<Fetched, BackplaneError>> {
+        Box::pin(Client::fetch(self, after, topics, patterns, max))
+    }
+
+    fn position(&self) -> BoxFuture<'_, Polled> {
+        Box::pin(Client::position(self))
     }
 }
 

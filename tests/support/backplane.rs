@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use ssehub::backplane::{Backplane, BackplaneError, BrokerConfig};
 use ssehub::client::{ClientEvent, EventSource};
 use ssehub::parse::ParsedEvent;
-use ssehub::{Endpoint, Event, HistoryLimits, Hub, Subscribe};
+use ssehub::{Endpoint, Event, HistoryLimits, Hub, Published, Subscribe};
 use tokio::net::TcpListener;
 
 use crate::brokers::{Broker, Kind};
@@ -61,10 +61,17 @@ impl Node {
         self.hub.shutdown();
     }
 
-    /// Publishes through this node, or fails the test.
+    /// Publishes through this node, or fails the test: the event's id.
     pub async fn publish(&self, topic: &str, data: &str) -> String {
-        self.backplane.publish(topic, Event::new(data)).await.expect("publish")
+        id(&self.backplane.publish(topic, Event::new(data)).await.expect("publish"))
     }
+}
+
+/// The id of an event the broker acknowledged, which it always has; no subscriber has the
+/// event when the publish returns, so none is counted.
+pub fn id(published: &Published) -> String {
+    assert_eq!(published.receivers(), 0, "receivers are counted as the event arrives");
+    published.id().expect("a backplane event has an id").to_string()
 }
 
 /// The sequence number in an id `{epoch:x}-{seq}`.
@@ -249,7 +256,7 @@ pub async fn broker_restart(kind: Kind, config: Config) {
         let data = format!("r{i}");
         attempted.insert(data.clone());
         match a.backplane.publish("t", Event::new(data.clone())).await {
-            Ok(id) => acknowledged.push((id, data)),
+            Ok(published) => acknowledged.push((id(&published), data)),
             Err(_) => failed += 1,
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -262,8 +269,8 @@ pub async fn broker_restart(kind: Kind, config: Config) {
         assert!(tokio::time::Instant::now() < deadline, "no publish succeeded after the restart");
         let data = format!("after{attempt}");
         attempted.insert(data.clone());
-        if let Ok(id) = a.backplane.publish("t", Event::new(data.clone())).await {
-            acknowledged.push((id, data));
+        if let Ok(published) = a.backplane.publish("t", Event::new(data.clone())).await {
+            acknowledged.push((id(&published), data));
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -344,8 +351,8 @@ pub async fn broker_loses_data(kind: Kind, config: Config) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let first_new = loop {
         assert!(tokio::time::Instant::now() < deadline, "no publish succeeded after the restart");
-        if let Ok(id) = a.backplane.publish("t", Event::new("new1")).await {
-            break id;
+        if let Ok(published) = a.backplane.publish("t", Event::new("new1")).await {
+            break id(&published);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -449,4 +456,55 @@ pub async fn resume_needs_the_broker(kind: Kind, config: Config) {
     };
     let replayed = pairs(&resumed.events(3).await);
     assert_eq!(replayed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), ids[2..].to_vec());
+}
+
+/// The broker killed, its port then answered by a listener that takes each connection and
+/// closes it at once, then the broker back: the node reports itself disconnected throughout
+/// and counts one loss, not one per attempt; it tries again at the pace `with_backoff`
+/// documents (doubling from the first pause to the longest, 20 ms and 500 ms in these tests,
+/// with up to half again of jitter); once the broker is back it is connected again within a
+/// few of the longest pauses, and as it missed nothing its clients' streams go on.
+pub async fn reconnects_with_backoff(kind: Kind, config: Config) {
+    const LONGEST: Duration = Duration::from_millis(500);
+    let Some(mut broker) = Broker::start(kind) else { return };
+    let url = broker.url();
+    let a = Node::start(config(&url, "backoff", 100), 100).await;
+    let mut client = open(&a, "topic=t", None).await;
+    eventually("subscribed", || a.hub.topic_subscriber_count("t") == 1).await;
+    a.publish("t", "before").await;
+    assert_eq!(client.events(1).await[0].data, "before");
+    broker.kill();
+    let refuser = TcpListener::bind(("127.0.0.1", broker.port)).await.expect("the broker's port");
+    eventually("the loss reported", || !a.backplane.state().connected).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(3500);
+    let mut attempts = Vec::new();
+    while let Ok(accepted) = tokio::time::timeout_at(deadline, refuser.accept()).await {
+        attempts.push(tokio::time::Instant::now());
+        drop(accepted.expect("accept"));
+        let state = a.backplane.state();
+        assert!(!state.connected, "connected to nothing: {state:?}");
+        assert_eq!(state.reconnects, 1, "one loss, however many attempts: {state:?}");
+    }
+    drop(refuser);
+    let pauses: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    let shown =
+        format!("{} attempts, pauses {:?}", attempts.len(), &pauses[..pauses.len().min(12)]);
+    // 20, 40, 80, 160, 320, then 500 ms, each up to half again: about ten in 3.5 s.
+    assert!((5..=16).contains(&attempts.len()), "{shown}");
+    assert!(pauses[0] <= Duration::from_millis(200), "starts near the first pause: {shown}");
+    // Slack for a loaded machine, far below the next doubling (1 s) or the default (5 s).
+    let cap = LONGEST + LONGEST / 2 + Duration::from_millis(200);
+    assert!(pauses.iter().all(|p| *p <= cap), "never beyond the longest pause: {shown}");
+    let last = &pauses[pauses.len() - 3..];
+    assert!(last.iter().all(|p| *p >= LONGEST * 4 / 5), "grows to the longest: {shown}");
+    broker.restart();
+    let back = tokio::time::Instant::now();
+    eventually("reconnected", || a.backplane.state().connected).await;
+    let took = back.elapsed();
+    let state = a.backplane.state();
+    assert_eq!((state.reconnects, state.gaps), (1, 0), "nothing missed: {state:?}");
+    assert!(took <= LONGEST * 6, "reconnected {took:?} after the broker came back; {shown}");
+    eprintln!("{kind:?}: {shown}; reconnected {took:?} after the restart");
+    a.publish("t", "after").await;
+    assert_eq!(client.events(1).await[0].data, "after", "the same stream goes on");
 }
