@@ -9,7 +9,8 @@ pub use subscribe::Subscribe;
 
 mod shared;
 
-#[cfg(any(feature = "redis", feature = "nats"))]
+// The loom registry models deliver through it too.
+#[cfg(any(feature = "redis", feature = "nats", all(test, ssehub_loom)))]
 pub(crate) use shared::deliver_to_topic;
 pub(crate) use shared::{json_string, lag_frame, Shared};
 

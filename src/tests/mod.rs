@@ -15,10 +15,11 @@
 //! A lost wake-up shows as loom's `deadlock` panic in a model that parks in [`block_on`];
 //! loom then aborts the test binary while unwinding the other threads, so read the first panic.
 //!
-//! No model lets the engine iterate a std `HashMap` or `HashSet` holding more than one entry
-//! when loom operations happen per entry (`Registry::close` with two subscribers, for example):
-//! `RandomState` changes the order from one execution to the next, and loom needs every
-//! execution of a model to make the same choices.
+//! loom needs every execution of a model to make the same choices, so no model may let the
+//! engine walk a hash map or set holding more than one entry when loom operations happen per
+//! entry: `RandomState` changes the order from one execution to the next. The registry's maps
+//! are ordered under this cfg (`Map`, `Set` and `TopicMap` in `src/registry.rs`), so shutdown
+//! closing two subscribers, or a pattern matching a topic for two of them, is replayable.
 
 mod loom_heartbeat;
 mod loom_idmap;
