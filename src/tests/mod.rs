@@ -23,6 +23,7 @@
 
 mod loom_heartbeat;
 mod loom_idmap;
+mod loom_producer;
 mod loom_queue;
 mod loom_registry;
 mod loom_ring;
