@@ -75,18 +75,21 @@ struct World {
     live: AtomicUsize,
     /// Instances started so far.
     started: AtomicUsize,
+    /// The producer's linger setting.
+    linger: Linger,
     /// The instances' threads, joined at the end.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl World {
-    /// Nobody subscribed, nothing running.
-    fn new() -> Arc<World> {
+    /// Nobody subscribed, nothing running, a producer configured with `linger`.
+    fn new(linger: Linger) -> Arc<World> {
         Arc::new(World {
             registry: Registry::new(),
             lifecycle: Lifecycle::default(),
             live: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
+            linger,
             threads: Mutex::new(Vec::new()),
         })
     }
@@ -121,22 +124,32 @@ fn subscribe(world: &Arc<World>, id: u64, topic: &SharedStr) -> Arc<Slot> {
     let slot = Arc::new(Slot::new(id, Queue::new(2, SlowPolicy::Disconnect), None));
     let topics = vec![topic.clone()];
     world.registry.subscribe(&slot, topics, Vec::new(), usize::MAX).expect("open");
-    report(world, topic);
+    assert_eq!(report(world, topic), None, "a linger timer for a topic with a subscriber");
     slot
 }
 
-/// Unsubscribes `id`, then reports it, as `Shared::remove` does.
-fn unsubscribe(world: &Arc<World>, id: u64, topic: &SharedStr) {
+/// Unsubscribes `id`, then reports it, as `Shared::remove` does; the linger timer to start,
+/// if any.
+fn unsubscribe(world: &Arc<World>, id: u64, topic: &SharedStr) -> Option<u64> {
     let removed = world.registry.unsubscribe(id).expect("subscribed");
     assert_eq!(removed.left, [topic.clone()]);
-    report(world, topic);
+    report(world, topic)
 }
 
-/// One membership report: `Producers::reconcile` with the model's instances.
-fn report(world: &Arc<World>, topic: &SharedStr) {
+/// One membership report: `Producers::reconcile` with the model's instances; the linger
+/// timer to start, if any.
+fn report(world: &Arc<World>, topic: &SharedStr) -> Option<u64> {
     let start = |generation, previous| start(world, topic, generation, previous);
-    let timer = world.lifecycle.reconcile(topic, Linger::None, || world.membership(topic), start);
-    assert_eq!(timer, None, "no linger configured");
+    let timer = world.lifecycle.reconcile(topic, world.linger, || world.membership(topic), start);
+    if world.linger == Linger::None {
+        assert_eq!(timer, None, "a linger timer with no linger configured");
+    }
+    timer
+}
+
+/// Linger timer `timer` of `topic` runs out.
+fn linger_over(world: &World, topic: &SharedStr, timer: u64) {
+    world.lifecycle.linger_over(topic, timer, || world.membership(topic));
 }
 
 /// Starts instance `generation` of `topic` on its own thread, after `previous` is gone.
@@ -176,13 +189,13 @@ fn start(
 fn loom_producer_last_unsubscribe_vs_first_subscribe() {
     static OUTCOMES: Outcomes = Outcomes::new();
     loom::model(|| {
-        let world = World::new();
+        let world = World::new(Linger::None);
         let topic: SharedStr = "t".into();
         let a = subscribe(&world, 1, &topic);
         assert_eq!(world.lifecycle.running(), [(topic.clone(), 1)]);
 
         let (w, t) = (world.clone(), topic.clone());
-        let leaver = thread::spawn(move || unsubscribe(&w, 1, &t));
+        let leaver = thread::spawn(move || assert_eq!(unsubscribe(&w, 1, &t), None));
         let b = subscribe(&world, 2, &topic);
         leaver.join().unwrap();
 
@@ -190,7 +203,7 @@ fn loom_producer_last_unsubscribe_vs_first_subscribe() {
         assert_eq!(running.len(), 1, "one subscriber, instances {running:?}");
         let generation = running[0].1;
         // B leaves too: that last unsubscribe stops the instance, with no shutdown.
-        unsubscribe(&world, 2, &topic);
+        assert_eq!(unsubscribe(&world, 2, &topic), None);
         let started = world.join_instances();
         assert_eq!(started as u64, generation, "an instance started and was lost");
         OUTCOMES.record(if generation == 1 { "kept" } else { "restarted" });
@@ -204,7 +217,7 @@ fn loom_producer_last_unsubscribe_vs_first_subscribe() {
 #[test]
 fn loom_producer_two_first_subscribes_start_one_instance() {
     loom::model(|| {
-        let world = World::new();
+        let world = World::new(Linger::None);
         let topic: SharedStr = "t".into();
         let (w, t) = (world.clone(), topic.clone());
         let other = thread::spawn(move || subscribe(&w, 1, &t));
@@ -215,4 +228,40 @@ fn loom_producer_two_first_subscribes_start_one_instance() {
         assert_eq!(world.shut_down(), 1);
         drop((a, b));
     });
+}
+
+/// A producer that lingers: its only subscriber (A) leaves, and the linger timer runs out while
+/// a new subscriber (B) joins. If B's report came first, the instance is kept (the timer is
+/// stale and does nothing, then or later); if the timer came first, it stopped the instance and
+/// B's report started a new one, which waited for the old one to be gone. Either way exactly
+/// one instance runs for B, and B leaving then stops it once its own timer runs out.
+#[test]
+fn loom_producer_linger_timer_vs_returning_subscriber() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let world = World::new(Linger::Timer);
+        let topic: SharedStr = "t".into();
+        let a = subscribe(&world, 1, &topic);
+        let timer = unsubscribe(&world, 1, &topic).expect("an idle topic lingers");
+
+        let (w, t) = (world.clone(), topic.clone());
+        let fired = thread::spawn(move || linger_over(&w, &t, timer));
+        let b = subscribe(&world, 2, &topic);
+        fired.join().unwrap();
+
+        let running = world.lifecycle.running();
+        assert_eq!(running.len(), 1, "one subscriber, instances {running:?}");
+        let generation = running[0].1;
+        linger_over(&world, &topic, timer);
+        assert_eq!(world.lifecycle.running(), running, "a stale timer stopped the instance");
+
+        let timer = unsubscribe(&world, 2, &topic).expect("an idle topic lingers");
+        linger_over(&world, &topic, timer);
+        // Generations and timers share one counter: A's instance is generation 1.
+        let kept = generation == 1;
+        assert_eq!(world.join_instances(), if kept { 1 } else { 2 });
+        OUTCOMES.record(if kept { "kept" } else { "restarted" });
+        drop((a, b));
+    });
+    OUTCOMES.assert_reached(&["kept", "restarted"]);
 }
