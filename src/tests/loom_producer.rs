@@ -121,10 +121,16 @@ impl World {
 /// Subscribes a new subscriber `id` to `topic`, then reports it, as `Shared::subscribe`
 /// does once the registry's lock is released.
 fn subscribe(world: &Arc<World>, id: u64, topic: &SharedStr) -> Arc<Slot> {
+    let slot = register(world, id, topic);
+    assert_eq!(report(world, topic), None, "a linger timer for a topic with a subscriber");
+    slot
+}
+
+/// The registry half of [`subscribe`]: subscriber `id` is on `topic`, not reported yet.
+fn register(world: &World, id: u64, topic: &SharedStr) -> Arc<Slot> {
     let slot = Arc::new(Slot::new(id, Queue::new(2, SlowPolicy::Disconnect), None));
     let topics = vec![topic.clone()];
     world.registry.subscribe(&slot, topics, Vec::new(), usize::MAX).expect("open");
-    assert_eq!(report(world, topic), None, "a linger timer for a topic with a subscriber");
     slot
 }
 
@@ -231,10 +237,10 @@ fn loom_producer_two_first_subscribes_start_one_instance() {
 }
 
 /// A producer that lingers: its only subscriber (A) leaves, and the linger timer runs out while
-/// a new subscriber (B) joins. If B's report came first, the instance is kept (the timer is
-/// stale and does nothing, then or later); if the timer came first, it stopped the instance and
-/// B's report started a new one, which waited for the old one to be gone. Either way exactly
-/// one instance runs for B, and B leaving then stops it once its own timer runs out.
+/// a new subscriber (B) joins. If B was on the topic before the timer ran out, the instance is
+/// kept (the timer does nothing, then or later); if the timer came first, it stopped the
+/// instance and B's report started a new one, which waited for the old one to be gone. Either
+/// way exactly one instance runs for B, and B leaving then stops it once its own timer runs out.
 #[test]
 fn loom_producer_linger_timer_vs_returning_subscriber() {
     static OUTCOMES: Outcomes = Outcomes::new();
@@ -244,10 +250,19 @@ fn loom_producer_linger_timer_vs_returning_subscriber() {
         let a = subscribe(&world, 1, &topic);
         let timer = unsubscribe(&world, 1, &topic).expect("an idle topic lingers");
 
-        let (w, t) = (world.clone(), topic.clone());
-        let fired = thread::spawn(move || linger_over(&w, &t, timer));
-        let b = subscribe(&world, 2, &topic);
-        fired.join().unwrap();
+        let registered = Arc::new(AtomicBool::new(false));
+        let (w, t, r) = (world.clone(), topic.clone(), registered.clone());
+        let fired = thread::spawn(move || {
+            // SeqCst: read before the timer reads the membership, so `true` means B was on
+            // the topic by then.
+            let b_first = r.load(Ordering::SeqCst);
+            linger_over(&w, &t, timer);
+            b_first
+        });
+        let b = register(&world, 2, &topic);
+        registered.store(true, Ordering::SeqCst);
+        assert_eq!(report(&world, &topic), None);
+        let b_first = fired.join().unwrap();
 
         let running = world.lifecycle.running();
         assert_eq!(running.len(), 1, "one subscriber, instances {running:?}");
@@ -259,9 +274,16 @@ fn loom_producer_linger_timer_vs_returning_subscriber() {
         linger_over(&world, &topic, timer);
         // Generations and timers share one counter: A's instance is generation 1.
         let kept = generation == 1;
+        if b_first {
+            assert!(kept, "the timer stopped a topic that had a subscriber again");
+        }
         assert_eq!(world.join_instances(), if kept { 1 } else { 2 });
-        OUTCOMES.record(if kept { "kept" } else { "restarted" });
+        OUTCOMES.record(format!("b first {b_first}, kept {kept}"));
         drop((a, b));
     });
-    OUTCOMES.assert_reached(&["kept", "restarted"]);
+    OUTCOMES.assert_reached(&[
+        "b first true, kept true",
+        "b first false, kept true",
+        "b first false, kept false",
+    ]);
 }
