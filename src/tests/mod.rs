@@ -4,8 +4,8 @@
 //! RUSTFLAGS="--cfg ssehub_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom_
 //! ```
 //!
-//! Each model runs two or three threads over the real queue, registry, copy-on-write cells and
-//! heartbeat tick (their `Arc`, `Mutex`, atomics and `ArcSwap` come from loom through
+//! Each model runs two or three threads over the real queue, registry, copy-on-write cells,
+//! heartbeat tick and producer lifecycle (their `Arc`, `Mutex`, atomics and `ArcSwap` come from loom through
 //! `crate::sync`). Frames carry a loom `Arc` ([`frame`]), so a frame the engine forgets to
 //! release fails the model as a leak, and a model can assert the moment every copy is gone.
 //! Assertions are on sequences of labels, not only on counts, and each model that tells cases
@@ -19,7 +19,8 @@
 //! engine walk a hash map or set holding more than one entry when loom operations happen per
 //! entry: `RandomState` changes the order from one execution to the next. The registry's maps
 //! are ordered under this cfg (`Map`, `Set` and `TopicMap` in `src/registry.rs`), so shutdown
-//! closing two subscribers, or a pattern matching a topic for two of them, is replayable.
+//! closing two subscribers, or a pattern matching a topic for two of them, is replayable; so
+//! is the producer lifecycle's map of instances (`src/producer.rs`).
 
 mod loom_heartbeat;
 mod loom_idmap;
