@@ -4,9 +4,9 @@
 //! RUSTFLAGS="--cfg ssehub_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom_
 //! ```
 //!
-//! Each model runs two or three threads over the real queue, registry, copy-on-write cells,
-//! heartbeat tick and producer lifecycle (their `Arc`, `Mutex`, atomics and `ArcSwap` come from loom through
-//! `crate::sync`). Frames carry a loom `Arc` ([`frame`]), so a frame the engine forgets to
+//! Each model runs two to four threads over the real queue, registry, copy-on-write cells,
+//! heartbeat tick and producer lifecycle (their `Arc`, `Mutex`, atomics and `ArcSwap` come from
+//! loom through `crate::sync`). Frames carry a loom `Arc` ([`frame`]), so a frame the engine forgets to
 //! release fails the model as a leak, and a model can assert the moment every copy is gone.
 //! Assertions are on sequences of labels, not only on counts, and each model that tells cases
 //! apart checks afterwards that loom reached every one of them ([`Outcomes`]), so a model cannot
