@@ -138,7 +138,7 @@ fn register(world: &World, id: u64, topic: &SharedStr) -> Arc<Slot> {
 /// if any.
 fn unsubscribe(world: &Arc<World>, id: u64, topic: &SharedStr) -> Option<u64> {
     let removed = world.registry.unsubscribe(id).expect("subscribed");
-    assert_eq!(removed.left, [topic.clone()]);
+    assert_eq!(removed.left, std::slice::from_ref(topic));
     report(world, topic)
 }
 
