@@ -8,12 +8,12 @@
 //! hub or other producers. A callback runs whenever a producer stops.
 //!
 //! Membership changes are reported to the producer table after the registry's lock is released,
-//! so two changes can arrive out of order; each report therefore re-reads the topic's current
-//! subscriber count and reconciles to it, under the table's lock. The last report after the last
-//! change sees the final count, so a producer never runs twice for one topic and never stays
-//! stopped (unless it stopped itself) while the topic has subscribers.
+//! so two changes can arrive out of order; each report therefore reads the topic's current
+//! subscriber count under the lock of the instance bookkeeping ([`Lifecycle`], free of any
+//! runtime so the loom models in `src/tests/loom_producer.rs` run it) and reconciles to it. The
+//! last report to take that lock sees the final count, so a producer never runs twice for one
+//! topic and never stays stopped (unless it stopped itself) while the topic has subscribers.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::error::{PublishError, TopicError};
 use crate::frame::Event;
 use crate::hub::{Published, Shared};
+use crate::registry::Registry;
 use crate::sync::{lock, Arc, Mutex, PlainArc, SharedStr};
 use crate::topic::Pattern;
 
@@ -234,15 +235,51 @@ impl ProducerContext {
     }
 }
 
+/// The producer table's map of instances. Hashed normally; ordered under loom, which needs
+/// every execution of a model to walk it (`stop_all`) in the same order.
+#[cfg(not(ssehub_loom))]
+type Map<K, V> = std::collections::HashMap<K, V>;
+/// See the other [`Map`].
+#[cfg(ssehub_loom)]
+type Map<K, V> = std::collections::BTreeMap<K, V>;
+
+/// What the runtime keeps for one instance: how to tell it to stop, and what a successor waits
+/// on until its future is gone. Tokio's watch channels in the hub ([`Signals`]); a loom model
+/// brings its own, so the instance bookkeeping ([`Lifecycle`]) runs under loom unchanged.
+pub(crate) trait InstanceHandle {
+    /// Resolves (in the runtime's way) once the instance's future has been dropped.
+    type Gone;
+    /// Tells the instance to stop.
+    fn stop(&self);
+    /// What a successor waits on before it starts.
+    fn gone(&self) -> Self::Gone;
+}
+
+/// A topic's membership as a report reads it, under the lifecycle's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Membership {
+    /// The topic's current subscriber count.
+    pub(crate) count: usize,
+    /// Whether the hub has shut down (no new instance then).
+    pub(crate) closed: bool,
+}
+
+/// How a topic's producer is configured, as far as its lifecycle cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Linger {
+    /// The instance stops as soon as the topic is idle.
+    None,
+    /// The instance stops when a linger timer runs out with the topic still idle.
+    Timer,
+}
+
 /// One instance: running, lingering, stopping, or ended by itself.
 #[derive(Debug)]
-struct Running {
+struct Running<H> {
     /// Distinguishes this instance from earlier ones on the same topic.
     generation: u64,
-    /// Tells the instance to stop.
-    stop: watch::Sender<bool>,
-    /// Becomes `true` once the instance's future has been dropped.
-    done: watch::Receiver<bool>,
+    /// The runtime's handle on it.
+    handle: H,
     /// Set when it ended by itself: not restarted until the topic goes idle first.
     finished: bool,
     /// Set once it was told to stop; a new subscriber then starts a new instance, which waits
@@ -252,11 +289,185 @@ struct Running {
     linger: Option<u64>,
 }
 
+/// The instances of every topic and the rules that start and stop them, free of any runtime:
+/// the hub drives it from Tokio tasks, the loom models from loom threads
+/// (`src/tests/loom_producer.rs`).
+///
+/// Membership changes are reported after the registry's lock is released, so two reports can
+/// arrive out of order. Each report therefore reads the topic's membership *under this lock*
+/// (the `membership` closure) and reconciles to it: the last report to take the lock reads the
+/// count after every change, so a producer never runs twice for one topic and never stays
+/// stopped (unless it stopped itself) while the topic has subscribers. A count read before the
+/// lock could be older than one a later-locking report already acted on.
+#[derive(Debug)]
+pub(crate) struct Lifecycle<H> {
+    /// The instances and the generation counter, under one lock: reports are rare and short.
+    inner: Mutex<Instances<H>>,
+}
+
+/// What [`Lifecycle`] guards.
+#[derive(Debug)]
+struct Instances<H> {
+    /// Instances by topic.
+    running: Map<SharedStr, Running<H>>,
+    /// The next instance generation (and linger timer number).
+    next: u64,
+}
+
+impl<H> Default for Lifecycle<H> {
+    fn default() -> Self {
+        Lifecycle { inner: Mutex::new(Instances { running: Map::new(), next: 0 }) }
+    }
+}
+
+impl<H: InstanceHandle> Lifecycle<H> {
+    /// Brings `topic`'s instance in line with its membership, read by `membership` under the
+    /// lock. `start` is called (under the lock) with a new instance's generation and what it
+    /// must wait for (its stopping predecessor), and returns the handle on it. Returns the
+    /// number of a linger timer the caller must start, if any.
+    pub(crate) fn reconcile(
+        &self,
+        topic: &SharedStr,
+        linger: Linger,
+        membership: impl FnOnce() -> Membership,
+        start: impl FnOnce(u64, Option<H::Gone>) -> H,
+    ) -> Option<u64> {
+        let mut guard = lock(&self.inner);
+        let Membership { count, closed } = membership();
+        let table = &mut *guard;
+        let entry = table.running.get_mut(topic);
+        if count > 0 {
+            if let Some(running) = entry {
+                if !running.stopping {
+                    // Running, lingering (a subscriber came back in time) or ended by itself.
+                    running.linger = None;
+                    return None;
+                }
+            }
+            if closed {
+                return None;
+            }
+            let previous = table.running.get(topic).map(|r| r.handle.gone());
+            table.next += 1;
+            let generation = table.next;
+            let handle = start(generation, previous);
+            let running =
+                Running { generation, handle, finished: false, stopping: false, linger: None };
+            table.running.insert(topic.clone(), running);
+            return None;
+        }
+        let running = entry?;
+        if running.finished {
+            // Ended by itself and now idle: the next subscriber may start it again.
+            table.running.remove(topic);
+        } else if !running.stopping && running.linger.is_none() {
+            match linger {
+                Linger::None => {
+                    running.stopping = true;
+                    running.handle.stop();
+                }
+                Linger::Timer => {
+                    table.next += 1;
+                    running.linger = Some(table.next);
+                    return running.linger;
+                }
+            }
+        }
+        None
+    }
+
+    /// Linger timer `timer` ran out: stop the instance if it is still the one lingering and
+    /// its topic is still idle.
+    pub(crate) fn linger_over(
+        &self,
+        topic: &SharedStr,
+        timer: u64,
+        membership: impl FnOnce() -> Membership,
+    ) {
+        let mut table = lock(&self.inner);
+        let count = membership().count;
+        if let Some(running) = table.running.get_mut(topic) {
+            if running.linger == Some(timer) && count == 0 {
+                running.linger = None;
+                running.stopping = true;
+                running.handle.stop();
+            }
+        }
+    }
+
+    /// Instance `generation` ended for `reason`: forget it, or remember that it ended by itself
+    /// while its topic still has subscribers (so it is not restarted for them).
+    pub(crate) fn ended(
+        &self,
+        topic: &SharedStr,
+        generation: u64,
+        reason: &StopReason,
+        membership: impl FnOnce() -> Membership,
+    ) {
+        let by_itself =
+            matches!(reason, StopReason::Finished | StopReason::Failed(_) | StopReason::Panicked);
+        let mut guard = lock(&self.inner);
+        let count = membership().count;
+        let table = &mut *guard;
+        if let Some(running) = table.running.get_mut(topic) {
+            if running.generation == generation {
+                if by_itself && count > 0 && !running.stopping {
+                    running.finished = true;
+                } else {
+                    table.running.remove(topic);
+                }
+            }
+        }
+    }
+
+    /// Stops every instance (hub shutdown).
+    pub(crate) fn stop_all(&self) {
+        for running in lock(&self.inner).running.values_mut() {
+            running.stopping = true;
+            running.handle.stop();
+        }
+    }
+
+    /// The topics with an instance that is neither stopping nor ended by itself, and each
+    /// one's generation (for the models).
+    #[cfg(all(test, ssehub_loom))]
+    pub(crate) fn running(&self) -> Vec<(SharedStr, u64)> {
+        let table = lock(&self.inner);
+        let live = table.running.iter().filter(|(_, r)| !r.stopping && !r.finished);
+        live.map(|(topic, r)| (topic.clone(), r.generation)).collect()
+    }
+}
+
+/// The hub's handle on an instance: its two watch channels.
+#[derive(Debug)]
+struct Signals {
+    /// Tells the instance to stop.
+    stop: watch::Sender<bool>,
+    /// Becomes `true` once the instance's future has been dropped.
+    done: watch::Receiver<bool>,
+}
+
+impl InstanceHandle for Signals {
+    type Gone = watch::Receiver<bool>;
+
+    fn stop(&self) {
+        // No receiver left means the instance is gone already.
+        let _ = self.stop.send(true);
+    }
+
+    fn gone(&self) -> watch::Receiver<bool> {
+        self.done.clone()
+    }
+}
+
 /// Every producer and every instance.
 #[derive(Default)]
 pub(crate) struct Producers {
-    /// Under one lock: registration and reconciliation are rare and short.
-    inner: Mutex<Table>,
+    /// Registered producers; the first whose target matches a topic serves it. Only appended
+    /// to, so the spec serving a topic never changes once one matches.
+    specs: Mutex<Vec<Spec>>,
+    /// The instances.
+    lifecycle: Lifecycle<Signals>,
 }
 
 impl fmt::Debug for Producers {
@@ -275,17 +486,6 @@ struct Spec {
     handle: tokio::runtime::Handle,
 }
 
-/// The producers and their instances.
-#[derive(Default)]
-struct Table {
-    /// Registered producers; the first whose target matches a topic serves it.
-    specs: Vec<Spec>,
-    /// Instances by topic.
-    running: HashMap<SharedStr, Running>,
-    /// The next instance generation (and linger timer number).
-    next: u64,
-}
-
 /// Why a producer cannot be added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -301,43 +501,64 @@ pub enum ProducerError {
     Closed,
 }
 
+/// `topic`'s membership now.
+pub(crate) fn membership(shared: &Shared, topic: &str) -> Membership {
+    Membership {
+        count: subscriber_count(&shared.engine.registry, topic),
+        closed: shared.is_closed(),
+    }
+}
+
+/// How many subscribers `topic` has now (0 when it does not exist).
+pub(crate) fn subscriber_count(registry: &Registry, topic: &str) -> usize {
+    registry.topic(topic).map_or(0, |t| t.subscribers.load().len())
+}
+
+/// What the hub needs of a producer to run an instance of it.
+struct Starter {
+    /// The producer function.
+    start: PlainArc<StartFn>,
+    /// The stop callback.
+    on_stop: Option<PlainArc<StopFn>>,
+    /// Where it runs.
+    handle: tokio::runtime::Handle,
+    /// Its linger time.
+    linger: Duration,
+}
+
 impl Producers {
     /// Whether any producer is registered (a cheap check before reconciling).
     pub(crate) fn any(&self) -> bool {
-        !lock(&self.inner).specs.is_empty()
+        !lock(&self.specs).is_empty()
     }
 
     /// Registers a producer from within a Tokio runtime.
     pub(crate) fn add(&self, producer: Producer, max_len: usize) -> Result<(), ProducerError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| ProducerError::NoRuntime)?;
         let target = Pattern::with_max_len(&producer.target, max_len)?;
-        lock(&self.inner).specs.push(Spec { target, producer, handle });
+        lock(&self.specs).push(Spec { target, producer, handle });
         Ok(())
+    }
+
+    /// What runs `topic`'s instances, if a producer serves it.
+    fn starter(&self, topic: &str) -> Option<Starter> {
+        let specs = lock(&self.specs);
+        let spec = specs.iter().find(|s| s.target.matches(topic))?;
+        Some(Starter {
+            start: spec.producer.start.clone(),
+            on_stop: spec.producer.on_stop.clone(),
+            handle: spec.handle.clone(),
+            linger: spec.producer.linger,
+        })
     }
 
     /// Brings `topic`'s instance in line with its current subscriber count.
     pub(crate) fn reconcile(shared: &Arc<Shared>, topic: &SharedStr) {
-        let count = shared.engine.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
-        let mut guard = lock(&shared.producers.inner);
-        let table = &mut *guard;
-        let Some(spec) = table.specs.iter().find(|s| s.target.matches(topic)) else {
+        let Some(starter) = shared.producers.starter(topic) else {
             return;
         };
-        let entry = table.running.get_mut(topic);
-        if count > 0 {
-            if let Some(running) = entry {
-                if !running.stopping {
-                    // Running, lingering (a subscriber came back in time) or ended by itself.
-                    running.linger = None;
-                    return;
-                }
-            }
-            if shared.is_closed() {
-                return;
-            }
-            let previous = table.running.get(topic).map(|r| r.done.clone());
-            table.next += 1;
-            let generation = table.next;
+        let linger = if starter.linger.is_zero() { Linger::None } else { Linger::Timer };
+        let spawn = |generation, previous| {
             let (stop, stop_rx) = watch::channel(false);
             let (done_tx, done) = watch::channel(false);
             let ctx = ProducerContext {
@@ -349,76 +570,29 @@ impl Producers {
                 shared: shared.clone(),
                 topic: topic.clone(),
                 generation,
-                start: spec.producer.start.clone(),
+                start: starter.start.clone(),
                 ctx,
-                on_stop: spec.producer.on_stop.clone(),
-                handle: spec.handle.clone(),
+                on_stop: starter.on_stop.clone(),
+                handle: starter.handle.clone(),
             };
-            spec.handle.spawn(instance.supervise(previous, stop_rx, done_tx));
-            table.running.insert(
-                topic.clone(),
-                Running { generation, stop, done, finished: false, stopping: false, linger: None },
-            );
-            return;
-        }
-        let Some(running) = entry else {
-            return;
+            starter.handle.spawn(instance.supervise(previous, stop_rx, done_tx));
+            Signals { stop, done }
         };
-        if running.finished {
-            // Ended by itself and now idle: the next subscriber may start it again.
-            table.running.remove(topic);
-        } else if !running.stopping && running.linger.is_none() {
-            if spec.producer.linger.is_zero() {
-                running.stopping = true;
-                let _ = running.stop.send(true);
-            } else {
-                table.next += 1;
-                running.linger = Some(table.next);
-                let (timer, linger, shared, topic) =
-                    (table.next, spec.producer.linger, shared.clone(), topic.clone());
-                spec.handle.spawn(async move {
-                    tokio::time::sleep(linger).await;
-                    Producers::linger_over(&shared, &topic, timer);
-                });
-            }
-        }
-    }
-
-    /// A linger timer ran out: stop the instance if it is still the one lingering.
-    fn linger_over(shared: &Arc<Shared>, topic: &SharedStr, timer: u64) {
-        let count = shared.engine.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
-        let mut table = lock(&shared.producers.inner);
-        if let Some(running) = table.running.get_mut(topic) {
-            if running.linger == Some(timer) && count == 0 {
-                running.linger = None;
-                running.stopping = true;
-                let _ = running.stop.send(true);
-            }
-        }
-    }
-
-    /// An instance ended: forget it, or remember that it finished by itself while its topic
-    /// still has subscribers (so it is not restarted for them).
-    fn ended(shared: &Shared, topic: &SharedStr, generation: u64, by_itself: bool) {
-        let count = shared.engine.registry.topic(topic).map_or(0, |t| t.subscribers.load().len());
-        let mut table = lock(&shared.producers.inner);
-        if let Some(running) = table.running.get_mut(topic) {
-            if running.generation == generation {
-                if by_itself && count > 0 && !running.stopping {
-                    running.finished = true;
-                } else {
-                    table.running.remove(topic);
-                }
-            }
+        let lifecycle = &shared.producers.lifecycle;
+        let timer = lifecycle.reconcile(topic, linger, || membership(shared, topic), spawn);
+        if let Some(timer) = timer {
+            let (shared, topic) = (shared.clone(), topic.clone());
+            starter.handle.spawn(async move {
+                tokio::time::sleep(starter.linger).await;
+                let lifecycle = &shared.producers.lifecycle;
+                lifecycle.linger_over(&topic, timer, || membership(&shared, &topic));
+            });
         }
     }
 
     /// Stops every instance (hub shutdown).
     pub(crate) fn stop_all(&self) {
-        for running in lock(&self.inner).running.values_mut() {
-            running.stopping = true;
-            let _ = running.stop.send(true);
-        }
+        self.lifecycle.stop_all();
     }
 }
 
@@ -489,9 +663,8 @@ impl Instance {
             }
             _ => {}
         }
-        let by_itself =
-            matches!(reason, StopReason::Finished | StopReason::Failed(_) | StopReason::Panicked);
-        Producers::ended(&shared, &topic, generation, by_itself);
+        let lifecycle = &shared.producers.lifecycle;
+        lifecycle.ended(&topic, generation, &reason, || membership(&shared, &topic));
         if let Some(on_stop) = on_stop {
             // The callback is the application's code: contain a panic in it like a producer's.
             let call = std::panic::AssertUnwindSafe(|| on_stop(&topic, &reason));

@@ -12,8 +12,6 @@
 //! the topic, so it receives each event once. Patterns are matched against a topic when either
 //! first appears, never per publish.
 
-use std::collections::{HashMap, HashSet};
-
 use crate::history::{History, HistoryLimits};
 use crate::idmap::IdMap;
 use crate::queue::{Queue, SlowPolicy};
@@ -74,7 +72,27 @@ pub(crate) struct TopicState {
 }
 
 /// The read side of the topic map.
+#[cfg(not(ssehub_loom))]
 pub(crate) type TopicMap = imbl::HashMap<SharedStr, Arc<TopicState>>;
+/// The read side of the topic map, ordered under loom: see [`Map`].
+#[cfg(ssehub_loom)]
+pub(crate) type TopicMap = imbl::OrdMap<SharedStr, Arc<TopicState>>;
+
+/// The writers' maps. Hashed normally; ordered under loom, which replays each execution's
+/// choices and needs every execution to make the same ones: a hash map's order changes with
+/// its random seed, so walking two entries that each take a loom lock (shutdown closing two
+/// subscribers) would differ from one execution to the next.
+#[cfg(not(ssehub_loom))]
+type Map<K, V> = std::collections::HashMap<K, V>;
+/// See the other [`Map`].
+#[cfg(ssehub_loom)]
+type Map<K, V> = std::collections::BTreeMap<K, V>;
+/// The writers' sets, ordered under loom like [`Map`].
+#[cfg(not(ssehub_loom))]
+type Set<T> = std::collections::HashSet<T>;
+/// See the other [`Set`].
+#[cfg(ssehub_loom)]
+type Set<T> = std::collections::BTreeSet<T>;
 
 /// Writer-side record of a topic.
 #[derive(Debug)]
@@ -82,7 +100,7 @@ struct TopicEntry {
     /// The published state.
     state: Arc<TopicState>,
     /// Subscriber id to the number of its topics and patterns that match this topic.
-    members: HashMap<u64, u32>,
+    members: Map<u64, u32>,
     /// The patterns that match this topic.
     patterns: Vec<Box<str>>,
 }
@@ -93,9 +111,9 @@ struct PatternEntry {
     /// The compiled pattern.
     pattern: Pattern,
     /// Who subscribed to it.
-    subscribers: HashSet<u64>,
+    subscribers: Set<u64>,
     /// The existing topics it matches.
-    topics: HashSet<SharedStr>,
+    topics: Set<SharedStr>,
 }
 
 /// Writer-side record of a subscriber.
@@ -115,11 +133,11 @@ struct Writer {
     /// Set by shutdown: no more subscribers.
     closed: bool,
     /// Live topics.
-    topics: HashMap<SharedStr, TopicEntry>,
+    topics: Map<SharedStr, TopicEntry>,
     /// Live patterns, by source text.
-    patterns: HashMap<Box<str>, PatternEntry>,
+    patterns: Map<Box<str>, PatternEntry>,
     /// Live subscribers.
-    subscribers: HashMap<u64, SubscriberEntry>,
+    subscribers: Map<u64, SubscriberEntry>,
     /// The highest sequence number evicted from the history of a topic that no longer exists: a
     /// resume point below it may have missed events nobody can replay.
     floor: u64,
@@ -270,7 +288,7 @@ impl Registry {
             },
         );
         self.subscribers.rcu(|all| all.insert(id, slot.clone()));
-        let mut received: HashSet<SharedStr> = HashSet::new();
+        let mut received: Set<SharedStr> = Set::new();
         for topic in &topics {
             self.ensure_topic(&mut writer, topic);
             Self::add_member(&mut writer, topic, slot);
@@ -281,7 +299,7 @@ impl Registry {
             let source: Box<str> = pattern.as_str().into();
             if !writer.patterns.contains_key(&source) {
                 new_pattern = true;
-                let matched: HashSet<SharedStr> =
+                let matched: Set<SharedStr> =
                     writer.topics.keys().filter(|t| pattern.matches(t)).cloned().collect();
                 for topic in &matched {
                     if let Some(entry) = writer.topics.get_mut(topic) {
@@ -290,7 +308,7 @@ impl Registry {
                 }
                 writer.patterns.insert(
                     source.clone(),
-                    PatternEntry { pattern, subscribers: HashSet::new(), topics: matched },
+                    PatternEntry { pattern, subscribers: Set::new(), topics: matched },
                 );
             }
             let matched: Vec<SharedStr> = match writer.patterns.get_mut(&source) {
@@ -373,7 +391,7 @@ impl Registry {
             ring: Arc::new(Ring::new()),
             history: Mutex::new(History::default()),
         });
-        let mut members = HashMap::new();
+        let mut members = Map::new();
         let mut patterns = Vec::new();
         for (source, pattern) in writer.patterns.iter_mut() {
             if !pattern.pattern.matches(name) {

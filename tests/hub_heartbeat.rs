@@ -26,18 +26,33 @@ fn idle_subscribers_get_a_shared_keep_alive_comment() {
     assert!(hub.stats().heartbeats >= 2);
 }
 
+/// Waits until `control`, an idle subscriber, has been handed `ticks` keep-alive comments, one
+/// at a time: a tick queues one only into an empty queue, and ticks run one after another on
+/// one thread, so `ticks` of them mean at least `ticks - 1` whole ticks ran after this call
+/// began (one may have been under way). Evidence that the timer ran, for assertions about what
+/// it did not do elsewhere.
+fn wait_for_ticks(control: &mut Subscription, ticks: usize) {
+    for _ in 0..ticks {
+        assert_eq!(next_batch(control), b": keep-alive\n", "the control got something else");
+    }
+}
+
 #[test]
 fn a_heartbeat_never_displaces_or_evicts_an_event() {
     let hub = Hub::builder().with_heartbeat(Some(Duration::from_millis(5))).build();
     let sub = hub
         .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::DropOldest))
         .unwrap();
+    let mut control = hub.subscribe("control").unwrap();
     hub.publish("t", Event::new("kept")).unwrap();
-    // Many ticks pass while the one slot is taken by an event.
-    std::thread::sleep(Duration::from_millis(100));
+    // Ticks pass while the one slot is taken by an event: each one that reached the control
+    // also visited `sub` (a tick walks every subscriber).
+    wait_for_ticks(&mut control, 3);
     let mut sub = sub;
     assert_eq!(next_batch(&mut sub), b"data: kept\n\n");
-    assert_eq!(hub.stats().frames_dropped, 0);
+    let stats = hub.stats();
+    assert_eq!(stats.frames_dropped, 0);
+    assert!(stats.heartbeats >= 3, "{stats:?}");
 }
 
 #[test]
@@ -49,6 +64,8 @@ fn an_event_displaces_a_queued_heartbeat_without_loss() {
         assert!(Instant::now() < deadline, "no heartbeat within 10 s");
         std::thread::sleep(Duration::from_millis(1));
     }
+    // What fills the queue is a heartbeat (nothing else was sent).
+    assert!(hub.stats().heartbeats >= 1);
     // The queue (bound 1) holds a heartbeat; an event must not count as overflow.
     hub.publish("t", Event::new("event")).unwrap();
     assert_eq!(next_batch(&mut sub), b"data: event\n\n");
@@ -60,7 +77,11 @@ fn an_event_displaces_a_queued_heartbeat_without_loss() {
 fn no_heartbeats_when_disabled() {
     let hub = Hub::builder().with_heartbeat(None).build();
     let mut sub = hub.subscribe("t").unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // A control hub ticking every 5 ms: once its idle subscriber got three keep-alives, the
+    // disabled hub has had time for several ticks of the same interval.
+    let control_hub = Hub::builder().with_heartbeat(Some(Duration::from_millis(5))).build();
+    let mut control = control_hub.subscribe("t").unwrap();
+    wait_for_ticks(&mut control, 3);
     assert!(sub.try_recv().unwrap().is_none());
     assert_eq!(hub.stats().heartbeats, 0);
 }

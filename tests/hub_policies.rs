@@ -1,6 +1,13 @@
 //! Slow-client policies: a subscriber that cannot keep up never blocks the publisher or the
 //! others, and never holds more than its bound.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures_util::Stream;
 use ssehub::{Batch, ConflateKey, EndReason, Event, Hub, SlowPolicy, Subscribe, Subscription};
 
 fn hub() -> Hub {
@@ -177,22 +184,59 @@ fn a_subscriber_that_never_reads_holds_at_most_its_bound() {
     assert_eq!(hub.stats().frames_dropped, 10_000 - 16);
 }
 
+/// A waker that counts its wakes, so a test can tell a parked consumer was woken.
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 #[test]
 fn publish_never_waits_for_a_parked_consumer() {
-    // A consumer task parked on an empty queue, and a publisher on another thread: the
-    // publisher runs to completion even though the consumer never gets to run in between.
+    // A consumer parked on an empty queue (polled with a real waker until it returned
+    // `Pending`), and a publisher on another thread: the publisher runs to completion although
+    // the consumer is never polled in between, and the consumer's waker fires.
     let hub = hub();
-    let sub = hub
+    let mut sub = hub
         .subscribe(Subscribe::from("t").with_capacity(8).with_policy(SlowPolicy::DropOldest))
         .unwrap();
+    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(Pin::new(&mut sub).poll_next(&mut cx).is_pending(), "nothing was published yet");
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+
+    let (done, finished) = mpsc::channel();
     let publisher = {
         let hub = hub.clone();
         std::thread::spawn(move || {
             for n in 0..1000 {
                 hub.publish("t", data(n)).unwrap();
             }
+            done.send(()).unwrap();
         })
     };
+    // A publish that waited for the parked consumer would never finish: fail, do not hang.
+    finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the publisher did not finish while the consumer was parked");
     publisher.join().unwrap();
+    assert!(wakes.0.load(Ordering::SeqCst) >= 1, "the parked consumer was never woken");
     assert_eq!(sub.queued(), 8);
+
+    // Woken, it finds the newest eight and the lag.
+    let Poll::Ready(Some(batch)) = Pin::new(&mut sub).poll_next(&mut cx) else {
+        panic!("woken but nothing to take");
+    };
+    assert_eq!(batch.lagged(), 1000 - 8);
+    let got = frames(batch);
+    assert_eq!(got.len(), 1 + 8);
+    assert_eq!(got[1], "id: 992\ndata: 992\n\n");
+    assert_eq!(got[8], "id: 999\ndata: 999\n\n");
 }

@@ -9,9 +9,10 @@
 //! The hub's `Arc`s, locks, atomics and copy-on-write cells are loom's under this cfg, so a slot
 //! or a hub that is never released fails a model as a leak. Hubs are built without a heartbeat
 //! (no timer thread under loom). Models that tell cases apart check that loom reached each one
-//! ([`Outcomes`]). No model has shutdown walk two subscriptions: the registry keeps them in a
-//! std `HashMap`, whose order changes between executions, and loom needs every execution of a
-//! model to make the same choices.
+//! ([`Outcomes`]). Shutdown walks every subscription in the registry's map of subscribers,
+//! which is ordered under this cfg (a hash map's order changes with its seed from one execution
+//! to the next, and loom needs every execution of a model to make the same choices), so models
+//! may shut down a hub with several subscriptions.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -563,4 +564,79 @@ fn loom_hub_session_resume_vs_old_stream() {
         "old [\"dm1\"] new [\"dm2\"]",
         "old [\"dm1\", \"dm2\"] new []",
     ]);
+}
+
+/// Shutdown racing two publishes to a topic with two subscribers: both streams end `Shutdown`
+/// after the same last event, which is the last publish accepted (each accepted publish counted
+/// both, each refused one `Closed`), nothing lost and nothing after it; dropping them empties
+/// the hub (loom fails the model on a leaked slot).
+#[test]
+fn loom_hub_shutdown_vs_publish_two_subscribers_end_alike() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let hub = hub(2);
+        let mut a = hub.subscribe("t").expect("open");
+        let mut b = hub.subscribe("t").expect("open");
+        let h = hub.clone();
+        let closer = thread::spawn(move || h.shutdown());
+        let mut accepted = Vec::new();
+        for data in ["e1", "e2"] {
+            match hub.publish("t", Event::new(data)) {
+                Ok(published) => {
+                    assert_eq!(published.receivers(), 2, "{data} missed a subscriber");
+                    accepted.push(data.to_string());
+                }
+                Err(PublishError::Closed(_)) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        closer.join().unwrap();
+
+        assert_eq!(received(&mut a), (accepted.clone(), Some(EndReason::Shutdown)));
+        assert_eq!(received(&mut b), (accepted.clone(), Some(EndReason::Shutdown)));
+        assert_eq!(hub.stats().frames_delivered, 2 * accepted.len() as u64);
+        OUTCOMES.record(format!("{accepted:?}"));
+        drop((a, b));
+        assert_empty(&hub);
+    });
+    OUTCOMES.assert_reached(&["[]", "[\"e1\"]", "[\"e1\", \"e2\"]"]);
+}
+
+/// A broadcast racing a client that subscribes (C) and then another that leaves (B), with A
+/// subscribed throughout: A gets it exactly once, C at most once, B is counted at most once,
+/// the count the broadcast returns is exactly who it reached, and the hub ends empty.
+///
+/// It may reach neither B nor C although C subscribed before B left: the broadcast walks the
+/// snapshot of subscribers it loaded before C registered, and B's drop closes its queue (so
+/// the push finds it closed) before B leaves the map. Each of them alone is consistent (C was
+/// not registered, B was already gone); the model records that case and requires the others.
+#[test]
+fn loom_hub_broadcast_vs_subscribe_and_unsubscribe() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let hub = hub(2);
+        let mut a = hub.subscribe("t").expect("open");
+        let b = hub.subscribe("u").expect("open");
+        let h = hub.clone();
+        let churn = thread::spawn(move || {
+            let c = h.subscribe("v").expect("open");
+            drop(b);
+            c
+        });
+        let n = hub.broadcast(Event::new("all")).expect("open").receivers();
+        let mut c = churn.join().unwrap();
+
+        assert_eq!(received(&mut a), (vec!["all".to_string()], None));
+        let (seen_c, ended) = received(&mut c);
+        assert_eq!(ended, None);
+        assert!(seen_c.is_empty() || seen_c == ["all"], "{seen_c:?}");
+        let c_got = seen_c.len();
+        let b_counted = n.checked_sub(1 + c_got).expect("A and C are counted");
+        assert!(b_counted <= 1, "{n}");
+        assert_eq!(hub.stats().frames_delivered, n as u64);
+        OUTCOMES.record(format!("b {b_counted} c {c_got}"));
+        drop((a, c));
+        assert_empty(&hub);
+    });
+    OUTCOMES.assert_reached(&["b 1 c 0", "b 1 c 1", "b 0 c 1"]);
 }

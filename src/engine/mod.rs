@@ -20,6 +20,9 @@ use bytes::Bytes;
 pub(crate) use external::{Attached, ExternalClock, Fetched, ReplaySource};
 pub(crate) use pipeline::{count, fan_out, Entry, Number, Numbered, Sequenced};
 pub(crate) use resolve::{Replay, Start};
+// The loom registry models deliver through the real step.
+#[cfg(all(test, ssehub_loom))]
+pub(crate) use pipeline::deliver_to_topic;
 
 use crate::error::{SubscribeError, TopicError};
 use crate::history::HistoryLimits;

@@ -5,10 +5,12 @@ use bytes::Bytes;
 use loom::thread;
 
 use super::{assert_released, frame, labels, Outcomes, ALL};
+use crate::engine::deliver_to_topic;
 use crate::queue::{EndReason, Queue, SlowPolicy, Stop};
 use crate::registry::{Registry, Slot};
 use crate::sync::{lock, Arc, AtomicBool, Ordering, SharedStr};
 use crate::topic::Pattern;
+use crate::Event;
 
 /// A subscriber with a `Disconnect` queue of capacity 2 (a ring reader).
 fn slot(id: u64) -> Arc<Slot> {
@@ -21,24 +23,24 @@ fn subscribe(registry: &Registry, slot: &Arc<Slot>, topic: &str) {
     registry.subscribe(slot, topics, Vec::new(), usize::MAX).expect("the registry is open");
 }
 
-/// Publishes `bytes` to `topic` the way `Hub::publish` does without history: the topic's state
-/// (lock-free, or created for a matching pattern), a snapshot of its readers, one entry in its
-/// ring, a wake for the parked. Returns how many readers it counted. (The hub runs this under
-/// its sequencer, which only orders concurrent publishers; each model here has one, on one
-/// topic, so the ring's position serves as the sequence number.)
-fn publish(registry: &Registry, topic: &str, bytes: &Bytes) -> usize {
+/// Publishes `bytes` as event `seq` to `topic` through the engine's real delivery: the topic's
+/// state as a publish without history finds it (lock-free, or created for a matching pattern),
+/// then `deliver_to_topic` itself (one entry in the ring, the overflow scan when due, a push for
+/// each conflating subscriber), then the wake of the ring's parked readers that follows the
+/// sequencer's release. Returns how many receivers the delivery counted. (The hub holds its
+/// sequencer around the delivery, which only orders concurrent publishers; each model here has
+/// one, which numbers its events itself, and readers drain with no watermark.)
+fn publish(registry: &Registry, topic: &str, seq: u64, bytes: &Bytes) -> usize {
     let Some(state) = registry.topic_for_publish(topic, false) else {
         return 0;
     };
-    let readers = state.readers.load();
-    if readers.is_empty() {
-        return 0;
+    let mut fan = deliver_to_topic(&state, seq, &Event::new("model"), bytes);
+    // Two events into bounds of two: nobody can overflow.
+    assert!(fan.slow_ids.is_empty(), "a subscriber was dropped as slow");
+    if let Some(ring) = fan.ring.take() {
+        ring.wake_parked();
     }
-    let seq = state.ring.tail() + 1;
-    // Two events into bounds of two: no reader can overflow, so the scan has nothing to find.
-    state.ring.push(seq, bytes);
-    state.ring.wake_parked();
-    readers.len()
+    usize::try_from(fan.delivered).expect("a handful of receivers")
 }
 
 /// Unsubscribes the way a dropped `Subscription` does: close the queue (discarding), then
@@ -103,8 +105,8 @@ fn loom_registry_publish_vs_subscribe_sees_a_suffix() {
 
         let (r, s) = (registry.clone(), a.clone());
         let subscriber = thread::spawn(move || subscribe(&r, &s, "t"));
-        let n1 = publish(&registry, "t", &e1);
-        let n2 = publish(&registry, "t", &e2);
+        let n1 = publish(&registry, "t", 1, &e1);
+        let n2 = publish(&registry, "t", 2, &e2);
         subscriber.join().unwrap();
 
         let got = received(&a);
@@ -140,8 +142,8 @@ fn loom_registry_publish_vs_unsubscribe_leaves_nothing() {
             // Right after the unsubscribe returned, and again after the publisher is done.
             waiting(&s)
         });
-        publish(&registry, "t", &e1);
-        publish(&registry, "t", &e2);
+        publish(&registry, "t", 1, &e1);
+        publish(&registry, "t", 2, &e2);
         assert_eq!(leaver.join().unwrap(), 0);
 
         assert_eq!(waiting(&a), 0, "a frame reached the slot after the unsubscribe");
@@ -173,7 +175,7 @@ fn loom_registry_subscribe_vs_subscribe_keeps_both() {
         assert_eq!(topic_ids(&registry, "t"), Some(vec![1, 2]));
         assert_eq!(registry.topic_count(), 1);
         let (e, te) = frame("e");
-        assert_eq!(publish(&registry, "t", &e), 2);
+        assert_eq!(publish(&registry, "t", 1, &e), 2);
         assert_eq!((received(&a), received(&b)), (vec!["e".into()], vec!["e".into()]));
         drop(e);
         // The topic's ring keeps what was read until a later publish trims it; the registry
@@ -204,7 +206,7 @@ fn loom_registry_subscribe_vs_unsubscribe_both_visible() {
         assert_eq!(topic_ids(&registry, "t"), Some(vec![1]));
         assert_eq!(Arc::strong_count(&b), 1, "B is still referenced");
         let (e, te) = frame("e");
-        assert_eq!(publish(&registry, "t", &e), 1);
+        assert_eq!(publish(&registry, "t", 1, &e), 1);
         assert_eq!(received(&a), ["e"]);
         assert_eq!(received(&b), Vec::<String>::new());
         drop(e);
@@ -235,7 +237,7 @@ fn loom_registry_pattern_subscribe_vs_publish_to_new_topic() {
             d.store(true, Ordering::SeqCst);
         });
         let subscribed_before = done.load(Ordering::SeqCst);
-        let n1 = publish(&registry, "price:x", &e1);
+        let n1 = publish(&registry, "price:x", 1, &e1);
         subscriber.join().unwrap();
 
         let got = received(&a);
@@ -248,7 +250,7 @@ fn loom_registry_pattern_subscribe_vs_publish_to_new_topic() {
         if let Some(ids) = topic_ids(&registry, "price:x") {
             assert_eq!(ids, [1]);
         }
-        assert_eq!(publish(&registry, "price:x", &e2), 1);
+        assert_eq!(publish(&registry, "price:x", 2, &e2), 1);
         assert_eq!(received(&a), ["e2"]);
         assert_eq!(topic_ids(&registry, "price:x"), Some(vec![1]));
 
@@ -283,8 +285,8 @@ fn loom_registry_publish_across_topic_removal_and_recreation() {
         let leaver = thread::spawn(move || unsubscribe(&r, &s));
         let (r, s) = (registry.clone(), a.clone());
         let joiner = thread::spawn(move || subscribe(&r, &s, "t"));
-        publish(&registry, "t", &e1);
-        publish(&registry, "t", &e2);
+        publish(&registry, "t", 1, &e1);
+        publish(&registry, "t", 2, &e2);
         leaver.join().unwrap();
         joiner.join().unwrap();
 

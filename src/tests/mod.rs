@@ -4,9 +4,9 @@
 //! RUSTFLAGS="--cfg ssehub_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib loom_
 //! ```
 //!
-//! Each model runs two or three threads over the real queue, registry, copy-on-write cells and
-//! heartbeat tick (their `Arc`, `Mutex`, atomics and `ArcSwap` come from loom through
-//! `crate::sync`). Frames carry a loom `Arc` ([`frame`]), so a frame the engine forgets to
+//! Each model runs two to four threads over the real queue, registry, copy-on-write cells,
+//! heartbeat tick and producer lifecycle (their `Arc`, `Mutex`, atomics and `ArcSwap` come from
+//! loom through `crate::sync`). Frames carry a loom `Arc` ([`frame`]), so a frame the engine forgets to
 //! release fails the model as a leak, and a model can assert the moment every copy is gone.
 //! Assertions are on sequences of labels, not only on counts, and each model that tells cases
 //! apart checks afterwards that loom reached every one of them ([`Outcomes`]), so a model cannot
@@ -15,13 +15,16 @@
 //! A lost wake-up shows as loom's `deadlock` panic in a model that parks in [`block_on`];
 //! loom then aborts the test binary while unwinding the other threads, so read the first panic.
 //!
-//! No model lets the engine iterate a std `HashMap` or `HashSet` holding more than one entry
-//! when loom operations happen per entry (`Registry::close` with two subscribers, for example):
-//! `RandomState` changes the order from one execution to the next, and loom needs every
-//! execution of a model to make the same choices.
+//! loom needs every execution of a model to make the same choices, so no model may let the
+//! engine walk a hash map or set holding more than one entry when loom operations happen per
+//! entry: `RandomState` changes the order from one execution to the next. The registry's maps
+//! are ordered under this cfg (`Map`, `Set` and `TopicMap` in `src/registry.rs`), so shutdown
+//! closing two subscribers, or a pattern matching a topic for two of them, is replayable; so
+//! is the producer lifecycle's map of instances (`src/producer.rs`).
 
 mod loom_heartbeat;
 mod loom_idmap;
+mod loom_producer;
 mod loom_queue;
 mod loom_registry;
 mod loom_ring;
