@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::error::{PublishError, TopicError};
 use crate::frame::Event;
 use crate::hub::{Published, Shared};
-use crate::sync::{lock, Arc, Mutex, PlainArc, SharedStr};
+use crate::sync::{lock, rank, Arc, Mutex, PlainArc, SharedStr};
 use crate::topic::Pattern;
 
 /// Why a producer stopped, as told to its stop callback.
@@ -256,7 +256,7 @@ struct Running {
 #[derive(Default)]
 pub(crate) struct Producers {
     /// Under one lock: registration and reconciliation are rare and short.
-    inner: Mutex<Table>,
+    inner: Mutex<Table, rank::Producers>,
 }
 
 impl fmt::Debug for Producers {

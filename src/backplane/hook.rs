@@ -20,7 +20,7 @@ use crate::history::{format_id, History, ResetReason};
 use crate::hub::Shared;
 use crate::queue::EndReason;
 use crate::registry::TopicState;
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 use crate::topic::{validate_topic, Pattern};
 
 /// A hub's backplane state: set while a broker feeds it.
@@ -38,7 +38,7 @@ pub(crate) struct Remote {
     /// Set while a backplane is joining or joined.
     pub(super) claimed: AtomicBool,
     /// The backplane, for the adapters' resumes.
-    pub(super) node: Mutex<Option<super::WeakBackplane>>,
+    pub(super) node: Mutex<Option<super::WeakBackplane>, rank::BackplaneNode>,
 }
 
 impl Remote {

@@ -50,7 +50,7 @@ use crate::frame::Event;
 use crate::history::{parse_id, Parsed, ResetReason};
 use crate::hub::{Hub, Shared, Subscribe};
 use crate::subscription::Subscription;
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
+use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
 use crate::topic::{validate_topic, Pattern};
 
 pub(crate) use hook::{Prefix, Remote};
@@ -393,7 +393,7 @@ impl fmt::Debug for Backplane {
 }
 
 /// Aborts the broker task when dropped.
-struct Stop(Mutex<Option<tokio::task::JoinHandle<()>>>);
+struct Stop(Mutex<Option<tokio::task::JoinHandle<()>>, rank::BackplaneTask>);
 
 impl Drop for Stop {
     fn drop(&mut self) {

@@ -17,7 +17,10 @@ use crate::registry::{Refused, Registry, Slot, TopicState};
 use crate::session::{Hijack, Sessions};
 use crate::stats::{Counters, FanOut, Stats};
 use crate::subscription::{SubscriberId, Subscription};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, SharedStr};
+use crate::ring::{Bound, Limits};
+use crate::sync::{
+    lock, rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, SharedStr,
+};
 use crate::topic::{validate_topic, Pattern};
 
 /// The state behind every `Hub` handle and `Subscription`.
@@ -42,7 +45,7 @@ pub(crate) struct Shared {
     /// while it assigns a number, appends to history and queues the frame, so sequence order is
     /// delivery order for every subscriber; a subscription that resumes holds it while it
     /// registers and reads history, so nothing falls between replay and live events.
-    pub(crate) sequencer: Mutex<u64>,
+    pub(crate) sequencer: Mutex<u64, rank::Sequencer>,
     /// The last sequence number whose publish is complete (every entry written), stored under
     /// the sequencer. A subscriber merging several sources (rings, its queue) takes nothing
     /// past it, or an entry still on its way to one source could be overtaken by a later one
@@ -626,14 +629,12 @@ impl Shared {
                 feed.topic.readers.rcu(|set| set.remove(slot.id));
                 feed.ring.leave(&feed.member);
             }
-            let capacity = slot.queue.capacity();
-            let policy = slot.queue.policy();
+            let bound = Bound { capacity: slot.queue.capacity(), policy: slot.queue.policy() };
             let mut pending: Vec<(u64, Bytes)> = Vec::new();
             for feed in &feeds {
                 let sink = |seq, frame: &Bytes| pending.push((seq, frame.clone()));
                 let cursor = feed.member.cursor();
-                let _ =
-                    feed.ring.take(cursor, capacity, policy, upto, usize::MAX, usize::MAX, sink);
+                let _ = feed.ring.take(cursor, bound, Limits::everything_upto(upto), sink);
             }
             pending.sort_by_key(|(seq, _)| *seq);
             slot.queue.close_absorbing(reason, pending)
