@@ -8,18 +8,42 @@
 //! queue design wrote (and later read back) 10,000 queue entries per event, most of them cache
 //! misses, which is what kept fan-out several times slower than `tokio::sync::broadcast`.
 //!
+//! # Readers take no lock
+//!
+//! Entries live in chunks of [`CHUNK`] write-once slots ([`AppendOnly`]): the publisher writes
+//! an entry's slot, then stores the ring's tail with `Release`. A reader loads the tail with
+//! `Acquire`, then the snapshot of the chunk list (an [`ArcSwapOption`], loaded without a
+//! lock), and reads only slots below that tail, which are written and never written again. Its
+//! batch, when the entries lie in one chunk, is a [`Run`]: the chunk's `Arc` and a range, so
+//! the publisher goes on writing the chunk's later slots without copying anything. The list is
+//! swapped whole: a new list every [`CHUNK`] publishes (a chunk appended), and trimming (whole
+//! chunks from the front) by `rcu`. A trimmed chunk is freed when the last batch holding it is
+//! dropped, so no reader ever reads a freed slot. The publisher takes no lock either: publishes
+//! to a ring are serialised by the hub's sequencer, and the slots check that (a second writer
+//! at the same time panics rather than races). `join` and `clear` run under the registry's
+//! writer lock, not the sequencer: they only update atomics and swap the list, never slots or
+//! the tail. The one lock left is the parked list's (see below), taken to park and to wake.
+//!
+//! An idle ring holds no chunk (its list is empty, which allocates nothing); the publisher
+//! allocates a chunk when it writes its first slot, so at most one chunk is ahead of need; an
+//! idle subscriber costs its cursor.
+//!
 //! Slow-client policies become cursor arithmetic:
 //!
 //! - `DropOldest`: a reader more than its capacity behind skips ahead when it drains and reports
 //!   the skipped count as lag.
 //! - `Disconnect`: a reader more than its capacity behind is dropped. The publisher finds it at
 //!   the very publish that overflowed it without looking at every reader on every publish: the
-//!   log keeps `check_at`, the earliest position at which any `Disconnect` reader can overflow
+//!   ring keeps `check_at`, the earliest position at which any `Disconnect` reader can overflow
 //!   (cursors only move forward, so none can overflow before it). When the tail reaches it, the
 //!   publisher scans the readers once, drops those over their bound, trims entries everyone has
 //!   read, and computes the next `check_at`. Scans also come at least every `max(readers, 16)`
 //!   publishes, so trimming keeps a quiet topic's log short; amortised, a publish reads about
 //!   one cursor.
+//!
+//! A reader whose cursor fell below the oldest chunk still held is treated like one more than
+//! its bound behind: it skips to the oldest entry (`DropOldest`) or is overflowed
+//! (`Disconnect`).
 //!
 //! `Conflate` subscribers do not read rings: replacing a queued frame by key needs a queue of
 //! their own, so they keep the per-subscriber queue (`queue.rs`).
@@ -27,7 +51,8 @@
 //! Parked readers register in the ring's `parked` list, in the order they parked; a publish takes
 //! the list and wakes each of them once, in that order, after the hub's watermark says the event
 //! is complete (see `Shared::sequenced`). A reader's `parked` flag keeps it in the list at most
-//! once; the list's allocation is reused from publish to publish.
+//! once; the list's allocation is reused from publish to publish. The list's lock is what makes
+//! a reader's second look sound (see [`Ring::park`]).
 //! Waking in park order keeps each reader's place from one event to the next (the order they
 //! drained in), so a reader's latency does not depend on where a hash put it.
 
@@ -37,8 +62,7 @@ use crate::idmap::IdMap;
 use crate::queue::SlowPolicy;
 use crate::registry::{Slot, TopicState};
 use crate::sync::{
-    lock, rank, AppendOnly, Arc, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex,
-    Ordering,
+    lock, rank, AppendOnly, Arc, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
 };
 
 /// Scans come at least this often (in publishes), so a quiet topic's log stays short.

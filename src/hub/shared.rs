@@ -14,10 +14,10 @@ use crate::idmap::IdMap;
 use crate::producer::{Producer, ProducerError, Producers};
 use crate::queue::{EndReason, FrameKeys, Pushed, Queue};
 use crate::registry::{Refused, Registry, Slot, TopicState};
+use crate::ring::{Bound, Limits};
 use crate::session::{Hijack, Sessions};
 use crate::stats::{Counters, FanOut, Stats};
 use crate::subscription::{SubscriberId, Subscription};
-use crate::ring::{Bound, Limits};
 use crate::sync::{
     lock, rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, SharedStr,
 };

@@ -113,7 +113,6 @@ impl<T> ArcSwapOption<T> {
     }
 }
 
-
 /// Loom's record of one write-once slot's accesses: a loom cell whose tracked reads and writes
 /// stand for the slot's, so loom fails a model where a read is not ordered after the write.
 #[derive(Debug)]

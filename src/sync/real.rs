@@ -19,7 +19,6 @@ pub(crate) fn arc_swap<T>(value: T) -> ArcSwap<T> {
 /// A copy-on-write cell that may be empty: an empty one allocates nothing.
 pub(crate) type ArcSwapOption<T> = arc_swap::ArcSwapOption<T>;
 
-
 /// Loom's record of one write-once slot's accesses: nothing outside loom.
 #[derive(Debug)]
 pub(crate) struct SlotAccess;
