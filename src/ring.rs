@@ -195,6 +195,19 @@ impl Log {
         self.chunks.get(usize::try_from(index).ok()?)
     }
 
+    /// Hands each chunk's share of positions `from..end` to `each`: the chunk, the slot of
+    /// `from` (or 0) in it, and the frames.
+    fn slices(&self, from: u64, end: u64, mut each: impl FnMut(&Arc<Chunk>, usize, &[Bytes])) {
+        let mut at = from;
+        while at < end {
+            let Some(chunk) = self.chunk(at) else { break };
+            let start = (at - chunk.base) as usize;
+            let stop = (end.min(chunk.end()) - chunk.base) as usize;
+            each(chunk, start, chunk.frames.get(start..stop));
+            at += (stop - start) as u64;
+        }
+    }
+
     /// How many chunks from the front lie wholly before position `keep_from`.
     fn stale(&self, keep_from: u64) -> usize {
         self.chunks.iter().take_while(|c| c.end() <= keep_from).count()
@@ -415,6 +428,9 @@ impl Ring {
                 if let Some(log) = log {
                     chunks.extend(log.chunks.iter().cloned());
                 }
+                // Positions map to chunks by arithmetic from the first: they must be
+                // consecutive (a clear empties the list, and a trim only cuts its front).
+                debug_assert!(chunks.last().is_none_or(|c| c.end() == chunk.base));
                 chunks.push(chunk.clone());
                 Some(Arc::new(Log { chunks }))
             });
@@ -501,16 +517,11 @@ impl Ring {
         mut sink: impl FnMut(u64, &Bytes),
     ) -> Taken {
         self.take_with(cursor, bound, limits, |log, taken| {
-            let mut at = taken.from;
-            while at < taken.from + taken.count as u64 {
-                let Some(chunk) = log.chunk(at) else { break };
-                let start = (at - chunk.base) as usize;
-                let end = CHUNK.min(start + (taken.from + taken.count as u64 - at) as usize);
-                for (i, frame) in chunk.frames.get(start..end).iter().enumerate() {
+            log.slices(taken.from, taken.from + taken.count as u64, |chunk, start, frames| {
+                for (i, frame) in frames.iter().enumerate() {
                     sink(chunk.seq(start + i), frame);
                 }
-                at += (end - start) as u64;
-            }
+            });
         })
     }
 
@@ -533,13 +544,7 @@ impl Ring {
                 }
                 _ => {
                     out.reserve(taken.count);
-                    let mut at = taken.from;
-                    while let Some(chunk) = log.chunk(at).filter(|_| at < end) {
-                        let start = (at - chunk.base) as usize;
-                        let stop = CHUNK.min(start + (end - at) as usize);
-                        out.extend_from_slice(chunk.frames.get(start..stop));
-                        at += (stop - start) as u64;
-                    }
+                    log.slices(taken.from, end, |_, _, frames| out.extend_from_slice(frames));
                 }
             }
         });
