@@ -411,10 +411,21 @@ impl Ring {
     pub(crate) fn push(&self, seq: u64, frame: &Bytes) -> bool {
         // Relaxed: only pushes store the tail, and the sequencer orders them.
         let at = self.tail.load(Ordering::Relaxed);
+        // Keep at least `capacity` entries; older whole chunks go. Relaxed: see `join`.
+        let capacity = self.capacity.load(Ordering::Relaxed) as u64;
         let log = self.log.load();
         let last = log.as_ref().and_then(|log| log.chunks.last());
         let tail = if last.is_some_and(|chunk| chunk.append(at, seq, frame)) {
-            at + 1
+            let tail = at + 1;
+            // Release: readers that load this tail see the entry.
+            self.tail.store(tail, Ordering::Release);
+            // Most publishes trim nothing: decide that on the snapshot already loaded.
+            let keep_from = tail.saturating_sub(capacity);
+            if log.as_ref().is_some_and(|log| log.stale(keep_from) > 0) {
+                drop(log);
+                self.trim(keep_from);
+            }
+            tail
         } else {
             // The last chunk is full, or there is none (never was, trimmed, or cleared).
             // Acquire pairs with `clear`: a new chunk starts past the one it dropped.
@@ -435,13 +446,12 @@ impl Ring {
                 Some(Arc::new(Log { chunks }))
             });
             drop(previous);
-            base + 1
+            let tail = base + 1;
+            // Release: readers that load this tail see the entry and the snapshot holding it.
+            self.tail.store(tail, Ordering::Release);
+            self.trim(tail.saturating_sub(capacity));
+            tail
         };
-        // Release: readers that load this tail see the entry (and the snapshot holding it).
-        self.tail.store(tail, Ordering::Release);
-        // Keep at least `capacity` entries; older whole chunks go. Relaxed: see `join`.
-        let capacity = self.capacity.load(Ordering::Relaxed) as u64;
-        self.trim(tail.saturating_sub(capacity));
         // Relaxed: a scan due a little late is still a scan; see `join`.
         tail >= self.check_at.load(Ordering::Relaxed)
     }
