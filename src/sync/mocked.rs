@@ -85,11 +85,6 @@ impl<T> ArcSwapOption<T> {
         self.cell.lock().unwrap().clone()
     }
 
-    /// Replaces the value.
-    pub(crate) fn store(&self, value: Option<Arc<T>>) {
-        *self.cell.lock().unwrap() = value;
-    }
-
     /// Read-copy-update, as [`ArcSwap::rcu`]: `f` runs again on a value swapped in meanwhile.
     pub(crate) fn rcu<R, F>(&self, mut f: F) -> Option<Arc<T>>
     where

@@ -89,10 +89,14 @@ pub(crate) mod rank {
         /// The heartbeat thread's handle: taken with nothing else held.
         HeartbeatThread = 81,
         /// The native listener's per-address counts: taken with nothing else held.
+        // Declared whether or not the listener's feature is on, so the order is one list.
+        #[allow(dead_code)]
         PerIp = 82,
         /// A hub's handle on its backplane: taken with nothing else held.
+        #[allow(dead_code)]
         BackplaneNode = 83,
         /// A backplane's task handle: taken with nothing else held.
+        #[allow(dead_code)]
         BackplaneTask = 84,
     }
 }

@@ -39,7 +39,10 @@ impl<T: Default, R: Rank> Default for Mutex<T, R> {
 
 impl<T: std::fmt::Debug, R: Rank> std::fmt::Debug for Mutex<T, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.inner.fmt(f)
+        f.debug_struct("Mutex")
+            .field("rank", &format_args!("{} ({})", R::NAME, R::RANK))
+            .field("lock", &self.inner)
+            .finish()
     }
 }
 
