@@ -573,13 +573,19 @@ impl Ring {
         let mut taken = Taken { from: cursor, ..Taken::default() };
         // The tail first, then the snapshot: every chunk below this tail was in the snapshot
         // before the tail was stored, so it is in this one unless trimmed since.
-        let tail = self.tail();
+        let mut tail = self.tail();
         if tail <= cursor {
             return taken;
         }
         let log = self.log.load();
+        let first = log.as_ref().map_or(u64::MAX, |log| log.first());
+        if first >= tail {
+            // A trim since the tail was loaded took every entry below it: the publisher
+            // stored a later tail before trimming, so a second look finds at least that one.
+            tail = self.tail();
+        }
         // No snapshot: every entry below the tail was trimmed (or cleared).
-        let first = log.as_ref().map_or(tail, |log| log.first());
+        let first = first.min(tail);
         let oldest = first.max(tail.saturating_sub(bound.capacity as u64));
         let mut from = cursor;
         if from < oldest {

@@ -245,6 +245,8 @@ fn loom_ring_publish_racing_take_run_on_a_chunk_boundary() {
                 ring.push(4, &later[1]);
             })
         };
+        // Let the publisher start: loom then explores preempting it anywhere in its pushes.
+        thread::yield_now();
         let (first, taken) = take_batch(&ring, member.cursor(), bound);
         assert!(!taken.overflowed && taken.skipped == 0);
         assert_eq!(first.len(), taken.count);
@@ -283,6 +285,7 @@ fn loom_ring_trim_racing_a_reader() {
                 ring.push(3, &later[1]);
             })
         };
+        thread::yield_now();
         let mut out = Vec::new();
         let (taken, run) = ring.take_run(member.cursor(), bound, ALL_OF_IT, &mut out);
         let run = run.expect("one entry is one chunk's");
@@ -320,8 +323,11 @@ fn loom_ring_a_readers_last_chunk_handoff() {
                 ring.push(3, &later[1]);
             })
         };
+        thread::yield_now();
         let mut out = Vec::new();
-        let (taken, run) = ring.take_run(member.cursor(), bound, ALL_OF_IT, &mut out);
+        // At most the first chunk's two entries: a run of the chunk the publisher writes.
+        let two = Limits { max_frames: 2, ..ALL_OF_IT };
+        let (taken, run) = ring.take_run(member.cursor(), bound, two, &mut out);
         let run = run.expect("the first chunk's entries");
         let held = labels(run.frames());
         assert!(held == ["e1"] || held == ["e1", "e2"], "{held:?}");
