@@ -19,8 +19,8 @@
 //! swapped whole: a new list every [`CHUNK`] publishes (a chunk appended), and trimming (whole
 //! chunks from the front) by `rcu`. A trimmed chunk is freed when the last batch holding it is
 //! dropped, so no reader ever reads a freed slot. The publisher takes no lock either: publishes
-//! to a ring are serialised by the hub's sequencer, and the slots check that (a second writer
-//! at the same time panics rather than races). `join` and `clear` run under the registry's
+//! to a ring are serialised by the hub's sequencer; should two ever write one chunk at once,
+//! the slots' claim makes the second panic rather than race on a slot. `join` and `clear` run under the registry's
 //! writer lock, not the sequencer: they only update atomics and swap the list, never slots or
 //! the tail. The one lock left is the parked list's (see below), taken to park and to wake.
 //!
@@ -406,8 +406,8 @@ impl Ring {
 
     /// Appends one entry, evicting the oldest when full. Returns whether the readers must be
     /// scanned now ([`Ring::scan`]). Called under the hub's sequencer only, so entries are in
-    /// sequence order and there is one writer (the slots check that: a second writer at the
-    /// same time panics).
+    /// sequence order and there is one writer (a second one writing the same chunk at the same
+    /// time would panic in the slots' claim, not race).
     pub(crate) fn push(&self, seq: u64, frame: &Bytes) -> bool {
         // Relaxed: only pushes store the tail, and the sequencer orders them.
         let at = self.tail.load(Ordering::Relaxed);
