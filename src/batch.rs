@@ -260,15 +260,10 @@ mod tests {
             ring.push(seq as u64 + 1, &Bytes::from_static(frame));
         }
         let mut out = Vec::new();
-        let (taken, run) = ring.take_run(
-            member.cursor(),
-            8,
-            crate::queue::SlowPolicy::Disconnect,
-            u64::MAX,
-            64,
-            1 << 20,
-            &mut out,
-        );
+        let bound =
+            crate::ring::Bound { capacity: 8, policy: crate::queue::SlowPolicy::Disconnect };
+        let limits = crate::ring::Limits { upto: u64::MAX, max_frames: 64, max_bytes: 1 << 20 };
+        let (taken, run) = ring.take_run(member.cursor(), bound, limits, &mut out);
         assert_eq!((taken.count, out.len()), (3, 0), "one chunk: a run, no copies");
         Batch::from_run(run.expect("a run"), 0)
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::hub::Shared;
 #[cfg(not(ssehub_loom))]
 use crate::sync::lock;
-use crate::sync::Mutex;
+use crate::sync::{rank, Mutex};
 
 /// The heartbeat frame, shared by every subscriber.
 pub(crate) static KEEP_ALIVE: &[u8] = b": keep-alive\n";
@@ -22,11 +22,11 @@ pub(crate) static KEEP_ALIVE: &[u8] = b": keep-alive\n";
 pub(crate) struct Heartbeat {
     /// The running thread, if any.
     #[cfg(not(ssehub_loom))]
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>, rank::HeartbeatThread>,
     /// Unused under loom, where models call [`tick`] themselves.
     #[cfg(ssehub_loom)]
     #[allow(dead_code)]
-    thread: Mutex<()>,
+    thread: Mutex<(), rank::HeartbeatThread>,
 }
 
 /// Queues a heartbeat to every idle subscriber; returns how many got one.

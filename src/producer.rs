@@ -25,7 +25,7 @@ use crate::error::{PublishError, TopicError};
 use crate::frame::Event;
 use crate::hub::{Published, Shared};
 use crate::registry::Registry;
-use crate::sync::{lock, Arc, Mutex, PlainArc, SharedStr};
+use crate::sync::{lock, rank, Arc, Mutex, PlainArc, SharedStr};
 use crate::topic::Pattern;
 
 /// Why a producer stopped, as told to its stop callback.
@@ -302,7 +302,7 @@ struct Running<H> {
 #[derive(Debug)]
 pub(crate) struct Lifecycle<H> {
     /// The instances and the generation counter, under one lock: reports are rare and short.
-    inner: Mutex<Instances<H>>,
+    inner: Mutex<Instances<H>, rank::Producers>,
 }
 
 /// What [`Lifecycle`] guards.
@@ -465,7 +465,7 @@ impl InstanceHandle for Signals {
 pub(crate) struct Producers {
     /// Registered producers; the first whose target matches a topic serves it. Only appended
     /// to, so the spec serving a topic never changes once one matches.
-    specs: Mutex<Vec<Spec>>,
+    specs: Mutex<Vec<Spec>, rank::ProducerSpecs>,
     /// The instances.
     lifecycle: Lifecycle<Signals>,
 }

@@ -18,8 +18,8 @@ use bytes::Bytes;
 
 use std::cell::OnceCell;
 
-use crate::ring::{Feed, Run, Taken};
-use crate::sync::{lock, Mutex, SharedStr};
+use crate::ring::{Bound, Feed, Limits, Run, Taken};
+use crate::sync::{lock, rank, Mutex, SharedStr};
 
 /// What happens to a subscriber that falls more than its bound behind.
 ///
@@ -193,7 +193,7 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct Queue {
     /// Everything, under one short lock.
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner, rank::Queue>,
     /// The most frames held at once.
     capacity: usize,
     /// What happens when full.
@@ -567,18 +567,13 @@ impl Queue {
         };
         let mut drained = Drained::default();
         let mut taken_rings = 0;
+        let bound = Bound { capacity: self.capacity, policy: self.policy };
+        let limits = Limits { upto, max_frames, max_bytes };
         if feeds.len() == 1 && ready == 0 {
             // The common case: one topic, nothing of its own; no merge.
             let feed = &feeds[0];
-            let (taken, run) = feed.ring.take_run(
-                feed.member.cursor(),
-                self.capacity,
-                self.policy,
-                upto,
-                max_frames,
-                max_bytes,
-                &mut drained.frames,
-            );
+            let (taken, run) =
+                feed.ring.take_run(feed.member.cursor(), bound, limits, &mut drained.frames);
             drained.run = run;
             if taken.overflowed {
                 self.end_locked(inner, EndReason::Slow, true);
@@ -595,15 +590,9 @@ impl Queue {
             let mut lists: Vec<(Vec<(u64, Bytes)>, Taken)> = Vec::with_capacity(feeds.len());
             for feed in feeds {
                 let mut list = Vec::new();
-                let taken = feed.ring.take(
-                    feed.member.cursor(),
-                    self.capacity,
-                    self.policy,
-                    upto,
-                    max_frames,
-                    max_bytes,
-                    |seq, frame| list.push((seq, frame.clone())),
-                );
+                let taken = feed.ring.take(feed.member.cursor(), bound, limits, |seq, frame| {
+                    list.push((seq, frame.clone()))
+                });
                 if taken.overflowed {
                     self.end_locked(inner, EndReason::Slow, true);
                     return Err(Stop::Overflowed);

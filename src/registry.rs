@@ -16,7 +16,7 @@ use crate::history::{History, HistoryLimits};
 use crate::idmap::IdMap;
 use crate::queue::{Queue, SlowPolicy};
 use crate::ring::{Feed, Member, Ring};
-use crate::sync::{arc_swap, lock, Arc, ArcSwap, Guard, Mutex, SharedStr};
+use crate::sync::{arc_swap, lock, rank, Arc, ArcSwap, Guard, Mutex, SharedStr};
 use crate::topic::Pattern;
 
 /// One subscriber, as publishers see it.
@@ -32,7 +32,7 @@ pub(crate) struct Slot {
     /// topic events in its queue). Changed by registry writers, read by the subscriber's drain.
     /// Each feed's member points back at this slot: the registry takes the feeds out when the
     /// subscriber leaves, which breaks the cycle.
-    pub(crate) feeds: Mutex<Vec<Feed>>,
+    pub(crate) feeds: Mutex<Vec<Feed>, rank::Feeds>,
 }
 
 impl Slot {
@@ -68,7 +68,7 @@ pub(crate) struct TopicState {
     pub(crate) ring: Arc<Ring>,
     /// The replay ring. Written and read only under the hub's sequencer, so its lock is never
     /// contended on the publish path.
-    pub(crate) history: Mutex<History>,
+    pub(crate) history: Mutex<History, rank::History>,
 }
 
 /// The read side of the topic map.
@@ -174,7 +174,7 @@ pub(crate) struct Registry {
     /// pattern wants it.
     patterns: ArcSwap<Vec<Pattern>>,
     /// The writers' lock and bookkeeping.
-    writer: Mutex<Writer>,
+    writer: Mutex<Writer, rank::Writer>,
 }
 
 impl Registry {

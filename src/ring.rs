@@ -8,18 +8,42 @@
 //! queue design wrote (and later read back) 10,000 queue entries per event, most of them cache
 //! misses, which is what kept fan-out several times slower than `tokio::sync::broadcast`.
 //!
+//! # Readers take no lock
+//!
+//! Entries live in chunks of [`CHUNK`] write-once slots ([`AppendOnly`]): the publisher writes
+//! an entry's slot, then stores the ring's tail with `Release`. A reader loads the tail with
+//! `Acquire`, then the snapshot of the chunk list (an [`ArcSwapOption`], loaded without a
+//! lock), and reads only slots below that tail, which are written and never written again. Its
+//! batch, when the entries lie in one chunk, is a [`Run`]: the chunk's `Arc` and a range, so
+//! the publisher goes on writing the chunk's later slots without copying anything. The list is
+//! swapped whole: a new list every [`CHUNK`] publishes (a chunk appended), and trimming (whole
+//! chunks from the front) by `rcu`. A trimmed chunk is freed when the last batch holding it is
+//! dropped, so no reader ever reads a freed slot. The publisher takes no lock either: publishes
+//! to a ring are serialised by the hub's sequencer; should two ever write one chunk at once,
+//! the slots' claim makes the second panic rather than race on a slot. `join` and `clear` run under the registry's
+//! writer lock, not the sequencer: they only update atomics and swap the list, never slots or
+//! the tail. The one lock left is the parked list's (see below), taken to park and to wake.
+//!
+//! An idle ring holds no chunk (its list is empty, which allocates nothing); the publisher
+//! allocates a chunk when it writes its first slot, so at most one chunk is ahead of need; an
+//! idle subscriber costs its cursor.
+//!
 //! Slow-client policies become cursor arithmetic:
 //!
 //! - `DropOldest`: a reader more than its capacity behind skips ahead when it drains and reports
 //!   the skipped count as lag.
 //! - `Disconnect`: a reader more than its capacity behind is dropped. The publisher finds it at
 //!   the very publish that overflowed it without looking at every reader on every publish: the
-//!   log keeps `check_at`, the earliest position at which any `Disconnect` reader can overflow
+//!   ring keeps `check_at`, the earliest position at which any `Disconnect` reader can overflow
 //!   (cursors only move forward, so none can overflow before it). When the tail reaches it, the
 //!   publisher scans the readers once, drops those over their bound, trims entries everyone has
 //!   read, and computes the next `check_at`. Scans also come at least every `max(readers, 16)`
 //!   publishes, so trimming keeps a quiet topic's log short; amortised, a publish reads about
 //!   one cursor.
+//!
+//! A reader whose cursor fell below the oldest chunk still held is treated like one more than
+//! its bound behind: it skips to the oldest entry (`DropOldest`) or is overflowed
+//! (`Disconnect`).
 //!
 //! `Conflate` subscribers do not read rings: replacing a queued frame by key needs a queue of
 //! their own, so they keep the per-subscriber queue (`queue.rs`).
@@ -27,18 +51,19 @@
 //! Parked readers register in the ring's `parked` list, in the order they parked; a publish takes
 //! the list and wakes each of them once, in that order, after the hub's watermark says the event
 //! is complete (see `Shared::sequenced`). A reader's `parked` flag keeps it in the list at most
-//! once; the list's allocation is reused from publish to publish.
+//! once; the list's allocation is reused from publish to publish. The list's lock is what makes
+//! a reader's second look sound (see [`Ring::park`]).
 //! Waking in park order keeps each reader's place from one event to the next (the order they
 //! drained in), so a reader's latency does not depend on where a hash put it.
-
-use std::collections::VecDeque;
 
 use bytes::Bytes;
 
 use crate::idmap::IdMap;
 use crate::queue::SlowPolicy;
 use crate::registry::{Slot, TopicState};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+use crate::sync::{
+    lock, rank, AppendOnly, Arc, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
+};
 
 /// Scans come at least this often (in publishes), so a quiet topic's log stays short.
 const MIN_SCAN_INTERVAL: u64 = 16;
@@ -71,22 +96,68 @@ impl Member {
     }
 }
 
-/// Entries per chunk of the log.
+/// Entries per chunk of the log. Two under loom, so a model crosses a chunk boundary in a few
+/// publishes.
+#[cfg(not(ssehub_loom))]
 pub(crate) const CHUNK: usize = 64;
+/// Entries per chunk of the log. Two under loom, so a model crosses a chunk boundary in a few
+/// publishes.
+#[cfg(ssehub_loom)]
+pub(crate) const CHUNK: usize = 2;
 
-/// A run of up to [`CHUNK`] consecutive entries. Readers take a reference to a chunk and a
-/// range in it as their batch (one refcount for the whole batch instead of one per frame);
-/// the publisher appends to the last chunk in place when no reader holds it, and copies it
-/// first when one does (at most `CHUNK - 1` refcounts per publish, never per subscriber).
-#[derive(Debug, Clone, Default)]
+/// [`CHUNK`] consecutive positions of the log, written once each by the publisher. Readers take
+/// a reference to a chunk and a range in it as their batch (one refcount for the whole batch
+/// instead of one per frame); the publisher goes on writing the chunk's later slots meanwhile,
+/// which the batch never looks at.
+#[derive(Debug)]
 pub(crate) struct Chunk {
-    /// Each entry's sequence number.
-    seqs: Vec<u64>,
+    /// The position of its first slot.
+    base: u64,
+    /// Each entry's sequence number, stored before its frame; read only for written frames,
+    /// so the frame's publication orders it.
+    seqs: [AtomicU64; CHUNK],
     /// Each entry's frame.
-    pub(crate) frames: Vec<Bytes>,
+    frames: AppendOnly<Bytes, CHUNK>,
 }
 
-/// A reader's batch straight out of one chunk: `frames[start..end]`.
+impl Chunk {
+    /// A chunk starting at position `base`, holding `frame` (sequence number `seq`) there.
+    fn starting(base: u64, seq: u64, frame: &Bytes) -> Chunk {
+        let chunk = Chunk {
+            base,
+            seqs: std::array::from_fn(|_| AtomicU64::new(0)),
+            frames: AppendOnly::new(),
+        };
+        let _ = chunk.append(base, seq, frame);
+        chunk
+    }
+
+    /// One past its last position.
+    fn end(&self) -> u64 {
+        self.base + CHUNK as u64
+    }
+
+    /// Writes the entry at position `at` if that is this chunk's next free slot; otherwise
+    /// (full, or `at` elsewhere) returns `false`. Publisher only.
+    fn append(&self, at: u64, seq: u64, frame: &Bytes) -> bool {
+        let next = self.base + self.frames.len() as u64;
+        if at != next || at >= self.end() {
+            return false;
+        }
+        // Relaxed: the frame's push below publishes it (Release).
+        self.seqs[(at - self.base) as usize].store(seq, Ordering::Relaxed);
+        self.frames.push(frame.clone()).is_ok()
+    }
+
+    /// The sequence number at slot `i` (written).
+    fn seq(&self, i: usize) -> u64 {
+        // Relaxed: callers read only written slots, which they learned of through an Acquire
+        // (the ring's tail, or the frames' count) that the publisher's Release paired with.
+        self.seqs[i].load(Ordering::Relaxed)
+    }
+}
+
+/// A reader's batch straight out of one chunk: slots `start..end`.
 #[derive(Debug, Clone)]
 pub(crate) struct Run {
     /// The chunk.
@@ -100,57 +171,46 @@ pub(crate) struct Run {
 impl Run {
     /// The frames.
     pub(crate) fn frames(&self) -> &[Bytes] {
-        &self.chunk.frames[self.start..self.end]
+        self.chunk.frames.get(self.start..self.end)
     }
 }
 
-/// The log under its lock.
+/// The chunks readers may read, as one snapshot: swapped whole (a chunk appended every
+/// [`CHUNK`] publishes, whole chunks trimmed from the front), never changed in place.
 #[derive(Debug)]
 struct Log {
-    /// The entries, in chunks: every chunk but the last holds [`CHUNK`] entries.
-    chunks: VecDeque<Arc<Chunk>>,
-    /// The position of the first entry of `chunks[0]`: the oldest entry still readable.
-    first: u64,
-    /// The position the next entry gets.
-    tail: u64,
-    /// The fewest entries kept: the largest bound of any reader (up to `CHUNK - 1` more are
-    /// kept, since chunks go whole).
-    capacity: usize,
-    /// When the tail reaches this position, the publisher scans the readers.
-    check_at: u64,
+    /// Consecutive chunks, oldest first; never empty (an empty log is no snapshot at all).
+    chunks: Vec<Arc<Chunk>>,
 }
 
 impl Log {
-    /// The position the next entry gets.
-    fn tail(&self) -> u64 {
-        self.tail
+    /// The position of the oldest entry still readable.
+    fn first(&self) -> u64 {
+        self.chunks.first().map_or(u64::MAX, |c| c.base)
     }
 
-    /// The number of entries held.
-    fn len(&self) -> usize {
-        usize::try_from(self.tail - self.first).unwrap_or(usize::MAX)
+    /// The chunk holding position `at`, if the log still (or already) has it.
+    fn chunk(&self, at: u64) -> Option<&Arc<Chunk>> {
+        let index = at.checked_sub(self.first())? / CHUNK as u64;
+        self.chunks.get(usize::try_from(index).ok()?)
     }
 
-    /// The entry at index `i` (0 is the oldest held).
-    fn entry(&self, i: usize) -> (u64, &Bytes) {
-        let chunk = &self.chunks[i / CHUNK];
-        (chunk.seqs[i % CHUNK], &chunk.frames[i % CHUNK])
-    }
-
-    /// Drops whole chunks from the front while they lie before position `keep_from`; returns
-    /// them so they are released outside the lock.
-    fn drop_before(&mut self, keep_from: u64) -> Vec<Arc<Chunk>> {
-        let mut dropped = Vec::new();
-        while self.chunks.len() > 1 && self.first + CHUNK as u64 <= keep_from {
-            dropped.extend(self.chunks.pop_front());
-            self.first += CHUNK as u64;
+    /// Hands each chunk's share of positions `from..end` to `each`: the chunk, the slot of
+    /// `from` (or 0) in it, and the frames.
+    fn slices(&self, from: u64, end: u64, mut each: impl FnMut(&Arc<Chunk>, usize, &[Bytes])) {
+        let mut at = from;
+        while at < end {
+            let Some(chunk) = self.chunk(at) else { break };
+            let start = (at - chunk.base) as usize;
+            let stop = (end.min(chunk.end()) - chunk.base) as usize;
+            each(chunk, start, chunk.frames.get(start..stop));
+            at += (stop - start) as u64;
         }
-        if self.chunks.len() == 1 && self.tail <= keep_from && self.tail % CHUNK as u64 == 0 {
-            // The last chunk is full and read by everyone: it can go too.
-            dropped.extend(self.chunks.pop_front());
-            self.first = self.tail;
-        }
-        dropped
+    }
+
+    /// How many chunks from the front lie wholly before position `keep_from`.
+    fn stale(&self, keep_from: u64) -> usize {
+        self.chunks.iter().take_while(|c| c.end() <= keep_from).count()
     }
 }
 
@@ -174,6 +234,33 @@ pub(crate) struct Taken {
     pub(crate) from: u64,
 }
 
+/// A reader's bound: how far behind it may fall, and what happens when it falls further.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bound {
+    /// The most entries it may have waiting.
+    pub(crate) capacity: usize,
+    /// `DropOldest` skips ahead, `Disconnect` reports it overflowed.
+    pub(crate) policy: SlowPolicy,
+}
+
+/// How much one take hands over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The last sequence number it may take (the hub's watermark, or where a close stopped).
+    pub(crate) upto: u64,
+    /// The most entries (at least one is taken when any is ready).
+    pub(crate) max_frames: usize,
+    /// About the most bytes (at least one entry is taken, whatever its size).
+    pub(crate) max_bytes: usize,
+}
+
+impl Limits {
+    /// Every entry up to sequence number `upto`, with no count or size limit.
+    pub(crate) fn everything_upto(upto: u64) -> Limits {
+        Limits { upto, max_frames: usize::MAX, max_bytes: usize::MAX }
+    }
+}
+
 /// One ring a subscriber reads, with its place in it.
 #[derive(Debug, Clone)]
 pub(crate) struct Feed {
@@ -186,14 +273,29 @@ pub(crate) struct Feed {
 }
 
 /// A topic's shared log.
+///
+/// Lock-free for readers: [`Ring::take`], [`Ring::take_run`], [`Ring::waiting`] and
+/// [`Ring::tail`] load atomics and a snapshot and never wait. The publisher ([`Ring::push`],
+/// [`Ring::scan`]) takes no lock either; membership changes ([`Ring::join`], [`Ring::clear`])
+/// swap snapshots and update atomics. Only the parked list has a lock (see [`Ring::park`]).
 #[derive(Debug)]
 pub(crate) struct Ring {
-    /// The entries.
-    log: Mutex<Log>,
-    /// The tail position, mirrored for lock-free "anything new?" checks.
+    /// The readable chunks; `None` while the ring holds no entry, so an idle ring allocates
+    /// nothing.
+    log: ArcSwapOption<Log>,
+    /// The position the next entry gets: stored with `Release` once the entry before it is
+    /// written, so a reader that loads it with `Acquire` may read every position below.
     tail: AtomicU64,
+    /// The first position a new chunk may start at after [`Ring::clear`] dropped every chunk
+    /// (a publish that raced the clear may have written into the dropped last chunk).
+    start: AtomicU64,
+    /// The fewest entries kept: the largest bound of any reader (up to `CHUNK - 1` more are
+    /// kept, since chunks go whole). Only grows.
+    capacity: AtomicUsize,
+    /// When the tail reaches this position, the publisher scans the readers.
+    check_at: AtomicU64,
     /// Readers waiting for the next entry.
-    parked: Mutex<Parked>,
+    parked: Mutex<Parked, rank::Parked>,
 }
 
 /// The readers waiting for a ring's next entry.
@@ -223,14 +325,11 @@ impl Ring {
     /// An empty ring; allocates nothing until the first entry.
     pub(crate) fn new() -> Ring {
         Ring {
-            log: Mutex::new(Log {
-                chunks: VecDeque::new(),
-                first: 0,
-                tail: 0,
-                capacity: 1,
-                check_at: MIN_SCAN_INTERVAL,
-            }),
+            log: ArcSwapOption::empty(),
             tail: AtomicU64::new(0),
+            start: AtomicU64::new(0),
+            capacity: AtomicUsize::new(1),
+            check_at: AtomicU64::new(MIN_SCAN_INTERVAL),
             parked: Mutex::new(Parked::default()),
         }
     }
@@ -238,19 +337,29 @@ impl Ring {
     /// The tail position: readers whose cursor is here have read everything.
     pub(crate) fn tail(&self) -> u64 {
         // Acquire pairs with the Release in `push`: a reader that sees the new tail sees the
-        // entry too (it reads entries under the log's lock anyway).
+        // entry (and the chunk list holding it) too.
         self.tail.load(Ordering::Acquire)
     }
 
     /// Registers a reader with `capacity`: grows the log's bound to it, makes sure the next
     /// scan comes before the reader can overflow, and returns the position it starts at (the
     /// tail: it receives what is published from now on).
+    ///
+    /// A publish that has not yet seen the new reader in the topic's readers (it loaded them
+    /// before the registration) may trim and scan as if it were not there; only a one-topic
+    /// subscribe, which is not ordered with concurrent publishes, meets such a publish.
     pub(crate) fn join(&self, capacity: usize) -> u64 {
-        let mut log = lock(&self.log);
-        log.capacity = log.capacity.max(capacity);
-        let tail = log.tail();
-        log.check_at = log.check_at.min(tail + capacity as u64 + 1);
-        tail
+        // Relaxed: the registration that follows publishes the reader (and this bound) to
+        // publishers through the topic's readers snapshot.
+        self.capacity.fetch_max(capacity, Ordering::Relaxed);
+        // After a clear, positions up to `start` may belong to a dropped chunk: start past
+        // them. Acquire on `start` pairs with the clear, which the registry's writer lock
+        // orders before this join anyway.
+        let cursor = self.tail().max(self.start.load(Ordering::Acquire));
+        // Relaxed: see above; a scan that overwrote it without seeing this reader is repaired
+        // by the reader's own drain (it finds itself overflowed) and by the next scan.
+        self.check_at.fetch_min(cursor + capacity as u64 + 1, Ordering::Relaxed);
+        cursor
     }
 
     /// Forgets a reader that left: it no longer waits for a wake. Amortised O(1): it stays in
@@ -267,75 +376,102 @@ impl Ring {
         }
     }
 
-    /// Drops every entry (the last reader left); positions keep counting.
+    /// Drops every entry (the last reader left); positions keep counting. Runs under the
+    /// registry's writer lock, not the sequencer, so a publish may race it: it swaps the
+    /// snapshot out rather than touching slots or the tail, and moves `start` past the
+    /// dropped last chunk, into which that publish may still write.
     pub(crate) fn clear(&self) {
-        let dropped = {
-            let mut log = lock(&self.log);
-            // `check_at` stays: a publish still holding a snapshot with the leavers scans them
-            // at the same point as it would have, and a scan of nobody sets the next one.
-            // Positions stay chunk-aligned: the next chunk starts at the next multiple.
-            let aligned = log.tail().next_multiple_of(CHUNK as u64);
-            log.first = aligned;
-            log.tail = aligned;
-            self.tail.store(aligned, Ordering::Release);
-            std::mem::take(&mut log.chunks)
+        let dropped = if self.log.load().is_some() {
+            self.log.rcu(|log| {
+                if let Some(log) = log {
+                    let end = log.chunks.last().map_or(0, |c| c.end());
+                    // AcqRel: see `join`.
+                    self.start.fetch_max(end, Ordering::AcqRel);
+                }
+                None::<Arc<Log>>
+            })
+        } else {
+            None
         };
+        // `check_at` stays: a publish still holding a snapshot with the leavers scans them
+        // at the same point as it would have, and a scan of nobody sets the next one.
         // Nobody reads the ring any more: members still listed have left (or were dropped as
         // slow and closed, which wakes them itself), and would keep their subscribers alive
         // until this topic's next publish.
         let listed = lock(&self.parked).take(Vec::new());
-        // Frames and members are released outside the locks.
+        // Frames and members are released outside the lock.
         drop(dropped);
         drop(listed);
     }
 
     /// Appends one entry, evicting the oldest when full. Returns whether the readers must be
     /// scanned now ([`Ring::scan`]). Called under the hub's sequencer only, so entries are in
-    /// sequence order.
+    /// sequence order and there is one writer (a second one writing the same chunk at the same
+    /// time would panic in the slots' claim, not race).
     pub(crate) fn push(&self, seq: u64, frame: &Bytes) -> bool {
-        let evicted;
-        let scan;
-        {
-            let mut log = lock(&self.log);
-            if log.len() % CHUNK == 0 {
-                log.chunks.push_back(Arc::new(Chunk {
-                    seqs: Vec::with_capacity(CHUNK),
-                    frames: Vec::with_capacity(CHUNK),
-                }));
-            }
-            if let Some(last) = log.chunks.back_mut() {
-                if Arc::get_mut(last).is_none() {
-                    // A reader's batch holds it: copy it (the reader keeps the old one).
-                    let copy = Chunk {
-                        seqs: {
-                            let mut v = Vec::with_capacity(CHUNK);
-                            v.extend_from_slice(&last.seqs);
-                            v
-                        },
-                        frames: {
-                            let mut v = Vec::with_capacity(CHUNK);
-                            v.extend_from_slice(&last.frames);
-                            v
-                        },
-                    };
-                    *last = Arc::new(copy);
-                }
-                if let Some(chunk) = Arc::get_mut(last) {
-                    chunk.seqs.push(seq);
-                    chunk.frames.push(frame.clone());
-                }
-            }
-            log.tail += 1;
-            // Keep at least `capacity` entries; older whole chunks go.
-            let keep_from = log.tail.saturating_sub(log.capacity as u64);
-            evicted = log.drop_before(keep_from);
-            let tail = log.tail();
-            scan = tail >= log.check_at;
-            // Release: see `tail`.
+        // Relaxed: only pushes store the tail, and the sequencer orders them.
+        let at = self.tail.load(Ordering::Relaxed);
+        // Keep at least `capacity` entries; older whole chunks go. Relaxed: see `join`.
+        let capacity = self.capacity.load(Ordering::Relaxed) as u64;
+        let log = self.log.load();
+        let last = log.as_ref().and_then(|log| log.chunks.last());
+        let tail = if last.is_some_and(|chunk| chunk.append(at, seq, frame)) {
+            let tail = at + 1;
+            // Release: readers that load this tail see the entry.
             self.tail.store(tail, Ordering::Release);
+            // Most publishes trim nothing: decide that on the snapshot already loaded.
+            let keep_from = tail.saturating_sub(capacity);
+            if log.as_ref().is_some_and(|log| log.stale(keep_from) > 0) {
+                drop(log);
+                self.trim(keep_from);
+            }
+            tail
+        } else {
+            // The last chunk is full, or there is none (never was, trimmed, or cleared).
+            // Acquire pairs with `clear`: a new chunk starts past the one it dropped.
+            let base = at.max(self.start.load(Ordering::Acquire));
+            let chunk = Arc::new(Chunk::starting(base, seq, frame));
+            drop(log);
+            // rcu, not store: a clear may swap the snapshot out meanwhile, and its chunks
+            // must not come back.
+            let previous = self.log.rcu(|log| {
+                let mut chunks = Vec::with_capacity(log.as_ref().map_or(0, |l| l.chunks.len()) + 1);
+                if let Some(log) = log {
+                    chunks.extend(log.chunks.iter().cloned());
+                }
+                // Positions map to chunks by arithmetic from the first: they must be
+                // consecutive (a clear empties the list, and a trim only cuts its front).
+                debug_assert!(chunks.last().is_none_or(|c| c.end() == chunk.base));
+                chunks.push(chunk.clone());
+                Some(Arc::new(Log { chunks }))
+            });
+            drop(previous);
+            let tail = base + 1;
+            // Release: readers that load this tail see the entry and the snapshot holding it.
+            self.tail.store(tail, Ordering::Release);
+            self.trim(tail.saturating_sub(capacity));
+            tail
+        };
+        // Relaxed: a scan due a little late is still a scan; see `join`.
+        tail >= self.check_at.load(Ordering::Relaxed)
+    }
+
+    /// Drops whole chunks from the front while they lie before position `keep_from`.
+    /// Publisher only; the chunks are freed once no reader's batch holds them.
+    fn trim(&self, keep_from: u64) {
+        if self.log.load().as_ref().is_none_or(|log| log.stale(keep_from) == 0) {
+            return;
         }
-        drop(evicted);
-        scan
+        let previous = self.log.rcu(|log| {
+            let log = log.as_ref()?;
+            let stale = log.stale(keep_from);
+            if stale == log.chunks.len() {
+                return None;
+            }
+            Some(Arc::new(Log { chunks: log.chunks[stale..].to_vec() }))
+        });
+        // Frames go when their chunk's last holder lets go: here, or with a reader's batch.
+        drop(previous);
     }
 
     /// Checks every reader against its bound: `Disconnect` readers more than their bound
@@ -343,120 +479,117 @@ impl Ring {
     /// the next check is scheduled. Called by the publisher under the hub's sequencer.
     pub(crate) fn scan(&self, readers: &IdMap<Arc<Member>>) -> Scan {
         let mut scan = Scan::default();
-        let trimmed;
-        {
-            let mut log = lock(&self.log);
-            let tail = log.tail();
-            let mut keep_from = tail;
-            let mut check_at = tail + (readers.len() as u64).max(MIN_SCAN_INTERVAL);
-            readers.for_each(|member| {
-                // Acquire pairs with the Release in `advance`.
-                let cursor = member.cursor.load(Ordering::Acquire);
-                let capacity = member.capacity();
-                if member.disconnects() {
-                    if tail - cursor.min(tail) > capacity || cursor < log.first {
-                        scan.slow.push(member.clone());
-                        return;
-                    }
-                    check_at = check_at.min(cursor + capacity + 1);
-                    keep_from = keep_from.min(cursor);
-                } else {
-                    // A lagging `DropOldest` reader will skip to `tail - capacity` anyway.
-                    keep_from = keep_from.min(cursor.max(tail.saturating_sub(capacity)));
+        // Relaxed: the publisher stored it (see `push`).
+        let tail = self.tail.load(Ordering::Relaxed);
+        let first = self.log.load().as_ref().map_or(tail, |log| log.first());
+        let seen = self.check_at.load(Ordering::Relaxed);
+        let mut keep_from = tail;
+        let mut check_at = tail + (readers.len() as u64).max(MIN_SCAN_INTERVAL);
+        readers.for_each(|member| {
+            // Acquire pairs with the Release in `advance`.
+            let cursor = member.cursor.load(Ordering::Acquire);
+            let capacity = member.capacity();
+            if member.disconnects() {
+                if tail - cursor.min(tail) > capacity || cursor < first {
+                    scan.slow.push(member.clone());
+                    return;
                 }
-            });
-            log.check_at = check_at;
-            trimmed = log.drop_before(keep_from);
+                check_at = check_at.min(cursor + capacity + 1);
+                keep_from = keep_from.min(cursor);
+            } else {
+                // A lagging `DropOldest` reader will skip to `tail - capacity` anyway.
+                keep_from = keep_from.min(cursor.max(tail.saturating_sub(capacity)));
+            }
+        });
+        // A join since `seen` lowered it for a reader this scan did not see: keep the lower.
+        // Relaxed: see `join`.
+        if self
+            .check_at
+            .compare_exchange(seen, check_at, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.check_at.fetch_min(check_at, Ordering::Relaxed);
         }
-        drop(trimmed);
+        self.trim(keep_from);
         scan
     }
 
-    /// Takes up to `max_frames` entries (and about `max_bytes`, at least one entry) at or after
-    /// `cursor` with a sequence number up to `upto`, handing each to `sink`, and applying the
-    /// reader's bound: a reader more than `capacity` behind skips ahead (`DropOldest`) or is
-    /// reported overflowed (`Disconnect`, nothing taken). Does not move the cursor
-    /// ([`Member::advance`] does).
-    #[allow(clippy::too_many_arguments)]
+    /// Takes up to `limits.max_frames` entries (and about `limits.max_bytes`, at least one
+    /// entry) at or after `cursor` with a sequence number up to `limits.upto`, handing each to
+    /// `sink`, and applying the reader's `bound`: a reader more than its capacity behind skips
+    /// ahead (`DropOldest`) or is reported overflowed (`Disconnect`, nothing taken). Does not
+    /// move the cursor ([`Member::advance`] does). Takes no lock.
     pub(crate) fn take(
         &self,
         cursor: u64,
-        capacity: usize,
-        policy: SlowPolicy,
-        upto: u64,
-        max_frames: usize,
-        max_bytes: usize,
+        bound: Bound,
+        limits: Limits,
         mut sink: impl FnMut(u64, &Bytes),
     ) -> Taken {
-        self.take_with(cursor, capacity, policy, upto, max_frames, max_bytes, |log, at, taken| {
-            for i in at..at + taken.count {
-                let (seq, frame) = log.entry(i);
-                sink(seq, frame);
-            }
+        self.take_with(cursor, bound, limits, |log, taken| {
+            log.slices(taken.from, taken.from + taken.count as u64, |chunk, start, frames| {
+                for (i, frame) in frames.iter().enumerate() {
+                    sink(chunk.seq(start + i), frame);
+                }
+            });
         })
     }
 
     /// [`Ring::take`] for a subscriber's whole batch: a [`Run`] of one chunk when the entries
     /// lie in one (one refcount for the batch), otherwise the frames appended to `out`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn take_run(
         &self,
         cursor: u64,
-        capacity: usize,
-        policy: SlowPolicy,
-        upto: u64,
-        max_frames: usize,
-        max_bytes: usize,
+        bound: Bound,
+        limits: Limits,
         out: &mut Vec<Bytes>,
     ) -> (Taken, Option<Run>) {
         let mut run = None;
-        let taken = self.take_with(
-            cursor,
-            capacity,
-            policy,
-            upto,
-            max_frames,
-            max_bytes,
-            |log, at, taken| {
-                let (first, last) = (at / CHUNK, (at + taken.count - 1) / CHUNK);
-                if first == last {
-                    let start = at % CHUNK;
-                    let chunk = log.chunks[first].clone();
-                    run = Some(Run { chunk, start, end: start + taken.count });
-                } else {
-                    out.reserve(taken.count);
-                    for i in at..at + taken.count {
-                        out.push(log.entry(i).1.clone());
-                    }
+        let taken = self.take_with(cursor, bound, limits, |log, taken| {
+            let end = taken.from + taken.count as u64;
+            match log.chunk(taken.from) {
+                Some(chunk) if end <= chunk.end() => {
+                    let start = (taken.from - chunk.base) as usize;
+                    run = Some(Run { chunk: chunk.clone(), start, end: start + taken.count });
                 }
-            },
-        );
+                _ => {
+                    out.reserve(taken.count);
+                    log.slices(taken.from, end, |_, _, frames| out.extend_from_slice(frames));
+                }
+            }
+        });
         (taken, run)
     }
 
     /// Works out what a reader takes (see [`Ring::take`]), then has `copy` copy that run of
-    /// entries (from index `at`, `taken.count` of them) with the log locked.
-    #[allow(clippy::too_many_arguments)]
+    /// entries (`taken.count` of them from position `taken.from`) out of the snapshot.
     fn take_with(
         &self,
         cursor: u64,
-        capacity: usize,
-        policy: SlowPolicy,
-        upto: u64,
-        max_frames: usize,
-        max_bytes: usize,
-        copy: impl FnOnce(&Log, usize, &Taken),
+        bound: Bound,
+        limits: Limits,
+        copy: impl FnOnce(&Log, &Taken),
     ) -> Taken {
         let mut taken = Taken { from: cursor, ..Taken::default() };
-        if self.tail() <= cursor {
+        // The tail first, then the snapshot: every chunk below this tail was in the snapshot
+        // before the tail was stored, so it is in this one unless trimmed since.
+        let mut tail = self.tail();
+        if tail <= cursor {
             return taken;
         }
-        let log = lock(&self.log);
-        let tail = log.tail();
-        let oldest = log.first.max(tail.saturating_sub(capacity as u64));
+        let log = self.log.load();
+        let first = log.as_ref().map_or(u64::MAX, |log| log.first());
+        if first >= tail {
+            // A trim since the tail was loaded took every entry below it: the publisher
+            // stored a later tail before trimming, so a second look finds at least that one.
+            tail = self.tail();
+        }
+        // No snapshot: every entry below the tail was trimmed (or cleared).
+        let first = first.min(tail);
+        let oldest = first.max(tail.saturating_sub(bound.capacity as u64));
         let mut from = cursor;
         if from < oldest {
-            if policy == SlowPolicy::Disconnect {
+            if bound.policy == SlowPolicy::Disconnect {
                 taken.overflowed = true;
                 return taken;
             }
@@ -464,20 +597,31 @@ impl Ring {
             from = oldest;
         }
         taken.from = from;
-        let at = usize::try_from(from - log.first).unwrap_or(usize::MAX).min(log.len());
-        let end = log.len().min(at.saturating_add(max_frames.max(1)));
+        let Some(log) = log.as_ref() else {
+            return taken;
+        };
+        let max_frames = u64::try_from(limits.max_frames.max(1)).unwrap_or(u64::MAX);
+        let end = tail.min(from.saturating_add(max_frames));
         let mut bytes: usize = 0;
-        for i in at..end {
-            let (seq, frame) = log.entry(i);
-            // Sequence numbers rise along the log: stop at the first one past `upto`.
-            if seq > upto || (taken.count > 0 && bytes.saturating_add(frame.len()) > max_bytes) {
-                break;
+        let mut at = from;
+        'chunks: while at < end {
+            let Some(chunk) = log.chunk(at) else { break };
+            let start = (at - chunk.base) as usize;
+            let stop = (end.min(chunk.end()) - chunk.base) as usize;
+            for (i, frame) in chunk.frames.get(start..stop).iter().enumerate() {
+                // Sequence numbers rise along the log: stop at the first one past `upto`.
+                if chunk.seq(start + i) > limits.upto
+                    || (taken.count > 0 && bytes.saturating_add(frame.len()) > limits.max_bytes)
+                {
+                    break 'chunks;
+                }
+                bytes += frame.len();
+                taken.count += 1;
             }
-            bytes += frame.len();
-            taken.count += 1;
+            at += (stop - start) as u64;
         }
         if taken.count > 0 {
-            copy(&log, at, &taken);
+            copy(log, &taken);
         }
         taken
     }
@@ -492,6 +636,7 @@ impl Ring {
     /// Always under the lock, even when the reader is listed already: that lock is what orders
     /// the caller's next drain after any take that missed it (the publish behind that take
     /// completed before it), so either the take wakes the reader or its drain sees the event.
+    /// This is the one lock left on a reader's path, and it is taken only to park.
     /// The caller has stored its waker (in its queue) before.
     pub(crate) fn park(&self, member: &Arc<Member>) {
         let mut parked = lock(&self.parked);
@@ -527,7 +672,14 @@ impl Ring {
     /// The number of entries held (for tests).
     #[cfg(all(test, not(ssehub_loom)))]
     pub(crate) fn len(&self) -> usize {
-        lock(&self.log).len()
+        let tail = self.tail();
+        self.log.load().as_ref().map_or(0, |log| (tail - log.first().min(tail)) as usize)
+    }
+
+    /// The number of chunks held (for tests).
+    #[cfg(all(test, not(ssehub_loom)))]
+    fn chunks(&self) -> usize {
+        self.log.load().as_ref().map_or(0, |log| log.chunks.len())
     }
 }
 
@@ -568,11 +720,20 @@ mod tests {
         Arc::new(Member::new(slot, ring.join(capacity)))
     }
 
+    /// Everything up to `upto`, 64 frames and 1 MiB at most.
+    fn limits(upto: u64) -> Limits {
+        Limits { upto, max_frames: 64, max_bytes: 1 << 20 }
+    }
+
+    /// The member's own bound.
+    fn bound(member: &Member) -> Bound {
+        Bound { capacity: member.capacity() as usize, policy: member.slot.queue.policy() }
+    }
+
     fn take_all(ring: &Ring, member: &Member) -> (Vec<u64>, Taken) {
         let mut seqs = Vec::new();
-        let (capacity, policy) = (member.capacity() as usize, member.slot.queue.policy());
-        let taken = ring
-            .take(member.cursor(), capacity, policy, u64::MAX, 64, 1 << 20, |s, _| seqs.push(s));
+        let taken =
+            ring.take(member.cursor(), bound(member), limits(u64::MAX), |s, _| seqs.push(s));
         if !taken.overflowed {
             member.advance(taken.from + taken.count as u64);
         }
@@ -588,10 +749,7 @@ mod tests {
             ring.push(seq, &frame(seq));
         }
         let mut seqs = Vec::new();
-        let taken =
-            ring.take(member.cursor(), 8, SlowPolicy::Disconnect, 3, 64, 1 << 20, |s, _| {
-                seqs.push(s)
-            });
+        let taken = ring.take(member.cursor(), bound(&member), limits(3), |s, _| seqs.push(s));
         assert_eq!((seqs, taken.count), (vec![2, 3], 2));
         member.advance(taken.from + 2);
         assert_eq!(take_all(&ring, &member).0, [4]);
@@ -607,6 +765,23 @@ mod tests {
         }
         let (seqs, taken) = take_all(&ring, &member);
         assert_eq!((seqs, taken.skipped), (vec![8, 9, 10], 7));
+    }
+
+    #[test]
+    fn a_reader_below_the_oldest_chunk_skips_to_it_or_overflows_by_its_policy() {
+        let ring = Ring::new();
+        let dropping = reader(1, 4, SlowPolicy::DropOldest, &ring);
+        let disconnecting = reader(2, 4, SlowPolicy::Disconnect, &ring);
+        let total = 3 * CHUNK as u64 + 5;
+        for seq in 1..=total {
+            ring.push(seq, &frame(seq));
+        }
+        // Whole chunks before the last four entries went: what is held starts a chunk.
+        assert_eq!(ring.len(), 5);
+        let (seqs, taken) = take_all(&ring, &dropping);
+        assert_eq!((seqs, taken.skipped), ((total - 3..=total).collect(), total - 4));
+        let (seqs, taken) = take_all(&ring, &disconnecting);
+        assert!(seqs.is_empty() && taken.overflowed && taken.count == 0);
     }
 
     #[test]
@@ -627,12 +802,12 @@ mod tests {
 
     /// What a reader with a bound of 1,024 takes from `ring` at its cursor, as a batch.
     fn run_at(ring: &Ring, member: &Member, out: &mut Vec<Bytes>) -> (Taken, Option<Run>) {
-        let policy = SlowPolicy::Disconnect;
-        ring.take_run(member.cursor(), 1024, policy, u64::MAX, 64, 1 << 20, out)
+        let bound = Bound { capacity: 1024, policy: SlowPolicy::Disconnect };
+        ring.take_run(member.cursor(), bound, limits(u64::MAX), out)
     }
 
     #[test]
-    fn a_chunk_held_by_a_batch_is_copied_before_an_append_and_the_batch_stays_intact() {
+    fn a_batch_holding_the_last_chunk_is_not_copied_when_the_publisher_appends_to_it() {
         let ring = Ring::new();
         let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
         ring.push(1, &frame(1));
@@ -643,7 +818,10 @@ mod tests {
         ring.push(2, &frame(2));
         assert_eq!(run.frames(), [frame(1)], "the batch still sees only what it took");
         let (_, next) = run_at(&ring, &member, &mut out);
-        assert_eq!(next.expect("one chunk").frames(), [frame(2)]);
+        let next = next.expect("one chunk");
+        assert_eq!(next.frames(), [frame(2)]);
+        assert!(Arc::ptr_eq(&run.chunk, &next.chunk), "the publisher wrote into the same chunk");
+        assert!(out.is_empty());
     }
 
     #[test]
@@ -659,6 +837,64 @@ mod tests {
         assert!(run.is_none());
         assert_eq!((taken.count, out.len()), (15, 15));
         assert_eq!(out[0], frame(CHUNK as u64 - 4));
+        assert_eq!(out[14], frame(CHUNK as u64 + 10));
+    }
+
+    #[test]
+    fn limits_stop_a_take_at_the_frame_count_and_at_the_byte_budget_but_take_one_at_least() {
+        let ring = Ring::new();
+        let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
+        for seq in 1..=(2 * CHUNK as u64) {
+            ring.push(seq, &frame(seq));
+        }
+        let mut seqs = Vec::new();
+        let few = Limits { upto: u64::MAX, max_frames: 3, max_bytes: 1 << 20 };
+        ring.take(member.cursor(), bound(&member), few, |s, _| seqs.push(s));
+        assert_eq!(seqs, [1, 2, 3]);
+        seqs.clear();
+        let tiny = Limits { upto: u64::MAX, max_frames: 64, max_bytes: 1 };
+        ring.take(member.cursor(), bound(&member), tiny, |s, _| seqs.push(s));
+        assert_eq!(seqs, [1]);
+        seqs.clear();
+        let all = Limits::everything_upto(CHUNK as u64 + 2);
+        ring.take(member.cursor(), bound(&member), all, |s, _| seqs.push(s));
+        assert_eq!(seqs, (1..=CHUNK as u64 + 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_trimmed_chunk_lives_on_in_the_batch_that_holds_it() {
+        let ring = Ring::new();
+        let member = reader(1, 1, SlowPolicy::DropOldest, &ring);
+        ring.push(1, &frame(1));
+        let (_, run) = run_at(&ring, &member, &mut Vec::new());
+        let run = run.expect("one chunk");
+        for seq in 2..=(3 * CHUNK as u64) {
+            ring.push(seq, &frame(seq));
+        }
+        assert_eq!(ring.chunks(), 1, "the publisher trimmed the batch's chunk");
+        assert_eq!(Arc::strong_count(&run.chunk), 1, "the batch alone holds it");
+        assert_eq!(run.frames(), [frame(1)]);
+    }
+
+    #[test]
+    fn an_idle_ring_holds_no_chunk_and_a_reader_joining_after_a_clear_misses_nothing() {
+        let ring = Ring::new();
+        assert_eq!(ring.chunks(), 0);
+        let first = reader(1, 8, SlowPolicy::Disconnect, &ring);
+        for seq in 1..=3 {
+            ring.push(seq, &frame(seq));
+        }
+        take_all(&ring, &first);
+        ring.leave(&first);
+        ring.clear();
+        assert_eq!((ring.chunks(), ring.len()), (0, 0));
+        // Positions to the end of the dropped chunk are not reused (a publish racing the clear
+        // may still write there): a reader joining now starts after them and sees no gap.
+        let second = reader(2, 8, SlowPolicy::Disconnect, &ring);
+        assert_eq!(second.cursor(), CHUNK as u64, "starts past the dropped chunk");
+        ring.push(4, &frame(4));
+        let (seqs, taken) = take_all(&ring, &second);
+        assert_eq!((seqs, taken.skipped, taken.overflowed), (vec![4], 0, false));
     }
 
     #[test]
@@ -674,6 +910,13 @@ mod tests {
             // Whole chunks go: what is kept is the unread tail's chunk.
             assert!(ring.len() <= CHUNK + MIN_SCAN_INTERVAL as usize, "{} kept", ring.len());
         }
+        // Read to the end of a full chunk, the last one goes too: nothing is held.
+        for seq in 101..=(2 * CHUNK as u64) {
+            ring.push(seq, &frame(seq));
+            take_all(&ring, &member);
+        }
+        ring.scan(&readers);
+        assert_eq!(ring.chunks(), 0);
     }
 
     fn parked_ids(ring: &Ring) -> Vec<u64> {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crate::queue::{FrameKeys, Pushed};
 use crate::registry::Slot;
-use crate::sync::{lock, Arc, Mutex, SharedStr};
+use crate::sync::{lock, rank, Arc, Mutex, SharedStr};
 
 /// Settings of resumable sessions.
 ///
@@ -189,7 +189,7 @@ pub(crate) struct Hijack;
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     /// Sessions by id, and ids by token.
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner, rank::Sessions>,
 }
 
 /// The store under its lock.

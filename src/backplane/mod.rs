@@ -53,7 +53,7 @@ use crate::error::{EventError, SubscribeError, TopicError};
 use crate::frame::Event;
 use crate::hub::{Hub, Published, Shared, Subscribe};
 use crate::subscription::Subscription;
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
+use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
 use crate::topic::{validate_topic, Pattern};
 
 use broker::{Broker, Connect, Link, Position};
@@ -391,7 +391,7 @@ impl fmt::Debug for Backplane {
 }
 
 /// Aborts the broker task when dropped.
-struct Stop(Mutex<Option<tokio::task::JoinHandle<()>>>);
+struct Stop(Mutex<Option<tokio::task::JoinHandle<()>>, rank::BackplaneTask>);
 
 impl Drop for Stop {
     fn drop(&mut self) {

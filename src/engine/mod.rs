@@ -29,7 +29,7 @@ use crate::history::HistoryLimits;
 use crate::queue::{EndReason, Queue, SlowPolicy};
 use crate::registry::{Refused, Registry, Removed, Slot, TopicState};
 use crate::stats::{Counters, Stats};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering, SharedStr};
+use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, SharedStr};
 use crate::topic::{validate_topic, Pattern};
 
 /// The engine's settings (the hub's builder fills them in with the services' own).
@@ -154,7 +154,7 @@ pub(crate) struct Engine {
     /// while it takes a number, appends to history and queues the frame, so sequence order is
     /// delivery order for every subscriber; a subscription that resumes holds it while it
     /// registers and reads history, so nothing falls between replay and live events.
-    pub(crate) sequencer: Mutex<u64>,
+    pub(crate) sequencer: Mutex<u64, rank::Sequencer>,
     /// The last sequence number whose publish is complete (every entry written), stored under
     /// the sequencer. A subscriber merging several sources (rings, its queue) takes nothing
     /// past it, or an entry still on its way to one source could be overtaken by a later one

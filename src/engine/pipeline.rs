@@ -13,6 +13,7 @@ use crate::history::format_id;
 use crate::idmap::IdMap;
 use crate::queue::{EndReason, FrameKeys, Pushed};
 use crate::registry::{Slot, TopicState};
+use crate::ring::{Bound, Limits};
 use crate::stats::FanOut;
 use crate::sync::{lock, Arc};
 
@@ -359,13 +360,12 @@ pub(crate) fn end_held(slot: &Arc<Slot>, reason: EndReason, upto: u64) -> bool {
         feed.topic.readers.rcu(|set| set.remove(slot.id));
         feed.ring.leave(&feed.member);
     }
-    let capacity = slot.queue.capacity();
-    let policy = slot.queue.policy();
+    let bound = Bound { capacity: slot.queue.capacity(), policy: slot.queue.policy() };
     let mut pending: Vec<(u64, Bytes)> = Vec::new();
     for feed in &feeds {
         let sink = |seq, frame: &Bytes| pending.push((seq, frame.clone()));
         let cursor = feed.member.cursor();
-        let _ = feed.ring.take(cursor, capacity, policy, upto, usize::MAX, usize::MAX, sink);
+        let _ = feed.ring.take(cursor, bound, Limits::everything_upto(upto), sink);
     }
     pending.sort_by_key(|(seq, _)| *seq);
     slot.queue.close_absorbing(reason, pending)

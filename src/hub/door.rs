@@ -225,7 +225,7 @@ mod tests {
     /// A replay source that holds events 1..=6 of epoch 7 and records what it was asked.
     struct Source {
         /// The `after` of every fetch.
-        asked: crate::sync::Mutex<Vec<u64>>,
+        asked: crate::sync::Mutex<Vec<u64>, crate::sync::rank::ReplaySource>,
     }
 
     impl ReplaySource for Source {

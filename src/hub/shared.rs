@@ -18,7 +18,9 @@ use crate::registry::Slot;
 use crate::session::{Hijack, SessionLimits, Sessions};
 use crate::stats::{FanOut, Stats};
 use crate::subscription::{SubscriberId, Subscription};
-use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr};
+use crate::sync::{
+    rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr,
+};
 use crate::topic::validate_topic;
 
 /// The services' settings (the engine's are in [`crate::engine::Config`]).
@@ -55,7 +57,7 @@ pub(crate) struct Shared {
     pub(super) claimed: AtomicBool,
     /// Where a resume the engine's history cannot serve is fetched from, registered by
     /// whatever holds the external clock.
-    pub(super) source: Mutex<Option<PlainArc<dyn ReplaySource>>>,
+    pub(super) source: Mutex<Option<PlainArc<dyn ReplaySource>>, rank::ReplaySource>,
 }
 
 /// A subscription's session, when sessions are on and one could be opened.

@@ -11,7 +11,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::sync::{lock, Arc, Mutex};
+use crate::sync::{lock, rank, Arc, Mutex};
 
 /// Longest a refused connection is kept to let its request arrive, so closing it does not reset
 /// the connection (a close with unread input sends RST, which can destroy the answer before the
@@ -66,7 +66,7 @@ impl Bucket {
 pub(crate) struct PerIp {
     /// Only addresses with at least one connection are present, so the map shrinks back when
     /// clients leave.
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Mutex<HashMap<IpAddr, usize>, rank::PerIp>,
 }
 
 impl PerIp {

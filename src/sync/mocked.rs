@@ -6,7 +6,13 @@
 //! path and a closure that is not safe to re-run fails a model.
 
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use loom::sync::Arc;
+use loom::sync::Mutex;
+
+/// The mutex the ranked [`Mutex`](super::Mutex) wraps.
+pub(crate) mod platform {
+    pub(crate) use loom::sync::{Mutex, MutexGuard};
+}
 
 /// The loom stand-in for `arc_swap::ArcSwap`.
 pub(crate) struct ArcSwap<T> {
@@ -53,6 +59,74 @@ impl<T> ArcSwap<T> {
             }
             current = cell.clone();
         }
+    }
+}
+
+/// The loom stand-in for `arc_swap::ArcSwapOption`, like [`ArcSwap`]'s.
+pub(crate) struct ArcSwapOption<T> {
+    /// The current snapshot, if any.
+    cell: Mutex<Option<Arc<T>>>,
+}
+
+impl<T> std::fmt::Debug for ArcSwapOption<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArcSwapOption")
+    }
+}
+
+impl<T> ArcSwapOption<T> {
+    /// An empty cell.
+    pub(crate) fn empty() -> Self {
+        ArcSwapOption { cell: Mutex::new(None) }
+    }
+
+    /// A snapshot of the current value.
+    pub(crate) fn load(&self) -> Option<Arc<T>> {
+        self.cell.lock().unwrap().clone()
+    }
+
+    /// Read-copy-update, as [`ArcSwap::rcu`]: `f` runs again on a value swapped in meanwhile.
+    pub(crate) fn rcu<R, F>(&self, mut f: F) -> Option<Arc<T>>
+    where
+        F: FnMut(&Option<Arc<T>>) -> R,
+        R: Into<Option<Arc<T>>>,
+    {
+        let same = |a: &Option<Arc<T>>, b: &Option<Arc<T>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let mut current = self.load();
+        loop {
+            let new: Option<Arc<T>> = f(&current).into();
+            let mut cell = self.cell.lock().unwrap();
+            if same(&cell, &current) {
+                return std::mem::replace(&mut *cell, new);
+            }
+            current = cell.clone();
+        }
+    }
+}
+
+/// Loom's record of one write-once slot's accesses: a loom cell whose tracked reads and writes
+/// stand for the slot's, so loom fails a model where a read is not ordered after the write.
+#[derive(Debug)]
+pub(crate) struct SlotAccess(loom::cell::UnsafeCell<()>);
+
+impl SlotAccess {
+    /// Nothing recorded yet.
+    pub(crate) fn new() -> SlotAccess {
+        SlotAccess(loom::cell::UnsafeCell::new(()))
+    }
+
+    /// A read of the slot.
+    pub(crate) fn read(&self) {
+        self.0.with(|_| ());
+    }
+
+    /// A write (or the drop) of the slot.
+    pub(crate) fn write(&self) {
+        self.0.with_mut(|_| ());
     }
 }
 

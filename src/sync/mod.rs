@@ -3,6 +3,37 @@
 //! Every `Arc`, `Mutex`, atomic and copy-on-write cell the engine uses comes from here, so the
 //! loom models (`--cfg ssehub_loom`) can swap in loom's instrumented versions and explore every
 //! interleaving of the real code. `real` and `mocked` export the same names.
+//!
+//! # Lock order
+//!
+//! Every `Mutex` in the crate names its rank in its type (`Mutex<T, rank::Queue>`), and a
+//! thread may only take a lock ranked above every lock it already holds. In debug builds
+//! [`lock`] checks this on each call against a per-thread list of held ranks and panics naming
+//! both locks, so a test that takes two locks in the wrong order fails even when no deadlock
+//! happens in that run. Release and loom builds do not check (loom runs in release).
+//!
+//! The locks, outermost first, and what each is taken inside of:
+//!
+//! | rank | lock | taken inside |
+//! |---|---|---|
+//! | [`rank::Sequencer`] | `Engine::sequencer`: one publish (and each atomic subscribe, resume, end, shutdown) at a time | nothing |
+//! | [`rank::Writer`] | `Registry::writer`: topic and subscriber maps | the sequencer (a subscribe that must start atomically, a publish that creates a topic) |
+//! | [`rank::Sessions`] | `Sessions::inner` | the sequencer (`send_to` a session) |
+//! | [`rank::History`] | `TopicState::history` | the sequencer (publish, resume), the writer (sweep, topic removal) |
+//! | [`rank::Feeds`] | `Slot::feeds`: the rings a subscriber reads | the sequencer (ending a stream), the writer (attach, detach) |
+//! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer, the writer, sessions, feeds (a drain holds its feeds) |
+//! | [`rank::Parked`] | `Ring::parked`: a ring's parked readers | the sequencer, the writer, feeds (a drain parks holding its feeds) |
+//! | [`rank::ProducerSpecs`] | `Producers::specs` | nothing |
+//! | [`rank::Producers`] | `Lifecycle::inner`: the running instances | nothing |
+//! | [`rank::HeartbeatThread`] | `Heartbeat::thread` | nothing |
+//! | [`rank::PerIp`] | `PerIp::open`: the listener's connections per address | nothing |
+//! | [`rank::ReplaySource`] | `Shared::source`: the replay source a backplane registered | nothing |
+//! | [`rank::BackplaneTask`] | a backplane's task handle | nothing |
+//!
+//! A topic ring's readers take none of these to read: entries are write-once slots below a
+//! tail published with `Release` (see `ring.rs`). The Redis backplane's connection is a
+//! `tokio::sync::Mutex` held across `.await`, outside this order: nothing else is taken under
+//! it.
 
 #[cfg(not(ssehub_loom))]
 mod real;
@@ -14,11 +45,60 @@ mod mocked;
 #[cfg(ssehub_loom)]
 pub(crate) use mocked::*;
 
-/// Locks a mutex, ignoring poison: no code path panics while holding one of the engine's locks,
-/// and a poisoned lock must not turn one panicking user callback into a panic for every client.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
+mod append_only;
+pub(crate) use append_only::AppendOnly;
+
+mod ranked;
+pub(crate) use ranked::{lock, Mutex, MutexGuard, Rank};
+
+/// The ranks of the crate's locks (see the [lock order](self#lock-order)): marker types named
+/// in each `Mutex`'s type, so the rank costs nothing at run time outside debug builds.
+pub(crate) mod rank {
+    use super::Rank;
+
+    /// Declares each rank: a marker type and its place in the order.
+    macro_rules! ranks {
+        ($($(#[$doc:meta])* $name:ident = $rank:literal,)*) => {$(
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub(crate) enum $name {}
+
+            impl Rank for $name {
+                const RANK: u8 = $rank;
+                const NAME: &'static str = stringify!($name);
+            }
+        )*};
+    }
+
+    ranks! {
+        /// The hub's sequencer: outermost.
+        Sequencer = 10,
+        /// The registry's writer lock.
+        Writer = 20,
+        /// The session store.
+        Sessions = 30,
+        /// One topic's history.
+        History = 40,
+        /// One subscriber's list of rings.
+        Feeds = 50,
+        /// One subscriber's own queue.
+        Queue = 60,
+        /// One ring's parked readers.
+        Parked = 70,
+        /// The registered producers: taken with nothing else held.
+        ProducerSpecs = 80,
+        /// The running producer instances: taken with nothing else held.
+        Producers = 81,
+        /// The heartbeat thread's handle: taken with nothing else held.
+        HeartbeatThread = 82,
+        /// The native listener's per-address counts: taken with nothing else held.
+        // Declared whether or not the listener's feature is on, so the order is one list.
+        #[allow(dead_code)]
+        PerIp = 83,
+        /// The hub's replay source (a backplane's): taken with nothing else held.
+        ReplaySource = 84,
+        /// A backplane's task handle: taken with nothing else held.
+        #[allow(dead_code)]
+        BackplaneTask = 85,
     }
 }

@@ -1,7 +1,12 @@
 //! The production primitives: std, plus `arc-swap` for the copy-on-write snapshots.
 
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use std::sync::Arc;
+
+/// The mutex the ranked [`Mutex`](super::Mutex) wraps.
+pub(crate) mod platform {
+    pub(crate) use std::sync::{Mutex, MutexGuard};
+}
 
 /// A copy-on-write cell: readers `load` a snapshot without locking, writers `rcu` a new one.
 pub(crate) type ArcSwap<T> = arc_swap::ArcSwap<T>;
@@ -9,6 +14,28 @@ pub(crate) type ArcSwap<T> = arc_swap::ArcSwap<T>;
 /// Builds a cell holding `value`.
 pub(crate) fn arc_swap<T>(value: T) -> ArcSwap<T> {
     arc_swap::ArcSwap::from_pointee(value)
+}
+
+/// A copy-on-write cell that may be empty: an empty one allocates nothing.
+pub(crate) type ArcSwapOption<T> = arc_swap::ArcSwapOption<T>;
+
+/// Loom's record of one write-once slot's accesses: nothing outside loom.
+#[derive(Debug)]
+pub(crate) struct SlotAccess;
+
+impl SlotAccess {
+    /// Nothing recorded yet.
+    pub(crate) fn new() -> SlotAccess {
+        SlotAccess
+    }
+
+    /// A read of the slot (checked only under loom).
+    #[inline(always)]
+    pub(crate) fn read(&self) {}
+
+    /// A write (or the drop) of the slot (checked only under loom).
+    #[inline(always)]
+    pub(crate) fn write(&self) {}
 }
 
 /// An immutable shared string (topic names, conflation keys). Plain data with no concurrency of

@@ -1,15 +1,20 @@
 //! Models of the shared per-topic rings through the engine (`Shared`): publishers appending
 //! and waking parked readers, racing readers that drain, park, merge several rings in sequence
-//! order, and fall behind.
+//! order, and fall behind; then models of one ring on its own: publishes racing lock-free
+//! reads on a chunk boundary, a trim racing a reader, a reader's last-chunk handoff.
 
 use std::future::poll_fn;
 use std::task::Poll;
 
 use loom::thread;
 
-use super::{block_on, Outcomes};
+use bytes::Bytes;
+
+use super::{assert_released, block_on, frame, labels, Outcomes};
 use crate::hub::{Config, Shared, Subscribe};
-use crate::queue::{EndReason, SlowPolicy};
+use crate::queue::{EndReason, Queue, SlowPolicy};
+use crate::registry::Slot;
+use crate::ring::{Bound, Limits, Member, Ring, Taken};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 use crate::Event;
@@ -185,5 +190,158 @@ fn loom_ring_a_leaver_racing_a_wake_leaves_the_others_woken() {
         publisher.join().unwrap();
         assert_eq!((seen, ended), (vec!["e1".to_string()], None));
         assert_eq!(shared.stats().subscribers, 1);
+    });
+}
+
+// Models of one ring on its own (`CHUNK` is 2 under loom, so a few publishes cross a chunk
+// boundary): the publisher's writes into write-once slots racing lock-free readers. Every slot
+// access goes through loom's cell tracking, so a read not ordered after its slot's write, or a
+// chunk's frames dropped while a reader reads them, fails the model.
+
+/// A reader of `ring` with `capacity` and `policy`, starting at the tail.
+fn ring_reader(ring: &Ring, capacity: usize, policy: SlowPolicy) -> Arc<Member> {
+    let slot = Arc::new(Slot::new(1, Queue::new(capacity, policy), None));
+    Arc::new(Member::new(slot, ring.join(capacity)))
+}
+
+/// Everything published, in batches of up to 64.
+const ALL_OF_IT: Limits = Limits { upto: u64::MAX, max_frames: 64, max_bytes: usize::MAX };
+
+/// What a reader at `cursor` with `bound` takes as one batch: its frames' labels (a run of one
+/// chunk, or copied out), and what the take reported.
+fn take_batch(ring: &Ring, cursor: u64, bound: Bound) -> (Vec<String>, Taken) {
+    let mut out = Vec::new();
+    let (taken, run) = ring.take_run(cursor, bound, ALL_OF_IT, &mut out);
+    match run {
+        Some(run) => {
+            assert!(out.is_empty(), "a run and copies at once");
+            (labels(run.frames()), taken)
+        }
+        None => (labels(&out), taken),
+    }
+}
+
+/// A publisher appends e3 (which starts a new chunk) and e4 while a reader at e2, the last
+/// entry of the first chunk, takes one batch: it gets e2 alone (a run), or e2 and e3 (copied
+/// out across the boundary), or all three, never an unwritten or torn slot; what it did not
+/// take it gets afterwards, with nothing twice and every frame released at the end.
+#[test]
+fn loom_ring_publish_racing_take_run_on_a_chunk_boundary() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let ring = Arc::new(Ring::new());
+        let bound = Bound { capacity: 8, policy: SlowPolicy::Disconnect };
+        let (frames, tokens): (Vec<_>, Vec<_>) =
+            ["e1", "e2", "e3", "e4"].into_iter().map(frame).unzip();
+        ring.push(1, &frames[0]);
+        let member = ring_reader(&ring, 8, SlowPolicy::Disconnect);
+        ring.push(2, &frames[1]);
+        let later: Vec<Bytes> = frames[2..].to_vec();
+        drop(frames);
+        let publisher = {
+            let ring = ring.clone();
+            thread::spawn(move || {
+                ring.push(3, &later[0]);
+                ring.push(4, &later[1]);
+            })
+        };
+        // Let the publisher start: loom then explores preempting it anywhere in its pushes.
+        thread::yield_now();
+        let (first, taken) = take_batch(&ring, member.cursor(), bound);
+        assert!(!taken.overflowed && taken.skipped == 0);
+        assert_eq!(first.len(), taken.count);
+        member.advance(taken.from + taken.count as u64);
+        publisher.join().unwrap();
+        let (rest, _) = take_batch(&ring, member.cursor(), bound);
+        OUTCOMES.record(first.join(" "));
+        let mut all = first;
+        all.extend(rest);
+        assert_eq!(all, ["e2", "e3", "e4"]);
+        drop(ring);
+        assert_released(&tokens.iter().collect::<Vec<_>>());
+    });
+    OUTCOMES.assert_reached(&["e2", "e2 e3", "e2 e3 e4"]);
+}
+
+/// A `DropOldest` reader with a bound of one takes a batch while the publisher appends e2 and
+/// e3, which trims the first chunk: the reader's batch never points into freed slots (loom
+/// tracks the drop of each slot), and it gets exactly the newest entry at the tail it saw,
+/// with the skip counting the entries before it.
+#[test]
+fn loom_ring_trim_racing_a_reader() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let ring = Arc::new(Ring::new());
+        let member = ring_reader(&ring, 1, SlowPolicy::DropOldest);
+        let bound = Bound { capacity: 1, policy: SlowPolicy::DropOldest };
+        let (frames, tokens): (Vec<_>, Vec<_>) = ["e1", "e2", "e3"].into_iter().map(frame).unzip();
+        ring.push(1, &frames[0]);
+        let later: Vec<Bytes> = frames[1..].to_vec();
+        drop(frames);
+        let publisher = {
+            let ring = ring.clone();
+            thread::spawn(move || {
+                ring.push(2, &later[0]);
+                ring.push(3, &later[1]);
+            })
+        };
+        thread::yield_now();
+        let mut out = Vec::new();
+        let (taken, run) = ring.take_run(member.cursor(), bound, ALL_OF_IT, &mut out);
+        let run = run.expect("one entry is one chunk's");
+        let got = labels(run.frames());
+        let newest = ["e1", "e2", "e3"].iter().position(|l| [*l] == got[..]).expect("one frame");
+        assert_eq!((taken.count, taken.skipped), (1, newest as u64));
+        publisher.join().unwrap();
+        // Still readable after the publisher trimmed its chunk.
+        assert_eq!(labels(run.frames()), got);
+        OUTCOMES.record(got.join(" "));
+        drop(run);
+        drop(ring);
+        assert_released(&tokens.iter().collect::<Vec<_>>());
+    });
+    OUTCOMES.assert_reached(&["e1", "e2", "e3"]);
+}
+
+/// A reader holds a batch of the last chunk (e1, perhaps e2) while the publisher writes e2 into
+/// that chunk and starts the next one with e3: the batch keeps exactly what it took, the
+/// chunk is never copied, and the reader then gets the rest in order.
+#[test]
+fn loom_ring_a_readers_last_chunk_handoff() {
+    loom::model(|| {
+        let ring = Arc::new(Ring::new());
+        let member = ring_reader(&ring, 8, SlowPolicy::Disconnect);
+        let bound = Bound { capacity: 8, policy: SlowPolicy::Disconnect };
+        let (frames, tokens): (Vec<_>, Vec<_>) = ["e1", "e2", "e3"].into_iter().map(frame).unzip();
+        ring.push(1, &frames[0]);
+        let later: Vec<Bytes> = frames[1..].to_vec();
+        drop(frames);
+        let publisher = {
+            let ring = ring.clone();
+            thread::spawn(move || {
+                ring.push(2, &later[0]);
+                ring.push(3, &later[1]);
+            })
+        };
+        thread::yield_now();
+        let mut out = Vec::new();
+        // At most the first chunk's two entries: a run of the chunk the publisher writes.
+        let two = Limits { max_frames: 2, ..ALL_OF_IT };
+        let (taken, run) = ring.take_run(member.cursor(), bound, two, &mut out);
+        let run = run.expect("the first chunk's entries");
+        let held = labels(run.frames());
+        assert!(held == ["e1"] || held == ["e1", "e2"], "{held:?}");
+        member.advance(taken.from + taken.count as u64);
+        let (rest, _) = take_batch(&ring, member.cursor(), bound);
+        publisher.join().unwrap();
+        let (last, _) = take_batch(&ring, member.cursor() + rest.len() as u64, bound);
+        assert_eq!(labels(run.frames()), held, "the batch changed under its reader");
+        let mut all = held;
+        all.extend(rest);
+        all.extend(last);
+        assert_eq!(all, ["e1", "e2", "e3"]);
+        drop(run);
+        drop(ring);
+        assert_released(&tokens.iter().collect::<Vec<_>>());
     });
 }
