@@ -36,18 +36,21 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use crate::idmap::IdMap;
-use crate::queue::SlowPolicy;
-use crate::registry::{Slot, TopicState};
+use crate::queue::{Queue, SlowPolicy};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// Scans come at least this often (in publishes), so a quiet topic's log stays short.
 const MIN_SCAN_INTERVAL: u64 = 16;
 
-/// One subscriber reading one topic's ring.
+/// One subscriber reading one topic's ring: what the ring needs of it (its id, its bound and
+/// policy, and its queue, whose waker a publish wakes and which a scan closes as slow), with
+/// nothing that leads back to its rings.
 #[derive(Debug)]
 pub(crate) struct Member {
-    /// The subscriber.
-    pub(crate) slot: Arc<Slot>,
+    /// The subscriber's id.
+    pub(crate) id: u64,
+    /// The subscriber's queue.
+    pub(crate) queue: Arc<Queue>,
     /// The position of the next entry to read. Written by the subscriber's drain (and at
     /// registration); read by the publisher's scans and by `queued()`.
     pub(crate) cursor: AtomicU64,
@@ -62,12 +65,12 @@ pub(crate) struct Member {
 impl Member {
     /// The subscriber's bound.
     fn capacity(&self) -> u64 {
-        self.slot.queue.capacity() as u64
+        self.queue.capacity() as u64
     }
 
     /// Whether the subscriber is dropped (rather than skipped ahead) when it falls behind.
     fn disconnects(&self) -> bool {
-        self.slot.queue.policy() == SlowPolicy::Disconnect
+        self.queue.policy() == SlowPolicy::Disconnect
     }
 }
 
@@ -172,17 +175,6 @@ pub(crate) struct Taken {
     pub(crate) overflowed: bool,
     /// The position the reader read from (after any skip).
     pub(crate) from: u64,
-}
-
-/// One ring a subscriber reads, with its place in it.
-#[derive(Debug, Clone)]
-pub(crate) struct Feed {
-    /// The topic (whose `readers` a subscriber that ends leaves at once).
-    pub(crate) topic: Arc<TopicState>,
-    /// The topic's ring.
-    pub(crate) ring: Arc<Ring>,
-    /// The subscriber's cursor in it.
-    pub(crate) member: Arc<Member>,
 }
 
 /// A topic's shared log.
@@ -515,7 +507,7 @@ impl Ring {
         };
         for member in list.drain(..) {
             if !member.left.load(Ordering::Acquire) {
-                member.slot.queue.wake();
+                member.queue.wake();
             }
         }
         let mut parked = lock(&self.parked);
@@ -532,17 +524,20 @@ impl Ring {
 }
 
 impl Member {
-    /// A reader of a ring, starting at `cursor`.
-    pub(crate) fn new(slot: Arc<Slot>, cursor: u64) -> Member {
+    /// Subscriber `id`, with `queue`, reading a ring from `cursor`.
+    pub(crate) fn new(id: u64, queue: Arc<Queue>, cursor: u64) -> Member {
         Member {
-            slot,
+            id,
+            queue,
             cursor: AtomicU64::new(cursor),
             parked: AtomicBool::new(false),
             left: AtomicBool::new(false),
         }
     }
 
-    /// Moves the cursor to `to` after the subscriber took entries up to there.
+    /// Moves the cursor to `to` after the subscriber took entries up to there (the reader
+    /// moves it with `Member::claim`, in `reader.rs`).
+    #[cfg(all(test, not(ssehub_loom)))]
     pub(crate) fn advance(&self, to: u64) {
         // Release: a scan that reads this cursor must see the reader as having read up to it.
         self.cursor.store(to, Ordering::Release);
@@ -557,20 +552,19 @@ impl Member {
 #[cfg(all(test, not(ssehub_loom)))]
 mod tests {
     use super::*;
-    use crate::queue::Queue;
 
     fn frame(n: u64) -> Bytes {
         Bytes::from(format!("data: {n}\n\n"))
     }
 
     fn reader(id: u64, capacity: usize, policy: SlowPolicy, ring: &Ring) -> Arc<Member> {
-        let slot = Arc::new(Slot::new(id, Queue::new(capacity, policy), None));
-        Arc::new(Member::new(slot, ring.join(capacity)))
+        let queue = Arc::new(Queue::new(capacity, policy));
+        Arc::new(Member::new(id, queue, ring.join(capacity)))
     }
 
     fn take_all(ring: &Ring, member: &Member) -> (Vec<u64>, Taken) {
         let mut seqs = Vec::new();
-        let (capacity, policy) = (member.capacity() as usize, member.slot.queue.policy());
+        let (capacity, policy) = (member.capacity() as usize, member.queue.policy());
         let taken = ring
             .take(member.cursor(), capacity, policy, u64::MAX, 64, 1 << 20, |s, _| seqs.push(s));
         if !taken.overflowed {
@@ -620,7 +614,7 @@ mod tests {
             take_all(&ring, &keeping_up);
         }
         assert!(ring.push(5, &frame(5)));
-        let slow: Vec<u64> = ring.scan(&readers).slow.iter().map(|m| m.slot.id).collect();
+        let slow: Vec<u64> = ring.scan(&readers).slow.iter().map(|m| m.id).collect();
         assert_eq!(slow, [1]);
         assert!(take_all(&ring, &stuck).1.overflowed);
     }
@@ -677,7 +671,7 @@ mod tests {
     }
 
     fn parked_ids(ring: &Ring) -> Vec<u64> {
-        lock(&ring.parked).list.iter().map(|m| m.slot.id).collect()
+        lock(&ring.parked).list.iter().map(|m| m.id).collect()
     }
 
     /// Readers 1 to `n` of `ring`, parked in that order when `park` says so.

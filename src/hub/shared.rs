@@ -556,7 +556,7 @@ impl Shared {
 
     /// Unregisters a subscription being dropped.
     pub(crate) fn unsubscribe(this: &Arc<Self>, slot: &Slot, session: Option<&SharedStr>) {
-        slot.queue.close(EndReason::Dropped, None, true, 0);
+        slot.queue.close_discarding(EndReason::Dropped);
         if let Some(session) = session {
             this.sessions.detach(session, slot.id, Instant::now());
         }
@@ -619,25 +619,7 @@ impl Shared {
     /// `upto` moves into its queue, and the queue is closed. Taking it out of the registry is
     /// the caller's, once the sequencer is released.
     pub(crate) fn end_held(slot: &Arc<Slot>, reason: EndReason, upto: u64) -> bool {
-        {
-            let feeds = std::mem::take(&mut *lock(&slot.feeds));
-            for feed in &feeds {
-                // Off the readers under the sequencer: no later publish counts it.
-                feed.topic.readers.rcu(|set| set.remove(slot.id));
-                feed.ring.leave(&feed.member);
-            }
-            let capacity = slot.queue.capacity();
-            let policy = slot.queue.policy();
-            let mut pending: Vec<(u64, Bytes)> = Vec::new();
-            for feed in &feeds {
-                let sink = |seq, frame: &Bytes| pending.push((seq, frame.clone()));
-                let cursor = feed.member.cursor();
-                let _ =
-                    feed.ring.take(cursor, capacity, policy, upto, usize::MAX, usize::MAX, sink);
-            }
-            pending.sort_by_key(|(seq, _)| *seq);
-            slot.queue.close_absorbing(reason, pending)
-        }
+        slot.close_absorbing(reason, upto)
     }
 
     /// What follows a publish once the watermark is stored and the sequencer released: the
@@ -672,7 +654,7 @@ impl Shared {
         let (first, upto) = self.close_sequence();
         let last = if first { last } else { None };
         for slot in self.registry.close() {
-            slot.queue.close(EndReason::Shutdown, last, false, upto);
+            slot.queue.close_after(EndReason::Shutdown, upto, last);
         }
         self.producers.stop_all();
         self.heartbeat.stop();
@@ -695,7 +677,7 @@ impl Shared {
                 // Each stream its own jittered `retry:`, so its client comes back at its own time.
                 let retry = pacing.retry + self.jitter(pacing.jitter);
                 let frame = Event::default().with_retry(retry).encode().map(Frame::into_bytes).ok();
-                slot.queue.close(EndReason::Shutdown, frame.as_ref(), false, upto);
+                slot.queue.close_after(EndReason::Shutdown, upto, frame.as_ref());
             }
             if batches.peek().is_some() {
                 tokio::time::sleep(pacing.interval).await;
@@ -725,10 +707,9 @@ pub(crate) fn deliver_to_topic(
                 // It did not get this event, whoever closes it (its owner may be dropping it
                 // right now).
                 fan.delivered = fan.delivered.saturating_sub(1);
-                let slot = &member.slot;
-                if slot.queue.close(EndReason::Slow, None, true, 0) {
+                if member.queue.close_discarding(EndReason::Slow) {
                     fan.slow += 1;
-                    fan.slow_ids.push(slot.id);
+                    fan.slow_ids.push(member.id);
                 }
             }
             if !slow.is_empty() {
@@ -736,7 +717,7 @@ pub(crate) fn deliver_to_topic(
                 // them; the registry forgets them once this one is done.
                 state
                     .readers
-                    .rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.slot.id)));
+                    .rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.id)));
             }
         }
         fan.ring = Some(state.ring.clone());

@@ -7,8 +7,8 @@ use std::task::Poll;
 use bytes::Bytes;
 use loom::thread;
 
-use super::{assert_released, block_on, flag_waker, frame, labels, Outcomes, ALL};
-use crate::queue::{EndReason, FrameKeys, Pushed, Queue, SlowPolicy};
+use super::{assert_released, block_on, flag_waker, frame, labels, Outcomes};
+use crate::queue::{EndReason, FrameKeys, Limits, Pushed, Queue, SlowPolicy};
 use crate::sync::Arc;
 
 /// Pushes each frame in turn; the outcomes, in the same order.
@@ -25,7 +25,7 @@ fn drain_rest(queue: &Queue) -> (Vec<String>, u64, Option<EndReason>) {
     let mut seen = Vec::new();
     let mut lagged = 0;
     loop {
-        match queue.drain(ALL, ALL, None) {
+        match queue.drain(Limits::ALL, None) {
             Ok(drained) if drained.frames.is_empty() => {
                 return (seen, lagged + drained.lagged, None);
             }
@@ -63,7 +63,7 @@ fn loom_queue_drain_vs_two_pushers_sees_each_frame_once_in_order() {
         let mut seen: Vec<String> = Vec::new();
         let mut lagged = 0;
         block_on(poll_fn(|cx| loop {
-            match queue.drain(ALL, ALL, Some(cx.waker())) {
+            match queue.drain(Limits::ALL, Some(cx.waker())) {
                 Ok(drained) => {
                     lagged += drained.lagged;
                     let empty = drained.frames.is_empty();
@@ -116,10 +116,10 @@ fn loom_queue_push_wakes_the_waker_of_an_empty_drain() {
 
         let (flag1, waker1) = flag_waker();
         let (flag2, waker2) = flag_waker();
-        let mut seen = labels(&queue.drain(ALL, ALL, Some(&waker1)).unwrap().frames);
+        let mut seen = labels(&queue.drain(Limits::ALL, Some(&waker1)).unwrap().frames);
         let mut last = &flag1;
         if seen.is_empty() {
-            seen = labels(&queue.drain(ALL, ALL, Some(&waker2)).unwrap().frames);
+            seen = labels(&queue.drain(Limits::ALL, Some(&waker2)).unwrap().frames);
             last = &flag2;
         }
         assert_eq!(pusher.join().unwrap(), [Pushed::Queued]);
@@ -150,10 +150,10 @@ fn loom_queue_close_wakes_a_parked_consumer() {
     loom::model(|| {
         let queue = Arc::new(Queue::new(1, SlowPolicy::Disconnect));
         let q = queue.clone();
-        let closer = thread::spawn(move || q.close(EndReason::Shutdown, None, false, 0));
+        let closer = thread::spawn(move || q.close_after(EndReason::Shutdown, 0, None));
 
         let (flag, waker) = flag_waker();
-        let first = queue.drain(ALL, ALL, Some(&waker));
+        let first = queue.drain(Limits::ALL, Some(&waker));
         assert!(closer.join().unwrap());
         match first {
             Ok(drained) => {
@@ -183,7 +183,7 @@ fn loom_queue_close_racing_push_admits_nothing_after() {
 
         let q = queue.clone();
         let pusher = thread::spawn(move || push_all(&q, &[x1, x2]));
-        assert!(queue.close(EndReason::Shutdown, Some(&bye), false, 0));
+        assert!(queue.close_after(EndReason::Shutdown, 0, Some(&bye)));
         drop(bye);
         let outcomes = pusher.join().unwrap();
 
@@ -217,7 +217,7 @@ fn loom_queue_discarding_close_racing_push_keeps_nothing() {
 
         let q = queue.clone();
         let pusher = thread::spawn(move || push_all(&q, &[x1, x2]));
-        assert!(queue.close(EndReason::Dropped, None, true, 0));
+        assert!(queue.close_discarding(EndReason::Dropped));
         let outcomes = pusher.join().unwrap();
 
         let queued = count(&outcomes, Pushed::Queued);
@@ -280,7 +280,7 @@ fn loom_queue_slow_close_vs_own_drop_closes_once() {
 
         let q = queue.clone();
         let pusher = thread::spawn(move || push_all(&q, &[a1]));
-        let dropped = queue.close(EndReason::Dropped, None, true, 0);
+        let dropped = queue.close_discarding(EndReason::Dropped);
         let pushed = pusher.join().unwrap()[0];
 
         match pushed {

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use loom::thread;
 
 use super::{assert_released, frame, labels, Outcomes, ALL};
-use crate::queue::{EndReason, Queue, SlowPolicy, Stop};
+use crate::queue::{EndReason, Limits, Queue, SlowPolicy};
+use crate::reader::{next_batch, Stop};
 use crate::registry::{Registry, Slot};
 use crate::sync::{lock, Arc, AtomicBool, Ordering, SharedStr};
 use crate::topic::Pattern;
@@ -44,14 +45,13 @@ fn publish(registry: &Registry, topic: &str, bytes: &Bytes) -> usize {
 /// Unsubscribes the way a dropped `Subscription` does: close the queue (discarding), then
 /// unregister.
 fn unsubscribe(registry: &Registry, slot: &Slot) {
-    slot.queue.close(EndReason::Dropped, None, true, 0);
+    slot.queue.close_discarding(EndReason::Dropped);
     registry.unsubscribe(slot.id);
 }
 
 /// Everything waiting for `slot` in its rings and queue, as labels; empty once it is closed.
 fn received(slot: &Slot) -> Vec<String> {
-    let feeds = lock(&slot.feeds);
-    let drained = slot.queue.drain_merged(&feeds, u64::MAX, ALL, ALL, None);
+    let drained = next_batch(slot, || u64::MAX, Limits::ALL, None);
     drained
         .map(|d| match &d.run {
             Some(run) => labels(run.frames()),
@@ -67,8 +67,7 @@ fn waiting(slot: &Slot) -> usize {
 
 /// Why `slot`'s stream ended, once it has and nothing is left to hand over.
 fn ended(slot: &Slot) -> Option<EndReason> {
-    let feeds = lock(&slot.feeds);
-    match slot.queue.drain_merged(&feeds, u64::MAX, ALL, ALL, None) {
+    match next_batch(slot, || u64::MAX, Limits::ALL, None) {
         Err(Stop::Ended(reason)) => Some(reason),
         _ => None,
     }
