@@ -388,3 +388,59 @@ fn loom_queue_heartbeat_never_counts_as_lag() {
     });
     OUTCOMES.assert_reached(&["ticked true", "ticked false"]);
 }
+
+/// The data of an encoded frame (`data: x\n\n` is `x`).
+fn data(frame: &[u8]) -> String {
+    let text = std::str::from_utf8(frame).expect("UTF-8");
+    text.trim_end().trim_start_matches("data: ").to_string()
+}
+
+/// A one-topic reader parked in `block_on` (so it takes the lock-free look whenever its queue
+/// is empty) while one thread sends d1 to its queue and then publishes e2 to its topic: it
+/// gets both, d1 first (sequence order across its queue and its ring), and is never left
+/// parked (a lost wake-up is a deadlock loom reports). The lock-free look reads the watermark
+/// before the queue's "empty" flag; read the other way round, it can see the flag from before
+/// d1 was pushed and the watermark after e2 was published, and hand over e2 first.
+#[test]
+fn loom_queue_lock_free_look_vs_send_and_publish_keeps_order_and_wakes() {
+    use crate::hub::{Config, Shared, Subscribe};
+    use crate::Event;
+
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let config = Config {
+            capacity: 4,
+            policy: SlowPolicy::Disconnect,
+            heartbeat: None,
+            lag_event: false,
+            ..Config::default()
+        };
+        let shared = Arc::new(Shared::new(config));
+        let mut sub = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        let id = sub.id();
+        let s = shared.clone();
+        let sender = thread::spawn(move || {
+            Shared::send_to_many(&s, &[id], Event::new("d1")).expect("open");
+            Shared::publish(&s, "t", Event::new("e2")).expect("open");
+        });
+        let mut batches: Vec<Vec<String>> = Vec::new();
+        block_on(poll_fn(|cx| loop {
+            match sub.poll_batch(Some(cx)) {
+                Poll::Ready(Some(batch)) => {
+                    batches.push(batch.frames().iter().map(|f| data(f)).collect());
+                    if batches.iter().map(Vec::len).sum::<usize>() >= 2 {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Ready(None) => panic!("ended: {:?}", sub.end_reason()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }));
+        sender.join().unwrap();
+        assert_eq!(batches.concat(), ["d1", "e2"], "{batches:?}");
+        let shape: Vec<String> = batches.iter().map(|b| b.join(",")).collect();
+        OUTCOMES.record(shape.join(" | "));
+    });
+    // "d1 | e2": e2 came through the lock-free look, after d1 emptied the queue.
+    OUTCOMES.assert_reached(&["d1,e2", "d1 | e2"]);
+}
