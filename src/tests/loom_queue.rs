@@ -389,6 +389,23 @@ fn loom_queue_heartbeat_never_counts_as_lag() {
     OUTCOMES.assert_reached(&["ticked true", "ticked false"]);
 }
 
+/// [`block_on`], yielding to the other threads before each poll that follows a wake: a poll
+/// that finds an entry of a publish still in progress wakes itself to be polled again (it
+/// spins until that publish completes), and loom needs the spinning thread to yield.
+fn block_on_yielding<F: std::future::Future>(future: F) -> F::Output {
+    let unpark = std::sync::Arc::new(super::Unpark(loom::sync::Notify::new()));
+    let waker = std::task::Waker::from(unpark.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        unpark.0.wait();
+        thread::yield_now();
+    }
+}
+
 /// The data of an encoded frame (`data: x\n\n` is `x`).
 fn data(frame: &[u8]) -> String {
     let text = std::str::from_utf8(frame).expect("UTF-8");
@@ -398,7 +415,7 @@ fn data(frame: &[u8]) -> String {
 /// A one-topic reader parked in `block_on` (so it takes the lock-free look whenever its queue
 /// is empty) while one thread sends d1 to its queue and then publishes e2 to its topic: it
 /// gets both, d1 first (sequence order across its queue and its ring), and is never left
-/// parked (a lost wake-up is a deadlock loom reports). The lock-free look reads the watermark
+/// parked (a lost wake-up is a deadlock loom reports; the loop yields only after a wake). The lock-free look reads the watermark
 /// before the queue's "empty" flag; read the other way round, it can see the flag from before
 /// d1 was pushed and the watermark after e2 was published, and hand over e2 first.
 #[test]
@@ -424,7 +441,7 @@ fn loom_queue_lock_free_look_vs_send_and_publish_keeps_order_and_wakes() {
             Shared::publish(&s, "t", Event::new("e2")).expect("open");
         });
         let mut batches: Vec<Vec<String>> = Vec::new();
-        block_on(poll_fn(|cx| loop {
+        block_on_yielding(poll_fn(|cx| loop {
             match sub.poll_batch(Some(cx)) {
                 Poll::Ready(Some(batch)) => {
                     batches.push(batch.frames().iter().map(|f| data(f)).collect());
