@@ -540,7 +540,7 @@ fn take_run(
 
 /// A feed of `ring` for subscriber `id` with `queue`, joining it at its tail, on a reader set
 /// of its own (for tests that need no registry).
-#[cfg(test)]
+#[cfg(all(test, not(ssehub_loom)))]
 pub(crate) fn lone_feed(id: u64, queue: &Arc<Queue>, ring: &Arc<Ring>) -> Feed {
     let member = Arc::new(Member::new(id, queue.clone(), ring.join(queue.capacity())));
     let readers = crate::sync::arc_swap(IdMap::new().insert(id, member.clone()));

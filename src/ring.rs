@@ -51,8 +51,10 @@ pub(crate) struct Member {
     pub(crate) id: u64,
     /// The subscriber's queue.
     pub(crate) queue: Arc<Queue>,
-    /// The position of the next entry to read. Written by the subscriber's drain (and at
-    /// registration); read by the publisher's scans and by `queued()`.
+    /// The position of the next entry to read. Set at registration, then moved by the
+    /// subscriber's looks and by a disconnect taking its entries in, both with a
+    /// compare-and-swap (`Member::claim`, `reader.rs`); read by the publisher's scans and by
+    /// `queued()`.
     pub(crate) cursor: AtomicU64,
     /// In the ring's current parked list, so parking again has nothing to do. Read and
     /// written only under the ring's `parked` lock.

@@ -307,7 +307,7 @@ impl Subscription {
         match reader::next_batch(&self.slot, || shared.watermark(), limits, waker) {
             Ok(drained) => {
                 if drained.skipped > 0 {
-                    self.shared.counters.drained(drained.skipped, false);
+                    self.shared.counters.skipped(drained.skipped);
                 }
                 Ok(drained)
             }
@@ -315,7 +315,7 @@ impl Subscription {
             Err(Stop::Overflowed) => {
                 // Fell more than its bound behind between two scans of a publisher (the scans
                 // catch it otherwise): dropped here, as a publish would have.
-                self.shared.counters.drained(0, true);
+                self.shared.counters.overflowed();
                 #[cfg(feature = "tracing")]
                 tracing::info!(
                     target: "ssehub",

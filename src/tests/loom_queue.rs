@@ -346,7 +346,8 @@ fn loom_queue_heartbeat_never_displaces_an_event() {
         let (e1, te1) = frame("e1");
 
         let q = queue.clone();
-        let ticker = thread::spawn(move || q.push_heartbeat(&hb, true));
+        let rings_idle = true;
+        let ticker = thread::spawn(move || q.push_heartbeat(&hb, rings_idle));
         let pushed = push_all(&queue, &[e1]);
         let ticked = ticker.join().unwrap();
 
@@ -372,8 +373,10 @@ fn loom_queue_heartbeat_never_counts_as_lag() {
         let (e2, te2) = frame("e2");
 
         let q = queue.clone();
-        let ticker =
-            thread::spawn(move || [q.push_heartbeat(&hb, true), q.push_heartbeat(&hb, true)]);
+        let rings_idle = true;
+        let ticker = thread::spawn(move || {
+            [q.push_heartbeat(&hb, rings_idle), q.push_heartbeat(&hb, rings_idle)]
+        });
         let pushed = push_all(&queue, &[e1, e2]);
         let ticks = ticker.join().unwrap();
 

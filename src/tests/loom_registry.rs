@@ -4,11 +4,11 @@
 use bytes::Bytes;
 use loom::thread;
 
-use super::{assert_released, frame, labels, Outcomes, ALL};
+use super::{assert_released, frame, labels, Outcomes};
 use crate::queue::{EndReason, Limits, Queue, SlowPolicy};
 use crate::reader::{next_batch, Stop};
 use crate::registry::{Registry, Slot};
-use crate::sync::{lock, Arc, AtomicBool, Ordering, SharedStr};
+use crate::sync::{Arc, AtomicBool, Ordering, SharedStr};
 use crate::topic::Pattern;
 
 /// A subscriber with a `Disconnect` queue of capacity 2 (a ring reader).
