@@ -175,9 +175,11 @@ fn loom_registry_subscribe_vs_subscribe_keeps_both() {
         assert_eq!(publish(&registry, "t", &e), 2);
         assert_eq!((received(&a), received(&b)), (vec!["e".into()], vec!["e".into()]));
         drop(e);
-        // The topic's ring keeps what was read until a later publish trims it; the registry
-        // going releases it.
+        // The topic's ring keeps what was read until a later publish trims it; the ring goes
+        // with the registry's topic and its readers' feeds (nothing points back at a slot, so
+        // no cycle keeps it).
         drop(registry);
+        drop((a, b));
         assert_released(&[&te]);
     });
 }
@@ -208,6 +210,7 @@ fn loom_registry_subscribe_vs_unsubscribe_both_visible() {
         assert_eq!(received(&b), Vec::<String>::new());
         drop(e);
         drop(registry);
+        drop(a);
         assert_released(&[&te]);
     });
 }
