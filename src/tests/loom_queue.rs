@@ -1,5 +1,6 @@
 //! Models of the per-subscriber queue: push, drain and close, wake-ups, the slow-client policies
-//! and heartbeats.
+//! and heartbeats; and of the reader's lock-free look at one ring (`reader.rs`) racing a send
+//! into the queue, a publish and a disconnect.
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -463,4 +464,65 @@ fn loom_queue_lock_free_look_vs_send_and_publish_keeps_order_and_wakes() {
     });
     // "d1 | e2": e2 came through the lock-free look, after d1 emptied the queue.
     OUTCOMES.assert_reached(&["d1,e2", "d1 | e2"]);
+}
+
+/// A one-topic reader taking its lock-free look while `Hub::disconnect` (`Shared::end`) takes
+/// what its ring holds into its queue and a publish follows the disconnect: it gets e1 exactly
+/// once (from its ring or from its queue, whichever claimed it first), never e2 (published after
+/// the disconnect), and then ends `Disconnected`.
+#[test]
+fn loom_queue_lock_free_look_vs_disconnect_hands_each_entry_over_once() {
+    use crate::hub::{Config, Shared, Subscribe};
+    use crate::queue::EndReason;
+    use crate::Event;
+
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let config = Config {
+            capacity: 4,
+            policy: SlowPolicy::Disconnect,
+            heartbeat: None,
+            lag_event: false,
+            ..Config::default()
+        };
+        let shared = Arc::new(Shared::new(config));
+        let mut sub = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        // Keeps the topic and its ring alive after `sub` leaves, so e2 lands in the ring `sub`
+        // may still be looking at.
+        let _other = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        Shared::publish(&shared, "t", Event::new("e1")).expect("open");
+        let slot = shared.registry.subscribers().get(sub.id().as_u64()).cloned().expect("live");
+        let s = shared.clone();
+        let closer = thread::spawn(move || {
+            assert!(Shared::end(&s, &slot, EndReason::Disconnected));
+            // Whether the close took e1 into the queue (or the reader had claimed it); a take
+            // from the queue in between reads as the latter, which only labels the outcome.
+            let absorbed = slot.queue.len() == 1;
+            // In the ring (for `_other`) after the disconnect: a look of `sub` that still
+            // reads the ring must not take it.
+            let _ = Shared::publish(&s, "t", Event::new("e2"));
+            absorbed
+        });
+        let mut seen = Vec::new();
+        // Racing the close: finds e1 in the ring or the queue, or nothing yet (it loaded its
+        // feeds after the close emptied them, and looked at its queue before the close).
+        let first = sub.try_recv().expect("not ended before the close");
+        seen.extend(first.iter().flat_map(|b| b.frames().iter().map(|f| data(f))));
+        let absorbed = closer.join().unwrap();
+        let mut result = sub.try_recv();
+        loop {
+            match result {
+                Ok(Some(batch)) => seen.extend(batch.frames().iter().map(|f| data(f))),
+                Ok(None) => panic!("disconnected, yet not ended after {seen:?}"),
+                Err(reason) => {
+                    assert_eq!(reason, EndReason::Disconnected);
+                    break;
+                }
+            }
+            result = sub.try_recv();
+        }
+        assert_eq!(seen, ["e1"]);
+        OUTCOMES.record(if absorbed { "absorbed" } else { "read first" });
+    });
+    OUTCOMES.assert_reached(&["read first", "absorbed"]);
 }
