@@ -249,23 +249,18 @@ mod tests {
     /// A batch over a shared chunk of three frames, like the one a ring hands out.
     #[cfg(not(ssehub_loom))]
     fn shared() -> Batch {
-        let ring = crate::ring::Ring::new();
-        let slot = crate::sync::Arc::new(crate::registry::Slot::new(
-            1,
-            crate::queue::Queue::new(8, crate::queue::SlowPolicy::Disconnect),
-            None,
-        ));
-        let member = crate::ring::Member::new(slot, ring.join(8));
+        use crate::queue::{Limits, Queue, SlowPolicy};
+        use crate::reader::{lone_feed, next_batch, Slot};
+
+        let ring = crate::sync::Arc::new(crate::ring::Ring::new());
+        let slot = Slot::new(1, Queue::new(8, SlowPolicy::Disconnect), None);
+        slot.add_feed(lone_feed(1, &slot.queue, &ring));
         for (seq, frame) in [b"abc".as_slice(), b"de", b"fgh"].into_iter().enumerate() {
             ring.push(seq as u64 + 1, &Bytes::from_static(frame));
         }
-        let mut out = Vec::new();
-        let bound =
-            crate::ring::Bound { capacity: 8, policy: crate::queue::SlowPolicy::Disconnect };
-        let limits = crate::ring::Limits { upto: u64::MAX, max_frames: 64, max_bytes: 1 << 20 };
-        let (taken, run) = ring.take_run(member.cursor(), bound, limits, &mut out);
-        assert_eq!((taken.count, out.len()), (3, 0), "one chunk: a run, no copies");
-        Batch::from_run(run.expect("a run"), 0)
+        let drained = next_batch(&slot, || 3, Limits::ALL, None).expect("open");
+        assert!(drained.frames.is_empty(), "one chunk: a run, no copies");
+        Batch::from_run(drained.run.expect("a run"), 0)
     }
 
     #[cfg(not(ssehub_loom))]

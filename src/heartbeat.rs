@@ -36,8 +36,8 @@ pub(crate) fn tick(shared: &Shared) -> u64 {
     let frame = Bytes::from_static(KEEP_ALIVE);
     let mut sent = 0;
     shared.engine.registry.subscribers().for_each(|slot| {
-        // Read before the queue's lock is taken: the subscriber's drain takes its feeds' lock
-        // first and the queue's inside it.
+        // No lock: the feeds are a snapshot and each ring's tail an atomic. Read before the
+        // queue's lock is taken, so that lock is held for the push alone.
         let rings_idle = slot.ring_waiting() == 0;
         if slot.queue.push_heartbeat(&frame, rings_idle) {
             sent += 1;

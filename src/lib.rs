@@ -104,6 +104,7 @@ mod hub;
 mod idmap;
 mod producer;
 mod queue;
+mod reader;
 mod registry;
 mod ring;
 #[cfg(feature = "server")]

@@ -4,12 +4,14 @@
 //! queue holds what is one subscriber's own: broadcasts, targeted sends, heartbeats, the final
 //! frame of a shutdown, and, for a subscriber whose policy is `Conflate`, its topic events too
 //! (replacing a queued frame by key needs a queue of its own). Every entry carries its sequence
-//! number, so a drain can merge the queue with the rings in publish order.
+//! number, so the reader (`reader.rs`) can merge the queue with the rings in publish order.
 //!
 //! The queue is a `VecDeque` behind a per-subscriber mutex: the critical section is a push or
 //! an O(batch) drain, and memory stays proportional to what is queued (a preallocated ring of
 //! `capacity` slots would cost every idle connection its full bound). The consumer's waker is
-//! taken by the first push after it parked, so a burst wakes it once.
+//! taken by the first push after it parked, so a burst wakes it once. Releasing the lock
+//! records whether the queue is empty and open in an atomic flag ([`Queue::looks_empty`]), so
+//! a reader of one ring with nothing of its own skips this lock altogether.
 
 use std::collections::VecDeque;
 use std::task::Waker;
@@ -18,8 +20,7 @@ use bytes::Bytes;
 
 use std::cell::OnceCell;
 
-use crate::ring::{Bound, Feed, Limits, Run, Taken};
-use crate::sync::{lock, rank, Mutex, SharedStr};
+use crate::sync::{lock, rank, AtomicBool, Mutex, MutexGuard, Ordering, SharedStr};
 
 /// What happens to a subscriber that falls more than its bound behind.
 ///
@@ -181,12 +182,19 @@ struct Inner {
     ended: Option<EndReason>,
     /// The last sequence number the subscriber may still take from its rings: `u64::MAX`
     /// while open, the hub's sequence number at a close that lets queued frames out, 0 after
-    /// one that discards them.
+    /// one that discards them (or took the rings' entries in).
     rings_upto: u64,
     /// Frames evicted since the consumer last drained.
     lagged: u64,
-    /// Whether anything was pushed since the last heartbeat tick.
-    active: bool,
+}
+
+/// What a close does with what the subscriber has not taken yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rest {
+    /// The consumer takes what is queued (and what its rings hold up to `rings_upto`) first.
+    HandOver,
+    /// Everything queued is let go and the rings are not read again.
+    Discard,
 }
 
 /// A bounded multi-producer, single-consumer queue of shared frames.
@@ -194,44 +202,49 @@ struct Inner {
 pub(crate) struct Queue {
     /// Everything, under one short lock.
     inner: Mutex<Inner, rank::Queue>,
+    /// Set while nothing is queued and the queue is open, so a reader of one ring can take its
+    /// ring's entries without this lock (`reader.rs`). Written only under the lock, by
+    /// [`Locked`]'s drop, so it always matches the state the lock last released.
+    ///
+    /// Loads and stores are `Relaxed`: the ordering that makes the lock-free look sound is
+    /// the hub's watermark's. Every push that can be merged with ring entries (an event, a
+    /// broadcast, a targeted send) runs under the sequencer, so its store of `false` is
+    /// sequenced before the `Release` store of the watermark that covers it; the reader loads
+    /// the watermark with `Acquire` *before* it loads this flag, so it cannot read a `true`
+    /// older than that push, and it takes no ring entry past the watermark. A push outside the
+    /// sequencer (a heartbeat, a shutdown's last frame) can be missed by one lock-free look;
+    /// the look under the lock that registers the waker sees it.
+    empty: AtomicBool,
+    /// Whether anything was pushed or taken since the last heartbeat tick. `Relaxed`: written
+    /// under the lock by pushes and ticks, and without it by a lock-free take; a tick that
+    /// misses a take only sends a keep-alive one tick early.
+    active: AtomicBool,
     /// The most frames held at once.
     capacity: usize,
     /// What happens when full.
     policy: SlowPolicy,
 }
 
-/// What the consumer took in one drain.
-#[derive(Debug, Default)]
-pub(crate) struct Drained {
-    /// The frames, oldest first.
-    pub(crate) frames: Vec<Bytes>,
-    /// Frames lost to eviction before these (queue and rings).
-    pub(crate) lagged: u64,
-    /// Of `lagged`, the ring entries skipped (counted as dropped by the caller: no publish saw
-    /// them go).
-    pub(crate) skipped: u64,
-    /// Nothing was ready but an entry of a publish still in progress is queued: poll again.
-    pub(crate) retry: bool,
-    /// The frames as one run of a ring's chunk instead of `frames` (then empty): the usual
-    /// case of a one-topic subscriber, one refcount for the whole batch.
-    pub(crate) run: Option<Run>,
+/// The queue's lock, held; releasing it updates [`Queue::empty`].
+pub(crate) struct Locked<'a> {
+    /// The queue.
+    queue: &'a Queue,
+    /// Its state.
+    inner: MutexGuard<'a, Inner>,
 }
 
-impl Drained {
-    /// Whether no frame was taken.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.run.is_none()
+impl std::fmt::Debug for Locked<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Locked").field("queued", &self.inner.entries.len()).finish()
     }
 }
 
-/// Why a merged drain stopped the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stop {
-    /// The stream has ended and everything it may still hand over was handed over.
-    Ended(EndReason),
-    /// The subscriber fell more than its bound behind a ring and its policy is `Disconnect`:
-    /// the queue is now closed as slow.
-    Overflowed,
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let empty = self.inner.entries.is_empty() && self.inner.ended.is_none();
+        // Relaxed, still under the lock: see `Queue::empty`.
+        self.queue.empty.store(empty, Ordering::Relaxed);
+    }
 }
 
 impl Queue {
@@ -246,11 +259,30 @@ impl Queue {
                 ended: None,
                 rings_upto: u64::MAX,
                 lagged: 0,
-                active: false,
             }),
+            empty: AtomicBool::new(true),
+            active: AtomicBool::new(false),
             capacity: capacity.max(1),
             policy,
         }
+    }
+
+    /// Takes the queue's lock.
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked { queue: self, inner: lock(&self.inner) }
+    }
+
+    /// Whether nothing is queued and the queue is open, as of the last release of its lock
+    /// that this thread can see (see [`Queue::empty`] for when that is recent enough).
+    pub(crate) fn looks_empty(&self) -> bool {
+        // Relaxed: see `Queue::empty`.
+        self.empty.load(Ordering::Relaxed)
+    }
+
+    /// Records that the consumer took frames from its rings (the heartbeat stays away).
+    pub(crate) fn note_taken(&self) {
+        // Relaxed: see `Queue::active`.
+        self.active.store(true, Ordering::Relaxed);
     }
 
     /// The most frames this subscriber may have waiting.
@@ -275,7 +307,7 @@ impl Queue {
 
     /// Wakes the consumer if it is parked (a ring it reads has a new entry).
     pub(crate) fn wake(&self) {
-        let waker = lock(&self.inner).waker.take();
+        let waker = self.lock().inner.waker.take();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -288,21 +320,15 @@ impl Queue {
             _ => None,
         };
         let (outcome, waker) = {
-            let mut inner = lock(&self.inner);
+            let mut locked = self.lock();
+            let inner = &mut *locked.inner;
             if inner.ended.is_some() {
                 return Pushed::Closed;
             }
-            inner.active = true;
+            self.active.store(true, Ordering::Relaxed);
             let mut outcome = Pushed::Queued;
             if let Some(key) = &key {
-                let same = inner.marks.as_ref().and_then(|marks| {
-                    marks.iter().rposition(|m| match &m.key {
-                        Some(k) => SharedStr::ptr_eq(k, key) || **k == **key,
-                        None => false,
-                    })
-                });
-                if let Some(at) = same {
-                    inner.remove(at);
+                if inner.remove_key(key) {
                     outcome = Pushed::Conflated;
                 }
             }
@@ -310,7 +336,8 @@ impl Queue {
                 if inner.heartbeat_front {
                     inner.pop_front();
                 } else if self.policy == SlowPolicy::Disconnect {
-                    return self.end_locked(inner, EndReason::Slow, true);
+                    locked.end(EndReason::Slow, Rest::Discard);
+                    return Pushed::Disconnected;
                 } else {
                     inner.pop_front();
                     inner.lagged += 1;
@@ -333,11 +360,13 @@ impl Queue {
     /// an event or delays one. Returns whether it was queued.
     pub(crate) fn push_heartbeat(&self, bytes: &Bytes, rings_idle: bool) -> bool {
         let waker = {
-            let mut inner = lock(&self.inner);
+            let mut locked = self.lock();
+            let inner = &mut *locked.inner;
             if inner.ended.is_some() {
                 return false;
             }
-            if std::mem::replace(&mut inner.active, false) || !inner.entries.is_empty() {
+            // Relaxed: see `Queue::active`.
+            if self.active.swap(false, Ordering::Relaxed) || !inner.entries.is_empty() {
                 return false;
             }
             if !rings_idle {
@@ -354,67 +383,29 @@ impl Queue {
     }
 
     /// Closes the queue: the consumer ends after draining what is queued and what its rings
-    /// hold up to sequence number `upto` (or at once when `discard` is set). A `last` frame,
-    /// if given, is queued beyond the bound, after those. Returns `false` if it was already
-    /// closed.
-    pub(crate) fn close(
-        &self,
-        reason: EndReason,
-        last: Option<&Bytes>,
-        discard: bool,
-        upto: u64,
-    ) -> bool {
-        let mut inner = lock(&self.inner);
-        if inner.ended.is_some() {
+    /// hold up to sequence number `upto`, then `last`, if given (queued beyond the bound).
+    /// Returns `false` if it was already closed.
+    pub(crate) fn close_after(&self, reason: EndReason, upto: u64, last: Option<&Bytes>) -> bool {
+        let mut locked = self.lock();
+        if locked.inner.ended.is_some() {
             return false;
         }
-        inner.rings_upto = upto;
+        locked.inner.rings_upto = upto;
         if let Some(bytes) = last {
-            inner.push_back(upto, bytes.clone(), None);
+            locked.inner.push_back(upto, bytes.clone(), None);
         }
-        self.end_locked(inner, reason, discard) == Pushed::Disconnected
+        locked.end(reason, Rest::HandOver);
+        true
     }
 
-    /// Closes the queue with `reason` after taking in `from_rings` (entries the subscriber had
-    /// still to read from its rings, in sequence order), merged with its own entries by sequence
-    /// number: the stream hands all of them over and ends without reading a ring again.
-    /// Returns `false` if it was already closed.
-    pub(crate) fn close_absorbing(&self, reason: EndReason, from_rings: Vec<(u64, Bytes)>) -> bool {
-        let mut inner = lock(&self.inner);
-        if inner.ended.is_some() {
+    /// Closes the queue and lets go of everything it holds: the consumer ends at its next poll
+    /// without reading its rings again. Returns `false` if it was already closed.
+    pub(crate) fn close_discarding(&self, reason: EndReason) -> bool {
+        let locked = self.lock();
+        if locked.inner.ended.is_some() {
             return false;
         }
-        if !from_rings.is_empty() {
-            let own = std::mem::take(&mut inner.entries);
-            let mut marks = inner.marks.take().map(VecDeque::into_iter);
-            let mut own = own.into_iter().peekable();
-            let mut rings = from_rings.into_iter().peekable();
-            let mut merged_marks = marks.as_ref().map(|_| VecDeque::new());
-            loop {
-                let take_ring = match (own.peek(), rings.peek()) {
-                    (Some((a, _)), Some((b, _))) => b <= a,
-                    (None, Some(_)) => true,
-                    (Some(_), None) => false,
-                    (None, None) => break,
-                };
-                let (entry, mark) = if take_ring {
-                    (rings.next(), Some(Mark::default()))
-                } else {
-                    (own.next(), marks.as_mut().and_then(Iterator::next))
-                };
-                if let Some(entry) = entry {
-                    inner.entries.push_back(entry);
-                }
-                if let (Some(list), Some(mark)) = (&mut merged_marks, mark) {
-                    list.push_back(mark);
-                }
-            }
-            inner.marks = merged_marks;
-            inner.heartbeat_front = false;
-        }
-        // Its rings are done with: it ends after what it holds now.
-        inner.rings_upto = 0;
-        self.end_locked(inner, reason, false);
+        locked.end(reason, Rest::Discard);
         true
     }
 
@@ -422,34 +413,30 @@ impl Queue {
     /// happens to the queue (a close among it).
     #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) fn dropped_as_slow(&self, waker: &Waker) -> bool {
-        let mut inner = lock(&self.inner);
-        if inner.ended == Some(EndReason::Slow) {
+        let mut locked = self.lock();
+        if locked.inner.ended == Some(EndReason::Slow) {
             return true;
         }
-        match &inner.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => inner.waker = Some(waker.clone()),
-        }
+        locked.register(waker);
         false
     }
 
     /// Whether the queue is closed.
     pub(crate) fn is_closed(&self) -> bool {
-        lock(&self.inner).ended.is_some()
+        self.lock().inner.ended.is_some()
     }
 
     /// Closes the queue as [`EndReason::Disconnected`] and takes the targeted frames it still
     /// held, in order, for a session resuming on another connection. `None` if it was already
     /// closed (its frames then belong to nobody else).
     pub(crate) fn close_taking_targeted(&self) -> Option<Vec<Bytes>> {
-        let mut inner = lock(&self.inner);
-        if inner.ended.is_some() {
+        let mut locked = self.lock();
+        if locked.inner.ended.is_some() {
             return None;
         }
-        let entries = std::mem::take(&mut inner.entries);
-        let marks = inner.marks.take();
-        inner.heartbeat_front = false;
-        self.end_locked(inner, EndReason::Disconnected, true);
+        let entries = std::mem::take(&mut locked.inner.entries);
+        let marks = locked.inner.marks.take();
+        locked.end(EndReason::Disconnected, Rest::Discard);
         let Some(marks) = marks else {
             return Some(Vec::new());
         };
@@ -463,15 +450,178 @@ impl Queue {
         )
     }
 
-    /// Ends the queue with the lock held, then wakes the consumer after releasing it.
-    fn end_locked(
-        &self,
-        mut inner: crate::sync::MutexGuard<'_, Inner>,
-        reason: EndReason,
-        discard: bool,
-    ) -> Pushed {
+    /// Takes up to `limits` frames (at least one), or registers `waker` when the queue is
+    /// empty and open. `Err(reason)` once it is closed and drained. The whole read of a
+    /// subscriber that reads no rings (a conflating one).
+    pub(crate) fn drain(&self, limits: Limits, waker: Option<&Waker>) -> Result<Popped, EndReason> {
+        let mut locked = self.lock();
+        if locked.inner.entries.is_empty() {
+            if let Some(reason) = locked.inner.ended {
+                return Err(reason);
+            }
+            if let Some(waker) = waker {
+                locked.register(waker);
+            }
+            return Ok(Popped { frames: Vec::new(), lagged: locked.take_lagged() });
+        }
+        let count = locked.batch_len(locked.len(), limits);
+        let frames = locked.pop_many(count);
+        Ok(Popped { frames, lagged: locked.take_lagged() })
+    }
+
+    /// The number of queued frames.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().inner.entries.len()
+    }
+}
+
+/// How much one drain may take: at most `frames` frames and about `bytes` bytes, at least one
+/// frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The most frames.
+    pub(crate) frames: usize,
+    /// The most bytes, except that the first frame is always taken.
+    pub(crate) bytes: usize,
+}
+
+impl Limits {
+    /// No limit: everything that is ready.
+    pub(crate) const ALL: Limits = Limits { frames: usize::MAX, bytes: usize::MAX };
+
+    /// Whether a batch of `count` frames and `bytes` bytes has room for a frame of `len` bytes.
+    pub(crate) fn fits(&self, count: usize, bytes: usize, len: usize) -> bool {
+        count == 0 || (count < self.frames && bytes.saturating_add(len) <= self.bytes)
+    }
+}
+
+/// What a drain of the queue alone took.
+#[derive(Debug, Default)]
+pub(crate) struct Popped {
+    /// The frames, oldest first.
+    pub(crate) frames: Vec<Bytes>,
+    /// Frames lost to eviction before these.
+    pub(crate) lagged: u64,
+}
+
+impl<'a> Locked<'a> {
+    /// The queue.
+    pub(crate) fn queue(&self) -> &'a Queue {
+        self.queue
+    }
+
+    /// Why the queue was closed, if it was.
+    pub(crate) fn ended(&self) -> Option<EndReason> {
+        self.inner.ended
+    }
+
+    /// The last sequence number the subscriber may take from its rings (see
+    /// [`Inner::rings_upto`]).
+    pub(crate) fn rings_upto(&self) -> u64 {
+        self.inner.rings_upto
+    }
+
+    /// The number of queued frames.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.entries.len()
+    }
+
+    /// The `i`th queued entry (0 is the oldest).
+    pub(crate) fn entry(&self, i: usize) -> (u64, &Bytes) {
+        let (seq, frame) = &self.inner.entries[i];
+        (*seq, frame)
+    }
+
+    /// How many of the oldest entries may be taken while the watermark is `watermark`: all of
+    /// them once closed (a closed queue takes no more entries, so all are complete), those up
+    /// to the watermark while open (one past it belongs to a publish still in progress).
+    pub(crate) fn ready(&self, watermark: u64) -> usize {
+        if self.inner.ended.is_some() {
+            return self.inner.entries.len();
+        }
+        self.inner.entries.iter().take_while(|(seq, _)| *seq <= watermark).count()
+    }
+
+    /// How many of the first `ready` entries fit in one batch within `limits`.
+    pub(crate) fn batch_len(&self, ready: usize, limits: Limits) -> usize {
+        let mut bytes = 0;
+        let mut count = 0;
+        for (_, frame) in self.inner.entries.iter().take(ready) {
+            if !limits.fits(count, bytes, frame.len()) {
+                break;
+            }
+            bytes += frame.len();
+            count += 1;
+        }
+        count
+    }
+
+    /// Drops a heartbeat waiting at the front (an event is waiting: the keep-alive has no more
+    /// work to do).
+    pub(crate) fn drop_heartbeat(&mut self) {
+        if self.inner.heartbeat_front {
+            self.inner.pop_front();
+        }
+    }
+
+    /// Whether a heartbeat waits at the front.
+    pub(crate) fn heartbeat_waiting(&self) -> bool {
+        self.inner.heartbeat_front
+    }
+
+    /// Takes the `count` oldest frames.
+    pub(crate) fn pop_many(&mut self, count: usize) -> Vec<Bytes> {
+        let frames = self.inner.entries.drain(..count).map(|(_, b)| b).collect();
+        self.inner.drop_marks(count);
+        self.inner.shrink_after_drain(count);
+        frames
+    }
+
+    /// Lets go of the `count` oldest frames (a merge took copies of them).
+    pub(crate) fn skip(&mut self, count: usize) {
+        self.inner.entries.drain(..count);
+        self.inner.drop_marks(count);
+        self.inner.shrink_after_drain(count);
+    }
+
+    /// The frames lost to eviction since the last call.
+    pub(crate) fn take_lagged(&mut self) -> u64 {
+        std::mem::take(&mut self.inner.lagged)
+    }
+
+    /// Registers `waker` to be woken by the next push, wake or close.
+    pub(crate) fn register(&mut self, waker: &Waker) {
+        match &self.inner.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.inner.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Closes the queue as slow, letting go of what it holds (the consumer found itself more
+    /// than its bound behind a ring).
+    pub(crate) fn close_as_slow(self) {
+        self.end(EndReason::Slow, Rest::Discard);
+    }
+
+    /// Closes the queue with `reason` after merging in `from_rings` (entries the subscriber had
+    /// still to read from its rings, in sequence order) by sequence number, a ring entry first
+    /// on a tie: the stream hands all of them over and ends without reading a ring again. The
+    /// caller has checked that it is open.
+    pub(crate) fn close_absorbing(mut self, reason: EndReason, from_rings: Vec<(u64, Bytes)>) {
+        if !from_rings.is_empty() {
+            self.inner.absorb(from_rings);
+        }
+        // Its rings are done with: it ends after what it holds now.
+        self.inner.rings_upto = 0;
+        self.end(reason, Rest::HandOver);
+    }
+
+    /// Ends the queue, then releases the lock, lets go of what `rest` discards and wakes the
+    /// consumer, in that order (frames are released and the waker woken outside the lock).
+    fn end(mut self, reason: EndReason, rest: Rest) {
+        let inner = &mut *self.inner;
         inner.ended = Some(reason);
-        let dropped = if discard {
+        let dropped = if rest == Rest::Discard {
             inner.rings_upto = 0;
             inner.heartbeat_front = false;
             inner.marks = None;
@@ -480,207 +630,11 @@ impl Queue {
             VecDeque::new()
         };
         let waker = inner.waker.take();
-        drop(inner);
-        // Frames are released outside the lock.
+        drop(self);
         drop(dropped);
         if let Some(waker) = waker {
             waker.wake();
         }
-        Pushed::Disconnected
-    }
-
-    /// Takes up to `max_frames` frames and about `max_bytes` bytes (at least one frame), or
-    /// registers `waker` when the queue is empty and open. `Err(reason)` once it is closed and
-    /// drained.
-    pub(crate) fn drain(
-        &self,
-        max_frames: usize,
-        max_bytes: usize,
-        waker: Option<&Waker>,
-    ) -> Result<Drained, EndReason> {
-        let mut inner = lock(&self.inner);
-        if inner.entries.is_empty() {
-            if let Some(reason) = inner.ended {
-                return Err(reason);
-            }
-            if let Some(waker) = waker {
-                match &inner.waker {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => inner.waker = Some(waker.clone()),
-                }
-            }
-            let lagged = std::mem::take(&mut inner.lagged);
-            return Ok(Drained { lagged, ..Drained::default() });
-        }
-        let mut count = 0;
-        let mut bytes = 0;
-        for (_, entry) in inner.entries.iter().take(max_frames.max(1)) {
-            if count > 0 && bytes + entry.len() > max_bytes {
-                break;
-            }
-            bytes += entry.len();
-            count += 1;
-        }
-        let frames: Vec<Bytes> = inner.entries.drain(..count).map(|(_, b)| b).collect();
-        if let Some(marks) = &mut inner.marks {
-            marks.drain(..count);
-        }
-        inner.heartbeat_front = false;
-        // Give back memory after a burst, with hysteresis so a steady flow does not reallocate.
-        let capacity = inner.entries.capacity();
-        if inner.entries.is_empty() && capacity > 128 && count < capacity / 8 {
-            inner.entries.shrink_to(count.max(16));
-        }
-        Ok(Drained { frames, lagged: std::mem::take(&mut inner.lagged), ..Drained::default() })
-    }
-
-    /// Takes the next batch for a subscriber that reads `feeds`: this queue's entries and the
-    /// rings' entries merged in sequence order, up to `max_frames` frames and about `max_bytes`
-    /// bytes (at least one frame), never past sequence number `watermark` (the last publish
-    /// that is complete: an entry after it may still be missing from another source, and
-    /// taking it would reorder). Registers `waker` when nothing is ready.
-    pub(crate) fn drain_merged(
-        &self,
-        feeds: &[Feed],
-        watermark: u64,
-        max_frames: usize,
-        max_bytes: usize,
-        waker: Option<&Waker>,
-    ) -> Result<Drained, Stop> {
-        let max_frames = max_frames.max(1);
-        let mut inner = lock(&self.inner);
-        // Once closed, the close fixed how far the rings go (the watermark read before this
-        // lock may predate it); while open, the watermark does.
-        let upto = if inner.ended.is_some() { inner.rings_upto } else { watermark };
-        // Closed and discarded (dropped as slow, or gone): the rings hold nothing for it.
-        let feeds = if inner.rings_upto == 0 { &[] } else { feeds };
-        if inner.heartbeat_front && feeds.iter().any(|f| f.ring.tail() > f.member.cursor()) {
-            // An event is waiting: the keep-alive has no more work to do.
-            inner.pop_front();
-        }
-        // A closed queue takes no more entries, so all of its own are complete; an open one's
-        // past the watermark belong to a publish still in progress.
-        let ready = if inner.ended.is_some() {
-            inner.entries.len()
-        } else {
-            inner.entries.iter().take_while(|(seq, _)| *seq <= watermark).count()
-        };
-        let mut drained = Drained::default();
-        let mut taken_rings = 0;
-        let bound = Bound { capacity: self.capacity, policy: self.policy };
-        let limits = Limits { upto, max_frames, max_bytes };
-        if feeds.len() == 1 && ready == 0 {
-            // The common case: one topic, nothing of its own; no merge.
-            let feed = &feeds[0];
-            let (taken, run) =
-                feed.ring.take_run(feed.member.cursor(), bound, limits, &mut drained.frames);
-            drained.run = run;
-            if taken.overflowed {
-                self.end_locked(inner, EndReason::Slow, true);
-                return Err(Stop::Overflowed);
-            }
-            if taken.count > 0 || taken.skipped > 0 {
-                feed.member.advance(taken.from + taken.count as u64);
-            }
-            drained.skipped = taken.skipped;
-            taken_rings = taken.count;
-        } else if !feeds.is_empty() {
-            // Several sources: take each one's candidates, then merge by sequence number (the
-            // ring first on a tie: a close's final frame carries the last sequence number).
-            let mut lists: Vec<(Vec<(u64, Bytes)>, Taken)> = Vec::with_capacity(feeds.len());
-            for feed in feeds {
-                let mut list = Vec::new();
-                let taken = feed.ring.take(feed.member.cursor(), bound, limits, |seq, frame| {
-                    list.push((seq, frame.clone()))
-                });
-                if taken.overflowed {
-                    self.end_locked(inner, EndReason::Slow, true);
-                    return Err(Stop::Overflowed);
-                }
-                drained.skipped += taken.skipped;
-                lists.push((list, taken));
-            }
-            let mut heads = vec![0usize; lists.len()];
-            let mut from_queue = 0;
-            let mut bytes = 0;
-            while drained.frames.len() < max_frames {
-                let mut best: Option<(u64, usize)> = None;
-                for (i, (list, _)) in lists.iter().enumerate() {
-                    if let Some((seq, _)) = list.get(heads[i]) {
-                        if best.is_none_or(|(s, _)| *seq < s) {
-                            best = Some((*seq, i));
-                        }
-                    }
-                }
-                let queued = (from_queue < ready).then(|| inner.entries[from_queue].0);
-                let frame = match (best, queued) {
-                    (Some((seq, i)), q) if q.is_none_or(|q| seq <= q) => {
-                        let frame = &lists[i].0[heads[i]].1;
-                        if !drained.frames.is_empty() && bytes + frame.len() > max_bytes {
-                            break;
-                        }
-                        heads[i] += 1;
-                        frame.clone()
-                    }
-                    (_, _) if queued.is_some() => {
-                        let frame = &inner.entries[from_queue].1;
-                        if !drained.frames.is_empty() && bytes + frame.len() > max_bytes {
-                            break;
-                        }
-                        from_queue += 1;
-                        frame.clone()
-                    }
-                    _ => break,
-                };
-                bytes += frame.len();
-                drained.frames.push(frame);
-            }
-            for (feed, ((_, taken), head)) in feeds.iter().zip(lists.iter().zip(&heads)) {
-                if *head > 0 || taken.skipped > 0 {
-                    feed.member.advance(taken.from + *head as u64);
-                }
-                taken_rings += head;
-            }
-            inner.pop_many(from_queue);
-        } else if ready > 0 {
-            let mut bytes = 0;
-            let mut count = 0;
-            for (_, frame) in inner.entries.iter().take(ready.min(max_frames)) {
-                if count > 0 && bytes + frame.len() > max_bytes {
-                    break;
-                }
-                bytes += frame.len();
-                count += 1;
-            }
-            drained.frames.extend(inner.entries.iter().take(count).map(|(_, b)| b.clone()));
-            inner.pop_many(count);
-        }
-        if taken_rings > 0 {
-            inner.active = true;
-        }
-        drained.lagged = std::mem::take(&mut inner.lagged) + drained.skipped;
-        if drained.is_empty() && drained.lagged == 0 {
-            if let Some(reason) = inner.ended {
-                if inner.entries.is_empty() {
-                    return Err(Stop::Ended(reason));
-                }
-            }
-            // An entry past the watermark belongs to a publish still in progress: its wake may
-            // already have been spent on this poll, so ask to be polled again.
-            drained.retry = inner.entries.len() > ready;
-            if let Some(waker) = waker {
-                match &inner.waker {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => inner.waker = Some(waker.clone()),
-                }
-            }
-        }
-        Ok(drained)
-    }
-
-    /// The number of queued frames.
-    pub(crate) fn len(&self) -> usize {
-        lock(&self.inner).entries.len()
     }
 }
 
@@ -696,16 +650,44 @@ impl Inner {
         }
     }
 
-    /// Drops the `count` oldest frames (taken by a drain).
-    fn pop_many(&mut self, count: usize) {
+    /// Removes the newest queued frame conflated under `key`; returns whether there was one.
+    fn remove_key(&mut self, key: &SharedStr) -> bool {
+        let same = self.marks.as_ref().and_then(|marks| {
+            marks.iter().rposition(|m| match &m.key {
+                Some(k) => SharedStr::ptr_eq(k, key) || **k == **key,
+                None => false,
+            })
+        });
+        let Some(at) = same else {
+            return false;
+        };
+        self.entries.remove(at);
+        if let Some(marks) = &mut self.marks {
+            marks.remove(at);
+        }
+        if at == 0 {
+            self.heartbeat_front = false;
+        }
+        true
+    }
+
+    /// Drops the marks of the `count` oldest frames, just taken.
+    fn drop_marks(&mut self, count: usize) {
         if count == 0 {
             return;
         }
-        self.entries.drain(..count);
         if let Some(marks) = &mut self.marks {
             marks.drain(..count);
         }
         self.heartbeat_front = false;
+    }
+
+    /// Gives back memory after a burst, with hysteresis so a steady flow does not reallocate.
+    fn shrink_after_drain(&mut self, count: usize) {
+        let capacity = self.entries.capacity();
+        if self.entries.is_empty() && capacity > 128 && count < capacity / 8 {
+            self.entries.shrink_to(count.max(16));
+        }
     }
 
     /// Drops the oldest frame.
@@ -717,14 +699,32 @@ impl Inner {
         self.heartbeat_front = false;
     }
 
-    /// Drops the frame at `at`.
-    fn remove(&mut self, at: usize) {
-        self.entries.remove(at);
-        if let Some(marks) = &mut self.marks {
-            marks.remove(at);
+    /// Merges `from_rings` (in sequence order, unmarked) into the entries by sequence number,
+    /// a ring entry first on a tie.
+    fn absorb(&mut self, from_rings: Vec<(u64, Bytes)>) {
+        let own = std::mem::take(&mut self.entries);
+        let mut marks = self.marks.take().map(VecDeque::into_iter);
+        let mut merged_marks = marks.as_ref().map(|_| VecDeque::new());
+        let mut own = own.into_iter().peekable();
+        let mut rings = from_rings.into_iter().peekable();
+        loop {
+            let take_ring = match (own.peek(), rings.peek()) {
+                (Some((a, _)), Some((b, _))) => b <= a,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (None, None) => break,
+            };
+            let (entry, mark) = if take_ring {
+                (rings.next(), Some(Mark::default()))
+            } else {
+                (own.next(), marks.as_mut().and_then(Iterator::next))
+            };
+            self.entries.extend(entry);
+            if let (Some(list), Some(mark)) = (&mut merged_marks, mark) {
+                list.push_back(mark);
+            }
         }
-        if at == 0 {
-            self.heartbeat_front = false;
-        }
+        self.marks = merged_marks;
+        self.heartbeat_front = false;
     }
 }

@@ -14,44 +14,13 @@
 
 use crate::history::{History, HistoryLimits};
 use crate::idmap::IdMap;
-use crate::queue::{Queue, SlowPolicy};
-use crate::ring::{Feed, Member, Ring};
+use crate::reader::{Feed, Readers};
+use crate::ring::{Member, Ring};
 use crate::sync::{arc_swap, lock, rank, Arc, ArcSwap, Guard, Mutex, SharedStr};
+
+/// A subscriber, as the registry holds it: defined with the reader that reads for it.
+pub(crate) use crate::reader::Slot;
 use crate::topic::Pattern;
-
-/// One subscriber, as publishers see it.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    /// The subscriber's id.
-    pub(crate) id: u64,
-    /// Its bounded queue.
-    pub(crate) queue: Queue,
-    /// Who it is, if the application said.
-    pub(crate) principal: Option<SharedStr>,
-    /// The rings of the topics it receives (empty for a conflating subscriber, which gets
-    /// topic events in its queue). Changed by registry writers, read by the subscriber's drain.
-    /// Each feed's member points back at this slot: the registry takes the feeds out when the
-    /// subscriber leaves, which breaks the cycle.
-    pub(crate) feeds: Mutex<Vec<Feed>, rank::Feeds>,
-}
-
-impl Slot {
-    /// A subscriber with this id, queue and principal, on no topic yet.
-    pub(crate) fn new(id: u64, queue: Queue, principal: Option<SharedStr>) -> Slot {
-        Slot { id, queue, principal, feeds: Mutex::new(Vec::new()) }
-    }
-
-    /// Whether it takes topic events from rings (every policy but `Conflate`).
-    pub(crate) fn reads_rings(&self) -> bool {
-        !matches!(self.queue.policy(), SlowPolicy::Conflate { .. })
-    }
-
-    /// Frames waiting in its rings (each capped at its bound).
-    pub(crate) fn ring_waiting(&self) -> usize {
-        let capacity = self.queue.capacity();
-        lock(&self.feeds).iter().map(|f| f.ring.waiting(f.member.cursor(), capacity)).sum()
-    }
-}
 
 /// One topic, as publishers see it.
 #[derive(Debug)]
@@ -61,7 +30,8 @@ pub(crate) struct TopicState {
     /// Everyone who receives this topic's events.
     pub(crate) subscribers: ArcSwap<IdMap<Arc<Slot>>>,
     /// Those who read the topic's ring (all but the conflating ones), with their cursors.
-    pub(crate) readers: ArcSwap<IdMap<Arc<Member>>>,
+    /// Shared with each reader's feed, so a subscriber that ends can leave it at once.
+    pub(crate) readers: Arc<Readers>,
     /// Those who get each event pushed into their queue (the conflating ones).
     pub(crate) pushed: ArcSwap<IdMap<Arc<Slot>>>,
     /// The shared log the readers take events from.
@@ -386,7 +356,7 @@ impl Registry {
         let state = Arc::new(TopicState {
             name: name.clone(),
             subscribers: arc_swap(IdMap::new()),
-            readers: arc_swap(IdMap::new()),
+            readers: Arc::new(arc_swap(IdMap::new())),
             pushed: arc_swap(IdMap::new()),
             ring: Arc::new(Ring::new()),
             history: Mutex::new(History::default()),
@@ -476,9 +446,9 @@ fn attach(state: &Arc<TopicState>, slot: &Arc<Slot>) {
         // nothing more to receive.
     } else if slot.reads_rings() {
         let cursor = state.ring.join(slot.queue.capacity());
-        let member = Arc::new(Member::new(slot.clone(), cursor));
-        let feed = Feed { topic: state.clone(), ring: state.ring.clone(), member: member.clone() };
-        lock(&slot.feeds).push(feed);
+        let member = Arc::new(Member::new(slot.id, slot.queue.clone(), cursor));
+        let readers = state.readers.clone();
+        slot.add_feed(Feed { ring: state.ring.clone(), readers, member: member.clone() });
         state.readers.rcu(|set| set.insert(slot.id, member.clone()));
         // A subscriber parked on its other rings is not parked on this one yet (a pattern
         // just matched a new topic): wake it, so its next poll parks here too.
@@ -487,17 +457,6 @@ fn attach(state: &Arc<TopicState>, slot: &Arc<Slot>) {
         state.pushed.rcu(|set| set.insert(slot.id, slot.clone()));
     }
     state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // A subscriber's feeds point at members that point back at it; a dropped subscription
-        // takes them out, but a registry dropped with subscribers still in it (a model, a test)
-        // must not leak them.
-        for entry in lock(&self.writer).subscribers.values() {
-            lock(&entry.slot.feeds).clear();
-        }
-    }
 }
 
 /// Takes subscriber `id` off `state`. Called with the writer lock held.
@@ -509,12 +468,7 @@ fn detach(state: &TopicState, id: u64) {
     };
     if slot.reads_rings() {
         state.readers.rcu(|set| set.remove(id));
-        let mut feeds = lock(&slot.feeds);
-        for feed in feeds.iter().filter(|f| Arc::ptr_eq(&f.ring, &state.ring)) {
-            state.ring.leave(&feed.member);
-        }
-        feeds.retain(|f| !Arc::ptr_eq(&f.ring, &state.ring));
-        drop(feeds);
+        slot.remove_feed(&state.ring);
         if state.readers.load().is_empty() {
             state.ring.clear();
         }

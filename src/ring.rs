@@ -59,8 +59,7 @@
 use bytes::Bytes;
 
 use crate::idmap::IdMap;
-use crate::queue::SlowPolicy;
-use crate::registry::{Slot, TopicState};
+use crate::queue::{Limits, Queue, SlowPolicy};
 use crate::sync::{
     lock, rank, AppendOnly, Arc, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
 };
@@ -68,13 +67,19 @@ use crate::sync::{
 /// Scans come at least this often (in publishes), so a quiet topic's log stays short.
 const MIN_SCAN_INTERVAL: u64 = 16;
 
-/// One subscriber reading one topic's ring.
+/// One subscriber reading one topic's ring: what the ring needs of it (its id, its bound and
+/// policy, and its queue, whose waker a publish wakes and which a scan closes as slow), with
+/// nothing that leads back to its rings.
 #[derive(Debug)]
 pub(crate) struct Member {
-    /// The subscriber.
-    pub(crate) slot: Arc<Slot>,
-    /// The position of the next entry to read. Written by the subscriber's drain (and at
-    /// registration); read by the publisher's scans and by `queued()`.
+    /// The subscriber's id.
+    pub(crate) id: u64,
+    /// The subscriber's queue.
+    pub(crate) queue: Arc<Queue>,
+    /// The position of the next entry to read. Set at registration, then moved by the
+    /// subscriber's looks and by a disconnect taking its entries in, both with a
+    /// compare-and-swap (`Member::claim`, `reader.rs`); read by the publisher's scans and by
+    /// [`Ring::waiting`]'s callers.
     pub(crate) cursor: AtomicU64,
     /// In the ring's current parked list, so parking again has nothing to do. Read and
     /// written only under the ring's `parked` lock.
@@ -87,12 +92,17 @@ pub(crate) struct Member {
 impl Member {
     /// The subscriber's bound.
     fn capacity(&self) -> u64 {
-        self.slot.queue.capacity() as u64
+        self.queue.capacity() as u64
     }
 
     /// Whether the subscriber is dropped (rather than skipped ahead) when it falls behind.
     fn disconnects(&self) -> bool {
-        self.slot.queue.policy() == SlowPolicy::Disconnect
+        self.queue.policy() == SlowPolicy::Disconnect
+    }
+
+    /// The subscriber's bound and policy, as a take applies them.
+    pub(crate) fn bound(&self) -> Bound {
+        Bound { capacity: self.queue.capacity(), policy: self.queue.policy() }
     }
 }
 
@@ -241,35 +251,6 @@ pub(crate) struct Bound {
     pub(crate) capacity: usize,
     /// `DropOldest` skips ahead, `Disconnect` reports it overflowed.
     pub(crate) policy: SlowPolicy,
-}
-
-/// How much one take hands over.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// The last sequence number it may take (the hub's watermark, or where a close stopped).
-    pub(crate) upto: u64,
-    /// The most entries (at least one is taken when any is ready).
-    pub(crate) max_frames: usize,
-    /// About the most bytes (at least one entry is taken, whatever its size).
-    pub(crate) max_bytes: usize,
-}
-
-impl Limits {
-    /// Every entry up to sequence number `upto`, with no count or size limit.
-    pub(crate) fn everything_upto(upto: u64) -> Limits {
-        Limits { upto, max_frames: usize::MAX, max_bytes: usize::MAX }
-    }
-}
-
-/// One ring a subscriber reads, with its place in it.
-#[derive(Debug, Clone)]
-pub(crate) struct Feed {
-    /// The topic (whose `readers` a subscriber that ends leaves at once).
-    pub(crate) topic: Arc<TopicState>,
-    /// The topic's ring.
-    pub(crate) ring: Arc<Ring>,
-    /// The subscriber's cursor in it.
-    pub(crate) member: Arc<Member>,
 }
 
 /// A topic's shared log.
@@ -486,7 +467,7 @@ impl Ring {
         let mut keep_from = tail;
         let mut check_at = tail + (readers.len() as u64).max(MIN_SCAN_INTERVAL);
         readers.for_each(|member| {
-            // Acquire pairs with the Release in `advance`.
+            // Acquire pairs with the Release of the reader's `Member::claim` (`reader.rs`).
             let cursor = member.cursor.load(Ordering::Acquire);
             let capacity = member.capacity();
             if member.disconnects() {
@@ -514,19 +495,21 @@ impl Ring {
         scan
     }
 
-    /// Takes up to `limits.max_frames` entries (and about `limits.max_bytes`, at least one
-    /// entry) at or after `cursor` with a sequence number up to `limits.upto`, handing each to
-    /// `sink`, and applying the reader's `bound`: a reader more than its capacity behind skips
-    /// ahead (`DropOldest`) or is reported overflowed (`Disconnect`, nothing taken). Does not
-    /// move the cursor ([`Member::advance`] does). Takes no lock.
+    /// Takes up to `limits.frames` entries (and about `limits.bytes`, at least one entry) at
+    /// or after `cursor` with a sequence number up to `upto` (the hub's watermark, or where a
+    /// close stopped), handing each to `sink`, and applying the reader's `bound`: a reader
+    /// more than its capacity behind skips ahead (`DropOldest`) or is reported overflowed
+    /// (`Disconnect`, nothing taken). Does not move the cursor (the reader claims what it took
+    /// with `Member::claim`, in `reader.rs`). Takes no lock.
     pub(crate) fn take(
         &self,
         cursor: u64,
         bound: Bound,
+        upto: u64,
         limits: Limits,
         mut sink: impl FnMut(u64, &Bytes),
     ) -> Taken {
-        self.take_with(cursor, bound, limits, |log, taken| {
+        self.take_with(cursor, bound, upto, limits, |log, taken| {
             log.slices(taken.from, taken.from + taken.count as u64, |chunk, start, frames| {
                 for (i, frame) in frames.iter().enumerate() {
                     sink(chunk.seq(start + i), frame);
@@ -541,11 +524,12 @@ impl Ring {
         &self,
         cursor: u64,
         bound: Bound,
+        upto: u64,
         limits: Limits,
         out: &mut Vec<Bytes>,
     ) -> (Taken, Option<Run>) {
         let mut run = None;
-        let taken = self.take_with(cursor, bound, limits, |log, taken| {
+        let taken = self.take_with(cursor, bound, upto, limits, |log, taken| {
             let end = taken.from + taken.count as u64;
             match log.chunk(taken.from) {
                 Some(chunk) if end <= chunk.end() => {
@@ -567,6 +551,7 @@ impl Ring {
         &self,
         cursor: u64,
         bound: Bound,
+        upto: u64,
         limits: Limits,
         copy: impl FnOnce(&Log, &Taken),
     ) -> Taken {
@@ -600,7 +585,7 @@ impl Ring {
         let Some(log) = log.as_ref() else {
             return taken;
         };
-        let max_frames = u64::try_from(limits.max_frames.max(1)).unwrap_or(u64::MAX);
+        let max_frames = u64::try_from(limits.frames.max(1)).unwrap_or(u64::MAX);
         let end = tail.min(from.saturating_add(max_frames));
         let mut bytes: usize = 0;
         let mut at = from;
@@ -610,9 +595,7 @@ impl Ring {
             let stop = (end.min(chunk.end()) - chunk.base) as usize;
             for (i, frame) in chunk.frames.get(start..stop).iter().enumerate() {
                 // Sequence numbers rise along the log: stop at the first one past `upto`.
-                if chunk.seq(start + i) > limits.upto
-                    || (taken.count > 0 && bytes.saturating_add(frame.len()) > limits.max_bytes)
-                {
+                if chunk.seq(start + i) > upto || !limits.fits(taken.count, bytes, frame.len()) {
                     break 'chunks;
                 }
                 bytes += frame.len();
@@ -636,7 +619,8 @@ impl Ring {
     /// Always under the lock, even when the reader is listed already: that lock is what orders
     /// the caller's next drain after any take that missed it (the publish behind that take
     /// completed before it), so either the take wakes the reader or its drain sees the event.
-    /// This is the one lock left on a reader's path, and it is taken only to park.
+    /// This is the one lock of the ring's on a reader's path, and it is taken only to park (the
+    /// reader takes it with no other lock held: see `reader.rs`).
     /// The caller has stored its waker (in its queue) before.
     pub(crate) fn park(&self, member: &Arc<Member>) {
         let mut parked = lock(&self.parked);
@@ -660,7 +644,7 @@ impl Ring {
         };
         for member in list.drain(..) {
             if !member.left.load(Ordering::Acquire) {
-                member.slot.queue.wake();
+                member.queue.wake();
             }
         }
         let mut parked = lock(&self.parked);
@@ -684,17 +668,20 @@ impl Ring {
 }
 
 impl Member {
-    /// A reader of a ring, starting at `cursor`.
-    pub(crate) fn new(slot: Arc<Slot>, cursor: u64) -> Member {
+    /// Subscriber `id`, with `queue`, reading a ring from `cursor`.
+    pub(crate) fn new(id: u64, queue: Arc<Queue>, cursor: u64) -> Member {
         Member {
-            slot,
+            id,
+            queue,
             cursor: AtomicU64::new(cursor),
             parked: AtomicBool::new(false),
             left: AtomicBool::new(false),
         }
     }
 
-    /// Moves the cursor to `to` after the subscriber took entries up to there.
+    /// Moves the cursor to `to` after the subscriber took entries up to there (the reader
+    /// moves it with `Member::claim`, in `reader.rs`).
+    #[cfg(test)]
     pub(crate) fn advance(&self, to: u64) {
         // Release: a scan that reads this cursor must see the reader as having read up to it.
         self.cursor.store(to, Ordering::Release);
@@ -709,31 +696,23 @@ impl Member {
 #[cfg(all(test, not(ssehub_loom)))]
 mod tests {
     use super::*;
-    use crate::queue::Queue;
 
     fn frame(n: u64) -> Bytes {
         Bytes::from(format!("data: {n}\n\n"))
     }
 
     fn reader(id: u64, capacity: usize, policy: SlowPolicy, ring: &Ring) -> Arc<Member> {
-        let slot = Arc::new(Slot::new(id, Queue::new(capacity, policy), None));
-        Arc::new(Member::new(slot, ring.join(capacity)))
+        let queue = Arc::new(Queue::new(capacity, policy));
+        Arc::new(Member::new(id, queue, ring.join(capacity)))
     }
 
-    /// Everything up to `upto`, 64 frames and 1 MiB at most.
-    fn limits(upto: u64) -> Limits {
-        Limits { upto, max_frames: 64, max_bytes: 1 << 20 }
-    }
-
-    /// The member's own bound.
-    fn bound(member: &Member) -> Bound {
-        Bound { capacity: member.capacity() as usize, policy: member.slot.queue.policy() }
-    }
+    /// 64 frames and 1 MiB at most.
+    const LIMITS: Limits = Limits { frames: 64, bytes: 1 << 20 };
 
     fn take_all(ring: &Ring, member: &Member) -> (Vec<u64>, Taken) {
         let mut seqs = Vec::new();
         let taken =
-            ring.take(member.cursor(), bound(member), limits(u64::MAX), |s, _| seqs.push(s));
+            ring.take(member.cursor(), member.bound(), u64::MAX, LIMITS, |s, _| seqs.push(s));
         if !taken.overflowed {
             member.advance(taken.from + taken.count as u64);
         }
@@ -749,7 +728,7 @@ mod tests {
             ring.push(seq, &frame(seq));
         }
         let mut seqs = Vec::new();
-        let taken = ring.take(member.cursor(), bound(&member), limits(3), |s, _| seqs.push(s));
+        let taken = ring.take(member.cursor(), member.bound(), 3, LIMITS, |s, _| seqs.push(s));
         assert_eq!((seqs, taken.count), (vec![2, 3], 2));
         member.advance(taken.from + 2);
         assert_eq!(take_all(&ring, &member).0, [4]);
@@ -795,7 +774,7 @@ mod tests {
             take_all(&ring, &keeping_up);
         }
         assert!(ring.push(5, &frame(5)));
-        let slow: Vec<u64> = ring.scan(&readers).slow.iter().map(|m| m.slot.id).collect();
+        let slow: Vec<u64> = ring.scan(&readers).slow.iter().map(|m| m.id).collect();
         assert_eq!(slow, [1]);
         assert!(take_all(&ring, &stuck).1.overflowed);
     }
@@ -803,7 +782,7 @@ mod tests {
     /// What a reader with a bound of 1,024 takes from `ring` at its cursor, as a batch.
     fn run_at(ring: &Ring, member: &Member, out: &mut Vec<Bytes>) -> (Taken, Option<Run>) {
         let bound = Bound { capacity: 1024, policy: SlowPolicy::Disconnect };
-        ring.take_run(member.cursor(), bound, limits(u64::MAX), out)
+        ring.take_run(member.cursor(), bound, u64::MAX, LIMITS, out)
     }
 
     #[test]
@@ -848,16 +827,16 @@ mod tests {
             ring.push(seq, &frame(seq));
         }
         let mut seqs = Vec::new();
-        let few = Limits { upto: u64::MAX, max_frames: 3, max_bytes: 1 << 20 };
-        ring.take(member.cursor(), bound(&member), few, |s, _| seqs.push(s));
+        let few = Limits { frames: 3, bytes: 1 << 20 };
+        ring.take(member.cursor(), member.bound(), u64::MAX, few, |s, _| seqs.push(s));
         assert_eq!(seqs, [1, 2, 3]);
         seqs.clear();
-        let tiny = Limits { upto: u64::MAX, max_frames: 64, max_bytes: 1 };
-        ring.take(member.cursor(), bound(&member), tiny, |s, _| seqs.push(s));
+        let tiny = Limits { frames: 64, bytes: 1 };
+        ring.take(member.cursor(), member.bound(), u64::MAX, tiny, |s, _| seqs.push(s));
         assert_eq!(seqs, [1]);
         seqs.clear();
-        let all = Limits::everything_upto(CHUNK as u64 + 2);
-        ring.take(member.cursor(), bound(&member), all, |s, _| seqs.push(s));
+        let upto = CHUNK as u64 + 2;
+        ring.take(member.cursor(), member.bound(), upto, Limits::ALL, |s, _| seqs.push(s));
         assert_eq!(seqs, (1..=CHUNK as u64 + 2).collect::<Vec<_>>());
     }
 
@@ -920,7 +899,7 @@ mod tests {
     }
 
     fn parked_ids(ring: &Ring) -> Vec<u64> {
-        lock(&ring.parked).list.iter().map(|m| m.slot.id).collect()
+        lock(&ring.parked).list.iter().map(|m| m.id).collect()
     }
 
     /// Readers 1 to `n` of `ring`, parked in that order when `park` says so.

@@ -133,20 +133,20 @@ impl Counters {
         metrics::counter!("ssehub_heartbeats_total").increment(n);
     }
 
-    /// Records what a subscriber's drain found: ring entries it skipped (`DropOldest`) and
-    /// whether it was dropped for falling behind (`Disconnect`).
-    pub(crate) fn drained(&self, skipped: u64, slow: bool) {
+    /// Records ring entries a subscriber's poll skipped (`DropOldest`, more than its bound
+    /// behind).
+    pub(crate) fn skipped(&self, skipped: u64) {
         add(&self.frames_dropped, skipped);
-        add(&self.slow_disconnects, u64::from(slow));
         #[cfg(feature = "metrics")]
-        {
-            if skipped > 0 {
-                metrics::counter!("ssehub_frames_dropped_total").increment(skipped);
-            }
-            if slow {
-                metrics::counter!("ssehub_slow_disconnects_total").increment(1);
-            }
-        }
+        metrics::counter!("ssehub_frames_dropped_total").increment(skipped);
+    }
+
+    /// Records a subscriber that found itself more than its bound behind a ring when it polled
+    /// (`Disconnect`) and was dropped as slow.
+    pub(crate) fn overflowed(&self) {
+        add(&self.slow_disconnects, 1);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("ssehub_slow_disconnects_total").increment(1);
     }
 
     /// Records a refused session token.

@@ -4,16 +4,16 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_core::Stream;
 
 use crate::batch::Batch;
 use crate::hub::Shared;
-use crate::queue::{EndReason, Stop};
-use crate::registry::Slot;
-use crate::sync::{lock, Arc, SharedStr};
+use crate::queue::{EndReason, Limits};
+use crate::reader::{self, Drained, Slot, Stop};
+use crate::sync::{Arc, SharedStr};
 
 /// A subscriber's id, unique within a hub; the target of
 /// [`Hub::send_to`](crate::Hub::send_to).
@@ -256,12 +256,7 @@ impl Subscription {
             return Poll::Ready(Some(Batch::new(frames, 0)));
         }
         let waker = cx.map(|cx| cx.waker());
-        let drained = if self.slot.reads_rings() {
-            self.drain_rings(room, waker)
-        } else {
-            self.slot.queue.drain(room, config.max_batch_bytes, waker)
-        };
-        let drained = match drained {
+        let drained = match self.next_batch(room, waker) {
             Ok(drained) => drained,
             Err(_) if !frames.is_empty() => return Poll::Ready(Some(Batch::new(frames, 0))),
             Err(reason) => {
@@ -303,55 +298,33 @@ impl Subscription {
         }
     }
 
-    /// Takes the next batch from the subscriber's rings and queue. When nothing is ready and
-    /// the caller waits, parks in every ring and looks once more: a publish between the first
-    /// look and the parking would otherwise go unnoticed.
-    fn drain_rings(
-        &mut self,
-        room: usize,
-        waker: Option<&std::task::Waker>,
-    ) -> Result<crate::queue::Drained, EndReason> {
-        let max_bytes = self.shared.config().max_batch_bytes;
-        let mut parked = false;
-        loop {
-            let feeds = lock(&self.slot.feeds);
-            let watermark = self.shared.watermark();
-            match self.slot.queue.drain_merged(&feeds, watermark, room, max_bytes, waker) {
-                Ok(drained) if drained.is_empty() && drained.lagged == 0 => {
-                    if waker.is_some() && !parked {
-                        for feed in feeds.iter() {
-                            feed.ring.park(&feed.member);
-                        }
-                        parked = true;
-                        continue;
-                    }
-                    if let (Some(waker), true) = (waker, drained.retry) {
-                        waker.wake_by_ref();
-                    }
-                    return Ok(drained);
+    /// Takes the next batch from the subscriber's rings and queue (see `reader.rs`), counting
+    /// the ring entries it skipped, and dropping it from the hub when it finds itself more
+    /// than its bound behind.
+    fn next_batch(&mut self, room: usize, waker: Option<&Waker>) -> Result<Drained, EndReason> {
+        let limits = Limits { frames: room, bytes: self.shared.config().max_batch_bytes };
+        let shared = &self.shared;
+        match reader::next_batch(&self.slot, || shared.watermark(), limits, waker) {
+            Ok(drained) => {
+                if drained.skipped > 0 {
+                    self.shared.engine.counters.skipped(drained.skipped);
                 }
-                Ok(drained) => {
-                    if drained.skipped > 0 {
-                        self.shared.engine.counters.drained(drained.skipped, false);
-                    }
-                    return Ok(drained);
-                }
-                Err(Stop::Ended(reason)) => return Err(reason),
-                Err(Stop::Overflowed) => {
-                    drop(feeds);
-                    // Fell more than its bound behind between two scans of a publisher (the
-                    // scans catch it otherwise): dropped here, as a publish would have.
-                    self.shared.engine.counters.drained(0, true);
-                    #[cfg(feature = "tracing")]
-                    tracing::info!(
-                        target: "ssehub",
-                        subscriber = self.slot.id,
-                        reason = "slow",
-                        "subscriber dropped"
-                    );
-                    Shared::remove(&self.shared, self.slot.id);
-                    return Err(EndReason::Slow);
-                }
+                Ok(drained)
+            }
+            Err(Stop::Ended(reason)) => Err(reason),
+            Err(Stop::Overflowed) => {
+                // Fell more than its bound behind between two scans of a publisher (the scans
+                // catch it otherwise): dropped here, as a publish would have.
+                self.shared.engine.counters.overflowed();
+                #[cfg(feature = "tracing")]
+                tracing::info!(
+                    target: "ssehub",
+                    subscriber = self.slot.id,
+                    reason = "slow",
+                    "subscriber dropped"
+                );
+                Shared::remove(&self.shared, self.slot.id);
+                Err(EndReason::Slow)
             }
         }
     }

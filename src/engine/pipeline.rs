@@ -13,7 +13,6 @@ use crate::history::format_id;
 use crate::idmap::IdMap;
 use crate::queue::{EndReason, FrameKeys, Pushed};
 use crate::registry::{Slot, TopicState};
-use crate::ring::{Bound, Limits};
 use crate::stats::FanOut;
 use crate::sync::{lock, Arc};
 
@@ -294,10 +293,9 @@ pub(crate) fn deliver_to_topic(
                 // It did not get this event, whoever closes it (its owner may be dropping it
                 // right now).
                 fan.delivered = fan.delivered.saturating_sub(1);
-                let slot = &member.slot;
-                if slot.queue.close(EndReason::Slow, None, true, 0) {
+                if member.queue.close_discarding(EndReason::Slow) {
                     fan.slow += 1;
-                    fan.slow_ids.push(slot.id);
+                    fan.slow_ids.push(member.id);
                 }
             }
             if !slow.is_empty() {
@@ -305,7 +303,7 @@ pub(crate) fn deliver_to_topic(
                 // them; the registry forgets them once this one is done.
                 state
                     .readers
-                    .rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.slot.id)));
+                    .rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.id)));
             }
         }
         fan.ring = Some(state.ring.clone());
@@ -354,21 +352,7 @@ pub(crate) fn count(fan: &mut FanOut, pushed: Pushed, slot: Option<u64>) {
 /// moves into its queue, and the queue is closed. Taking it out of the registry is the
 /// caller's, once the sequencer is released. Returns whether it was live.
 pub(crate) fn end_held(slot: &Arc<Slot>, reason: EndReason, upto: u64) -> bool {
-    let feeds = std::mem::take(&mut *lock(&slot.feeds));
-    for feed in &feeds {
-        // Off the readers under the sequencer: no later publish counts it.
-        feed.topic.readers.rcu(|set| set.remove(slot.id));
-        feed.ring.leave(&feed.member);
-    }
-    let bound = Bound { capacity: slot.queue.capacity(), policy: slot.queue.policy() };
-    let mut pending: Vec<(u64, Bytes)> = Vec::new();
-    for feed in &feeds {
-        let sink = |seq, frame: &Bytes| pending.push((seq, frame.clone()));
-        let cursor = feed.member.cursor();
-        let _ = feed.ring.take(cursor, bound, Limits::everything_upto(upto), sink);
-    }
-    pending.sort_by_key(|(seq, _)| *seq);
-    slot.queue.close_absorbing(reason, pending)
+    slot.close_absorbing(reason, upto)
 }
 
 /// Ends every stream after what was published up to `upto` (under the sequencer, so nothing
@@ -382,5 +366,5 @@ pub(crate) fn end_streams(engine: &Engine, upto: u64) {
 
 /// Ends `slot`'s stream at shutdown: after what was published up to `upto`, then `last`.
 pub(crate) fn end_at_shutdown(slot: &Slot, last: Option<&Bytes>, upto: u64) {
-    slot.queue.close(EndReason::Shutdown, last, false, upto);
+    slot.queue.close_after(EndReason::Shutdown, upto, last);
 }

@@ -416,7 +416,7 @@ impl Shared {
 
     /// Unregisters a subscription being dropped.
     pub(crate) fn unsubscribe(this: &Arc<Self>, slot: &Slot, session: Option<&SharedStr>) {
-        slot.queue.close(EndReason::Dropped, None, true, 0);
+        slot.queue.close_discarding(EndReason::Dropped);
         if let Some(session) = session {
             this.sessions.detach(session, slot.id, Instant::now());
         }

@@ -20,9 +20,8 @@
 //! | [`rank::Writer`] | `Registry::writer`: topic and subscriber maps | the sequencer (a subscribe that must start atomically, a publish that creates a topic) |
 //! | [`rank::Sessions`] | `Sessions::inner` | the sequencer (`send_to` a session) |
 //! | [`rank::History`] | `TopicState::history` | the sequencer (publish, resume), the writer (sweep, topic removal) |
-//! | [`rank::Feeds`] | `Slot::feeds`: the rings a subscriber reads | the sequencer (ending a stream), the writer (attach, detach) |
-//! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer, the writer, sessions, feeds (a drain holds its feeds) |
-//! | [`rank::Parked`] | `Ring::parked`: a ring's parked readers | the sequencer, the writer, feeds (a drain parks holding its feeds) |
+//! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer (a publish's push, ending a stream), the writer (attach wakes it), sessions |
+//! | [`rank::Parked`] | `Ring::parked`: a ring's parked readers | the sequencer (ending a stream leaves its rings), the writer (detach, clear) |
 //! | [`rank::ProducerSpecs`] | `Producers::specs` | nothing |
 //! | [`rank::Producers`] | `Lifecycle::inner`: the running instances | nothing |
 //! | [`rank::HeartbeatThread`] | `Heartbeat::thread` | nothing |
@@ -31,7 +30,10 @@
 //! | [`rank::BackplaneTask`] | a backplane's task handle | nothing |
 //!
 //! A topic ring's readers take none of these to read: entries are write-once slots below a
-//! tail published with `Release` (see `ring.rs`). The Redis backplane's connection is a
+//! tail published with `Release` (see `ring.rs`). A subscriber's feeds (the rings it reads)
+//! are an `ArcSwap` snapshot, not a lock. A subscriber's poll takes the queue's lock and the
+//! `parked` lock one after the other, never one inside the other (see `reader.rs`); a one-topic
+//! poll that finds data takes none. The Redis backplane's connection is a
 //! `tokio::sync::Mutex` held across `.await`, outside this order: nothing else is taken under
 //! it.
 
@@ -79,8 +81,6 @@ pub(crate) mod rank {
         Sessions = 30,
         /// One topic's history.
         History = 40,
-        /// One subscriber's list of rings.
-        Feeds = 50,
         /// One subscriber's own queue.
         Queue = 60,
         /// One ring's parked readers.

@@ -1,5 +1,6 @@
 //! Models of the per-subscriber queue: push, drain and close, wake-ups, the slow-client policies
-//! and heartbeats.
+//! and heartbeats; and of the reader's lock-free look at one ring (`reader.rs`) racing a send
+//! into the queue, a publish and a disconnect.
 
 use std::future::poll_fn;
 use std::task::Poll;
@@ -7,8 +8,8 @@ use std::task::Poll;
 use bytes::Bytes;
 use loom::thread;
 
-use super::{assert_released, block_on, flag_waker, frame, labels, Outcomes, ALL};
-use crate::queue::{EndReason, FrameKeys, Pushed, Queue, SlowPolicy};
+use super::{assert_released, block_on, flag_waker, frame, labels, Outcomes};
+use crate::queue::{EndReason, FrameKeys, Limits, Pushed, Queue, SlowPolicy};
 use crate::sync::Arc;
 
 /// Pushes each frame in turn; the outcomes, in the same order.
@@ -25,7 +26,7 @@ fn drain_rest(queue: &Queue) -> (Vec<String>, u64, Option<EndReason>) {
     let mut seen = Vec::new();
     let mut lagged = 0;
     loop {
-        match queue.drain(ALL, ALL, None) {
+        match queue.drain(Limits::ALL, None) {
             Ok(drained) if drained.frames.is_empty() => {
                 return (seen, lagged + drained.lagged, None);
             }
@@ -63,7 +64,7 @@ fn loom_queue_drain_vs_two_pushers_sees_each_frame_once_in_order() {
         let mut seen: Vec<String> = Vec::new();
         let mut lagged = 0;
         block_on(poll_fn(|cx| loop {
-            match queue.drain(ALL, ALL, Some(cx.waker())) {
+            match queue.drain(Limits::ALL, Some(cx.waker())) {
                 Ok(drained) => {
                     lagged += drained.lagged;
                     let empty = drained.frames.is_empty();
@@ -116,10 +117,10 @@ fn loom_queue_push_wakes_the_waker_of_an_empty_drain() {
 
         let (flag1, waker1) = flag_waker();
         let (flag2, waker2) = flag_waker();
-        let mut seen = labels(&queue.drain(ALL, ALL, Some(&waker1)).unwrap().frames);
+        let mut seen = labels(&queue.drain(Limits::ALL, Some(&waker1)).unwrap().frames);
         let mut last = &flag1;
         if seen.is_empty() {
-            seen = labels(&queue.drain(ALL, ALL, Some(&waker2)).unwrap().frames);
+            seen = labels(&queue.drain(Limits::ALL, Some(&waker2)).unwrap().frames);
             last = &flag2;
         }
         assert_eq!(pusher.join().unwrap(), [Pushed::Queued]);
@@ -150,10 +151,10 @@ fn loom_queue_close_wakes_a_parked_consumer() {
     loom::model(|| {
         let queue = Arc::new(Queue::new(1, SlowPolicy::Disconnect));
         let q = queue.clone();
-        let closer = thread::spawn(move || q.close(EndReason::Shutdown, None, false, 0));
+        let closer = thread::spawn(move || q.close_after(EndReason::Shutdown, 0, None));
 
         let (flag, waker) = flag_waker();
-        let first = queue.drain(ALL, ALL, Some(&waker));
+        let first = queue.drain(Limits::ALL, Some(&waker));
         assert!(closer.join().unwrap());
         match first {
             Ok(drained) => {
@@ -183,7 +184,7 @@ fn loom_queue_close_racing_push_admits_nothing_after() {
 
         let q = queue.clone();
         let pusher = thread::spawn(move || push_all(&q, &[x1, x2]));
-        assert!(queue.close(EndReason::Shutdown, Some(&bye), false, 0));
+        assert!(queue.close_after(EndReason::Shutdown, 0, Some(&bye)));
         drop(bye);
         let outcomes = pusher.join().unwrap();
 
@@ -217,7 +218,7 @@ fn loom_queue_discarding_close_racing_push_keeps_nothing() {
 
         let q = queue.clone();
         let pusher = thread::spawn(move || push_all(&q, &[x1, x2]));
-        assert!(queue.close(EndReason::Dropped, None, true, 0));
+        assert!(queue.close_discarding(EndReason::Dropped));
         let outcomes = pusher.join().unwrap();
 
         let queued = count(&outcomes, Pushed::Queued);
@@ -280,7 +281,7 @@ fn loom_queue_slow_close_vs_own_drop_closes_once() {
 
         let q = queue.clone();
         let pusher = thread::spawn(move || push_all(&q, &[a1]));
-        let dropped = queue.close(EndReason::Dropped, None, true, 0);
+        let dropped = queue.close_discarding(EndReason::Dropped);
         let pushed = pusher.join().unwrap()[0];
 
         match pushed {
@@ -346,7 +347,8 @@ fn loom_queue_heartbeat_never_displaces_an_event() {
         let (e1, te1) = frame("e1");
 
         let q = queue.clone();
-        let ticker = thread::spawn(move || q.push_heartbeat(&hb, true));
+        let rings_idle = true;
+        let ticker = thread::spawn(move || q.push_heartbeat(&hb, rings_idle));
         let pushed = push_all(&queue, &[e1]);
         let ticked = ticker.join().unwrap();
 
@@ -372,8 +374,10 @@ fn loom_queue_heartbeat_never_counts_as_lag() {
         let (e2, te2) = frame("e2");
 
         let q = queue.clone();
-        let ticker =
-            thread::spawn(move || [q.push_heartbeat(&hb, true), q.push_heartbeat(&hb, true)]);
+        let rings_idle = true;
+        let ticker = thread::spawn(move || {
+            [q.push_heartbeat(&hb, rings_idle), q.push_heartbeat(&hb, rings_idle)]
+        });
         let pushed = push_all(&queue, &[e1, e2]);
         let ticks = ticker.join().unwrap();
 
@@ -387,4 +391,139 @@ fn loom_queue_heartbeat_never_counts_as_lag() {
         OUTCOMES.record(format!("ticked {}", ticks[0]));
     });
     OUTCOMES.assert_reached(&["ticked true", "ticked false"]);
+}
+
+/// [`block_on`], yielding to the other threads before each poll that follows a wake: a poll
+/// that finds an entry of a publish still in progress wakes itself to be polled again (it
+/// spins until that publish completes), and loom needs the spinning thread to yield.
+fn block_on_yielding<F: std::future::Future>(future: F) -> F::Output {
+    let unpark = std::sync::Arc::new(super::Unpark(loom::sync::Notify::new()));
+    let waker = std::task::Waker::from(unpark.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        unpark.0.wait();
+        thread::yield_now();
+    }
+}
+
+/// The data of an encoded frame (`data: x\n\n` is `x`).
+fn data(frame: &[u8]) -> String {
+    let text = std::str::from_utf8(frame).expect("UTF-8");
+    text.trim_end().trim_start_matches("data: ").to_string()
+}
+
+/// A one-topic reader parked in `block_on` (so it takes the lock-free look whenever its queue
+/// is empty) while one thread sends d1 to its queue and then publishes e2 to its topic: it
+/// gets both, d1 first (sequence order across its queue and its ring), and is never left
+/// parked (a lost wake-up is a deadlock loom reports; the loop yields only after a wake). The lock-free look reads the watermark
+/// before the queue's "empty" flag; read the other way round, it can see the flag from before
+/// d1 was pushed and the watermark after e2 was published, and hand over e2 first.
+#[test]
+fn loom_queue_lock_free_look_vs_send_and_publish_keeps_order_and_wakes() {
+    use crate::hub::{Config, Shared, Subscribe};
+    use crate::Event;
+
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let config = Config {
+            capacity: 4,
+            policy: SlowPolicy::Disconnect,
+            heartbeat: None,
+            lag_event: false,
+            ..Config::default()
+        };
+        let shared = Arc::new(Shared::new(config));
+        let mut sub = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        let id = sub.id();
+        let s = shared.clone();
+        let sender = thread::spawn(move || {
+            Shared::send_to_many(&s, &[id], Event::new("d1")).expect("open");
+            Shared::publish(&s, "t", Event::new("e2")).expect("open");
+        });
+        let mut batches: Vec<Vec<String>> = Vec::new();
+        block_on_yielding(poll_fn(|cx| loop {
+            match sub.poll_batch(Some(cx)) {
+                Poll::Ready(Some(batch)) => {
+                    batches.push(batch.frames().iter().map(|f| data(f)).collect());
+                    if batches.iter().map(Vec::len).sum::<usize>() >= 2 {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Ready(None) => panic!("ended: {:?}", sub.end_reason()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }));
+        sender.join().unwrap();
+        assert_eq!(batches.concat(), ["d1", "e2"], "{batches:?}");
+        let shape: Vec<String> = batches.iter().map(|b| b.join(",")).collect();
+        OUTCOMES.record(shape.join(" | "));
+    });
+    // "d1 | e2": e2 came through the lock-free look, after d1 emptied the queue.
+    OUTCOMES.assert_reached(&["d1,e2", "d1 | e2"]);
+}
+
+/// A one-topic reader taking its lock-free look while `Hub::disconnect` (`Shared::end`) takes
+/// what its ring holds into its queue and a publish follows the disconnect: it gets e1 exactly
+/// once (from its ring or from its queue, whichever claimed it first), never e2 (published after
+/// the disconnect), and then ends `Disconnected`.
+#[test]
+fn loom_queue_lock_free_look_vs_disconnect_hands_each_entry_over_once() {
+    use crate::hub::{Config, Shared, Subscribe};
+    use crate::queue::EndReason;
+    use crate::Event;
+
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let config = Config {
+            capacity: 4,
+            policy: SlowPolicy::Disconnect,
+            heartbeat: None,
+            lag_event: false,
+            ..Config::default()
+        };
+        let shared = Arc::new(Shared::new(config));
+        let mut sub = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        // Keeps the topic and its ring alive after `sub` leaves, so e2 lands in the ring `sub`
+        // may still be looking at.
+        let _other = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        Shared::publish(&shared, "t", Event::new("e1")).expect("open");
+        let slot =
+            shared.engine.registry.subscribers().get(sub.id().as_u64()).cloned().expect("live");
+        let s = shared.clone();
+        let closer = thread::spawn(move || {
+            assert!(Shared::end(&s, &slot, EndReason::Disconnected));
+            // Whether the close took e1 into the queue (or the reader had claimed it); a take
+            // from the queue in between reads as the latter, which only labels the outcome.
+            let absorbed = slot.queue.len() == 1;
+            // In the ring (for `_other`) after the disconnect: a look of `sub` that still
+            // reads the ring must not take it.
+            let _ = Shared::publish(&s, "t", Event::new("e2"));
+            absorbed
+        });
+        let mut seen = Vec::new();
+        // Racing the close: finds e1 in the ring or the queue, or nothing yet (it loaded its
+        // feeds after the close emptied them, and looked at its queue before the close).
+        let first = sub.try_recv().expect("not ended before the close");
+        seen.extend(first.iter().flat_map(|b| b.frames().iter().map(|f| data(f))));
+        let absorbed = closer.join().unwrap();
+        let mut result = sub.try_recv();
+        loop {
+            match result {
+                Ok(Some(batch)) => seen.extend(batch.frames().iter().map(|f| data(f))),
+                Ok(None) => panic!("disconnected, yet not ended after {seen:?}"),
+                Err(reason) => {
+                    assert_eq!(reason, EndReason::Disconnected);
+                    break;
+                }
+            }
+            result = sub.try_recv();
+        }
+        assert_eq!(seen, ["e1"]);
+        OUTCOMES.record(if absorbed { "absorbed" } else { "read first" });
+    });
+    OUTCOMES.assert_reached(&["read first", "absorbed"]);
 }

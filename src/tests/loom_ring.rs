@@ -12,9 +12,8 @@ use bytes::Bytes;
 
 use super::{assert_released, block_on, frame, labels, Outcomes};
 use crate::hub::{Config, Shared, Subscribe};
-use crate::queue::{EndReason, Queue, SlowPolicy};
-use crate::registry::Slot;
-use crate::ring::{Bound, Limits, Member, Ring, Taken};
+use crate::queue::{EndReason, Limits, Queue, SlowPolicy};
+use crate::ring::{Bound, Member, Ring, Taken};
 use crate::subscription::Subscription;
 use crate::sync::Arc;
 use crate::Event;
@@ -200,18 +199,18 @@ fn loom_ring_a_leaver_racing_a_wake_leaves_the_others_woken() {
 
 /// A reader of `ring` with `capacity` and `policy`, starting at the tail.
 fn ring_reader(ring: &Ring, capacity: usize, policy: SlowPolicy) -> Arc<Member> {
-    let slot = Arc::new(Slot::new(1, Queue::new(capacity, policy), None));
-    Arc::new(Member::new(slot, ring.join(capacity)))
+    let queue = Arc::new(Queue::new(capacity, policy));
+    Arc::new(Member::new(1, queue, ring.join(capacity)))
 }
 
 /// Everything published, in batches of up to 64.
-const ALL_OF_IT: Limits = Limits { upto: u64::MAX, max_frames: 64, max_bytes: usize::MAX };
+const ALL_OF_IT: Limits = Limits { frames: 64, bytes: usize::MAX };
 
 /// What a reader at `cursor` with `bound` takes as one batch: its frames' labels (a run of one
 /// chunk, or copied out), and what the take reported.
 fn take_batch(ring: &Ring, cursor: u64, bound: Bound) -> (Vec<String>, Taken) {
     let mut out = Vec::new();
-    let (taken, run) = ring.take_run(cursor, bound, ALL_OF_IT, &mut out);
+    let (taken, run) = ring.take_run(cursor, bound, u64::MAX, ALL_OF_IT, &mut out);
     match run {
         Some(run) => {
             assert!(out.is_empty(), "a run and copies at once");
@@ -287,7 +286,7 @@ fn loom_ring_trim_racing_a_reader() {
         };
         thread::yield_now();
         let mut out = Vec::new();
-        let (taken, run) = ring.take_run(member.cursor(), bound, ALL_OF_IT, &mut out);
+        let (taken, run) = ring.take_run(member.cursor(), bound, u64::MAX, ALL_OF_IT, &mut out);
         let run = run.expect("one entry is one chunk's");
         let got = labels(run.frames());
         let newest = ["e1", "e2", "e3"].iter().position(|l| [*l] == got[..]).expect("one frame");
@@ -326,8 +325,8 @@ fn loom_ring_a_readers_last_chunk_handoff() {
         thread::yield_now();
         let mut out = Vec::new();
         // At most the first chunk's two entries: a run of the chunk the publisher writes.
-        let two = Limits { max_frames: 2, ..ALL_OF_IT };
-        let (taken, run) = ring.take_run(member.cursor(), bound, two, &mut out);
+        let two = Limits { frames: 2, ..ALL_OF_IT };
+        let (taken, run) = ring.take_run(member.cursor(), bound, u64::MAX, two, &mut out);
         let run = run.expect("the first chunk's entries");
         let held = labels(run.frames());
         assert!(held == ["e1"] || held == ["e1", "e2"], "{held:?}");

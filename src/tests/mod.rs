@@ -37,9 +37,6 @@ use bytes::Bytes;
 
 use crate::sync::{Arc, AtomicBool, Ordering};
 
-/// No limit on a drain: everything queued is handed over.
-const ALL: usize = usize::MAX;
-
 /// A frame's owner: the label's bytes, and a loom `Arc` that lives as long as any copy of it.
 struct Tracked {
     /// What the frame reads as.

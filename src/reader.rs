@@ -1,0 +1,704 @@
+//! The reader: what a subscriber takes from its topics' rings and its own queue, merged in
+//! sequence order up to the hub's watermark, then parking and the second look.
+//!
+//! A subscriber is a `Slot`: its id, its `Queue` and its feeds, one `Feed` per ring it
+//! reads. Ownership points one way: the slot owns its feeds; a feed holds the ring, the topic's
+//! set of readers and the subscriber's `Member` (its cursor); a member holds the subscriber's
+//! id and queue, which is all a ring or a publisher's scan needs of it; nothing a ring holds
+//! leads back to a slot, so no cycle needs breaking by hand.
+//!
+//! The feeds are a copy-on-write snapshot (`ArcSwap`): the registry's writers swap in a new
+//! list when the subscriber gains or loses a topic, and a poll loads it without a lock.
+//!
+//! # One poll, step by step
+//!
+//! 1. **Look** (`look`). A subscriber of one ring whose queue is empty and open takes from
+//!    the ring without the queue's lock (`look_lock_free`): it loads the watermark
+//!    (`Acquire`), then the queue's "empty" flag (`Queue::looks_empty`; why that order makes
+//!    it sound is on `Queue::empty`), reads the ring up to the watermark and moves its cursor
+//!    with a compare-and-swap (`Member::claim`). Otherwise, or when that finds nothing, the
+//!    look takes the queue's lock and holds it while it reads each ring and merges them with
+//!    the queue's own entries (`look_locked`): by sequence number, a ring entry first on a tie
+//!    (a close's final frame carries the last number, so it comes last), nothing past the
+//!    watermark, and entries of its own queue past the watermark mean a publish is still in
+//!    progress (`retry`: poll again rather than park on a wake that may be spent). A look that
+//!    finds nothing registers the waker in the queue under that same lock, so a push either
+//!    came before the look (and is seen) or finds the waker.
+//! 2. **Park** (`next_batch`). With a waker and nothing found, the reader loads its feeds
+//!    again (a pattern may have added a ring since, and adding one wakes the queue: a reader
+//!    whose waker was registered after that wake sees the new feed here) and parks in every
+//!    ring, under each ring's `parked` lock.
+//! 3. **Second look.** It reads its rings once more: a publish between the first look and the
+//!    parking would otherwise go unnoticed. For one ring and an empty queue this is the
+//!    lock-free look again; its own queue needs no second look (the waker is registered, so a
+//!    push from now on wakes it).
+//!
+//! # Locks a poll takes
+//!
+//! A ring's read takes no lock (`ring.rs`: write-once slots below a tail loaded with
+//! `Acquire`, the chunk list an `ArcSwapOption` snapshot), so what a poll locks is its own
+//! queue's lock and, to park, each ring's `parked` lock:
+//!
+//! - **One ring, own queue empty, found data**: none at all. The feeds snapshot (`ArcSwap`),
+//!   the watermark, the "empty" flag, the ring's tail and chunk list, and the cursor's
+//!   compare-and-swap are atomics; the batch is a run of the ring's chunk.
+//! - **One ring, own queue empty, found nothing, parks**: the lock-free look, then the queue's
+//!   lock once (a locked look that registers the waker), the ring's `parked` lock once, then the
+//!   lock-free second look.
+//! - **Several rings, or entries of its own queued**: the queue's lock, held across the ring
+//!   reads and the merge; when that finds nothing and the caller waits, each ring's `parked`
+//!   lock, then the same locked look again.
+//! - **No rings (a conflating subscriber)**: the queue's lock (a plain drain).
+//!
+//! The queue's lock and a ring's `parked` lock are never held together: a look releases the
+//! queue's lock before it parks, `Slot::close_absorbing` leaves the rings (their `parked`
+//! locks) before it takes the queue's, and a publish wakes the queue after releasing its
+//! `parked` lock (the ranks in `src/sync/mod.rs` check this in debug builds).
+//!
+//! # Who moves a cursor
+//!
+//! The subscriber's own looks, and `Slot::close_absorbing` (`Hub::disconnect`), which takes
+//! what the rings still hold for the subscriber into its queue under the queue's lock. Both
+//! move it with a compare-and-swap from the position they read at, so a lock-free look racing
+//! that close hands over each entry exactly once: whichever claims the range first keeps it,
+//! and the other looks again.
+
+use std::task::Waker;
+
+use bytes::Bytes;
+
+use crate::idmap::IdMap;
+use crate::queue::{EndReason, Limits, Locked, Queue, SlowPolicy};
+use crate::ring::{Member, Ring, Run, Taken};
+use crate::sync::{Arc, ArcSwap, Guard, Ordering, SharedStr};
+
+/// The subscribers that read a topic's ring, with their cursors: the set a publish counts and
+/// scans. Shared by the topic and by each of its readers' feeds, so a subscriber that ends can
+/// take itself off under the sequencer.
+pub(crate) type Readers = ArcSwap<IdMap<Arc<Member>>>;
+
+/// One ring a subscriber reads, with its place in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Feed {
+    /// The topic's ring.
+    pub(crate) ring: Arc<Ring>,
+    /// The topic's readers (which a subscriber that ends leaves at once).
+    pub(crate) readers: Arc<Readers>,
+    /// The subscriber's cursor in the ring.
+    pub(crate) member: Arc<Member>,
+}
+
+/// One subscriber, as publishers and its own stream see it.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The subscriber's id.
+    pub(crate) id: u64,
+    /// Its bounded queue (shared with its members, which wake it and close it as slow).
+    pub(crate) queue: Arc<Queue>,
+    /// Who it is, if the application said.
+    pub(crate) principal: Option<SharedStr>,
+    /// The rings of the topics it receives (empty for a conflating subscriber, which gets
+    /// topic events in its queue). Swapped by the registry's writers (under their lock) and by
+    /// [`Slot::close_absorbing`]; loaded, never locked, by the subscriber's polls.
+    pub(crate) feeds: ArcSwap<Vec<Feed>>,
+}
+
+/// What the consumer took in one poll.
+#[derive(Debug, Default)]
+pub(crate) struct Drained {
+    /// The frames, oldest first.
+    pub(crate) frames: Vec<Bytes>,
+    /// Frames lost to eviction before these (queue and rings).
+    pub(crate) lagged: u64,
+    /// Of `lagged`, the ring entries skipped (counted as dropped by the caller: no publish saw
+    /// them go).
+    pub(crate) skipped: u64,
+    /// Nothing was ready but an entry of a publish still in progress is queued: poll again.
+    pub(crate) retry: bool,
+    /// The frames as one run of a ring's chunk instead of `frames` (then empty): the usual
+    /// case of a one-topic subscriber, one refcount for the whole batch.
+    pub(crate) run: Option<Run>,
+}
+
+impl Drained {
+    /// Whether no frame was taken.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.run.is_none()
+    }
+
+    /// Whether the poll has nothing to report: no frame and no loss.
+    fn is_nothing(&self) -> bool {
+        self.is_empty() && self.lagged == 0
+    }
+}
+
+/// Why a poll stopped the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The stream has ended and everything it may still hand over was handed over.
+    Ended(EndReason),
+    /// The subscriber fell more than its bound behind a ring and its policy is `Disconnect`:
+    /// the queue is now closed as slow.
+    Overflowed,
+}
+
+impl Slot {
+    /// A subscriber with this id, queue and principal, on no topic yet.
+    pub(crate) fn new(id: u64, queue: Queue, principal: Option<SharedStr>) -> Slot {
+        Slot { id, queue: Arc::new(queue), principal, feeds: crate::sync::arc_swap(Vec::new()) }
+    }
+
+    /// Whether it takes topic events from rings (every policy but `Conflate`).
+    pub(crate) fn reads_rings(&self) -> bool {
+        !matches!(self.queue.policy(), SlowPolicy::Conflate { .. })
+    }
+
+    /// Frames waiting in its rings (each capped at its bound).
+    pub(crate) fn ring_waiting(&self) -> usize {
+        let capacity = self.queue.capacity();
+        self.feeds.load().iter().map(|f| f.ring.waiting(f.member.cursor(), capacity)).sum()
+    }
+
+    /// Its current feeds (a snapshot).
+    pub(crate) fn feeds(&self) -> Guard<Vec<Feed>> {
+        self.feeds.load()
+    }
+
+    /// Starts reading `feed`. Called by the registry's writers, under their lock.
+    pub(crate) fn add_feed(&self, feed: Feed) {
+        self.feeds.rcu(|feeds| {
+            let mut feeds = Vec::clone(feeds);
+            feeds.push(feed.clone());
+            feeds
+        });
+    }
+
+    /// Stops reading `ring`: takes its feed out and leaves the ring's parked list. Called by
+    /// the registry's writers, under their lock.
+    pub(crate) fn remove_feed(&self, ring: &Arc<Ring>) {
+        let reads = |f: &Feed| Arc::ptr_eq(&f.ring, ring);
+        let before =
+            self.feeds.rcu(|feeds| feeds.iter().filter(|f| !reads(f)).cloned().collect::<Vec<_>>());
+        for feed in before.iter().filter(|f| reads(f)) {
+            ring.leave(&feed.member);
+        }
+    }
+
+    /// Ends the subscriber's stream with `reason` after what its rings hold for it up to
+    /// sequence number `upto`: it leaves its topics' readers and rings, those entries move
+    /// into its queue (merged with its own entries), and the queue is closed, so the stream
+    /// hands over exactly what was published up to `upto` and ends without reading a ring
+    /// again. Called under the sequencer, with `upto` its value (so every publish is wholly
+    /// before and taken along, or wholly after and no longer counts it). Returns `false` if
+    /// the queue was already closed.
+    pub(crate) fn close_absorbing(&self, reason: EndReason, upto: u64) -> bool {
+        let feeds = self.feeds.rcu(|_| Vec::new());
+        for feed in feeds.iter() {
+            feed.readers.rcu(|set| set.remove(self.id));
+            feed.ring.leave(&feed.member);
+        }
+        let locked = self.queue.lock();
+        if locked.ended().is_some() {
+            return false;
+        }
+        let mut pending: Vec<(u64, Bytes)> = Vec::new();
+        for feed in feeds.iter() {
+            absorb(feed, upto, &mut pending);
+        }
+        pending.sort_by_key(|(seq, _)| *seq);
+        locked.close_absorbing(reason, pending);
+        true
+    }
+}
+
+impl Member {
+    /// Moves the cursor from `from` to `to` unless someone moved it since the caller read
+    /// `from`; returns whether it did. The subscriber's looks and [`Slot::close_absorbing`]
+    /// both claim their entries this way, so each entry goes to exactly one of them.
+    pub(crate) fn claim(&self, from: u64, to: u64) -> bool {
+        // Release on success: pairs with the Acquire of a publisher's scan, which must see the
+        // reader as having read up to `to`. Relaxed on failure: the caller reads the cursor
+        // again (Acquire) before it looks again.
+        self.cursor.compare_exchange(from, to, Ordering::Release, Ordering::Relaxed).is_ok()
+    }
+}
+
+/// The next batch of `slot`'s stream: its rings' entries and its queue's, merged in sequence
+/// order, never past the watermark `watermark()` returns (the last publish that is complete),
+/// within `limits`. With a `waker` and nothing ready, parks and looks a second time (see the
+/// module docs); the waker is then woken by the next publish to any of its rings, push to its
+/// queue or close.
+pub(crate) fn next_batch(
+    slot: &Slot,
+    watermark: impl Fn() -> u64,
+    limits: Limits,
+    waker: Option<&Waker>,
+) -> Result<Drained, Stop> {
+    if !slot.reads_rings() {
+        return match slot.queue.drain(limits, waker) {
+            Ok(popped) => {
+                Ok(Drained { frames: popped.frames, lagged: popped.lagged, ..Drained::default() })
+            }
+            Err(reason) => Err(Stop::Ended(reason)),
+        };
+    }
+    let drained = look(slot, &slot.feeds(), &watermark, limits, waker)?;
+    let Some(waker) = waker else {
+        return Ok(drained);
+    };
+    if !drained.is_nothing() {
+        return Ok(drained);
+    }
+    if drained.retry {
+        waker.wake_by_ref();
+        return Ok(drained);
+    }
+    // The look registered the waker; the feeds are loaded after it (see the module docs).
+    let feeds = slot.feeds();
+    for feed in feeds.iter() {
+        feed.ring.park(&feed.member);
+    }
+    let second = look(slot, &feeds, &watermark, limits, Some(waker))?;
+    if second.retry {
+        waker.wake_by_ref();
+    }
+    Ok(second)
+}
+
+/// One look at `feeds` and the queue: lock-free when it can be and finds something, otherwise
+/// under the queue's lock, which registers `waker` when nothing is ready.
+fn look(
+    slot: &Slot,
+    feeds: &[Feed],
+    watermark: &impl Fn() -> u64,
+    limits: Limits,
+    waker: Option<&Waker>,
+) -> Result<Drained, Stop> {
+    if let [feed] = feeds {
+        if let Some(drained) = look_lock_free(&slot.queue, feed, watermark, limits) {
+            return Ok(drained);
+        }
+    }
+    look_locked(&slot.queue, feeds, watermark(), limits, waker)
+}
+
+/// The look of a reader of one ring with nothing of its own queued: reads the ring without the
+/// queue's lock. `None` when that does not apply or finds nothing (the caller then looks under
+/// the lock), or when the subscriber was ended meanwhile (its entries are in its queue now).
+fn look_lock_free(
+    queue: &Queue,
+    feed: &Feed,
+    watermark: &impl Fn() -> u64,
+    limits: Limits,
+) -> Option<Drained> {
+    // The watermark first, then the flag: see `Queue::empty`.
+    let upto = watermark();
+    if !queue.looks_empty() {
+        return None;
+    }
+    let cursor = feed.member.cursor();
+    let mut drained = Drained::default();
+    let (taken, run) = take_run(feed, cursor, upto, limits, &mut drained.frames);
+    // Overflowed: the locked look closes the queue as slow.
+    if taken.overflowed || (taken.count == 0 && taken.skipped == 0) {
+        return None;
+    }
+    if !feed.member.claim(cursor, taken.from + taken.count as u64) {
+        return None;
+    }
+    if taken.count > 0 {
+        queue.note_taken();
+    }
+    drained.run = run;
+    // An empty queue has no lag of its own: a drain takes its lag with its last entry.
+    drained.skipped = taken.skipped;
+    drained.lagged = taken.skipped;
+    Some(drained)
+}
+
+/// The look under the queue's lock: everything ready in `feeds` and the queue, merged, up to
+/// the `watermark` (or, once closed, up to where the close said), then the waker registered
+/// if nothing was.
+fn look_locked(
+    queue: &Queue,
+    feeds: &[Feed],
+    watermark: u64,
+    limits: Limits,
+    waker: Option<&Waker>,
+) -> Result<Drained, Stop> {
+    let mut locked = queue.lock();
+    // Once closed, the close fixed how far the rings go (the watermark read before this lock
+    // may predate it); while open, the watermark does.
+    let upto = if locked.ended().is_some() { locked.rings_upto() } else { watermark };
+    // Closed and discarded, or its entries taken in: the rings hold nothing more for it.
+    let feeds = if locked.rings_upto() == 0 { &[] } else { feeds };
+    if locked.heartbeat_waiting() && feeds.iter().any(|f| f.ring.tail() > f.member.cursor()) {
+        locked.drop_heartbeat();
+    }
+    let ready = locked.ready(watermark);
+    let taken = match feeds {
+        [] => Ok(take_own(&mut locked, ready, limits)),
+        [feed] if ready == 0 => take_one(feed, queue, upto, limits),
+        _ => take_merged(&mut locked, feeds, upto, ready, limits),
+    };
+    let Ok(mut drained) = taken else {
+        locked.close_as_slow();
+        return Err(Stop::Overflowed);
+    };
+    drained.lagged = locked.take_lagged() + drained.skipped;
+    if drained.is_nothing() {
+        if let Some(reason) = locked.ended() {
+            if locked.len() == 0 {
+                return Err(Stop::Ended(reason));
+            }
+        }
+        // An entry past the watermark belongs to a publish still in progress: its wake may
+        // already have been spent on this poll, so ask to be polled again.
+        drained.retry = locked.len() > ready;
+        if let Some(waker) = waker {
+            locked.register(waker);
+        }
+    }
+    Ok(drained)
+}
+
+/// The subscriber overflowed a ring (`Disconnect`, more than its bound behind).
+#[derive(Debug)]
+struct Overflowed;
+
+/// Takes the first `ready` entries of the queue alone, within `limits`.
+fn take_own(locked: &mut Locked<'_>, ready: usize, limits: Limits) -> Drained {
+    let count = locked.batch_len(ready, limits);
+    Drained { frames: locked.pop_many(count), ..Drained::default() }
+}
+
+/// Takes from one ring alone (nothing of its own is ready): a run of one chunk when it can.
+/// Under the queue's lock.
+fn take_one(feed: &Feed, queue: &Queue, upto: u64, limits: Limits) -> Result<Drained, Overflowed> {
+    let cursor = feed.member.cursor();
+    let mut drained = Drained::default();
+    let (taken, run) = take_run(feed, cursor, upto, limits, &mut drained.frames);
+    if taken.overflowed {
+        return Err(Overflowed);
+    }
+    if (taken.count > 0 || taken.skipped > 0) && !claim_locked(feed, cursor, &taken, taken.count) {
+        return Ok(Drained { retry: true, ..Drained::default() });
+    }
+    if taken.count > 0 {
+        queue.note_taken();
+    }
+    drained.run = run;
+    drained.skipped = taken.skipped;
+    Ok(drained)
+}
+
+/// One ring's candidates in a merge.
+#[derive(Debug)]
+struct Candidates {
+    /// What the ring handed over, in sequence order.
+    list: Vec<(u64, Bytes)>,
+    /// How many of `list` went into the batch.
+    head: usize,
+    /// The cursor they were read at.
+    cursor: u64,
+    /// What the ring said about them.
+    taken: Taken,
+}
+
+/// Takes from several rings and the first `ready` queued entries, merged by sequence number.
+/// Under the queue's lock.
+fn take_merged(
+    locked: &mut Locked<'_>,
+    feeds: &[Feed],
+    upto: u64,
+    ready: usize,
+    limits: Limits,
+) -> Result<Drained, Overflowed> {
+    let queue = locked.queue();
+    let mut drained = Drained::default();
+    let mut rings = Vec::with_capacity(feeds.len());
+    for feed in feeds {
+        let cursor = feed.member.cursor();
+        let mut list = Vec::new();
+        let taken = take(feed, cursor, upto, limits, |seq, f| list.push((seq, f.clone())));
+        if taken.overflowed {
+            return Err(Overflowed);
+        }
+        drained.skipped += taken.skipped;
+        rings.push(Candidates { list, head: 0, cursor, taken });
+    }
+    let from_queue = merge(&mut rings, locked, ready, limits, &mut drained.frames);
+    let mut from_rings = 0;
+    for (feed, ring) in feeds.iter().zip(&rings) {
+        if (ring.head > 0 || ring.taken.skipped > 0)
+            && !claim_locked(feed, ring.cursor, &ring.taken, ring.head)
+        {
+            return Ok(Drained { retry: true, ..Drained::default() });
+        }
+        from_rings += ring.head;
+    }
+    locked.skip(from_queue);
+    if from_rings > 0 {
+        queue.note_taken();
+    }
+    Ok(drained)
+}
+
+/// Fills `out` with the rings' candidates and the first `ready` queued entries in sequence
+/// order (a ring entry first on a tie), within `limits`; advances each ring's `head` and
+/// returns how many queued entries went in.
+fn merge(
+    rings: &mut [Candidates],
+    locked: &Locked<'_>,
+    ready: usize,
+    limits: Limits,
+    out: &mut Vec<Bytes>,
+) -> usize {
+    let mut from_queue = 0;
+    let mut bytes = 0;
+    loop {
+        let ring = rings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.list.get(r.head).map(|(seq, _)| (*seq, i)))
+            .min();
+        let queued = (from_queue < ready).then(|| locked.entry(from_queue).0);
+        let source = match (ring, queued) {
+            (Some((seq, _)), Some(q)) if q < seq => None,
+            (Some((_, i)), _) => Some(i),
+            (None, Some(_)) => None,
+            (None, None) => break,
+        };
+        let frame = match source {
+            Some(i) => &rings[i].list[rings[i].head].1,
+            None => locked.entry(from_queue).1,
+        };
+        if !limits.fits(out.len(), bytes, frame.len()) {
+            break;
+        }
+        bytes += frame.len();
+        out.push(frame.clone());
+        match source {
+            Some(i) => rings[i].head += 1,
+            None => from_queue += 1,
+        }
+    }
+    from_queue
+}
+
+/// Claims, under the queue's lock, the `count` entries a look took from `feed` at `cursor`
+/// (after any skip). It cannot fail: only the subscriber's own looks and
+/// [`Slot::close_absorbing`] move a cursor, and that close holds the same lock. If it did
+/// fail, the look hands nothing over and asks to be polled again.
+fn claim_locked(feed: &Feed, cursor: u64, taken: &Taken, count: usize) -> bool {
+    let claimed = feed.member.claim(cursor, taken.from + count as u64);
+    debug_assert!(claimed, "a cursor moved under the queue's lock");
+    claimed
+}
+
+/// Moves into `out` everything `feed`'s ring holds for the subscriber up to `upto`, claiming it
+/// (a lock-free look racing this takes each entry or leaves it, never both).
+fn absorb(feed: &Feed, upto: u64, out: &mut Vec<(u64, Bytes)>) {
+    loop {
+        let cursor = feed.member.cursor();
+        let mut list = Vec::new();
+        let taken = take(feed, cursor, upto, Limits::ALL, |seq, frame| {
+            list.push((seq, frame.clone()));
+        });
+        // A reader over its bound (`Disconnect`) gets nothing more from the ring, as a look
+        // would not.
+        let to = if taken.overflowed { cursor } else { taken.from + taken.count as u64 };
+        if feed.member.claim(cursor, to) {
+            out.append(&mut list);
+            return;
+        }
+    }
+}
+
+/// The ring's read for this subscriber: its entries from `cursor` up to `upto` within
+/// `limits`, each handed to `sink`, under the subscriber's bound and policy.
+fn take(
+    feed: &Feed,
+    cursor: u64,
+    upto: u64,
+    limits: Limits,
+    sink: impl FnMut(u64, &Bytes),
+) -> Taken {
+    feed.ring.take(cursor, feed.member.bound(), upto, limits, sink)
+}
+
+/// [`take`] as a batch: a run of one chunk when it can be, the frames in `out` otherwise.
+fn take_run(
+    feed: &Feed,
+    cursor: u64,
+    upto: u64,
+    limits: Limits,
+    out: &mut Vec<Bytes>,
+) -> (Taken, Option<Run>) {
+    feed.ring.take_run(cursor, feed.member.bound(), upto, limits, out)
+}
+
+/// A feed of `ring` for subscriber `id` with `queue`, joining it at its tail, on a reader set
+/// of its own (for tests that need no registry).
+#[cfg(all(test, not(ssehub_loom)))]
+pub(crate) fn lone_feed(id: u64, queue: &Arc<Queue>, ring: &Arc<Ring>) -> Feed {
+    let member = Arc::new(Member::new(id, queue.clone(), ring.join(queue.capacity())));
+    let readers = crate::sync::arc_swap(IdMap::new().insert(id, member.clone()));
+    Feed { ring: ring.clone(), readers: Arc::new(readers), member }
+}
+
+#[cfg(all(test, not(ssehub_loom)))]
+mod tests {
+    use super::*;
+    use crate::queue::FrameKeys;
+
+    fn frame(n: u64) -> Bytes {
+        Bytes::from(format!("data: {n}\n\n"))
+    }
+
+    /// Subscriber 1 reading `rings` with a bound of `capacity` under `policy`.
+    fn subscriber(rings: &[&Arc<Ring>], capacity: usize, policy: SlowPolicy) -> Slot {
+        let slot = Slot::new(1, Queue::new(capacity, policy), None);
+        for ring in rings {
+            slot.add_feed(lone_feed(1, &slot.queue, ring));
+        }
+        slot
+    }
+
+    /// Publishes event `seq` to `ring`.
+    fn publish(ring: &Ring, seq: u64) {
+        ring.push(seq, &frame(seq));
+    }
+
+    /// Sends event `seq` to the subscriber's own queue.
+    fn send(slot: &Slot, seq: u64) {
+        slot.queue.push_targeted(seq, &frame(seq), &FrameKeys::default());
+    }
+
+    /// The frames a poll with the watermark at `watermark` hands over, as the numbers they
+    /// carry, and the loss it reports.
+    fn poll(slot: &Slot, watermark: u64, limits: Limits) -> Result<(Vec<u64>, u64), Stop> {
+        let drained = next_batch(slot, || watermark, limits, None)?;
+        let frames = match &drained.run {
+            Some(run) => run.frames().to_vec(),
+            None => drained.frames.clone(),
+        };
+        let numbers = frames
+            .iter()
+            .map(|f| {
+                let text = std::str::from_utf8(f).expect("UTF-8");
+                text.trim_end().trim_start_matches("data: ").parse().expect("a number")
+            })
+            .collect();
+        Ok((numbers, drained.lagged))
+    }
+
+    #[test]
+    fn two_rings_and_the_queue_merge_in_sequence_order() {
+        let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));
+        let slot = subscriber(&[&a, &b], 16, SlowPolicy::Disconnect);
+        publish(&a, 1);
+        send(&slot, 2);
+        publish(&b, 3);
+        publish(&a, 4);
+        send(&slot, 5);
+        publish(&b, 6);
+        assert_eq!(poll(&slot, 6, Limits::ALL), Ok((vec![1, 2, 3, 4, 5, 6], 0)));
+        assert_eq!(poll(&slot, 6, Limits::ALL), Ok((vec![], 0)));
+    }
+
+    #[test]
+    fn a_merged_batch_stops_at_its_limits_and_the_next_one_goes_on_from_there() {
+        let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));
+        let slot = subscriber(&[&a, &b], 16, SlowPolicy::Disconnect);
+        for seq in 1..=6 {
+            match seq % 3 {
+                0 => send(&slot, seq),
+                1 => publish(&a, seq),
+                _ => publish(&b, seq),
+            }
+        }
+        let two = Limits { frames: 2, bytes: usize::MAX };
+        assert_eq!(poll(&slot, 6, two), Ok((vec![1, 2], 0)));
+        assert_eq!(poll(&slot, 6, two), Ok((vec![3, 4], 0)));
+        // Every frame is 9 bytes: 10 bytes hold one, and a batch always holds at least one.
+        let one = Limits { frames: 64, bytes: 10 };
+        assert_eq!(poll(&slot, 6, one), Ok((vec![5], 0)));
+        assert_eq!(poll(&slot, 6, one), Ok((vec![6], 0)));
+    }
+
+    #[test]
+    fn nothing_past_the_watermark_is_taken_and_a_queued_entry_past_it_asks_for_a_retry() {
+        let a = Arc::new(Ring::new());
+        let slot = subscriber(&[&a], 16, SlowPolicy::Disconnect);
+        publish(&a, 1);
+        publish(&a, 2);
+        send(&slot, 3);
+        publish(&a, 4);
+        assert_eq!(poll(&slot, 1, Limits::ALL), Ok((vec![1], 0)));
+        let drained = next_batch(&slot, || 2, Limits::ALL, None).expect("open");
+        assert_eq!(drained.run.map(|r| r.frames().len()), Some(1));
+        let waiting = next_batch(&slot, || 2, Limits::ALL, None).expect("open");
+        assert!(waiting.is_nothing() && waiting.retry, "{waiting:?}");
+        assert_eq!(poll(&slot, 4, Limits::ALL), Ok((vec![3, 4], 0)));
+    }
+
+    #[test]
+    fn one_ring_and_an_empty_queue_hand_over_a_run_without_the_queue() {
+        let a = Arc::new(Ring::new());
+        let slot = subscriber(&[&a], 16, SlowPolicy::Disconnect);
+        publish(&a, 1);
+        publish(&a, 2);
+        assert!(slot.queue.looks_empty());
+        let drained = next_batch(&slot, || 2, Limits::ALL, None).expect("open");
+        assert!(drained.frames.is_empty());
+        assert_eq!(drained.run.map(|r| r.frames().to_vec()), Some(vec![frame(1), frame(2)]));
+        send(&slot, 3);
+        assert!(!slot.queue.looks_empty(), "a push clears the flag");
+        assert_eq!(poll(&slot, 3, Limits::ALL), Ok((vec![3], 0)));
+        assert!(slot.queue.looks_empty(), "a drain that empties the queue sets it");
+    }
+
+    #[test]
+    fn drop_oldest_skips_to_its_bound_and_reports_the_skip_as_lag() {
+        let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));
+        let lone = subscriber(&[&a], 2, SlowPolicy::DropOldest);
+        for seq in 1..=5 {
+            publish(&a, seq);
+        }
+        assert_eq!(poll(&lone, 5, Limits::ALL), Ok((vec![4, 5], 3)));
+        let merged = subscriber(&[&a, &b], 2, SlowPolicy::DropOldest);
+        for seq in 6..=9 {
+            publish(&a, seq);
+        }
+        publish(&b, 10);
+        assert_eq!(poll(&merged, 10, Limits::ALL), Ok((vec![8, 9, 10], 2)));
+    }
+
+    #[test]
+    fn a_disconnect_reader_over_its_bound_is_closed_as_slow() {
+        let a = Arc::new(Ring::new());
+        let slot = subscriber(&[&a], 2, SlowPolicy::Disconnect);
+        for seq in 1..=3 {
+            publish(&a, seq);
+        }
+        assert_eq!(poll(&slot, 3, Limits::ALL), Err(Stop::Overflowed));
+        assert!(slot.queue.is_closed());
+        assert_eq!(poll(&slot, 3, Limits::ALL), Err(Stop::Ended(EndReason::Slow)));
+    }
+
+    #[test]
+    fn close_absorbing_hands_over_exactly_what_came_up_to_the_close() {
+        let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));
+        let slot = subscriber(&[&a, &b], 16, SlowPolicy::Disconnect);
+        publish(&b, 1);
+        send(&slot, 2);
+        publish(&a, 3);
+        assert!(slot.close_absorbing(EndReason::Disconnected, 3));
+        assert!(!slot.close_absorbing(EndReason::Disconnected, 3), "closes once");
+        publish(&a, 4);
+        assert!(slot.feeds().is_empty());
+        assert_eq!(poll(&slot, 4, Limits::ALL), Ok((vec![1, 2, 3], 0)));
+        assert_eq!(poll(&slot, 4, Limits::ALL), Err(Stop::Ended(EndReason::Disconnected)));
+    }
+}
