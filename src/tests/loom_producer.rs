@@ -6,14 +6,14 @@
 //! end, in the order `Instance::supervise` does. The Tokio side (spawning, `select!`, aborting
 //! the task and awaiting it) is not modelled here; `tests/hub_producers.rs` covers it.
 
-use loom::sync::Notify;
+use loom::sync::{Mutex, Notify};
 use loom::thread::{self, JoinHandle};
 
 use super::Outcomes;
 use crate::producer::{subscriber_count, InstanceHandle, Lifecycle, Linger, Membership};
 use crate::queue::{Queue, SlowPolicy};
 use crate::registry::{Registry, Slot};
-use crate::sync::{lock, Arc, AtomicBool, AtomicUsize, Mutex, Ordering, SharedStr};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering, SharedStr};
 use crate::StopReason;
 
 /// A one-way flag a loom thread can wait for.
@@ -77,7 +77,8 @@ struct World {
     started: AtomicUsize,
     /// The producer's linger setting.
     linger: Linger,
-    /// The instances' threads, joined at the end.
+    /// The instances' threads, joined at the end. A model's own bookkeeping, outside the
+    /// crate's lock order, so a plain loom mutex.
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -102,7 +103,8 @@ impl World {
     /// Waits for every instance's thread to end (a deadlock if one is never told to stop);
     /// returns how many were started in all.
     fn join_instances(&self) -> usize {
-        let threads = std::mem::take(&mut *lock(&self.threads));
+        let threads =
+            std::mem::take(&mut *self.threads.lock().expect("no model thread panics holding it"));
         for thread in threads {
             thread.join().unwrap();
         }
@@ -182,7 +184,7 @@ fn start(
         let membership = || world.membership(&topic);
         world.lifecycle.ended(&topic, generation, &StopReason::Idle, membership);
     });
-    lock(&world.threads).push(thread);
+    world.threads.lock().expect("no model thread panics holding it").push(thread);
     handle
 }
 
