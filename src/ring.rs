@@ -902,20 +902,22 @@ mod tests {
         lock(&ring.parked).list.iter().map(|m| m.id).collect()
     }
 
-    /// Readers 1 to `n` of `ring`, parked in that order when `park` says so.
-    fn readers(ring: &Ring, n: u64, park: bool) -> Vec<Arc<Member>> {
-        let readers: Vec<_> =
-            (1..=n).map(|id| reader(id, 8, SlowPolicy::Disconnect, ring)).collect();
-        if park {
-            readers.iter().for_each(|r| ring.park(r));
-        }
+    /// Readers 1 to `n` of `ring`, not parked.
+    fn readers(ring: &Ring, n: u64) -> Vec<Arc<Member>> {
+        (1..=n).map(|id| reader(id, 8, SlowPolicy::Disconnect, ring)).collect()
+    }
+
+    /// Readers 1 to `n` of `ring`, parked in that order.
+    fn parked_readers(ring: &Ring, n: u64) -> Vec<Arc<Member>> {
+        let readers = readers(ring, n);
+        readers.iter().for_each(|r| ring.park(r));
         readers
     }
 
     #[test]
     fn parked_readers_are_listed_once_in_park_order_and_relisted_after_a_wake() {
         let ring = Ring::new();
-        let readers = readers(&ring, 3, false);
+        let readers = readers(&ring, 3);
         for i in [2, 0, 1, 0, 2] {
             ring.park(&readers[i]);
         }
@@ -929,7 +931,7 @@ mod tests {
     #[test]
     fn leavers_are_not_relisted_and_are_compacted_away_when_half_the_list() {
         let ring = Ring::new();
-        let readers = readers(&ring, 10, true);
+        let readers = parked_readers(&ring, 10);
         for r in &readers[..5] {
             ring.leave(r);
         }
@@ -948,7 +950,7 @@ mod tests {
     #[test]
     fn clearing_a_ring_its_last_reader_left_forgets_the_listed_leavers() {
         let ring = Ring::new();
-        let readers = readers(&ring, 4, true);
+        let readers = parked_readers(&ring, 4);
         ring.leave(&readers[0]);
         assert_eq!(parked_ids(&ring).len(), 4);
         ring.clear();
