@@ -37,6 +37,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::accept::{accept, Backoff};
 use super::endpoint::{stream, Endpoint, Events, Reply};
 use super::resolve::Resolver;
 use super::send_timeout::SendTimeout;
@@ -78,8 +79,10 @@ where
 /// `listener` for `axum::serve`, closing connections whose writes make no progress for
 /// `send_timeout` (their clients stopped reading; see
 /// [`Endpoint::with_send_timeout`](crate::Endpoint::with_send_timeout) for why a server of
-/// streams needs this), and setting `TCP_NODELAY` so events are not held back. Accept errors
-/// (such as running out of file descriptors) pause it for 50 ms, then it goes on.
+/// streams needs this), and setting `TCP_NODELAY` so events are not held back. A connection
+/// reset before it was accepted is skipped at once; other accept errors (such as running out
+/// of file descriptors) pause it for 5 ms, doubling while they last up to a second, as in
+/// every ssehub front.
 ///
 /// # Examples
 ///
@@ -95,7 +98,7 @@ where
 /// # }
 /// ```
 pub fn listener(listener: TcpListener, send_timeout: Duration) -> impl Listener<Addr = SocketAddr> {
-    Guarded { listener, send_timeout }
+    Guarded { listener, send_timeout, backoff: Backoff::default() }
 }
 
 /// A listener whose connections have a send timeout.
@@ -105,6 +108,8 @@ struct Guarded {
     listener: TcpListener,
     /// How long a connection's writes may make no progress.
     send_timeout: Duration,
+    /// The pause after accept errors.
+    backoff: Backoff,
 }
 
 impl Listener for Guarded {
@@ -112,16 +117,8 @@ impl Listener for Guarded {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, SocketAddr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((socket, addr)) => {
-                    // Small frames go out at once; a burst is one write anyway.
-                    let _ = socket.set_nodelay(true);
-                    return (SendTimeout::new(socket, Some(self.send_timeout)), addr);
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let (socket, addr) = accept(&self.listener, &mut self.backoff).await;
+        (SendTimeout::new(socket, Some(self.send_timeout)), addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -25,7 +25,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use ::hyper::service::Service;
 use bytes::Bytes;
@@ -35,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use super::accept::{accept, Backoff};
 use super::endpoint::{stream, Endpoint, Events, Reply};
 use super::resolve::Resolver;
 use super::send_timeout::SendTimeout;
@@ -229,8 +229,10 @@ impl<R: Resolver, B> Service<Request<B>> for Endpoint<R> {
 /// HTTP/2 (h2c with prior knowledge), each on its own task; `TCP_NODELAY` is set so events are
 /// not held back. HTTP/1.1 request heads must arrive within 30 seconds, and a connection whose
 /// writes make no progress for the endpoint's
-/// [send timeout](crate::Endpoint::with_send_timeout) is closed. Accept errors (such as
-/// running out of file descriptors) pause the loop for 50 ms, then it goes on.
+/// [send timeout](crate::Endpoint::with_send_timeout) is closed. A connection reset before it
+/// was accepted is skipped at once; other accept errors (such as running out of file
+/// descriptors) pause the loop for 5 ms, doubling while they last up to a second, as in every
+/// ssehub front.
 ///
 /// Every path and query is handed to the endpoint's resolver; route in the resolver (for
 /// example [`PathTopic`](crate::PathTopic) answers 404 elsewhere) or put the endpoint behind a
@@ -267,16 +269,9 @@ pub async fn serve<R: Resolver>(listener: TcpListener, endpoint: Endpoint<R>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
+    let mut backoff = Backoff::default();
     loop {
-        let socket = match listener.accept().await {
-            Ok((socket, _)) => socket,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Small frames go out at once; a burst is one write anyway.
-        let _ = socket.set_nodelay(true);
+        let (socket, _) = accept(&listener, &mut backoff).await;
         let builder = builder.clone();
         let endpoint = endpoint.clone();
         tokio::spawn(async move {

@@ -2,6 +2,7 @@
 //! front-ends, which only turn its answers into their response types. They use the engine's
 //! public API and hold no fan-out logic.
 
+pub(crate) mod accept;
 #[cfg(feature = "axum")]
 pub mod axum;
 pub(crate) mod endpoint;

@@ -35,6 +35,7 @@ use http::{HeaderMap, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::adapters::accept::{accept, Backoff};
 use crate::adapters::endpoint::{Events, Reply};
 use crate::adapters::resolve::Resolver;
 use crate::adapters::Endpoint;
@@ -369,53 +370,46 @@ impl<R: Resolver> Server<R> {
     ) {
         tokio::pin!(signal);
         let mut bucket = self.inner.accept_rate.map(Bucket::new);
+        let mut backoff = Backoff::default();
         loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+            let (socket, peer) = tokio::select! {
+                accepted = accept(&listener, &mut backoff) => accepted,
                 () = &mut signal => return,
             };
-            match accepted {
-                Ok((socket, peer)) => {
-                    // Small writes go out at once: latency matters more than packet count.
-                    let _ = socket.set_nodelay(true);
-                    let retry_after = self.inner.endpoint.retry_after();
-                    if bucket.as_mut().is_some_and(|bucket| !bucket.take(Instant::now())) {
-                        crate::adapters::log!(debug, %peer, "accept rate limit: refused with 503");
-                        refused("rate");
+            let retry_after = self.inner.endpoint.retry_after();
+            if bucket.as_mut().is_some_and(|bucket| !bucket.take(Instant::now())) {
+                crate::adapters::log!(debug, %peer, "accept rate limit: refused with 503");
+                refused("rate");
+                tokio::spawn(admission::refuse(
+                    socket,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many new connections, retry later",
+                    retry_after,
+                ));
+                continue;
+            }
+            let slot = match self.inner.max_per_ip {
+                None => None,
+                Some(max) => match PerIp::take(&self.inner.per_ip, peer.ip(), max) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        crate::adapters::log!(
+                            debug,
+                            %peer,
+                            "per-address cap: refused with 429"
+                        );
+                        refused("per_ip");
                         tokio::spawn(admission::refuse(
                             socket,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "too many new connections, retry later",
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many connections from this address, retry later",
                             retry_after,
                         ));
                         continue;
                     }
-                    let slot = match self.inner.max_per_ip {
-                        None => None,
-                        Some(max) => match PerIp::take(&self.inner.per_ip, peer.ip(), max) {
-                            Some(slot) => Some(slot),
-                            None => {
-                                crate::adapters::log!(
-                                    debug,
-                                    %peer,
-                                    "per-address cap: refused with 429"
-                                );
-                                refused("per_ip");
-                                tokio::spawn(admission::refuse(
-                                    socket,
-                                    StatusCode::TOO_MANY_REQUESTS,
-                                    "too many connections from this address, retry later",
-                                    retry_after,
-                                ));
-                                continue;
-                            }
-                        },
-                    };
-                    tokio::spawn(self.clone().connection(socket, slot));
-                }
-                // Out of file descriptors or similar: back off briefly instead of spinning.
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
+                },
+            };
+            tokio::spawn(self.clone().connection(socket, slot));
         }
     }
 
