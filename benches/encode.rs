@@ -64,7 +64,7 @@ fn encode(c: &mut Criterion) {
     for (name, data, format) in cases {
         let event = event(data);
         let frame = event.encode().expect("valid event");
-        assert_eq!(frame.as_bytes().as_ref(), format(ID, data).as_bytes());
+        assert_eq!(frame.as_ref(), format(ID, data).as_bytes());
         group.throughput(Throughput::Bytes(frame.len() as u64));
         group.bench_function(BenchmarkId::new("ssehub", name), |b| {
             b.iter(|| black_box(&event).encode())

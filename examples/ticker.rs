@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut board = hub.subscribe(
         Subscribe::new()
             .with_pattern("price:*")
-            .with_policy(SlowPolicy::Conflate { key: ConflateKey::Topic })
+            .with_slow_policy(SlowPolicy::Conflate { key: ConflateKey::Topic })
             .with_capacity(SYMBOLS.len()),
     )?;
 

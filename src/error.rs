@@ -120,3 +120,37 @@ pub enum SubscribeError {
     #[error("backplane broker unavailable for replay")]
     Unavailable,
 }
+
+/// Why a subscription's stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// The subscriber could not keep up and its policy is [`SlowPolicy::Disconnect`](crate::SlowPolicy::Disconnect).
+    #[error("subscriber was too slow")]
+    Slow,
+    /// The hub was shut down.
+    #[error("hub shut down")]
+    Shutdown,
+    /// The application ended it (for example through
+    /// [`Hub::disconnect`](crate::Hub::disconnect)).
+    #[error("subscriber was disconnected")]
+    Disconnected,
+    /// The subscription was dropped.
+    #[error("subscription was dropped")]
+    Dropped,
+}
+
+/// Why a producer cannot be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProducerError {
+    /// `add_producer` was called outside a Tokio runtime, where nothing could run it.
+    #[error("producers need a Tokio runtime; call add_producer from within one")]
+    NoRuntime,
+    /// The target is not a valid topic name or pattern.
+    #[error("invalid producer target: {0}")]
+    Target(#[from] TopicError),
+    /// The hub was shut down.
+    #[error("hub is shut down")]
+    Closed,
+}

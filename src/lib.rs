@@ -92,26 +92,15 @@
 mod adapters;
 #[cfg(any(feature = "redis", feature = "nats"))]
 pub mod backplane;
-mod batch;
 #[cfg(feature = "client")]
 pub mod client;
 mod engine;
 mod error;
 mod frame;
-mod heartbeat;
-mod history;
 mod hub;
-mod idmap;
-mod producer;
-mod queue;
-mod reader;
-mod registry;
-mod ring;
 #[cfg(feature = "server")]
 pub mod server;
-mod session;
-mod stats;
-mod subscription;
+mod services;
 mod sync;
 mod topic;
 
@@ -126,17 +115,17 @@ pub use adapters::hyper;
 pub use adapters::resolve::{self, PathTopic, QueryTopics, Rejection, Resolver};
 #[cfg(any(feature = "axum", feature = "hyper"))]
 pub use adapters::{Cors, Endpoint};
-pub use batch::Batch;
-pub use error::{EventError, PublishError, SubscribeError, TopicError};
+pub use engine::batch::Batch;
+pub use engine::history::{HistoryLimits, ResetReason};
+pub use engine::queue::{ConflateKey, SlowPolicy};
+pub use engine::stats::Stats;
+pub use error::{EndReason, EventError, ProducerError, PublishError, SubscribeError, TopicError};
 pub use frame::parse;
-pub use frame::{Event, Frame};
-pub use history::{HistoryLimits, ResetReason};
+pub use frame::Event;
+pub use hub::subscription::{SubscriberId, Subscription};
 pub use hub::{Hub, HubBuilder, Pacing, Published, Subscribe};
-pub use producer::{Producer, ProducerContext, ProducerError, StopReason};
-pub use queue::{ConflateKey, EndReason, SlowPolicy};
-pub use session::SessionLimits;
-pub use stats::Stats;
-pub use subscription::{SubscriberId, Subscription};
+pub use services::producers::{Producer, ProducerContext, StopReason};
+pub use services::sessions::SessionLimits;
 pub use topic::Pattern;
 
 #[doc = include_str!("../README.md")]

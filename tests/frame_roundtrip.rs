@@ -171,7 +171,7 @@ proptest! {
     fn encoded_event_parses_back(parts in valid_parts()) {
         let frame = parts.build().encode();
         prop_assert!(frame.is_ok(), "valid event refused: {:?}", frame);
-        let bytes = frame.map(|f| f.into_bytes()).unwrap_or_default();
+        let bytes = frame.unwrap_or_default();
         let mut parser = Parser::new();
         let mut out = Vec::new();
         prop_assert_eq!(parser.feed(&bytes, &mut out), Ok(()));
@@ -237,7 +237,7 @@ proptest! {
         for parts in &events {
             let frame = parts.build().encode();
             prop_assert!(frame.is_ok());
-            stream.extend_from_slice(frame.map(|f| f.into_bytes()).unwrap_or_default().as_ref());
+            stream.extend_from_slice(frame.unwrap_or_default().as_ref());
             expected.extend(parts.expected(&id));
             if let Some(new_id) = &parts.id {
                 id.clone_from(new_id);

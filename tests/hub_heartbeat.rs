@@ -41,7 +41,7 @@ fn wait_for_ticks(control: &mut Subscription, ticks: usize) {
 fn a_heartbeat_never_displaces_or_evicts_an_event() {
     let hub = Hub::builder().with_heartbeat(Some(Duration::from_millis(5))).build();
     let sub = hub
-        .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::DropOldest))
+        .subscribe(Subscribe::from("t").with_capacity(1).with_slow_policy(SlowPolicy::DropOldest))
         .unwrap();
     let mut control = hub.subscribe("control").unwrap();
     hub.publish("t", Event::new("kept")).unwrap();

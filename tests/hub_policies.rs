@@ -62,7 +62,7 @@ fn disconnect_drops_the_slow_client_and_spares_the_others() {
 fn drop_oldest_keeps_the_newest_and_reports_the_lag() {
     let hub = hub();
     let mut sub = hub
-        .subscribe(Subscribe::from("t").with_capacity(3).with_policy(SlowPolicy::DropOldest))
+        .subscribe(Subscribe::from("t").with_capacity(3).with_slow_policy(SlowPolicy::DropOldest))
         .unwrap();
     for n in 0..10 {
         hub.publish("t", data(n)).unwrap();
@@ -93,7 +93,7 @@ fn drop_oldest_keeps_the_newest_and_reports_the_lag() {
 fn lag_event_can_be_turned_off() {
     let hub = Hub::builder().with_heartbeat(None).with_lag_event(false).build();
     let mut sub = hub
-        .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::DropOldest))
+        .subscribe(Subscribe::from("t").with_capacity(1).with_slow_policy(SlowPolicy::DropOldest))
         .unwrap();
     hub.publish("t", data(1)).unwrap();
     hub.publish("t", data(2)).unwrap();
@@ -107,7 +107,9 @@ fn conflate_by_topic_keeps_the_latest_per_topic_in_order() {
     let hub = hub();
     let policy = SlowPolicy::Conflate { key: ConflateKey::Topic };
     let mut sub = hub
-        .subscribe(Subscribe::new().with_pattern("price:*").with_policy(policy).with_capacity(8))
+        .subscribe(
+            Subscribe::new().with_pattern("price:*").with_slow_policy(policy).with_capacity(8),
+        )
         .unwrap();
     hub.publish("price:A", Event::new("a1").with_id("1")).unwrap();
     hub.publish("price:B", Event::new("b1").with_id("2")).unwrap();
@@ -129,8 +131,8 @@ fn conflate_by_event_name_and_by_explicit_key() {
     let hub = hub();
     let by_name = SlowPolicy::Conflate { key: ConflateKey::EventName };
     let by_key = SlowPolicy::Conflate { key: ConflateKey::Explicit };
-    let mut named = hub.subscribe(Subscribe::from("m").with_policy(by_name)).unwrap();
-    let mut keyed = hub.subscribe(Subscribe::from("m").with_policy(by_key)).unwrap();
+    let mut named = hub.subscribe(Subscribe::from("m").with_slow_policy(by_name)).unwrap();
+    let mut keyed = hub.subscribe(Subscribe::from("m").with_slow_policy(by_key)).unwrap();
     hub.publish("m", Event::new("1").with_event("bid").with_key("X")).unwrap();
     hub.publish("m", Event::new("2").with_event("ask").with_key("X")).unwrap();
     hub.publish("m", Event::new("3").with_event("bid").with_key("Y")).unwrap();
@@ -151,7 +153,7 @@ fn conflate_with_a_full_queue_of_distinct_keys_drops_the_oldest() {
     let hub = hub();
     let policy = SlowPolicy::Conflate { key: ConflateKey::Topic };
     let mut sub = hub
-        .subscribe(Subscribe::new().with_pattern("k:*").with_policy(policy).with_capacity(2))
+        .subscribe(Subscribe::new().with_pattern("k:*").with_slow_policy(policy).with_capacity(2))
         .unwrap();
     for topic in ["k:1", "k:2", "k:3"] {
         hub.publish(topic, Event::new(topic)).unwrap();
@@ -165,7 +167,7 @@ fn conflate_with_a_full_queue_of_distinct_keys_drops_the_oldest() {
 fn a_subscriber_that_never_reads_holds_at_most_its_bound() {
     let hub = hub();
     let mut stuck = hub
-        .subscribe(Subscribe::from("t").with_capacity(16).with_policy(SlowPolicy::DropOldest))
+        .subscribe(Subscribe::from("t").with_capacity(16).with_slow_policy(SlowPolicy::DropOldest))
         .unwrap();
     let mut reader = hub.subscribe("t").unwrap();
     for n in 0..10_000 {
@@ -204,7 +206,7 @@ fn publish_never_waits_for_a_parked_consumer() {
     // the consumer is never polled in between, and the consumer's waker fires.
     let hub = hub();
     let mut sub = hub
-        .subscribe(Subscribe::from("t").with_capacity(8).with_policy(SlowPolicy::DropOldest))
+        .subscribe(Subscribe::from("t").with_capacity(8).with_slow_policy(SlowPolicy::DropOldest))
         .unwrap();
     let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
     let waker = Waker::from(wakes.clone());

@@ -25,7 +25,7 @@ fn exercise() {
             let request = Subscribe::new()
                 .with_topic(format!("t{}", i % 10))
                 .with_pattern(format!("p{}:*", i % 4))
-                .with_policy(if i % 2 == 0 {
+                .with_slow_policy(if i % 2 == 0 {
                     SlowPolicy::Disconnect
                 } else {
                     SlowPolicy::DropOldest

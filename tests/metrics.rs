@@ -12,10 +12,14 @@ fn counters_and_gauges_reach_the_recorder() {
         let hub = Hub::builder().with_heartbeat(None).build();
         let _a = hub.subscribe("t").unwrap();
         let _slow = hub
-            .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::Disconnect))
+            .subscribe(
+                Subscribe::from("t").with_capacity(1).with_slow_policy(SlowPolicy::Disconnect),
+            )
             .unwrap();
         let mut lag = hub
-            .subscribe(Subscribe::from("t").with_capacity(1).with_policy(SlowPolicy::DropOldest))
+            .subscribe(
+                Subscribe::from("t").with_capacity(1).with_slow_policy(SlowPolicy::DropOldest),
+            )
             .unwrap();
         hub.publish("t", Event::new("1")).unwrap();
         hub.publish("t", Event::new("2")).unwrap();

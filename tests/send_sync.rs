@@ -9,7 +9,6 @@ fn public_types_are_send_and_sync() {
     send_sync::<ssehub::HubBuilder>();
     send_sync::<ssehub::Subscription>();
     send_sync::<ssehub::Event>();
-    send_sync::<ssehub::Frame>();
     send_sync::<ssehub::Pattern>();
     send_sync::<ssehub::Stats>();
     send_sync::<ssehub::PublishError>();

@@ -62,7 +62,7 @@ fuzz_target!(|input: Input| {
 
     let mut parser = Parser::new();
     let mut out = Vec::new();
-    assert_eq!(parser.feed(frame.as_bytes(), &mut out), Ok(()));
+    assert_eq!(parser.feed(&frame, &mut out), Ok(()));
     let event = event.normalized();
     let expected: Vec<ParsedEvent> = event
         .data()

@@ -40,9 +40,9 @@ use tokio::net::{TcpListener, TcpStream};
 use super::accept::{accept, Backoff};
 use super::endpoint::{stream, Endpoint, Events, Reply};
 use super::resolve::Resolver;
-use super::send_timeout::SendTimeout;
-use crate::queue::EndReason;
-use crate::subscription::Subscription;
+use super::write_timeout::WriteTimeout;
+use crate::error::EndReason;
+use crate::hub::subscription::Subscription;
 
 /// A route serving `endpoint`: give it to [`Router::route`](::axum::Router::route). It takes
 /// every method, so it can answer CORS preflights and 405 itself (see [`Endpoint`]).
@@ -77,8 +77,8 @@ where
 }
 
 /// `listener` for `axum::serve`, closing connections whose writes make no progress for
-/// `send_timeout` (their clients stopped reading; see
-/// [`Endpoint::with_send_timeout`](crate::Endpoint::with_send_timeout) for why a server of
+/// `write_timeout` (their clients stopped reading; see
+/// [`Endpoint::with_write_timeout`](crate::Endpoint::with_write_timeout) for why a server of
 /// streams needs this), and setting `TCP_NODELAY` so events are not held back. A connection
 /// reset before it was accepted is skipped at once; other accept errors (such as running out
 /// of file descriptors) pause it for 5 ms, doubling while they last up to a second, as in
@@ -97,28 +97,31 @@ where
 /// axum::serve(ssehub::axum::listener(listener, Duration::from_secs(30)), app).await
 /// # }
 /// ```
-pub fn listener(listener: TcpListener, send_timeout: Duration) -> impl Listener<Addr = SocketAddr> {
-    Guarded { listener, send_timeout, backoff: Backoff::default() }
+pub fn listener(
+    listener: TcpListener,
+    write_timeout: Duration,
+) -> impl Listener<Addr = SocketAddr> {
+    Guarded { listener, write_timeout, backoff: Backoff::default() }
 }
 
-/// A listener whose connections have a send timeout.
+/// A listener whose connections have a write timeout.
 #[derive(Debug)]
 struct Guarded {
     /// Where connections come from.
     listener: TcpListener,
     /// How long a connection's writes may make no progress.
-    send_timeout: Duration,
+    write_timeout: Duration,
     /// The pause after accept errors.
     backoff: Backoff,
 }
 
 impl Listener for Guarded {
-    type Io = SendTimeout<TcpStream>;
+    type Io = WriteTimeout<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, SocketAddr) {
         let (socket, addr) = accept(&self.listener, &mut self.backoff).await;
-        (SendTimeout::new(socket, Some(self.send_timeout)), addr)
+        (WriteTimeout::new(socket, Some(self.write_timeout)), addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

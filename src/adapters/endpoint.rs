@@ -21,11 +21,11 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
 use super::resolve::{last_event_id, QueryTopics, Rejection, Resolver};
-use crate::batch::Batch;
+use crate::engine::batch::Batch;
+use crate::error::EndReason;
 use crate::error::{SubscribeError, TopicError};
+use crate::hub::subscription::Subscription;
 use crate::hub::{Hub, Subscribe};
-use crate::queue::EndReason;
-use crate::subscription::Subscription;
 use crate::sync::{Arc, AtomicUsize, Ordering};
 
 /// `x-accel-buffering: no` tells nginx not to buffer the stream.
@@ -63,7 +63,7 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// subscription ends (shutdown, [`Hub::disconnect`]); a subscriber dropped as slow
 /// ([`EndReason::Slow`]) has its connection aborted instead, since a client that does not read
 /// would not read a clean ending either: at once while the server still polls the body, else
-/// when the [send timeout](Endpoint::with_send_timeout) finds the socket stuck. A client that
+/// when the [write timeout](Endpoint::with_write_timeout) finds the socket stuck. A client that
 /// goes away frees its subscription and its connection slot.
 ///
 /// `Endpoint` is a cheap handle (clones share the hub, the resolver and the connection count);
@@ -105,8 +105,8 @@ struct Limits {
     max_connections: usize,
     /// The `Retry-After` sent with a 503, in seconds.
     retry_after: u64,
-    /// How long a connection's writes may make no progress (see `with_send_timeout`).
-    send_timeout: Option<Duration>,
+    /// How long a connection's writes may make no progress (see `with_write_timeout`).
+    write_timeout: Option<Duration>,
 }
 
 impl<R> Clone for Endpoint<R> {
@@ -153,7 +153,7 @@ impl Endpoint<QueryTopics> {
                 max_topic_len: 256,
                 max_connections: usize::MAX,
                 retry_after: 5,
-                send_timeout: Some(Duration::from_secs(30)),
+                write_timeout: Some(Duration::from_secs(30)),
             },
             cors: None,
             open: Arc::new(AtomicUsize::new(0)),
@@ -249,7 +249,7 @@ impl<R: Resolver> Endpoint<R> {
     /// open until its client leaves, holding its subscription and its connection slot, because
     /// once the socket is full hyper stops polling the response body and never sees the hub end
     /// the subscription as slow. The time counts between two writes that progress (nginx's
-    /// `send_timeout`), so a slow but steady client is never cut off.
+    /// `write_timeout`), so a slow but steady client is never cut off.
     ///
     /// It takes effect where the endpoint sees the socket: in
     /// [`ssehub::hyper::serve`](crate::hyper::serve). Under `axum::serve`, wrap the listener with
@@ -259,12 +259,12 @@ impl<R: Resolver> Endpoint<R> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let endpoint = ssehub::Endpoint::new(ssehub::Hub::new()).with_send_timeout(Some(Duration::from_secs(10)));
+    /// let endpoint = ssehub::Endpoint::new(ssehub::Hub::new()).with_write_timeout(Some(Duration::from_secs(10)));
     /// # drop(endpoint);
     /// ```
     #[must_use]
-    pub fn with_send_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.limits.send_timeout = timeout;
+    pub fn with_write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.limits.write_timeout = timeout;
         self
     }
 
@@ -320,10 +320,10 @@ impl<R: Resolver> Endpoint<R> {
         self.limits.retry_after
     }
 
-    /// The send timeout of connections serving this endpoint.
+    /// The write timeout of connections serving this endpoint.
     #[cfg(feature = "hyper")]
-    pub(crate) fn send_timeout(&self) -> Option<Duration> {
-        self.limits.send_timeout
+    pub(crate) fn write_timeout(&self) -> Option<Duration> {
+        self.limits.write_timeout
     }
 
     /// The answer to one request.

@@ -37,10 +37,10 @@ use tokio::net::TcpListener;
 use super::accept::{accept, Backoff};
 use super::endpoint::{stream, Endpoint, Events, Reply};
 use super::resolve::Resolver;
-use super::send_timeout::SendTimeout;
-use crate::batch::Batch;
-use crate::queue::EndReason;
-use crate::subscription::Subscription;
+use super::write_timeout::WriteTimeout;
+use crate::engine::batch::Batch;
+use crate::error::EndReason;
+use crate::hub::subscription::Subscription;
 
 /// A response body: a live stream, one [`Batch`] per frame of the body, or a fixed body (an
 /// endpoint's short plain-text refusal, or `Body::from(bytes)` for other routes).
@@ -229,7 +229,7 @@ impl<R: Resolver, B> Service<Request<B>> for Endpoint<R> {
 /// HTTP/2 (h2c with prior knowledge), each on its own task; `TCP_NODELAY` is set so events are
 /// not held back. HTTP/1.1 request heads must arrive within 30 seconds, and a connection whose
 /// writes make no progress for the endpoint's
-/// [send timeout](crate::Endpoint::with_send_timeout) is closed. A connection reset before it
+/// [write timeout](crate::Endpoint::with_write_timeout) is closed. A connection reset before it
 /// was accepted is skipped at once; other accept errors (such as running out of file
 /// descriptors) pause the loop for 5 ms, doubling while they last up to a second, as in every
 /// ssehub front.
@@ -265,7 +265,7 @@ impl<R: Resolver, B> Service<Request<B>> for Endpoint<R> {
 /// # }
 /// ```
 pub async fn serve<R: Resolver>(listener: TcpListener, endpoint: Endpoint<R>) {
-    let send_timeout = endpoint.send_timeout();
+    let write_timeout = endpoint.write_timeout();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
@@ -276,7 +276,7 @@ pub async fn serve<R: Resolver>(listener: TcpListener, endpoint: Endpoint<R>) {
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             // A connection error concerns that client alone.
-            let io = TokioIo::new(SendTimeout::new(socket, send_timeout));
+            let io = TokioIo::new(WriteTimeout::new(socket, write_timeout));
             let _ = builder.serve_connection(io, endpoint).await;
         });
     }

@@ -51,8 +51,8 @@ use crate::engine::external::Fetch;
 use crate::engine::{Attached, Numbered, ReplaySource};
 use crate::error::{EventError, SubscribeError, TopicError};
 use crate::frame::Event;
+use crate::hub::subscription::Subscription;
 use crate::hub::{Hub, Published, Shared, Subscribe};
-use crate::subscription::Subscription;
 use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
 use crate::topic::{validate_topic, Pattern};
 
@@ -572,7 +572,10 @@ impl Backplane {
                 self.node.counters.saw(at.seq);
                 // Each node counts its own receivers as the event arrives from the broker.
                 let receivers = 0;
-                Ok(Published::new(receivers, Some(crate::history::format_id(at.epoch, at.seq))))
+                Ok(Published::new(
+                    receivers,
+                    Some(crate::engine::history::format_id(at.epoch, at.seq)),
+                ))
             }
             Err(error) => {
                 Counters::bump(&self.node.counters.publish_errors);

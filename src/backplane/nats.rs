@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 
 use super::broker::{Broker, Connect, Fetched, Incoming, Link, Live, Polled, Position};
 use super::{BackplaneError, BrokerError, Common};
-use crate::history::ResetReason;
+use crate::engine::history::ResetReason;
 use crate::sync::{AtomicU64, Ordering, PlainArc};
 use crate::topic::Pattern;
 

@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 
 use super::broker::{Broker, Connect, Fetched, Incoming, Link, Live, Polled, Position};
 use super::{BackplaneError, Common};
-use crate::history::ResetReason;
+use crate::engine::history::ResetReason;
 use crate::sync::PlainArc;
 use crate::topic::Pattern;
 

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use super::pipeline::end_streams;
 use super::Engine;
+use crate::engine::history::{History, ResetReason};
+use crate::engine::registry::TopicState;
 use crate::error::SubscribeError;
 use crate::frame::Event;
-use crate::history::{History, ResetReason};
-use crate::registry::TopicState;
 use crate::sync::{lock, AtomicBool, AtomicU64, Ordering};
 use crate::topic::Pattern;
 

@@ -1,6 +1,13 @@
 //! The fan-out core: who receives what, the one sequenced publish pipeline, replay, and the
 //! external clock a backplane numbers events by.
 //!
+//! The path of one event through these files: [`pipeline`] numbers it under the sequencer and
+//! hands its frame to the topic found in the [`registry`] (copy-on-write maps keyed through
+//! [`idmap`]), which appends it once to the topic's [`ring`] (and its [`history`]); a
+//! subscriber's [`reader`] takes it from the ring, merged in sequence order with its own
+//! [`queue`], as a [`batch`]; [`stats`] counts it once per publish. This module imports nothing
+//! outside the engine but `frame`, `topic`, `error` and `sync` (`.ci/layers` checks it).
+//!
 //! The engine knows topics, frames and sequence numbers. It knows nothing of HTTP, of brokers,
 //! nor of the optional services (sessions, producers, presence, heartbeat): the hub (`Shared`
 //! in `src/hub/shared.rs`) wraps an `Engine` and calls those services around the engine's
@@ -9,9 +16,17 @@
 //! one door only, the hub's: the [`ExternalClock`] (which numbers events when a broker does)
 //! and a [`ReplaySource`] (which fetches what a resume needs from elsewhere).
 
+pub(crate) mod batch;
 pub(crate) mod external;
+pub(crate) mod history;
+pub(crate) mod idmap;
 mod pipeline;
+pub(crate) mod queue;
+pub(crate) mod reader;
+pub(crate) mod registry;
 mod resolve;
+pub(crate) mod ring;
+pub(crate) mod stats;
 
 use std::collections::HashSet;
 
@@ -24,11 +39,12 @@ pub(crate) use resolve::{Replay, Start};
 #[cfg(all(test, ssehub_loom))]
 pub(crate) use pipeline::deliver_to_topic;
 
+use crate::engine::history::HistoryLimits;
+use crate::engine::queue::{Queue, SlowPolicy};
+use crate::engine::registry::{Refused, Registry, Removed, Slot, TopicState};
+use crate::engine::stats::{Counters, Stats};
+use crate::error::EndReason;
 use crate::error::{SubscribeError, TopicError};
-use crate::history::HistoryLimits;
-use crate::queue::{EndReason, Queue, SlowPolicy};
-use crate::registry::{Refused, Registry, Removed, Slot, TopicState};
-use crate::stats::{Counters, Stats};
 use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, SharedStr};
 use crate::topic::{validate_topic, Pattern};
 
@@ -135,7 +151,7 @@ pub(crate) struct Joined {
     /// The topics it now receives (those a producer or presence may care about).
     pub(crate) topics: Vec<Arc<TopicState>>,
     /// For a resume: the frames it gets before live ones, or why that cannot be exact.
-    pub(crate) replay: Option<Result<Vec<Bytes>, crate::history::ResetReason>>,
+    pub(crate) replay: Option<Result<Vec<Bytes>, crate::engine::history::ResetReason>>,
 }
 
 /// The fan-out core's state.

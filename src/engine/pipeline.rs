@@ -7,13 +7,14 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Engine, Published};
+use crate::engine::history::format_id;
+use crate::engine::idmap::IdMap;
+use crate::engine::queue::{FrameKeys, Pushed};
+use crate::engine::registry::{Slot, TopicState};
+use crate::engine::stats::FanOut;
+use crate::error::EndReason;
 use crate::error::{EventError, PublishError};
-use crate::frame::{Event, Frame};
-use crate::history::format_id;
-use crate::idmap::IdMap;
-use crate::queue::{EndReason, FrameKeys, Pushed};
-use crate::registry::{Slot, TopicState};
-use crate::stats::FanOut;
+use crate::frame::Event;
 use crate::sync::{lock, Arc};
 
 /// Where an event's sequence number comes from.
@@ -83,7 +84,7 @@ struct Prepared {
     /// Normalised and validated.
     event: Event,
     /// Its frame, when its id is already final (the publisher's own, or none).
-    frame: Option<Frame>,
+    frame: Option<Bytes>,
 }
 
 impl Engine {
@@ -136,7 +137,7 @@ impl Engine {
         // Only an event with a number of its own can be found again by a resume.
         let replayable = seq > previous;
         let own_id = event.id.as_deref().filter(|_| own_id == OwnId::Kept);
-        let entry = Entry { seq, event: &event, frame: frame.as_bytes(), replayable, own_id };
+        let entry = Entry { seq, event: &event, frame: &frame, replayable, own_id };
         let mut fan = deliver(&entry);
         // A subscriber that sees this number sees every entry of this publish.
         self.complete(seq);
@@ -157,7 +158,7 @@ impl Engine {
     ) -> Result<Bytes, EventError> {
         let Prepared { mut event, .. } = self.prepare(Number::Given(n), event)?;
         event.id = Some(format_id(epoch, n));
-        Ok(event.encode_limited(self.config.max_event_bytes)?.into_bytes())
+        event.encode_limited(self.config.max_event_bytes)
     }
 
     /// Normalises and validates `event`, and encodes it now when its id is final: the
@@ -184,7 +185,7 @@ impl Engine {
         prepared: Result<Prepared, EventError>,
         number: Number,
         seq: u64,
-    ) -> Result<(Event, Frame, OwnId), EventError> {
+    ) -> Result<(Event, Bytes, OwnId), EventError> {
         let Prepared { mut event, frame } = prepared?;
         if let Some(frame) = frame {
             return Ok((event, frame, OwnId::Kept));

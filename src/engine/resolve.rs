@@ -4,8 +4,8 @@
 use bytes::Bytes;
 
 use super::Engine;
-use crate::history::{parse_id, Parsed, ResetReason, MAX_LAST_EVENT_ID};
-use crate::registry::TopicState;
+use crate::engine::history::{parse_id, Parsed, ResetReason, MAX_LAST_EVENT_ID};
+use crate::engine::registry::TopicState;
 use crate::sync::{lock, Arc};
 
 /// Where a new subscription starts.

@@ -5,102 +5,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::Event;
 use crate::error::EventError;
 
-/// An event encoded once into its wire bytes.
-///
-/// Cloning a frame bumps a reference count; every subscriber of a topic receives the same
-/// allocation.
-///
-/// # Examples
-///
-/// ```
-/// let frame = ssehub::Event::new("hi").with_event("greeting").encode()?;
-/// let copy = frame.clone();
-/// assert_eq!(frame.as_bytes().as_ptr(), copy.as_bytes().as_ptr());
-/// assert_eq!(frame.as_bytes().as_ref(), b"event: greeting\ndata: hi\n\n");
-/// # Ok::<(), ssehub::EventError>(())
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// The encoded bytes, shared by every receiver.
-    bytes: Bytes,
-}
-
-impl Frame {
-    /// A comment frame (`: text\n`, no blank line), such as a heartbeat. Line breaks in `text`
-    /// start new comment lines.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let frame = ssehub::Frame::comment("keep-alive");
-    /// assert_eq!(frame.as_bytes().as_ref(), b": keep-alive\n");
-    /// ```
-    #[must_use]
-    pub fn comment(text: &str) -> Frame {
-        let mut buf = BytesMut::with_capacity(text.len() + 3);
-        put_lines(&mut buf, b"", text);
-        Frame { bytes: buf.freeze() }
-    }
-
-    /// Wraps bytes that are already a complete, valid SSE frame.
-    pub(crate) fn from_encoded(bytes: Bytes) -> Frame {
-        Frame { bytes }
-    }
-
-    /// The wire bytes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let frame = ssehub::Event::new("").encode()?;
-    /// assert_eq!(frame.as_bytes().as_ref(), b"data:\n\n");
-    /// # Ok::<(), ssehub::EventError>(())
-    /// ```
-    #[must_use]
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.bytes
-    }
-
-    /// The wire bytes, by value.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let bytes = ssehub::Frame::comment("x").into_bytes();
-    /// assert_eq!(bytes.as_ref(), b": x\n");
-    /// ```
-    #[must_use]
-    pub fn into_bytes(self) -> Bytes {
-        self.bytes
-    }
-
-    /// The encoded length in bytes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(ssehub::Frame::comment("x").len(), 4);
-    /// ```
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Whether the frame is empty (never true for a frame built by this crate).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert!(!ssehub::Frame::comment("").is_empty());
-    /// ```
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
-
 impl Event {
-    /// Validates and encodes the event into one [`Frame`].
+    /// Validates and encodes the event into its wire bytes, once: every receiver of the event
+    /// gets a reference count of this one allocation (cloning the `Bytes` copies nothing).
     ///
     /// Fields go out as `field: value` (colon, one space), so values that start with a space
     /// survive; each line of the data becomes one `data:` line, split on CR, LF and CRLF; empty
@@ -115,20 +22,28 @@ impl Event {
     ///
     /// ```
     /// let frame = ssehub::Event::new(" spaced\r\nline").with_id("1").encode()?;
-    /// assert_eq!(frame.as_bytes().as_ref(), b"id: 1\ndata:  spaced\ndata: line\n\n");
+    /// assert_eq!(frame.as_ref(), b"id: 1\ndata:  spaced\ndata: line\n\n");
+    /// let comment = ssehub::Event::comment("keep-alive").encode()?;
+    /// assert_eq!(comment.as_ref(), b": keep-alive\n");
     /// # Ok::<(), ssehub::EventError>(())
     /// ```
-    pub fn encode(&self) -> Result<Frame, EventError> {
-        self.encode_limited(usize::MAX)
+    pub fn encode(&self) -> Result<Bytes, EventError> {
+        self.validate()?;
+        Ok(self.write(self.encoded_len()))
     }
 
-    /// [`Event::encode`] with a size limit on the encoded frame.
-    pub(crate) fn encode_limited(&self, max: usize) -> Result<Frame, EventError> {
+    /// [`Event::encode`] refusing a frame over `max` bytes.
+    pub(crate) fn encode_limited(&self, max: usize) -> Result<Bytes, EventError> {
         self.validate()?;
         let size = self.encoded_len();
         if size > max {
             return Err(EventError::TooLarge { size, max });
         }
+        Ok(self.write(size))
+    }
+
+    /// Writes the validated event's `size` bytes.
+    fn write(&self, size: usize) -> Bytes {
         // One exact allocation: the frame is written once and shared, so it is worth sizing.
         let mut buf = BytesMut::with_capacity(size);
         for comment in &self.comments {
@@ -151,7 +66,7 @@ impl Event {
             buf.put_u8(b'\n');
         }
         debug_assert_eq!(buf.len(), size);
-        Ok(Frame { bytes: buf.freeze() })
+        buf.freeze()
     }
 
     /// Whether the frame carries fields (and so ends with a blank line).
@@ -270,7 +185,7 @@ mod tests {
     use super::*;
 
     fn wire(event: Event) -> Vec<u8> {
-        event.encode().map(|f| f.into_bytes().to_vec()).unwrap_or_default()
+        event.encode().map(|f| f.to_vec()).unwrap_or_default()
     }
 
     #[test]

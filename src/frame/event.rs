@@ -12,7 +12,7 @@ pub(crate) const MAX_ID_BYTES: usize = 256;
 ///
 /// Built with [`Event::new`] (or [`Event::comment`]) and the `with_*` methods, then handed to
 /// [`Hub::publish`](crate::Hub::publish), which validates it, normalises its line breaks and
-/// encodes it exactly once into a [`Frame`](crate::Frame) shared by every receiver.
+/// encodes it exactly once into one `Bytes` frame shared by every receiver.
 ///
 /// # Examples
 ///

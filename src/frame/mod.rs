@@ -1,4 +1,5 @@
-//! The wire format: events, their one-time encoding into shared frames, and the WHATWG parser.
+//! The wire format: events, their one-time encoding into shared `Bytes` frames, and the WHATWG
+//! parser.
 //!
 //! This module knows nothing of the hub: it turns an [`Event`] into bytes and bytes back into
 //! events.
@@ -7,6 +8,5 @@ mod encode;
 mod event;
 pub mod parse;
 
-pub use encode::Frame;
 pub use event::Event;
 pub(crate) use event::MAX_ID_BYTES;

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use crate::history::HistoryLimits;
+use crate::engine::history::HistoryLimits;
+use crate::engine::queue::SlowPolicy;
 use crate::hub::Hub;
-use crate::queue::SlowPolicy;
-use crate::session::SessionLimits;
+use crate::services::sessions::SessionLimits;
 
 /// The hub's settings; see [`HubBuilder`] for what each one means.
 #[derive(Debug, Clone)]

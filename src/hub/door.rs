@@ -11,11 +11,11 @@
 use std::time::Duration;
 
 use super::{Hub, Shared, Subscribe};
+use crate::engine::history::{parse_id, Parsed, ResetReason};
 use crate::engine::{Attached, Fetched, Number, Numbered, Replay, ReplaySource};
 use crate::error::SubscribeError;
 use crate::frame::Event;
-use crate::history::{parse_id, Parsed, ResetReason};
-use crate::subscription::Subscription;
+use crate::hub::subscription::Subscription;
 use crate::sync::{lock, Arc, Ordering, PlainArc};
 use crate::topic::{validate_topic, Pattern};
 

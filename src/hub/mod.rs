@@ -3,6 +3,7 @@
 mod builder;
 mod door;
 mod subscribe;
+pub(crate) mod subscription;
 
 pub(crate) use builder::Config;
 pub use builder::HubBuilder;
@@ -15,12 +16,12 @@ pub(crate) use shared::{json_string, lag_frame, Services, Shared};
 
 use std::fmt;
 
+use crate::engine::stats::Stats;
+use crate::error::EndReason;
 use crate::error::{PublishError, SubscribeError};
 use crate::frame::Event;
-use crate::heartbeat::Heartbeat;
-use crate::queue::EndReason;
-use crate::stats::Stats;
-use crate::subscription::{SubscriberId, Subscription};
+use crate::hub::subscription::{SubscriberId, Subscription};
+use crate::services::heartbeat::Heartbeat;
 use crate::sync::{Arc, Ordering};
 
 /// The broadcast engine: a cheap, cloneable handle.
@@ -449,7 +450,7 @@ impl Hub {
     pub fn shutdown_with(&self, last: Event) -> Result<(), PublishError> {
         let last = last.normalized();
         let frame = last.encode()?;
-        if self.shared.shutdown(Some(frame.as_bytes())) {
+        if self.shared.shutdown(Some(&frame)) {
             Ok(())
         } else {
             Err(PublishError::Closed(Box::new(last)))

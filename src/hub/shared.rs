@@ -7,17 +7,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{Pacing, Subscribe};
+use crate::engine::history::ResetReason;
+use crate::engine::queue::FrameKeys;
+use crate::engine::registry::Slot;
+use crate::engine::stats::{FanOut, Stats};
 use crate::engine::{Engine, Entry, Number, Published, Replay, ReplaySource, Sequenced, Start};
+use crate::error::EndReason;
+use crate::error::ProducerError;
 use crate::error::{PublishError, SubscribeError};
-use crate::frame::{Event, Frame};
-use crate::heartbeat::Heartbeat;
-use crate::history::ResetReason;
-use crate::producer::{Producer, ProducerError, Producers};
-use crate::queue::{EndReason, FrameKeys};
-use crate::registry::Slot;
-use crate::session::{Hijack, SessionLimits, Sessions};
-use crate::stats::{FanOut, Stats};
-use crate::subscription::{SubscriberId, Subscription};
+use crate::frame::Event;
+use crate::hub::subscription::{SubscriberId, Subscription};
+use crate::services::heartbeat::Heartbeat;
+use crate::services::producers::{Producer, Producers};
+use crate::services::sessions::{Hijack, SessionLimits, Sessions};
 use crate::sync::{
     rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr,
 };
@@ -228,7 +230,7 @@ impl Shared {
     fn joined(
         this: &Arc<Self>,
         slot: &Slot,
-        topics: &[Arc<crate::registry::TopicState>],
+        topics: &[Arc<crate::engine::registry::TopicState>],
         named: &[SharedStr],
     ) {
         if this.producers.any() {
@@ -392,7 +394,7 @@ impl Shared {
         if let Some((base, jitter)) = self.services.retry {
             event = event.with_retry(base + self.jitter(jitter));
         }
-        event.encode().map(Frame::into_bytes).unwrap_or_default()
+        event.encode().unwrap_or_default()
     }
 
     /// A random duration up to `max` (xorshift: spreading clients out needs no cryptography).
@@ -479,7 +481,7 @@ impl Shared {
             for slot in batch {
                 // Each stream its own jittered `retry:`, so its client comes back at its own time.
                 let retry = pacing.retry + self.jitter(pacing.jitter);
-                let frame = Event::default().with_retry(retry).encode().map(Frame::into_bytes).ok();
+                let frame = Event::default().with_retry(retry).encode().ok();
                 closing.end(slot, frame.as_ref());
             }
             if batches.peek().is_some() {
@@ -516,5 +518,5 @@ pub(crate) fn json_string(s: &str) -> String {
 
 /// The in-band lag signal: how many frames were lost, no `id:` line.
 pub(crate) fn lag_frame(lost: u64) -> Bytes {
-    Frame::from_encoded(Bytes::from(format!("event: lagged\ndata: {lost}\n\n"))).into_bytes()
+    Bytes::from(format!("event: lagged\ndata: {lost}\n\n"))
 }

@@ -1,6 +1,6 @@
 //! `Subscribe`: what a new subscription asks for.
 
-use crate::queue::SlowPolicy;
+use crate::engine::queue::SlowPolicy;
 
 /// A subscription request: topics, patterns and per-subscriber settings.
 ///
@@ -17,7 +17,7 @@ use crate::queue::SlowPolicy;
 ///     Subscribe::new()
 ///         .with_topic("news")
 ///         .with_pattern("price:*")
-///         .with_policy(SlowPolicy::DropOldest)
+///         .with_slow_policy(SlowPolicy::DropOldest)
 ///         .with_capacity(128),
 /// )?;
 /// assert_eq!(hub.topic_subscriber_count("news"), 1);
@@ -111,10 +111,10 @@ impl Subscribe {
     /// # Examples
     ///
     /// ```
-    /// let request = ssehub::Subscribe::from("t").with_policy(ssehub::SlowPolicy::DropOldest);
+    /// let request = ssehub::Subscribe::from("t").with_slow_policy(ssehub::SlowPolicy::DropOldest);
     /// # drop(request);
     /// ```
-    pub fn with_policy(mut self, policy: SlowPolicy) -> Self {
+    pub fn with_slow_policy(mut self, policy: SlowPolicy) -> Self {
         self.policy = Some(policy);
         self
     }

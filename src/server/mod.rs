@@ -39,7 +39,7 @@ use crate::adapters::accept::{accept, Backoff};
 use crate::adapters::endpoint::{Events, Reply};
 use crate::adapters::resolve::Resolver;
 use crate::adapters::Endpoint;
-use crate::batch::Batch;
+use crate::engine::batch::Batch;
 use crate::sync::Arc;
 use admission::{Bucket, IpSlot, PerIp, Rate};
 use request::{read_head, HeadError, HeadLimits};

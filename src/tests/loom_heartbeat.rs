@@ -5,10 +5,10 @@
 use loom::thread;
 
 use super::Outcomes;
-use crate::heartbeat::tick;
+use crate::engine::queue::SlowPolicy;
+use crate::hub::subscription::Subscription;
 use crate::hub::{Config, Shared, Subscribe};
-use crate::queue::SlowPolicy;
-use crate::subscription::Subscription;
+use crate::services::heartbeat::tick;
 use crate::sync::Arc;
 use crate::Event;
 

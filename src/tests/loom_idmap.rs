@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool as StdAtomicBool, Ordering as StdOrdering};
 
 use loom::thread;
 
-use crate::idmap::IdMap;
+use crate::engine::idmap::IdMap;
 use crate::sync::{arc_swap, Arc, ArcSwap};
 
 /// A cell of ids to liveness tokens.

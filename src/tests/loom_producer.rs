@@ -10,9 +10,9 @@ use loom::sync::{Mutex, Notify};
 use loom::thread::{self, JoinHandle};
 
 use super::Outcomes;
-use crate::producer::{subscriber_count, InstanceHandle, Lifecycle, Linger, Membership};
-use crate::queue::{Queue, SlowPolicy};
-use crate::registry::{Registry, Slot};
+use crate::engine::queue::{Queue, SlowPolicy};
+use crate::engine::registry::{Registry, Slot};
+use crate::services::producers::{subscriber_count, InstanceHandle, Lifecycle, Linger, Membership};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering, SharedStr};
 use crate::StopReason;
 

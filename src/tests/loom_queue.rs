@@ -9,7 +9,8 @@ use bytes::Bytes;
 use loom::thread;
 
 use super::{assert_released, block_on, flag_waker, frame, labels, Outcomes};
-use crate::queue::{EndReason, FrameKeys, Limits, Pushed, Queue, SlowPolicy};
+use crate::engine::queue::{FrameKeys, Limits, Pushed, Queue, SlowPolicy};
+use crate::error::EndReason;
 use crate::sync::Arc;
 
 /// Pushes each frame in turn; the outcomes, in the same order.
@@ -472,8 +473,8 @@ fn loom_queue_lock_free_look_vs_send_and_publish_keeps_order_and_wakes() {
 /// the disconnect), and then ends `Disconnected`.
 #[test]
 fn loom_queue_lock_free_look_vs_disconnect_hands_each_entry_over_once() {
+    use crate::error::EndReason;
     use crate::hub::{Config, Shared, Subscribe};
-    use crate::queue::EndReason;
     use crate::Event;
 
     static OUTCOMES: Outcomes = Outcomes::new();

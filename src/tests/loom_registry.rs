@@ -6,9 +6,10 @@ use loom::thread;
 
 use super::{assert_released, frame, labels, Outcomes};
 use crate::engine::deliver_to_topic;
-use crate::queue::{EndReason, Limits, Queue, SlowPolicy};
-use crate::reader::{next_batch, Stop};
-use crate::registry::{Registry, Slot};
+use crate::engine::queue::{Limits, Queue, SlowPolicy};
+use crate::engine::reader::{next_batch, Stop};
+use crate::engine::registry::{Registry, Slot};
+use crate::error::EndReason;
 use crate::sync::{Arc, AtomicBool, Ordering, SharedStr};
 use crate::topic::Pattern;
 use crate::Event;

@@ -11,10 +11,11 @@ use loom::thread;
 use bytes::Bytes;
 
 use super::{assert_released, block_on, frame, labels, Outcomes};
+use crate::engine::queue::{Limits, Queue, SlowPolicy};
+use crate::engine::ring::{Bound, Member, Ring, Taken};
+use crate::error::EndReason;
+use crate::hub::subscription::Subscription;
 use crate::hub::{Config, Shared, Subscribe};
-use crate::queue::{EndReason, Limits, Queue, SlowPolicy};
-use crate::ring::{Bound, Member, Ring, Taken};
-use crate::subscription::Subscription;
 use crate::sync::Arc;
 use crate::Event;
 

@@ -33,7 +33,7 @@ pub enum Server {
 /// How long a test server lets a connection's writes stall before closing it.
 pub const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Serves `endpoint` on a fresh port, with a short send timeout.
+/// Serves `endpoint` on a fresh port, with a short write timeout.
 pub async fn spawn<R: Resolver>(server: Server, endpoint: Endpoint<R>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
@@ -46,7 +46,7 @@ pub async fn spawn<R: Resolver>(server: Server, endpoint: Endpoint<R>) -> Socket
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
         Server::Hyper => {
-            let endpoint = endpoint.with_send_timeout(Some(SEND_TIMEOUT));
+            let endpoint = endpoint.with_write_timeout(Some(SEND_TIMEOUT));
             tokio::spawn(ssehub::hyper::serve(listener, endpoint));
         }
     }
@@ -706,7 +706,7 @@ pub async fn oversized_last_event_id_resets(server: Server) {
 }
 
 /// A client that connects and never reads is dropped as slow by the hub, then its connection is
-/// closed by the send timeout (freeing its subscription and slot), while another client on the
+/// closed by the write timeout (freeing its subscription and slot), while another client on the
 /// same topic receives every event, in order.
 pub async fn stalled_client_is_dropped(server: Server) {
     let hub = quiet().with_capacity(8).build();

@@ -4,7 +4,7 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::ring::Run;
+use crate::engine::ring::Run;
 
 /// The frames a subscription yields in one poll: everything that was queued, up to the hub's
 /// batch cap, as shared [`Bytes`] (no copy).
@@ -249,10 +249,10 @@ mod tests {
     /// A batch over a shared chunk of three frames, like the one a ring hands out.
     #[cfg(not(ssehub_loom))]
     fn shared() -> Batch {
-        use crate::queue::{Limits, Queue, SlowPolicy};
-        use crate::reader::{lone_feed, next_batch, Slot};
+        use crate::engine::queue::{Limits, Queue, SlowPolicy};
+        use crate::engine::reader::{lone_feed, next_batch, Slot};
 
-        let ring = crate::sync::Arc::new(crate::ring::Ring::new());
+        let ring = crate::sync::Arc::new(crate::engine::ring::Ring::new());
         let slot = Slot::new(1, Queue::new(8, SlowPolicy::Disconnect), None);
         slot.add_feed(lone_feed(1, &slot.queue, &ring));
         for (seq, frame) in [b"abc".as_slice(), b"de", b"fgh"].into_iter().enumerate() {

@@ -4,7 +4,7 @@
 //! Why the body alone cannot do it: once a client stops reading, the socket fills, hyper's write
 //! buffer fills, and hyper stops polling the response body, so the body never learns that the
 //! hub dropped its subscription as slow. The one thing still polled is the socket, so the timeout
-//! lives here (nginx's `send_timeout`, with the same meaning: the time between two successful
+//! lives here (nginx's `write_timeout`, with the same meaning: the time between two successful
 //! writes, not the length of the response).
 
 use std::future::Future;
@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 /// An I/O stream whose writes fail with [`io::ErrorKind::TimedOut`] after `timeout` without
 /// progress (never, with no timeout). Reads pass through.
 #[derive(Debug)]
-pub(crate) struct SendTimeout<IO> {
+pub(crate) struct WriteTimeout<IO> {
     /// The connection.
     io: IO,
     /// How long a write may make no progress.
@@ -30,10 +30,10 @@ pub(crate) struct SendTimeout<IO> {
     armed: bool,
 }
 
-impl<IO> SendTimeout<IO> {
+impl<IO> WriteTimeout<IO> {
     /// Wraps `io`.
     pub(crate) fn new(io: IO, timeout: Option<Duration>) -> Self {
-        SendTimeout { io, timeout, timer: None, armed: false }
+        WriteTimeout { io, timeout, timer: None, armed: false }
     }
 
     /// Called when a write is pending: starts the timer, or fails once it has run out.
@@ -50,7 +50,7 @@ impl<IO> SendTimeout<IO> {
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "client stopped reading: no write progress within the send timeout",
+                "client stopped reading: no write progress within the write timeout",
             ))),
             Poll::Pending => Poll::Pending,
         }
@@ -72,7 +72,7 @@ impl<IO> SendTimeout<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for SendTimeout<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for WriteTimeout<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -82,7 +82,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for SendTimeout<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for SendTimeout<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -130,7 +130,7 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_write_times_out() {
         let (client, server) = tokio::io::duplex(8);
-        let mut guarded = SendTimeout::new(server, Some(Duration::from_millis(50)));
+        let mut guarded = WriteTimeout::new(server, Some(Duration::from_millis(50)));
         guarded.write_all(b"12345678").await.expect("fits the pipe");
         let stalled = guarded.write_all(b"more").await;
         assert_eq!(stalled.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
@@ -140,7 +140,7 @@ mod tests {
     #[tokio::test]
     async fn a_reader_keeps_writes_going() {
         let (mut client, server) = tokio::io::duplex(8);
-        let mut guarded = SendTimeout::new(server, Some(Duration::from_millis(200)));
+        let mut guarded = WriteTimeout::new(server, Some(Duration::from_millis(200)));
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
             let mut buf = [0; 4];

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::queue::{FrameKeys, Pushed};
-use crate::registry::Slot;
+use crate::engine::queue::{FrameKeys, Pushed};
+use crate::engine::registry::Slot;
 use crate::sync::{lock, rank, Arc, Mutex, SharedStr};
 
 /// Settings of resumable sessions.

@@ -9,10 +9,11 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use futures_core::Stream;
 
-use crate::batch::Batch;
+use crate::engine::batch::Batch;
+use crate::engine::queue::Limits;
+use crate::engine::reader::{self, Drained, Slot, Stop};
+use crate::error::EndReason;
 use crate::hub::Shared;
-use crate::queue::{EndReason, Limits};
-use crate::reader::{self, Drained, Slot, Stop};
 use crate::sync::{Arc, SharedStr};
 
 /// A subscriber's id, unique within a hub; the target of

@@ -58,8 +58,8 @@
 
 use bytes::Bytes;
 
-use crate::idmap::IdMap;
-use crate::queue::{Limits, Queue, SlowPolicy};
+use crate::engine::idmap::IdMap;
+use crate::engine::queue::{Limits, Queue, SlowPolicy};
 use crate::sync::{
     lock, rank, AppendOnly, Arc, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
 };

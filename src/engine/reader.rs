@@ -67,9 +67,10 @@ use std::task::Waker;
 
 use bytes::Bytes;
 
-use crate::idmap::IdMap;
-use crate::queue::{EndReason, Limits, Locked, Queue, SlowPolicy};
-use crate::ring::{Member, Ring, Run, Taken};
+use crate::engine::idmap::IdMap;
+use crate::engine::queue::{Limits, Locked, Queue, SlowPolicy};
+use crate::engine::ring::{Member, Ring, Run, Taken};
+use crate::error::EndReason;
 use crate::sync::{Arc, ArcSwap, Guard, Ordering, SharedStr};
 
 /// The subscribers that read a topic's ring, with their cursors: the set a publish counts and
@@ -550,7 +551,7 @@ pub(crate) fn lone_feed(id: u64, queue: &Arc<Queue>, ring: &Arc<Ring>) -> Feed {
 #[cfg(all(test, not(ssehub_loom)))]
 mod tests {
     use super::*;
-    use crate::queue::FrameKeys;
+    use crate::engine::queue::FrameKeys;
 
     fn frame(n: u64) -> Bytes {
         Bytes::from(format!("data: {n}\n\n"))

@@ -12,14 +12,14 @@
 //! the topic, so it receives each event once. Patterns are matched against a topic when either
 //! first appears, never per publish.
 
-use crate::history::{History, HistoryLimits};
-use crate::idmap::IdMap;
-use crate::reader::{Feed, Readers};
-use crate::ring::{Member, Ring};
+use crate::engine::history::{History, HistoryLimits};
+use crate::engine::idmap::IdMap;
+use crate::engine::reader::{Feed, Readers};
+use crate::engine::ring::{Member, Ring};
 use crate::sync::{arc_swap, lock, rank, Arc, ArcSwap, Guard, Mutex, SharedStr};
 
 /// A subscriber, as the registry holds it: defined with the reader that reads for it.
-pub(crate) use crate::reader::Slot;
+pub(crate) use crate::engine::reader::Slot;
 use crate::topic::Pattern;
 
 /// One topic, as publishers see it.

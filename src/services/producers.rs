@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::error::{PublishError, TopicError};
+use crate::engine::registry::Registry;
+use crate::error::{ProducerError, PublishError};
 use crate::frame::Event;
 use crate::hub::{Published, Shared};
-use crate::registry::Registry;
 use crate::sync::{lock, rank, Arc, Mutex, PlainArc, SharedStr};
 use crate::topic::Pattern;
 
@@ -484,21 +484,6 @@ struct Spec {
     producer: Producer,
     /// The runtime it was registered from, where its instances run.
     handle: tokio::runtime::Handle,
-}
-
-/// Why a producer cannot be added.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProducerError {
-    /// `add_producer` was called outside a Tokio runtime, where nothing could run it.
-    #[error("producers need a Tokio runtime; call add_producer from within one")]
-    NoRuntime,
-    /// The target is not a valid topic name or pattern.
-    #[error("invalid producer target: {0}")]
-    Target(#[from] TopicError),
-    /// The hub was shut down.
-    #[error("hub is shut down")]
-    Closed,
 }
 
 /// `topic`'s membership now.

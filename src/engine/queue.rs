@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 use std::cell::OnceCell;
 
+use crate::error::EndReason;
 use crate::sync::{lock, rank, AtomicBool, Mutex, MutexGuard, Ordering, SharedStr};
 
 /// What happens to a subscriber that falls more than its bound behind.
@@ -31,7 +32,7 @@ use crate::sync::{lock, rank, AtomicBool, Mutex, MutexGuard, Ordering, SharedStr
 ///
 /// let market = Subscribe::new()
 ///     .with_pattern("price:*")
-///     .with_policy(SlowPolicy::Conflate { key: ConflateKey::Topic })
+///     .with_slow_policy(SlowPolicy::Conflate { key: ConflateKey::Topic })
 ///     .with_capacity(64);
 /// # let _ = market;
 /// ```
@@ -69,25 +70,6 @@ pub enum ConflateKey {
     /// The key set with [`Event::with_key`](crate::Event::with_key) (events without one are never
     /// conflated).
     Explicit,
-}
-
-/// Why a subscription's stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum EndReason {
-    /// The subscriber could not keep up and its policy is [`SlowPolicy::Disconnect`].
-    #[error("subscriber was too slow")]
-    Slow,
-    /// The hub was shut down.
-    #[error("hub shut down")]
-    Shutdown,
-    /// The application ended it (for example through
-    /// [`Hub::disconnect`](crate::Hub::disconnect)).
-    #[error("subscriber was disconnected")]
-    Disconnected,
-    /// The subscription was dropped.
-    #[error("subscription was dropped")]
-    Dropped,
 }
 
 /// The keys one published frame can be conflated under. The shared strings are built at most

@@ -92,7 +92,7 @@ pub(crate) struct FanOut {
     pub(crate) slow_ids: Vec<u64>,
     /// The ring the event went into, whose parked readers are woken once the publish is
     /// complete.
-    pub(crate) ring: Option<crate::sync::Arc<crate::ring::Ring>>,
+    pub(crate) ring: Option<crate::sync::Arc<crate::engine::ring::Ring>>,
 }
 
 /// Adds `n` to a counter. Relaxed: these are statistics, read with no ordering expectations.
