@@ -1,4 +1,4 @@
-//! A lock-free, high-throughput Server-Sent Events broadcast engine.
+//! A high-throughput Server-Sent Events broadcast engine whose one-topic readers take no lock.
 //!
 //! ```
 //! use ssehub::{Event, Hub, Subscribe};
@@ -33,6 +33,13 @@
 //!   reads from its own position, within its own bound and slow-client policy. A poll of a
 //!   [`Subscription`] hands over everything waiting as one [`Batch`] (a vectored
 //!   [`bytes::Buf`]), so a burst costs one write, and the consumer is woken once per burst.
+//! - **Readers take no lock.** A ring's slots are written once and published with `Release`
+//!   and its chunk list is an `arc-swap` snapshot, so a one-topic subscriber's poll that finds
+//!   events is atomic loads and one compare-and-swap. What still locks: the sequencer (one
+//!   publish at a time, which gives every subscriber one order), a subscriber's own queue (to
+//!   park, to merge several topics, or when broadcasts or targeted sends wait in it), a ring's
+//!   list of parked readers (to park, and a publish's wake), and history when it is on. The lock
+//!   order is written down in the `sync` module and checked on every lock in debug builds.
 //! - **One timer.** Heartbeats come from one hub-wide thread, not one timer per connection.
 //!
 //! # The slow-client contract

@@ -2,7 +2,8 @@
 //! 9.2.6, "Interpreting an event stream", to the letter.
 //!
 //! The hub never parses what it sends; this parser exists for clients, tests and the fuzz
-//! targets, which check that every frame [`Event::encode`](crate::Event::encode) writes reads back as the event it encodes.
+//! targets, which check that every frame [`Event::encode`](crate::Event::encode) writes reads
+//! back as the event it encodes.
 //!
 //! # Examples
 //!
