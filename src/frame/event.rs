@@ -26,7 +26,7 @@ pub(crate) const MAX_ID_BYTES: usize = 256;
 ///     .with_retry(Duration::from_millis(1500));
 /// let frame = event.encode()?;
 /// assert_eq!(
-///     frame.as_bytes().as_ref(),
+///     frame.as_ref(),
 ///     b"event: tick\nid: 42\nretry: 1500\ndata: first line\ndata: second line\n\n"
 /// );
 /// # Ok::<(), ssehub::EventError>(())
@@ -71,7 +71,7 @@ impl Event {
     ///
     /// ```
     /// let frame = ssehub::Event::comment("hello").encode()?;
-    /// assert_eq!(frame.as_bytes().as_ref(), b": hello\n");
+    /// assert_eq!(frame.as_ref(), b": hello\n");
     /// # Ok::<(), ssehub::EventError>(())
     /// ```
     #[must_use]
@@ -130,7 +130,7 @@ impl Event {
     ///
     /// ```
     /// let frame = ssehub::Event::new("x").with_comment("note").encode()?;
-    /// assert_eq!(frame.as_bytes().as_ref(), b": note\ndata: x\n\n");
+    /// assert_eq!(frame.as_ref(), b": note\ndata: x\n\n");
     /// # Ok::<(), ssehub::EventError>(())
     /// ```
     #[must_use]
