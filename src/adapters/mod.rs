@@ -1,5 +1,5 @@
 //! HTTP adapters: an [`Endpoint`] (resolver, limits, CORS) shared by the axum and hyper
-//! front-ends, which only turn its answers into their response types. They use the engine's
+//! front-ends, which only turn its answers into their response types. They use the hub's
 //! public API and hold no fan-out logic.
 
 pub(crate) mod accept;

@@ -1,5 +1,5 @@
 //! The reader: what a subscriber takes from its topics' rings and its own queue, merged in
-//! sequence order up to the hub's watermark, then parking and the second look.
+//! sequence order up to the engine's watermark, then parking and the second look.
 //!
 //! A subscriber is a `Slot`: its id, its `Queue` and its feeds, one `Feed` per ring it
 //! reads. Ownership points one way: the slot owns its feeds; a feed holds the ring, the topic's
@@ -44,7 +44,8 @@
 //!   compare-and-swap are atomics; the batch is a run of the ring's chunk.
 //! - **One ring, own queue empty, found nothing, parks**: the lock-free look, then the queue's
 //!   lock once (a locked look that registers the waker), the ring's `parked` lock once, then the
-//!   lock-free second look.
+//!   lock-free second look, and the queue's lock once more if that finds nothing either (the
+//!   locked look it falls back to).
 //! - **Several rings, or entries of its own queued**: the queue's lock, held across the ring
 //!   reads and the merge; when that finds nothing and the caller waits, each ring's `parked`
 //!   lock, then the same locked look again.

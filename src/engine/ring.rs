@@ -19,10 +19,11 @@
 //! swapped whole: a new list every [`CHUNK`] publishes (a chunk appended), and trimming (whole
 //! chunks from the front) by `rcu`. A trimmed chunk is freed when the last batch holding it is
 //! dropped, so no reader ever reads a freed slot. The publisher takes no lock either: publishes
-//! to a ring are serialised by the hub's sequencer; should two ever write one chunk at once,
-//! the slots' claim makes the second panic rather than race on a slot. `join` and `clear` run under the registry's
-//! writer lock, not the sequencer: they only update atomics and swap the list, never slots or
-//! the tail. The one lock left is the parked list's (see below), taken to park and to wake.
+//! to a ring are serialised by the engine's sequencer; should two ever write one chunk at once,
+//! the slots' claim makes the second panic rather than race on a slot. `join` and `clear` run
+//! under the registry's writer lock, not the sequencer: they only update atomics and swap the
+//! list, never slots or the tail. The one lock left is the parked list's (see below), taken to
+//! park, to leave and to wake.
 //!
 //! An idle ring holds no chunk (its list is empty, which allocates nothing); the publisher
 //! allocates a chunk when it writes its first slot, so at most one chunk is ahead of need; an
@@ -48,13 +49,13 @@
 //! `Conflate` subscribers do not read rings: replacing a queued frame by key needs a queue of
 //! their own, so they keep the per-subscriber queue (`queue.rs`).
 //!
-//! Parked readers register in the ring's `parked` list, in the order they parked; a publish takes
-//! the list and wakes each of them once, in that order, after the hub's watermark says the event
-//! is complete (see `Shared::sequenced`). A reader's `parked` flag keeps it in the list at most
-//! once; the list's allocation is reused from publish to publish. The list's lock is what makes
-//! a reader's second look sound (see [`Ring::park`]).
-//! Waking in park order keeps each reader's place from one event to the next (the order they
-//! drained in), so a reader's latency does not depend on where a hash put it.
+//! Parked readers register in the ring's `parked` list, in the order they parked; a publish
+//! takes the list and wakes each of them once, in that order, after the engine's watermark says
+//! the event is complete (see `Engine::sequenced` in `pipeline.rs`). A reader's `parked` flag
+//! keeps it in the list at most once; the list's allocation is reused from publish to publish.
+//! The list's lock is what makes a reader's second look sound (see [`Ring::park`]). Waking in
+//! park order keeps each reader's place from one event to the next (the order they drained in),
+//! so a reader's latency does not depend on where a hash put it.
 
 use bytes::Bytes;
 

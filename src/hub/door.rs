@@ -1,11 +1,12 @@
 //! The one door a backplane has into a hub: claim the engine's external clock, attach it at an
 //! epoch, publish events with its numbers through the one pipeline, register a replay source,
-//! and resume subscriptions through it. Nothing else of the hub or the engine is reached from
-//! `src/backplane/`, and nothing here names a broker.
+//! and resume subscriptions through it. Beyond the public `Hub` API, `src/backplane/` calls
+//! nothing else of the hub or the engine but `Published::new` and `history::format_id` (to
+//! answer its own publish), and nothing here names a broker.
 //!
-//! Without a backplane feature nothing calls these methods (they are `allow(dead_code)` for
-//! that build alone, with no feature `cfg`): the engine and the hub run the same code paths
-//! either way, with the clock never attached.
+//! Without a backplane feature nothing calls these methods. No feature `cfg` may name the
+//! brokers outside `src/backplane/`, so this module is `allow(dead_code)` in every build: the
+//! engine and the hub run the same code paths either way, with the clock never attached.
 #![allow(dead_code)]
 
 use std::time::Duration;

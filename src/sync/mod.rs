@@ -29,13 +29,13 @@
 //! | [`rank::ReplaySource`] | `Shared::source`: the replay source a backplane registered | nothing |
 //! | [`rank::BackplaneTask`] | a backplane's task handle | nothing |
 //!
-//! A topic ring's readers take none of these to read: entries are write-once slots below a
-//! tail published with `Release` (see `ring.rs`). A subscriber's feeds (the rings it reads)
-//! are an `ArcSwap` snapshot, not a lock. A subscriber's poll takes the queue's lock and the
-//! `parked` lock one after the other, never one inside the other (see `reader.rs`); a one-topic
-//! poll that finds data takes none. The Redis backplane's connection is a
-//! `tokio::sync::Mutex` held across `.await`, outside this order: nothing else is taken under
-//! it.
+//! A topic ring's readers take none of these to read: entries are write-once slots below a tail
+//! published with `Release` (see `src/engine/ring.rs`). A subscriber's feeds (the rings it
+//! reads) are an `ArcSwap` snapshot, not a lock. A subscriber's poll takes the queue's lock and
+//! the `parked` lock one after the other, never one inside the other (see
+//! `src/engine/reader.rs`); a one-topic poll that finds data takes none. The Redis backplane's
+//! connection is a `tokio::sync::Mutex` held across `.await`, outside this order: nothing else
+//! is taken under it.
 
 #[cfg(not(ssehub_loom))]
 mod real;

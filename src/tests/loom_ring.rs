@@ -1,4 +1,4 @@
-//! Models of the shared per-topic rings through the engine (`Shared`): publishers appending
+//! Models of the shared per-topic rings through the hub (`Shared`): publishers appending
 //! and waking parked readers, racing readers that drain, park, merge several rings in sequence
 //! order, and fall behind; then models of one ring on its own: publishes racing lock-free
 //! reads on a chunk boundary, a trim racing a reader, a reader's last-chunk handoff.

@@ -18,9 +18,9 @@
 //! loom needs every execution of a model to make the same choices, so no model may let the
 //! engine walk a hash map or set holding more than one entry when loom operations happen per
 //! entry: `RandomState` changes the order from one execution to the next. The registry's maps
-//! are ordered under this cfg (`Map`, `Set` and `TopicMap` in `src/registry.rs`), so shutdown
-//! closing two subscribers, or a pattern matching a topic for two of them, is replayable; so
-//! is the producer lifecycle's map of instances (`src/producer.rs`).
+//! are ordered under this cfg (`Map`, `Set` and `TopicMap` in `src/engine/registry.rs`), so
+//! shutdown closing two subscribers, or a pattern matching a topic for two of them, is
+//! replayable; so is the producer lifecycle's map of instances (`src/services/producers.rs`).
 
 mod loom_heartbeat;
 mod loom_idmap;
