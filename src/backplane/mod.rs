@@ -53,7 +53,7 @@ use crate::error::{EventError, SubscribeError, TopicError};
 use crate::frame::Event;
 use crate::hub::subscription::Subscription;
 use crate::hub::{Hub, Published, Shared, Subscribe};
-use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc};
+use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc, PlainWeak};
 use crate::topic::{validate_topic, Pattern};
 
 use broker::{Broker, Connect, Link, Position};
@@ -686,9 +686,9 @@ impl Backplane {
 #[derive(Clone)]
 pub(crate) struct WeakBackplane {
     /// See [`Backplane::node`].
-    node: std::sync::Weak<Node>,
+    node: PlainWeak<Node>,
     /// See [`Backplane::broker`].
-    broker: std::sync::Weak<dyn Broker>,
+    broker: PlainWeak<dyn Broker>,
 }
 
 impl ReplaySource for WeakBackplane {

@@ -140,3 +140,8 @@ pub(crate) type Guard<T> = Arc<T>;
 /// An `Arc` for shared immutable values with no concurrency of their own (callbacks, settings):
 /// std's even under loom, which need not explore them.
 pub(crate) type PlainArc<T> = std::sync::Arc<T>;
+
+/// A weak reference to a [`PlainArc`] (a backplane's handles on its node and broker, which must
+/// not keep them alive).
+#[allow(dead_code)]
+pub(crate) type PlainWeak<T> = std::sync::Weak<T>;
