@@ -98,7 +98,7 @@ async fn open(node: &Node, topics: &str, last: Option<&str>) -> Client {
 /// Three nodes on one broker: events published concurrently on each arrive at a client on every
 /// node, in the same order everywhere, none lost, none doubled.
 pub async fn three_nodes_one_order(kind: Kind, config: Config) {
-    let Some(broker) = Broker::start(kind) else { return };
+    let broker = Broker::start(kind);
     let url = broker.url();
     let mut nodes = Vec::new();
     for _ in 0..3 {
@@ -157,7 +157,7 @@ pub async fn three_nodes_one_order(kind: Kind, config: Config) {
 /// mirror, and on a node started after the events, from the broker's history; beyond the
 /// broker's history, a `too-old` reset.
 pub async fn moved_client_resumes_exactly(kind: Kind, config: Config) {
-    let Some(broker) = Broker::start(kind) else { return };
+    let broker = Broker::start(kind);
     let url = broker.url();
     let a = Node::start(config(&url, "move", 10_000), 1000).await;
     let b = Node::start(config(&url, "move", 10_000), 1000).await;
@@ -220,7 +220,7 @@ pub async fn moved_client_resumes_exactly(kind: Kind, config: Config) {
 /// publishes fail while it is away and are never reported then lost; a reconnecting client on
 /// another node gets every acknowledged event exactly once, in order (live or replayed).
 pub async fn broker_restart(kind: Kind, config: Config) {
-    let Some(mut broker) = Broker::start(kind) else { return };
+    let mut broker = Broker::start(kind);
     let url = broker.url();
     let a = Node::start(config(&url, "restart", 10_000), 1000).await;
     let b = Node::start(config(&url, "restart", 10_000), 1000).await;
@@ -307,7 +307,7 @@ pub async fn broker_restart(kind: Kind, config: Config) {
 
 /// A node killed mid-stream: its client resumes on another node, exactly.
 pub async fn node_killed(kind: Kind, config: Config) {
-    let Some(broker) = Broker::start(kind) else { return };
+    let broker = Broker::start(kind);
     let url = broker.url();
     let a = Node::start(config(&url, "kill", 10_000), 1000).await;
     let b = Node::start(config(&url, "kill", 10_000), 1000).await;
@@ -334,7 +334,7 @@ pub async fn node_killed(kind: Kind, config: Config) {
 /// The broker restarted without its data: nodes notice the new history, end their streams, and
 /// a client resuming with an old id gets an `other-epoch` reset, then live events.
 pub async fn broker_loses_data(kind: Kind, config: Config) {
-    let Some(mut broker) = Broker::start(kind) else { return };
+    let mut broker = Broker::start(kind);
     let url = broker.url();
     let a = Node::start(config(&url, "lost", 10_000), 1000).await;
     let b = Node::start(config(&url, "lost", 10_000), 1000).await;
@@ -414,7 +414,7 @@ pub async fn refusals(kind: Kind, config: Config) {
 
 /// A hub joins one backplane at most.
 pub async fn one_backplane_per_hub(kind: Kind, config: Config) {
-    let Some(broker) = Broker::start(kind) else { return };
+    let broker = Broker::start(kind);
     let node = Node::start(config(&broker.url(), "once", 10), 10).await;
     let again = Backplane::connect(&node.hub, config(&broker.url(), "once", 10)).await;
     assert!(matches!(again, Err(BackplaneError::AlreadyAttached)), "{again:?}");
@@ -424,7 +424,7 @@ pub async fn one_backplane_per_hub(kind: Kind, config: Config) {
 /// A resume that needs the broker's history while the broker is down is refused with 503 (the
 /// client retries), never served with a gap; once the broker is back it resumes exactly.
 pub async fn resume_needs_the_broker(kind: Kind, config: Config) {
-    let Some(mut broker) = Broker::start(kind) else { return };
+    let mut broker = Broker::start(kind);
     let url = broker.url();
     let a = Node::start(config(&url, "down", 10_000), 1000).await;
     let mut ids = Vec::new();
@@ -466,7 +466,7 @@ pub async fn resume_needs_the_broker(kind: Kind, config: Config) {
 /// few of the longest pauses, and as it missed nothing its clients' streams go on.
 pub async fn reconnects_with_backoff(kind: Kind, config: Config) {
     const LONGEST: Duration = Duration::from_millis(500);
-    let Some(mut broker) = Broker::start(kind) else { return };
+    let mut broker = Broker::start(kind);
     let url = broker.url();
     let a = Node::start(config(&url, "backoff", 100), 100).await;
     let mut client = open(&a, "topic=t", None).await;

@@ -1,8 +1,9 @@
 //! Real brokers for the backplane tests: `redis-server` and `nats-server -js`, started on free
 //! loopback ports with their data in a temporary directory, killed by PID when dropped.
 //!
-//! A missing server binary skips the test with a plain message, except under `CI`, where it is a
-//! failure: CI installs both (see `.ci/run`).
+//! A missing server binary fails the test with a message saying how to install it: a backplane
+//! test that cannot start its broker has not tested anything, so it must not pass. `.ci/run`
+//! installs both.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -84,21 +85,16 @@ fn free_port() -> u16 {
 }
 
 impl Broker {
-    /// Starts a broker, or returns `None` (after saying so) when its binary is not installed
-    /// outside CI. Under `CI`, a missing binary fails the test.
-    pub fn start(kind: Kind) -> Option<Broker> {
-        let Some(binary) = find(kind.binary()) else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{} is required in CI (.ci/run installs it)",
-                kind.binary()
-            );
-            eprintln!(
-                "SKIPPED: {} is not installed; this backplane test did not run",
-                kind.binary()
-            );
-            return None;
-        };
+    /// Starts a broker. Fails the test, saying how to install it, when its binary is missing.
+    pub fn start(kind: Kind) -> Broker {
+        let binary = find(kind.binary()).unwrap_or_else(|| {
+            panic!(
+                "{binary} is not installed, so this backplane test cannot run: install it \
+                 (Debian: `apt-get install redis-server nats-server`; `.ci/run` does) or run \
+                 the tests without the redis and nats features",
+                binary = kind.binary()
+            )
+        });
         let dir = std::env::temp_dir().join(format!(
             "ssehub-{}-{}-{}",
             kind.binary(),
@@ -111,7 +107,7 @@ impl Broker {
         // broker): then the process exits, and a first start moves to another port.
         for _ in 0..5 {
             if broker.spawn() {
-                return Some(broker);
+                return broker;
             }
             broker.port = free_port();
         }
