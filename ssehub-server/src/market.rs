@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use ssehub::{Event, Hub};
 
-use crate::Publisher;
+use crate::publisher::{Publisher, Refused};
 
 /// Symbol, name, kind, opening price, volatility per tick.
 const LISTINGS: [(&str, &str, Kind, f64, f64); 40] = [
@@ -237,8 +237,8 @@ pub async fn run(publisher: Publisher, hub: Hub, market: Arc<Mutex<Market>>, rat
             match publisher.publish(&topic, Event::new(data).with_event("price")).await {
                 Ok((id, _)) => market.lock().unwrap_or_else(|e| e.into_inner()).last_id = id,
                 // The broker is away: the feed skips this update and goes on.
-                Err(crate::Refused::Unavailable(_)) => {}
-                Err(crate::Refused::Invalid(_)) => return,
+                Err(Refused::Unavailable(_)) => {}
+                Err(Refused::Invalid(_)) => return,
             }
         }
     }

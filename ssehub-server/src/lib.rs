@@ -1,0 +1,183 @@
+//! The hub server: an SSE hub with a publish API, stats, metrics and a live demo page.
+//!
+//! ```sh
+//! cargo run --release --example hub -- --demo      # then open http://127.0.0.1:8080/
+//! cargo run --release --example hub -- --help      # every flag and environment variable
+//! ```
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /events?topic=A&topic=B&pattern=P` | the stream; `Last-Event-ID` (header, or `lastEventId` query parameter) resumes |
+//! | `POST /publish?topic=NAME` | body `{"data": string, "id"?: string, "event"?: string, "retry"?: integer}` (unknown fields are refused); `200 {"id": ..., "receivers": N}`, `400 {"error": ...}`, `401` without the `--publish-token` |
+//! | `POST /disconnect?topic=NAME` | ends the topic's streams: `200 {"disconnected": N}`; `403` unless `--allow-disconnect` |
+//! | `GET /stats`, `GET /metrics` | JSON stats, Prometheus text |
+//! | `GET /` | the live demo page; `GET /demo/market` is its snapshot (`404` without `--demo`) |
+//!
+//! Several nodes behind a load balancer share one broker with `--redis redis://HOST:PORT` or
+//! `--nats nats://HOST:PORT` (build with `--features redis` or `--features nats`): publishes go
+//! through the broker to every node, and a client resumes on any node (see `docs/scaling.md`).
+//!
+//! One port: `/events` is served by ssehub's native listener (`ssehub::server`), which owns each
+//! stream's socket after the request and writes every batch with one vectored write; every other
+//! route is an axum router the listener hands the connection to.
+//!
+//! The wire format (ids exactly as published, `: keep-alive` heartbeats, a `connected` event
+//! with no `id:`) is the engine's; this file only wires HTTP to it.
+
+mod config;
+mod market;
+mod publisher;
+mod routes;
+mod stats;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ssehub::server::Server;
+use ssehub::{HistoryLimits, Hub, Pacing};
+
+use crate::config::{Command, Config};
+use crate::market::Market;
+use crate::publisher::join;
+use crate::routes::{router, App};
+use crate::stats::Rates;
+
+/// How long shutdown may take once signalled before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the server with the process's flags and environment, as the `ssehub` binary does;
+/// exits the process with status 2 on bad flags and 1 when the server cannot run.
+///
+/// # Examples
+///
+/// ```no_run
+/// ssehub_server::main();
+/// ```
+pub fn main() {
+    let command = Command::parse(std::env::args().skip(1), |var| std::env::var(var).ok());
+    let config = match command {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", config::HELP);
+            return;
+        }
+        Err(message) => {
+            eprintln!("error: {message}\n\nTry `--help` for the flags.");
+            std::process::exit(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(error) = runtime.block_on(serve(config)) {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}
+
+/// Builds the hub from the settings.
+fn build_hub(config: &Config) -> Hub {
+    let history =
+        (config.history > 0).then(|| HistoryLimits::new().with_max_events(config.history));
+    Hub::builder()
+        .with_history(history)
+        .with_connected_event(true)
+        .with_retry(Some((config.retry, config.retry_jitter)))
+        .with_heartbeat(config.heartbeat)
+        .build()
+}
+
+/// Runs the server until a signal, then shuts down gracefully.
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let hub = build_hub(&config);
+    let publisher = join(&hub, &config).await?;
+    let market = config.demo.then(|| Arc::new(Mutex::new(Market::new())));
+    if let Some(market) = &market {
+        tokio::spawn(market::run(publisher.clone(), hub.clone(), market.clone(), config.demo_rate));
+    }
+    let rates = Arc::new(Rates::new());
+    tokio::spawn(sample(hub.clone(), rates.clone()));
+    let app = App { hub: hub.clone(), publisher, config: Arc::new(config), rates, market };
+    // At shutdown the streams end 500 at a time, 100 ms apart, each told to come back after
+    // the base retry plus its own random extra: a restart does not bring every client back in
+    // the same second.
+    let pacing = Pacing::new()
+        .with_batch(500)
+        .with_interval(Duration::from_millis(100))
+        .with_retry(app.config.retry, app.config.retry_jitter);
+    let signal = signals()?;
+
+    // Tests and scripts read this line to learn the port (`--addr 127.0.0.1:0` picks one).
+    println!("ssehub hub listening on http://{}", listener.local_addr()?);
+    if app.market.is_some() {
+        println!("demo market: publishing to price:* at {} updates/s", app.config.demo_rate);
+    }
+
+    // `/events` is served by ssehub's native listener, which owns each stream's socket; every
+    // other route goes to the axum router below, on the same port and connection.
+    let send_buffer = app.config.send_buffer;
+    let (endpoint, routes) = router(app);
+    let mut server = Server::new(endpoint.clone()).with_path("/events").with_fallback(routes);
+    if let Some(bytes) = send_buffer {
+        server = server.with_send_buffer(bytes);
+    }
+    server
+        .serve_with_shutdown(listener, async move {
+            let name = signal.await;
+            println!("{name}: shutting down");
+            // New requests get 503 from here on; every stream gets its final retry hint and
+            // ends, batch by batch.
+            hub.shutdown_paced(&pacing).await;
+        })
+        .await;
+    // The streams end by themselves after their last frame; give them a moment to flush.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while endpoint.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if endpoint.connection_count() > 0 {
+        println!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// Listens for Ctrl-C (SIGINT) and SIGTERM from now on (so a signal that comes before the
+/// server runs is not lost); the future resolves to the first signal's name.
+fn signals() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        })
+    }
+}
+
+/// Samples the counters for the rates, until the hub shuts down.
+async fn sample(hub: Hub, rates: Arc<Rates>) {
+    let mut interval = tokio::time::interval(stats::SAMPLE_EVERY);
+    while !hub.is_closed() {
+        interval.tick().await;
+        rates.sample(&hub.stats());
+    }
+}

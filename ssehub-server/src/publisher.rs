@@ -1,0 +1,93 @@
+//! Where publishes go: this node's hub, or every node through the broker.
+
+use ssehub::{Event, Hub, PublishError};
+
+use crate::config::Config;
+
+/// Where publishes go: this hub, or every node through the broker.
+#[derive(Debug, Clone)]
+pub(crate) enum Publisher {
+    /// This node only.
+    Local(Hub),
+    /// Every node, through the backplane.
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    Shared(ssehub::backplane::Backplane),
+}
+
+/// Why a publish was refused: a client's mistake, or the server's state.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The request was wrong.
+    Invalid(String),
+    /// The hub is shutting down or the broker is away.
+    Unavailable(String),
+}
+
+impl Publisher {
+    /// Publishes; returns the id and, on a single node, the receivers.
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        event: Event,
+    ) -> Result<(Option<String>, Option<usize>), Refused> {
+        match self {
+            Publisher::Local(hub) => match hub.publish(topic, event) {
+                Ok(published) => {
+                    Ok((published.id().map(str::to_string), Some(published.receivers())))
+                }
+                Err(PublishError::Closed(_)) => {
+                    Err(Refused::Unavailable("the hub is shutting down".into()))
+                }
+                Err(e) => Err(Refused::Invalid(e.to_string())),
+            },
+            #[cfg(any(feature = "redis", feature = "nats"))]
+            Publisher::Shared(backplane) => {
+                use ssehub::backplane::BackplaneError;
+                match backplane.publish(topic, event).await {
+                    // Receivers are counted on each node as the event arrives, not here.
+                    Ok(published) => Ok((published.id().map(str::to_string), None)),
+                    Err(e @ (BackplaneError::Topic(_) | BackplaneError::Event(_))) => {
+                        Err(Refused::Invalid(e.to_string()))
+                    }
+                    Err(e) => Err(Refused::Unavailable(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// Joins the broker given on the command line, if any.
+pub(crate) async fn join(
+    hub: &Hub,
+    config: &Config,
+) -> Result<Publisher, Box<dyn std::error::Error>> {
+    let Some(broker) = &config.broker else {
+        return Ok(Publisher::Local(hub.clone()));
+    };
+    if config.history == 0 {
+        return Err("a node needs replay history to mirror the broker's: --history above 0".into());
+    }
+    match broker {
+        #[cfg(feature = "redis")]
+        crate::config::Broker::Redis(url) => {
+            let redis = ssehub::backplane::Redis::new(url).with_max_events(config.history);
+            let node = ssehub::backplane::Backplane::connect(hub, redis).await?;
+            println!("backplane: joined Redis");
+            Ok(Publisher::Shared(node))
+        }
+        #[cfg(feature = "nats")]
+        crate::config::Broker::Nats(url) => {
+            let node =
+                ssehub::backplane::Backplane::connect(hub, ssehub::backplane::Nats::new(url))
+                    .await?;
+            println!("backplane: joined NATS");
+            Ok(Publisher::Shared(node))
+        }
+        #[allow(unreachable_patterns)]
+        // The URL is not echoed: it may hold a password.
+        _ => Err(
+            "--redis and --nats need the example built with --features redis or --features nats"
+                .into(),
+        ),
+    }
+}
