@@ -8,7 +8,9 @@
 //! - `--json`: one JSON object per event and line, `{"id": ..., "event": ..., "data": ...}`
 //!   (`event` is `"message"` when the stream named none);
 //! - `--max-events N`: exit after N events;
-//! - `--last-event-id ID`: resume after ID.
+//! - `--last-event-id ID`: resume after ID;
+//! - `--cacert FILE`: also trust the PEM certificates in FILE for `https://` URLs (a private
+//!   CA, or a server's self-signed certificate).
 //!
 //! Exit status: 0 after `--max-events` or when the server ends the stream for good (204), 1 on
 //! another error, 2 on bad arguments.
@@ -30,15 +32,18 @@ struct Args {
     headers: Vec<(String, String)>,
     /// Resume point.
     last_event_id: Option<String>,
+    /// A PEM file of certificates to trust besides the built-in roots.
+    cacert: Option<String>,
 }
 
 const USAGE: &str =
-    "usage: tail [--json] [--max-events N] [--last-event-id ID] [--header 'Name: value']... URL";
+    "usage: tail [--json] [--max-events N] [--last-event-id ID] [--cacert FILE] [--header 'Name: value']... URL";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut url, mut json, mut max_events, mut headers, mut last_event_id) =
         (None, false, None, Vec::new(), None);
+    let mut cacert = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--json" => json = true,
@@ -57,13 +62,14 @@ fn parse_args() -> Result<Args, String> {
             "--last-event-id" => {
                 last_event_id = Some(args.next().ok_or("--last-event-id needs an id")?)
             }
+            "--cacert" => cacert = Some(args.next().ok_or("--cacert needs a PEM file")?),
             "-h" | "--help" => return Err(String::new()),
             other if other.starts_with('-') => return Err(format!("unknown flag {other}")),
             other => url = Some(other.to_string()),
         }
     }
     let url = url.ok_or("missing URL")?;
-    Ok(Args { url, json, max_events, headers, last_event_id })
+    Ok(Args { url, json, max_events, headers, last_event_id, cacert })
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -78,7 +84,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let pem = match args.cacert.as_deref().map(std::fs::read).transpose() {
+        Ok(pem) => pem,
+        Err(error) => {
+            eprintln!("tail: --cacert: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let source = EventSource::new(&args.url).and_then(|mut source| {
+        if let Some(pem) = &pem {
+            source = source.with_root_certificate(pem)?;
+        }
         for (name, value) in &args.headers {
             source = source.with_header(name, value)?;
         }

@@ -1,6 +1,7 @@
 //! A reconnecting Server-Sent Events client (feature `client`).
 //!
-//! [`EventSource`] connects to an `http://` URL and yields the parsed events as a [`Stream`].
+//! [`EventSource`] connects to an `http://` or `https://` URL and yields the parsed events as a
+//! [`Stream`].
 //! Like a browser's `EventSource` it reconnects by itself after a dropped connection, a network
 //! error or a retryable status (408, 429, 500, 502, 503, 504), waiting the server's `retry:`
 //! time (or its own backoff), growing the wait exponentially while attempts keep failing, with
@@ -9,8 +10,12 @@
 //! with a typed error. A line or an event larger than the configured caps is an error, not an
 //! allocation without end.
 //!
-//! TLS is not built in: the client speaks plain HTTP, for services on a private network or
-//! behind a local proxy.
+//! HTTPS is built in: rustls (with the `ring` provider) verifies the server against Mozilla's
+//! root certificates ([`webpki-roots`](https://docs.rs/webpki-roots)), or the system's store
+//! with [`EventSource::with_native_roots`], plus any certificate given with
+//! [`EventSource::with_root_certificate`] (a private CA, a self-signed server). ALPN offers `h2`
+//! and `http/1.1`: a server that speaks HTTP/2 gets one, so many streams to one host share a
+//! connection. Plain `http://` URLs use HTTP/1.1.
 
 use std::fmt;
 use std::pin::Pin;
@@ -22,20 +27,31 @@ use futures_core::Stream;
 use http::header::{HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::parse::{ParseError, ParsedEvent, Parser};
+use crate::sync::PlainArc;
+
+/// The HTTP client every attempt of one [`EventSource`] uses.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Why an [`EventSource`] stopped (or could not start).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The URL is not an absolute `http://` URL.
+    /// The URL is not an absolute `http://` or `https://` URL.
     #[error("invalid url: {0}")]
     InvalidUrl(String),
+    /// A certificate given to [`EventSource::with_root_certificate`] is not valid PEM, or no
+    /// root certificate could be loaded from the system's store.
+    #[error("tls: {0}")]
+    Tls(String),
     /// A header name or value is invalid.
     #[error("invalid header: {0}")]
     InvalidHeader(String),
@@ -177,12 +193,23 @@ pub struct EventSource {
     max_retries: Option<u32>,
     /// Longest silence on an open connection before it is considered dead.
     idle_timeout: Option<Duration>,
-    /// Longest wait for a TCP connection.
+    /// Longest wait from connecting until the response head (TCP, TLS handshake, request).
     connect_timeout: Duration,
+    /// Where trust in a server's certificate comes from.
+    roots: Roots,
+}
+
+/// The certificates an [`EventSource`] trusts for `https://`.
+#[derive(Debug, Clone, Default)]
+struct Roots {
+    /// The system's store instead of the built-in Mozilla roots.
+    native: bool,
+    /// Certificates trusted besides those.
+    extra: Vec<CertificateDer<'static>>,
 }
 
 impl EventSource {
-    /// A source for `url` (absolute, `http://`).
+    /// A source for `url` (absolute, `http://` or `https://`).
     ///
     /// # Errors
     ///
@@ -192,11 +219,13 @@ impl EventSource {
     ///
     /// ```
     /// assert!(ssehub::client::EventSource::new("http://127.0.0.1:8080/events").is_ok());
+    /// assert!(ssehub::client::EventSource::new("https://feeds.example/events").is_ok());
     /// assert!(ssehub::client::EventSource::new("not a url").is_err());
     /// ```
     pub fn new(url: &str) -> Result<EventSource, ClientError> {
         let url: Uri = url.parse().map_err(|_| ClientError::InvalidUrl(url.to_string()))?;
-        if url.scheme_str() != Some("http") || url.authority().is_none() {
+        let scheme_ok = matches!(url.scheme_str(), Some("http" | "https"));
+        if !scheme_ok || url.authority().is_none() {
             return Err(ClientError::InvalidUrl(url.to_string()));
         }
         Ok(EventSource {
@@ -208,7 +237,71 @@ impl EventSource {
             max_retries: None,
             idle_timeout: None,
             connect_timeout: Duration::from_secs(10),
+            roots: Roots::default(),
         })
+    }
+
+    /// Also trusts the certificates in `pem` (one or more `CERTIFICATE` blocks) for `https://`:
+    /// a private certificate authority, or a self-signed server's own certificate.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Tls`] when `pem` holds no certificate or a malformed one.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let pem = std::fs::read("internal-ca.pem")?;
+    /// let source = ssehub::client::EventSource::new("https://feeds.internal/events")?
+    ///     .with_root_certificate(&pem)?;
+    /// # drop(source);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_root_certificate(mut self, pem: &[u8]) -> Result<Self, ClientError> {
+        let certificates = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientError::Tls(format!("invalid PEM certificate: {e}")))?;
+        if certificates.is_empty() {
+            return Err(ClientError::Tls("no CERTIFICATE block in the PEM".into()));
+        }
+        self.roots.extra.extend(certificates);
+        Ok(self)
+    }
+
+    /// Trusts the operating system's root certificates instead of the built-in Mozilla roots
+    /// (read once, when [`connect`](Self::connect) is called), for machines whose
+    /// administrators add their own authorities there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let source = ssehub::client::EventSource::new("https://feeds.example/events")?.with_native_roots();
+    /// # drop(source);
+    /// # Ok::<(), ssehub::client::ClientError>(())
+    /// ```
+    #[must_use]
+    pub fn with_native_roots(mut self) -> Self {
+        self.roots.native = true;
+        self
+    }
+
+    /// The longest wait from starting a connection until the server's response head arrives:
+    /// the TCP connection, the TLS handshake and the request together (10 s by default). A
+    /// server that accepts the connection and never answers counts as a failed attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let source = ssehub::client::EventSource::new("http://127.0.0.1/events")?
+    ///     .with_connect_timeout(Duration::from_secs(3));
+    /// # drop(source);
+    /// # Ok::<(), ssehub::client::ClientError>(())
+    /// ```
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// Adds a request header (sent on every attempt).
@@ -320,7 +413,9 @@ impl EventSource {
     ///
     /// # Errors
     ///
-    /// [`ClientError::NoRuntime`] outside a Tokio runtime.
+    /// [`ClientError::NoRuntime`] outside a Tokio runtime; [`ClientError::Tls`] when
+    /// [`with_native_roots`](Self::with_native_roots) was asked for and the system's store
+    /// has no usable certificate.
     ///
     /// # Examples
     ///
@@ -331,19 +426,15 @@ impl EventSource {
     /// ```
     pub fn connect(self) -> Result<Events, ClientError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| ClientError::NoRuntime)?;
+        let client = self.http_client()?;
         // A small buffer: a slow consumer stops the reading, and TCP pushes back on the server.
         let (tx, rx) = mpsc::channel(64);
-        let task = handle.spawn(self.run(tx));
+        let task = handle.spawn(self.run(client, tx));
         Ok(Events { rx, task })
     }
 
     /// The connection loop: connect, read, reconnect, until told to stop or the consumer leaves.
-    async fn run(self, tx: mpsc::Sender<Result<ClientEvent, ClientError>>) {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.set_nodelay(true);
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(connector);
+    async fn run(self, client: HttpClient, tx: mpsc::Sender<Result<ClientEvent, ClientError>>) {
         let mut parser = Parser::with_limits(self.limits.0, self.limits.1);
         let mut last_event_id = self.last_event_id.clone().unwrap_or_default();
         let mut failures = 0u32;
@@ -381,10 +472,33 @@ impl EventSource {
         }
     }
 
+    /// The HTTP client of every attempt: TCP with `TCP_NODELAY`, and for `https://` rustls
+    /// with ALPN `h2` then `http/1.1`.
+    fn http_client(&self) -> Result<HttpClient, ClientError> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(self.connect_timeout));
+        tcp.set_nodelay(true);
+        // The TLS layer above decides the scheme.
+        tcp.enforce_http(false);
+        let tls = rustls::ClientConfig::builder_with_provider(PlainArc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(self.roots.store()?)
+        .with_no_client_auth();
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(tcp);
+        Ok(Client::builder(TokioExecutor::new()).build(connector))
+    }
+
     /// One connection, from request to end of stream.
     async fn attempt(
         &self,
-        client: &Client<HttpConnector, Empty<Bytes>>,
+        client: &HttpClient,
         parser: &mut Parser,
         last_event_id: &str,
         tx: &mpsc::Sender<Result<ClientEvent, ClientError>>,
@@ -401,10 +515,12 @@ impl EventSource {
                 headers.insert("last-event-id", value);
             }
         }
-        let response = match client.request(request).await {
-            Ok(response) => response,
-            Err(error) => return Attempt::lost(format!("connect: {error}"), false, None),
-        };
+        let response =
+            match tokio::time::timeout(self.connect_timeout, client.request(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => return Attempt::lost(connect_error(&error), false, None),
+                Err(_) => return Attempt::lost("no response head in time".into(), false, None),
+            };
         let status = response.status();
         let stop = |error| async move {
             let _ = tx.send(Err(error)).await;
@@ -469,6 +585,44 @@ impl EventSource {
             }
         }
     }
+}
+
+impl Roots {
+    /// The trusted certificates.
+    fn store(&self) -> Result<rustls::RootCertStore, ClientError> {
+        let mut store = rustls::RootCertStore::empty();
+        if self.native {
+            let loaded = rustls_native_certs::load_native_certs();
+            // A store with some unreadable entries is still the system's store; one with none
+            // would fail every handshake, so that is reported at once.
+            let (added, _ignored) = store.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                let why = loaded.errors.first().map_or_else(String::new, |e| format!(": {e}"));
+                return Err(ClientError::Tls(format!(
+                    "no root certificate in the system store{why}"
+                )));
+            }
+        } else {
+            store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        for certificate in &self.extra {
+            store.add(certificate.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+        }
+        Ok(store)
+    }
+}
+
+/// Why a connection could not be made, with the cause's chain (hyper's own message is only
+/// "client error (Connect)"; the TLS reason, such as an unknown issuer, is below it).
+fn connect_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = format!("connect: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// How one attempt ended.
@@ -559,16 +713,26 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls() {
+    fn only_http_and_https_urls() {
+        assert!(EventSource::new("https://example.invalid/").is_ok());
         assert!(matches!(
-            EventSource::new("https://example.invalid/"),
+            EventSource::new("ftp://example.invalid/"),
             Err(ClientError::InvalidUrl(_))
         ));
+        assert!(matches!(EventSource::new("https:///path"), Err(ClientError::InvalidUrl(_))));
         assert!(matches!(EventSource::new("/relative"), Err(ClientError::InvalidUrl(_))));
         assert!(matches!(
             EventSource::new("http://127.0.0.1/").and_then(|s| s.with_header("bad header", "x")),
             Err(ClientError::InvalidHeader(_))
         ));
+    }
+
+    #[test]
+    fn a_root_certificate_must_be_pem() {
+        let source = || EventSource::new("https://example.invalid/").expect("valid url");
+        assert!(matches!(source().with_root_certificate(b""), Err(ClientError::Tls(_))));
+        let broken = b"-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n";
+        assert!(matches!(source().with_root_certificate(broken), Err(ClientError::Tls(_))));
     }
 
     #[test]
