@@ -15,13 +15,22 @@ use brokers::Kind;
 use ssehub::backplane::{BrokerConfig, Nats};
 
 /// A NATS backplane on stream `NS` (subjects `ns.>`), keeping `max` events.
-fn config(url: &str, ns: &str, max: usize) -> BrokerConfig {
+fn settings(url: &str, ns: &str, max: usize) -> Nats {
     Nats::new(url)
         .with_stream(&ns.to_uppercase(), ns)
         .with_max_events(max)
         .with_timeout(Duration::from_secs(2))
         .with_backoff(Duration::from_millis(20), Duration::from_millis(500))
-        .into()
+}
+
+/// See [`settings`].
+fn config(url: &str, ns: &str, max: usize) -> BrokerConfig {
+    settings(url, ns, max).into()
+}
+
+/// See [`settings`]; a publish window of two.
+fn small_window(url: &str, ns: &str, max: usize) -> BrokerConfig {
+    settings(url, ns, max).with_max_in_flight(2).into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,4 +76,14 @@ async fn broker_away_then_back_reconnects_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_backplane_per_hub() {
     backplane::one_backplane_per_hub(Kind::Nats, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_go_in_batches() {
+    backplane::concurrent_publishes_go_in_batches(Kind::Nats, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_publish_window_refuses_at_once() {
+    backplane::a_full_window_refuses_at_once(Kind::Nats, small_window).await;
 }

@@ -15,13 +15,22 @@ use brokers::Kind;
 use ssehub::backplane::{BrokerConfig, Redis};
 
 /// A Redis backplane in namespace `ns`, keeping `max` events per topic.
-fn config(url: &str, ns: &str, max: usize) -> BrokerConfig {
+fn settings(url: &str, ns: &str, max: usize) -> Redis {
     Redis::new(url)
         .with_prefix(ns)
         .with_max_events(max)
         .with_timeout(Duration::from_secs(2))
         .with_backoff(Duration::from_millis(20), Duration::from_millis(500))
-        .into()
+}
+
+/// See [`settings`].
+fn config(url: &str, ns: &str, max: usize) -> BrokerConfig {
+    settings(url, ns, max).into()
+}
+
+/// See [`settings`]; a publish window of two.
+fn small_window(url: &str, ns: &str, max: usize) -> BrokerConfig {
+    settings(url, ns, max).with_max_in_flight(2).into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,4 +136,14 @@ async fn lost_subscription_gap_is_replayed() {
     }
     assert_eq!(got, published, "every event exactly once, in order");
     assert!(b.backplane.state().reconnects >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_go_in_batches() {
+    backplane::concurrent_publishes_go_in_batches(Kind::Redis, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_publish_window_refuses_at_once() {
+    backplane::a_full_window_refuses_at_once(Kind::Redis, small_window).await;
 }

@@ -74,16 +74,23 @@ pub(crate) enum Polled {
     At(Position),
 }
 
+/// One event on its way to the broker.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// Its topic.
+    pub(crate) topic: String,
+    /// The event as [`codec`](super::codec) wrote it.
+    pub(crate) payload: Vec<u8>,
+}
+
 /// A connected broker: what a node asks of Redis or NATS. Every method is bounded by the
 /// broker's timeout.
 pub(crate) trait Broker: Send + Sync + 'static {
-    /// Numbers and stores one event, and fans it out to every node's live stream: its place
-    /// in the broker's history once the broker acknowledged it.
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<Position, BackplaneError>>;
+    /// Numbers and stores a batch of events, in order, and fans them out to every node's live
+    /// stream: each one's place in the broker's history once the broker acknowledged it, or
+    /// why it was not (one answer per event, in the batch's order).
+    fn publish(&self, batch: Vec<Outgoing>)
+        -> BoxFuture<'_, Vec<Result<Position, BackplaneError>>>;
 
     /// Opens the live stream, and says where it starts: every event after the returned
     /// position arrives on it, every event up to it is in the broker's history. `seen` is where

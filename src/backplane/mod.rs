@@ -43,6 +43,7 @@ mod nats;
 #[cfg(feature = "redis")]
 mod redis;
 mod supervisor;
+mod window;
 
 use std::fmt;
 use std::time::Duration;
@@ -56,7 +57,7 @@ use crate::hub::{Hub, Published, Shared, Subscribe};
 use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, PlainArc, PlainWeak};
 use crate::topic::{validate_topic, Pattern};
 
-use broker::{Broker, Connect, Link, Position};
+use broker::{Broker, Connect, Link, Outgoing, Position};
 use supervisor::Backoff;
 
 #[cfg(feature = "nats")]
@@ -96,6 +97,11 @@ pub enum BackplaneError {
     /// The backplane or its hub was shut down.
     #[error("backplane is shut down")]
     Closed,
+    /// The node's publish window is full: publishes arrive faster than the broker takes them
+    /// (see `with_max_in_flight` on [`Redis`](crate::backplane::Redis) and
+    /// [`Nats`](crate::backplane::Nats)). Nothing was published; retry later.
+    #[error("too many publishes waiting for the broker; retry later")]
+    Busy,
 }
 
 /// An error reported by the broker's client library.
@@ -169,6 +175,12 @@ pub struct BackplaneState {
     pub published: u64,
     /// Publishes that failed (not acknowledged).
     pub publish_errors: u64,
+    /// Round trips this node's publishes took to the broker: concurrent publishes go in one
+    /// batch, so `published / publish_batches` is the mean batch.
+    pub publish_batches: u64,
+    /// Publishes refused at once because the node's publish window was full
+    /// ([`BackplaneError::Busy`]).
+    pub publish_busy: u64,
     /// Events received from the broker and delivered here.
     pub received: u64,
     /// Events received that could not be decoded or delivered here (counted, skipped).
@@ -193,6 +205,8 @@ struct Counters {
     published: AtomicU64,
     /// See [`BackplaneState::publish_errors`].
     publish_errors: AtomicU64,
+    /// See [`BackplaneState::publish_busy`].
+    publish_busy: AtomicU64,
     /// See [`BackplaneState::received`].
     received: AtomicU64,
     /// See [`BackplaneState::skipped`].
@@ -262,6 +276,8 @@ pub(crate) struct Common {
     pub(crate) catch_up: Duration,
     /// The pauses between reconnect attempts.
     pub(crate) backoff: Backoff,
+    /// Most publishes waiting behind the batch on the wire (see [`window`]).
+    pub(crate) max_in_flight: usize,
 }
 
 impl Default for Common {
@@ -270,6 +286,7 @@ impl Default for Common {
             timeout: Duration::from_secs(5),
             catch_up: Duration::from_secs(2),
             backoff: Backoff::default(),
+            max_in_flight: 4096,
         }
     }
 }
@@ -378,6 +395,8 @@ pub struct Backplane {
     node: PlainArc<Node>,
     /// The broker client.
     broker: PlainArc<dyn Broker>,
+    /// Where publishes queue to go to the broker in batches.
+    window: window::Window,
     /// The hub (a handle, so the hub lives as long as the backplane).
     hub: Hub,
     /// Stops the broker task when the last clone goes.
@@ -487,9 +506,12 @@ impl Backplane {
         };
         node.set_connected(true);
         let task = tokio::spawn(supervisor::run(node.clone(), broker.clone(), live));
+        let window =
+            window::Window::start(broker.clone(), node.common.max_in_flight, node.common.timeout);
         let backplane = Backplane {
             node,
             broker,
+            window,
             hub: hub.clone(),
             stop: PlainArc::new(Stop(Mutex::new(Some(task)))),
         };
@@ -525,17 +547,23 @@ impl Backplane {
     /// set on the event is replaced); [`Published::receivers`] is 0, since no subscriber has it
     /// yet: each node counts its own as the event arrives ([`BackplaneState::received`]).
     ///
+    /// Concurrent publishes on one node go to the broker together: while one batch is on the
+    /// wire the next gathers, and each goes in one round trip (Redis: one script call and one
+    /// message on the channel; NATS: the JetStream publishes sent back to back, their
+    /// acknowledgements awaited together). A lone publish goes at once.
+    ///
     /// # Errors
     ///
     /// [`BackplaneError::Topic`] and [`BackplaneError::Event`] for what the hub would refuse
+    /// (nothing is sent); [`BackplaneError::Busy`] when the node's publish window is full
     /// (nothing is sent); [`BackplaneError::Unavailable`] and [`BackplaneError::Timeout`] when
     /// the broker did not acknowledge it (see [`BackplaneError`]); [`BackplaneError::Closed`]
     /// after shutdown.
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future after the request was sent may leave the event published without
-    /// its id being reported.
+    /// Dropping the future while the event waits for its batch withdraws it; once its batch was
+    /// sent, the event may be published without its id being reported.
     ///
     /// # Examples
     ///
@@ -561,12 +589,8 @@ impl Backplane {
         event.id = Some(format!("{:x}-{}", u64::MAX, u64::MAX));
         event.encode_limited(config.max_event_bytes)?;
         event.id = None;
-        let payload = codec::encode(&event);
-        let result =
-            tokio::time::timeout(self.node.common.timeout, self.broker.publish(topic, payload))
-                .await
-                .unwrap_or(Err(BackplaneError::Timeout(self.node.common.timeout)));
-        match result {
+        let outgoing = Outgoing { topic: topic.to_string(), payload: codec::encode(&event) };
+        match self.window.publish(outgoing).await {
             Ok(at) => {
                 Counters::bump(&self.node.counters.published);
                 self.node.counters.saw(at.seq);
@@ -576,6 +600,10 @@ impl Backplane {
                     receivers,
                     Some(crate::engine::history::format_id(at.epoch, at.seq)),
                 ))
+            }
+            Err(BackplaneError::Busy) => {
+                Counters::bump(&self.node.counters.publish_busy);
+                Err(BackplaneError::Busy)
             }
             Err(error) => {
                 Counters::bump(&self.node.counters.publish_errors);
@@ -649,6 +677,8 @@ impl Backplane {
             lag: broker_position - position,
             published: load(&counters.published),
             publish_errors: load(&counters.publish_errors),
+            publish_batches: self.window.batches(),
+            publish_busy: load(&counters.publish_busy),
             received: load(&counters.received),
             skipped: load(&counters.skipped),
             gaps: load(&counters.gaps),

@@ -25,8 +25,8 @@ use async_nats::jetstream::Context;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
-use super::broker::{Broker, Connect, Fetched, Incoming, Link, Live, Polled, Position};
-use super::{BackplaneError, BrokerError, Common};
+use super::broker::{Broker, Connect, Fetched, Incoming, Link, Live, Outgoing, Polled, Position};
+use super::{window, BackplaneError, BrokerError, Common};
 use crate::engine::history::ResetReason;
 use crate::sync::{AtomicU64, Ordering, PlainArc};
 use crate::topic::Pattern;
@@ -150,6 +150,23 @@ impl Nats {
     /// ```
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.common.timeout = timeout;
+        self
+    }
+
+    /// Most publishes that may wait on this node for the broker, behind the batch on the wire
+    /// (4,096 by default): beyond it [`Backplane::publish`](super::Backplane::publish) fails at
+    /// once with [`BackplaneError::Busy`](super::BackplaneError::Busy) instead of queueing
+    /// without end. Concurrent publishes go to the broker in batches of up to 256 events (or
+    /// 512 KiB) per round trip.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let nats = ssehub::backplane::Nats::new("nats://127.0.0.1").with_max_in_flight(10_000);
+    /// # drop(nats);
+    /// ```
+    pub fn with_max_in_flight(mut self, publishes: usize) -> Self {
+        self.common.max_in_flight = publishes;
         self
     }
 
@@ -333,27 +350,45 @@ impl Client {
         }
     }
 
-    /// See [`Broker::publish`]: the epoch, and the stream sequence the acknowledgement carries.
-    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Position, BackplaneError> {
-        // While disconnected the client would queue the message and send it after the
-        // reconnect, long after this publish was reported failed: refuse it now instead.
+    /// See [`Broker::publish`]: every message of the batch is sent back to back, then their
+    /// acknowledgements are awaited together, so the batch costs one round trip. Sent in order
+    /// on one connection, the messages are stored in that order.
+    async fn publish(&self, batch: Vec<Outgoing>) -> Vec<Result<Position, BackplaneError>> {
+        // While disconnected the client would queue the messages and send them after the
+        // reconnect, long after this publish was reported failed: refuse them now instead.
         if self.0.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(BackplaneError::Unavailable(BrokerError::wrap(std::io::Error::new(
+            let down = BackplaneError::Unavailable(BrokerError::wrap(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
                 "not connected to NATS",
-            ))));
+            )));
+            return window::each(&down, batch.len());
         }
         let timeout = self.0.timeout;
-        let ack =
-            within(timeout, self.0.context.publish(self.subject(topic), payload.into())).await?;
-        let ack = within(timeout, std::future::IntoFuture::into_future(ack)).await?;
+        let mut sent = Vec::with_capacity(batch.len());
+        for event in batch {
+            let subject = self.subject(&event.topic);
+            sent.push(within(timeout, self.0.context.publish(subject, event.payload.into())).await);
+        }
+        let acknowledged =
+            futures_util::future::join_all(sent.into_iter().map(|sent| async move {
+                let ack = within(timeout, std::future::IntoFuture::into_future(sent?)).await?;
+                Ok::<_, BackplaneError>(ack.sequence)
+            }))
+            .await;
         // The epoch as last read (at join, every second, and after a reconnect): reading it on
         // every publish would double a publish's round trips.
         let mut epoch = self.0.epoch.load(Ordering::Relaxed);
         if epoch == 0 {
-            epoch = self.tip(&self.stream().await?).await?.0;
+            let tip = match self.stream().await {
+                Ok(stream) => self.tip(&stream).await,
+                Err(error) => Err(error),
+            };
+            match tip {
+                Ok((current, _, _)) => epoch = current,
+                Err(error) => return window::each(&error, acknowledged.len()),
+            }
         }
-        Ok(Position { epoch, seq: ack.sequence })
+        acknowledged.into_iter().map(|seq| seq.map(|seq| Position { epoch, seq })).collect()
     }
 
     /// See [`Broker::fetch`]: up to the stream's position when asked.
@@ -449,12 +484,11 @@ impl Client {
 }
 
 impl Broker for Client {
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<Position, BackplaneError>> {
-        Box::pin(Client::publish(self, topic, payload))
+    fn publish(
+        &self,
+        batch: Vec<Outgoing>,
+    ) -> BoxFuture<'_, Vec<Result<Position, BackplaneError>>> {
+        Box::pin(Client::publish(self, batch))
     }
 
     /// NATS numbers within a stream whose epoch is its creation time: a stream that went back

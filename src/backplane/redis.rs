@@ -12,9 +12,10 @@
 //! | `P:trimmed` | a hash: topic name to the last sequence number trimmed from its stream |
 //! | `P:events` | the pub/sub channel every node subscribes to |
 //!
-//! A publish is one Lua script: number the event, `XADD` it, `PUBLISH` it. Scripts run one at a
-//! time, so the channel's order is the numbering's order, and a number is only used by an event
-//! that was stored (the `XADD` comes before anything that could not be undone).
+//! A publish is one Lua script for a whole batch of events: number each, `XADD` each, then
+//! `PUBLISH` them in one message. Scripts run one at a time, so the channel's order is the
+//! numbering's order, and a number is only used by an event that was stored (the `XADD` comes
+//! before anything that could not be undone).
 
 use std::time::Duration;
 
@@ -24,37 +25,64 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
-use super::broker::{Broker, Connect, Fetched, Incoming, Link, Live, Polled, Position};
-use super::{BackplaneError, Common};
+use super::broker::{Broker, Connect, Fetched, Incoming, Link, Live, Outgoing, Polled, Position};
+use super::{window, BackplaneError, Common};
 use crate::engine::history::ResetReason;
 use crate::sync::PlainArc;
 use crate::topic::Pattern;
 
-/// Numbers, stores and fans out one event. Trimming is exact and remembered: once a stream
-/// holds an eighth more than its bound, the oldest entries down to the bound go, and the last
-/// one's number is kept in `P:trimmed`, so a resume from before it gets a reset, never a gap.
-/// (`MAXLEN ~` trims whole radix nodes and `max-deleted-entry-id` does not count trimming, so
-/// neither could say which events are gone.)
+/// Numbers, stores and fans out a batch of events, in order: one script call and one message
+/// on the channel for the whole batch. `KEYS`: the epoch, the counter, the topics hash, the
+/// trimmed hash, then each event's stream; `ARGV`: the bound, the channel, a fresh epoch, then
+/// each event's topic and payload.
+///
+/// Trimming is exact and remembered: once a stream holds an eighth more than its bound, the
+/// oldest entries down to the bound go, and the last one's number is kept in `P:trimmed`, so a
+/// resume from before it gets a reset, never a gap. (`MAXLEN ~` trims whole radix nodes and
+/// `max-deleted-entry-id` does not count trimming, so neither could say which events are gone.)
+/// Each stream the batch touched is checked once, after the batch.
+///
+/// The message is `EPOCH-FIRST+COUNT\n`, then for each event `TOPICLEN PAYLOADLEN\n`, the topic
+/// and the payload (see [`parse_message`]).
 const PUBLISH: &str = r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
-  epoch = ARGV[5]
+  epoch = ARGV[3]
   redis.call('SET', KEYS[1], epoch)
 end
-local id = string.format('%d', (tonumber(redis.call('GET', KEYS[2])) or 0) + 1)
-redis.call('XADD', KEYS[4], id .. '-0', 'd', ARGV[2])
-redis.call('SET', KEYS[2], id)
-redis.call('HSET', KEYS[3], ARGV[1], id)
-local max = tonumber(ARGV[3])
-local len = redis.call('XLEN', KEYS[4])
-if len > max + math.floor(max / 8) then
-  local cut = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', len - max)
-  local last = tonumber(string.match(cut[#cut][1], '^(%d+)'))
-  redis.call('XTRIM', KEYS[4], 'MINID', string.format('%d', last + 1))
-  redis.call('HSET', KEYS[5], ARGV[1], string.format('%d', last))
+local max = tonumber(ARGV[1])
+local n = tonumber(redis.call('GET', KEYS[2])) or 0
+local first = n + 1
+local parts = {}
+local touched = {}
+local order = {}
+for i = 5, #KEYS do
+  local topic = ARGV[2 * i - 6]
+  local payload = ARGV[2 * i - 5]
+  n = n + 1
+  local id = string.format('%d', n)
+  redis.call('XADD', KEYS[i], id .. '-0', 'd', payload)
+  redis.call('HSET', KEYS[3], topic, id)
+  if not touched[topic] then
+    touched[topic] = KEYS[i]
+    order[#order + 1] = topic
+  end
+  parts[#parts + 1] = string.len(topic) .. ' ' .. string.len(payload) .. '\n' .. topic .. payload
 end
-redis.call('PUBLISH', ARGV[4], epoch .. '-' .. id .. '\n' .. ARGV[1] .. '\n' .. ARGV[2])
-return {epoch, id}
+redis.call('SET', KEYS[2], string.format('%d', n))
+for _, topic in ipairs(order) do
+  local stream = touched[topic]
+  local len = redis.call('XLEN', stream)
+  if len > max + math.floor(max / 8) then
+    local cut = redis.call('XRANGE', stream, '-', '+', 'COUNT', len - max)
+    local last = tonumber(string.match(cut[#cut][1], '^(%d+)'))
+    redis.call('XTRIM', stream, 'MINID', string.format('%d', last + 1))
+    redis.call('HSET', KEYS[4], topic, string.format('%d', last))
+  end
+end
+local head = epoch .. '-' .. string.format('%d', first) .. '+' .. string.format('%d', #KEYS - 4)
+redis.call('PUBLISH', ARGV[2], head .. '\n' .. table.concat(parts))
+return {epoch, string.format('%d', first)}
 ";
 
 /// The epoch and position a node joins at. A Redis that lost its data (no epoch) or went back
@@ -193,6 +221,23 @@ impl Redis {
         self
     }
 
+    /// Most publishes that may wait on this node for the broker, behind the batch on the wire
+    /// (4,096 by default): beyond it [`Backplane::publish`](super::Backplane::publish) fails at
+    /// once with [`BackplaneError::Busy`](super::BackplaneError::Busy) instead of queueing
+    /// without end. Concurrent publishes go to the broker in batches of up to 256 events (or
+    /// 512 KiB) per round trip.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let redis = ssehub::backplane::Redis::new("redis://127.0.0.1").with_max_in_flight(10_000);
+    /// # drop(redis);
+    /// ```
+    pub fn with_max_in_flight(mut self, publishes: usize) -> Self {
+        self.common.max_in_flight = publishes;
+        self
+    }
+
     /// The first and the longest pause between reconnect attempts (doubling, with jitter).
     ///
     /// # Examples
@@ -317,29 +362,38 @@ impl Client {
         }
     }
 
-    /// See [`Broker::publish`].
-    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Position, BackplaneError> {
+    /// See [`Broker::publish`]: the whole batch in one script call, numbered consecutively.
+    async fn publish(&self, batch: Vec<Outgoing>) -> Vec<Result<Position, BackplaneError>> {
         let inner = &self.0;
-        let stream = format!("{}{topic}", inner.stream_prefix);
+        let count = batch.len();
         let fresh = format!("{:x}", super::fresh_epoch());
-        let (epoch, seq): (String, String) = self
+        let reply: Result<(String, String), BackplaneError> = self
             .call(|mut connection| async move {
                 let mut invocation = inner.publish.prepare_invoke();
                 invocation
                     .key(&inner.epoch_key)
                     .key(&inner.seq_key)
                     .key(&inner.topics_key)
-                    .key(&stream)
-                    .key(&inner.trimmed_key)
-                    .arg(topic)
-                    .arg(payload)
-                    .arg(inner.max_events)
-                    .arg(&inner.channel)
-                    .arg(&fresh);
+                    .key(&inner.trimmed_key);
+                for event in &batch {
+                    invocation.key(format!("{}{}", inner.stream_prefix, event.topic));
+                }
+                invocation.arg(inner.max_events).arg(&inner.channel).arg(&fresh);
+                for event in &batch {
+                    invocation.arg(&event.topic).arg(&event.payload);
+                }
                 invocation.invoke_async(&mut connection).await
             })
-            .await?;
-        parse_position(&epoch, &seq).ok_or(BackplaneError::Protocol)
+            .await;
+        let first = reply.and_then(|(epoch, first)| {
+            parse_position(&epoch, &first).ok_or(BackplaneError::Protocol)
+        });
+        match first {
+            Ok(first) => (0..count as u64)
+                .map(|i| Ok(Position { epoch: first.epoch, seq: first.seq + i }))
+                .collect(),
+            Err(error) => window::each(&error, count),
+        }
     }
 
     /// See [`Broker::position`]: the epoch and the last number, read together.
@@ -394,16 +448,9 @@ impl Client {
             })
             .await?;
         let at = parse_position(&epoch, &seq).ok_or(BackplaneError::Protocol)?;
-        let live = pubsub.into_on_message().map(|message| {
-            match parse_message(message.get_payload_bytes()) {
-                Some((epoch, seq, topic, payload)) => Incoming::Event {
-                    epoch: Some(epoch),
-                    seq,
-                    topic: Some(topic.to_string()),
-                    payload: Bytes::copy_from_slice(payload),
-                },
-                None => Incoming::Unreadable,
-            }
+        let live = pubsub.into_on_message().flat_map(|message| {
+            let message = Bytes::copy_from_slice(message.get_payload_bytes());
+            futures_util::stream::iter(parse_message(&message))
         });
         Ok((at, live.boxed()))
     }
@@ -486,24 +533,79 @@ fn parse_position(epoch: &str, seq: &str) -> Option<Position> {
     Some(Position { epoch: u64::from_str_radix(epoch, 16).ok()?, seq: seq.parse().ok()? })
 }
 
-/// `EPOCH-SEQ\nTOPIC\nPAYLOAD`, as the publish script sends it.
-fn parse_message(message: &[u8]) -> Option<(u64, u64, &str, &[u8])> {
-    let mut parts = message.splitn(3, |b| *b == b'\n');
-    let id = std::str::from_utf8(parts.next()?).ok()?;
-    let topic = std::str::from_utf8(parts.next()?).ok()?;
-    let payload = parts.next()?;
+/// The events of one message on the channel, in order: `EPOCH-FIRST+COUNT\n` and then, for
+/// each event, `TOPICLEN PAYLOADLEN\n`, the topic and the payload, as [`PUBLISH`] sends them.
+/// The payloads are slices of `message` (one allocation for the whole batch). A message that
+/// does not parse whole is one [`Incoming::Unreadable`]: nothing of it is delivered.
+///
+/// A message of the single-event layout that nodes before batching sent (`EPOCH-SEQ\nTOPIC\n`
+/// and the payload) is read too, so nodes can be upgraded one at a time.
+fn parse_message(message: &Bytes) -> Vec<Incoming> {
+    parse_batch(message)
+        .or_else(|| parse_single(message).map(|event| vec![event]))
+        .unwrap_or_else(|| vec![Incoming::Unreadable])
+}
+
+/// See [`parse_message`]: the single-event layout.
+fn parse_single(message: &Bytes) -> Option<Incoming> {
+    let (id, rest) = split_line(message)?;
     let (epoch, seq) = id.split_once('-')?;
     let at = parse_position(epoch, seq)?;
-    Some((at.epoch, at.seq, topic, payload))
+    let (topic, payload) = split_line(&rest)?;
+    Some(Incoming::Event {
+        epoch: Some(at.epoch),
+        seq: at.seq,
+        topic: Some(topic.to_string()),
+        payload,
+    })
+}
+
+/// See [`parse_message`]; `None` for anything but a whole batch.
+fn parse_batch(message: &Bytes) -> Option<Vec<Incoming>> {
+    let (head, mut rest) = split_line(message)?;
+    let (id, count) = head.split_once('+')?;
+    let (epoch, first) = id.split_once('-')?;
+    let first = parse_position(epoch, first)?;
+    let count: usize = count.parse().ok()?;
+    // Each event takes at least four bytes (`0 0\n`), so a count past that is a lie.
+    if count > rest.len() / 4 + 1 {
+        return None;
+    }
+    let mut events = Vec::with_capacity(count);
+    for i in 0..count as u64 {
+        let (lengths, body) = split_line(&rest)?;
+        let (topic_len, payload_len) = lengths.split_once(' ')?;
+        let topic_len: usize = topic_len.parse().ok()?;
+        let payload_len: usize = payload_len.parse().ok()?;
+        let end = topic_len.checked_add(payload_len)?;
+        if body.len() < end {
+            return None;
+        }
+        let topic = std::str::from_utf8(&body[..topic_len]).ok()?.to_string();
+        events.push(Incoming::Event {
+            epoch: Some(first.epoch),
+            seq: first.seq.checked_add(i)?,
+            topic: Some(topic),
+            payload: body.slice(topic_len..end),
+        });
+        rest = body.slice(end..);
+    }
+    rest.is_empty().then_some(events)
+}
+
+/// The text before the first line break, and the bytes after it.
+fn split_line(bytes: &Bytes) -> Option<(&str, Bytes)> {
+    let at = memchr::memchr(b'\n', bytes)?;
+    let line = std::str::from_utf8(&bytes[..at]).ok()?;
+    Some((line, bytes.slice(at + 1..)))
 }
 
 impl Broker for Client {
-    fn publish<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Vec<u8>,
-    ) -> BoxFuture<'a, Result<Position, BackplaneError>> {
-        Box::pin(Client::publish(self, topic, payload))
+    fn publish(
+        &self,
+        batch: Vec<Outgoing>,
+    ) -> BoxFuture<'_, Vec<Result<Position, BackplaneError>>> {
+        Box::pin(Client::publish(self, batch))
     }
 
     fn subscribe(
@@ -532,12 +634,59 @@ impl Broker for Client {
 mod tests {
     use super::*;
 
+    /// An event of a parsed message, as (epoch, seq, topic, payload).
+    fn event(item: &Incoming) -> (u64, u64, &str, &[u8]) {
+        match item {
+            Incoming::Event { epoch: Some(epoch), seq, topic: Some(topic), payload } => {
+                (*epoch, *seq, topic.as_str(), &payload[..])
+            }
+            other => panic!("not an event: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_message_parses_into_its_events_in_order() {
+        let message = Bytes::from_static(b"ab-7+3\n4 2\nnews\x01x1 0\nt3 3\nfoo\nba");
+        let events = parse_message(&message);
+        let events: Vec<_> = events.iter().map(event).collect();
+        assert_eq!(
+            events,
+            [
+                (0xab, 7, "news", &b"\x01x"[..]),
+                (0xab, 8, "t", &b""[..]),
+                (0xab, 9, "foo", &b"\nba"[..])
+            ]
+        );
+    }
+
+    #[test]
+    fn the_single_event_layout_of_earlier_nodes_still_parses() {
+        let events = parse_message(&Bytes::from_static(b"ab-7\nnews\n\x01x"));
+        assert_eq!(
+            events.iter().map(event).collect::<Vec<_>>(),
+            [(0xab, 7, "news", &b"\x01x"[..])]
+        );
+        let events = parse_message(&Bytes::from_static(b"ab-7\nnews\n"));
+        assert_eq!(events.iter().map(event).collect::<Vec<_>>(), [(0xab, 7, "news", &b""[..])]);
+    }
+
     #[test]
     fn messages_parse_only_when_whole() {
-        assert_eq!(parse_message(b"ab-7\nnews\n\x01x"), Some((0xab, 7, "news", &b"\x01x"[..])));
-        assert_eq!(parse_message(b"ab-7\nnews\n"), Some((0xab, 7, "news", &b""[..])));
-        for bad in [&b"ab-7\nnews"[..], b"zz-7\nt\n", b"ab7\nt\n", b"ab-x\nt\n", b""] {
-            assert_eq!(parse_message(bad), None);
+        for bad in [
+            &b"ab-7\nnews"[..],
+            b"zz-7\nt\n",
+            b"ab7\nt\n",
+            b"ab-x\nt\n",
+            b"",
+            b"ab-7+2\n1 1\ntx",
+            b"ab-7+1\n1 1\ntxy",
+            b"ab-7+1\n1 5\ntx",
+            b"ab-7+1\n1\ntx",
+            b"ab-7+99999999999\n1 1\ntx",
+            b"ab-18446744073709551615+2\n1 1\ntx1 1\nty",
+        ] {
+            let parsed = parse_message(&Bytes::from_static(bad));
+            assert_eq!(parsed, [Incoming::Unreadable], "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -500,3 +500,73 @@ pub async fn reconnects_with_backoff(kind: Kind, config: Config) {
     a.publish("t", "after").await;
     assert_eq!(client.events(1).await[0].data, "after", "the same stream goes on");
 }
+
+/// Concurrent publishes on one node go to the broker in batches: far fewer round trips than
+/// events, each caller gets its own id, and another node delivers every event once, in id
+/// order, under the id its publisher was given.
+pub async fn concurrent_publishes_go_in_batches(kind: Kind, config: Config) {
+    let broker = Broker::start(kind);
+    let url = broker.url();
+    let a = Node::start(config(&url, "batch", 10_000), 1000).await;
+    let b = Node::start(config(&url, "batch", 10_000), 1000).await;
+    let mut client = open(&b, "topic=t&topic=u", None).await;
+    eventually("client subscribed", || b.hub.topic_subscriber_count("u") == 1).await;
+    const N: usize = 200;
+    let publishes = (0..N).map(|i| {
+        let backplane = a.backplane.clone();
+        async move {
+            let topic = if i % 2 == 0 { "t" } else { "u" };
+            let published = backplane.publish(topic, Event::new(format!("e{i}"))).await;
+            (id(&published.expect("publish")), format!("e{i}"))
+        }
+    });
+    let mut expected: Vec<(String, String)> = futures_util::future::join_all(publishes).await;
+    let state = a.backplane.state();
+    assert_eq!(state.published, N as u64);
+    assert!(
+        state.publish_batches >= 1 && state.publish_batches <= (N / 4) as u64,
+        "{N} concurrent publishes took {} round trips",
+        state.publish_batches
+    );
+    expected.sort_by_key(|(id, _)| seq(id));
+    let ids: HashSet<&str> = expected.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), N, "two publishes were given the same id");
+    assert_eq!(pairs(&client.events(N).await), expected, "delivered as numbered, once each");
+    drop(broker);
+}
+
+/// A node whose publish window is full refuses more publishes at once with `Busy` (counted),
+/// publishes nothing of them, and delivers every publish it accepted.
+pub async fn a_full_window_refuses_at_once(kind: Kind, small_window: Config) {
+    let broker = Broker::start(kind);
+    let url = broker.url();
+    let node = Node::start(small_window(&url, "busy", 10_000), 1000).await;
+    let mut client = open(&node, "topic=t", None).await;
+    eventually("client subscribed", || node.hub.topic_subscriber_count("t") == 1).await;
+    const N: usize = 100;
+    let publishes = (0..N).map(|i| {
+        let backplane = node.backplane.clone();
+        async move { (i, backplane.publish("t", Event::new(format!("e{i}"))).await) }
+    });
+    let results = futures_util::future::join_all(publishes).await;
+    let mut accepted = Vec::new();
+    let mut busy = 0u64;
+    for (i, result) in results {
+        match result {
+            Ok(published) => accepted.push((id(&published), format!("e{i}"))),
+            Err(BackplaneError::Busy) => busy += 1,
+            Err(other) => panic!("publish {i} failed: {other}"),
+        }
+    }
+    assert!(busy > 0, "{N} concurrent publishes into a window of 2 were never refused");
+    assert!(!accepted.is_empty(), "nothing was accepted");
+    let state = node.backplane.state();
+    assert_eq!((state.publish_busy, state.published), (busy, accepted.len() as u64));
+    accepted.sort_by_key(|(id, _)| seq(id));
+    assert_eq!(pairs(&client.events(accepted.len()).await), accepted);
+    // Nothing refused was published: a marker after them is the next event.
+    let marker = node.publish("t", "marker").await;
+    let next = client.events(1).await;
+    assert_eq!(pairs(&next), [(marker, "marker".to_string())]);
+    drop(broker);
+}
