@@ -19,7 +19,10 @@
 //! cheaply. A request target over 65,534 bytes is 414; a head over the limit is 431.
 
 mod admission;
+#[cfg(feature = "axum")]
+mod fallback;
 mod request;
+#[cfg(feature = "axum")]
 mod rewind;
 
 use crate::sync::PlainArc as StdArc;
@@ -42,12 +45,31 @@ use crate::adapters::Endpoint;
 use crate::engine::batch::Batch;
 use crate::sync::Arc;
 use admission::{Bucket, IpSlot, PerIp, Rate};
-use request::{read_head, HeadError, HeadLimits};
+use request::{read_head, BodyLimits, Head, HeadError, HeadLimits};
 
-/// A type-erased fallback: serves a connection whose request the listener did not take.
-type Fallback = StdArc<
-    dyn Fn(rewind::Rewind) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
->;
+#[cfg_attr(
+    not(feature = "axum"),
+    allow(dead_code, reason = "the fallback (feature `axum`) reads it")
+)]
+/// A request the listener read the head of and hands to the fallback.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    /// The connection.
+    pub(crate) socket: TcpStream,
+    /// The head, and every byte read after it.
+    pub(crate) head: Head,
+    /// The body's limits.
+    pub(crate) body: BodyLimits,
+}
+
+/// The connection after a fallback request, when it may serve another: the socket and the
+/// bytes already read past the request (the start of a pipelined next request).
+pub(crate) type Kept = Option<(TcpStream, Vec<u8>)>;
+
+/// A type-erased fallback: serves one request the listener did not take, and hands the
+/// connection back if it may serve another.
+type Fallback =
+    StdArc<dyn Fn(Exchange) -> std::pin::Pin<Box<dyn Future<Output = Kept> + Send>> + Send + Sync>;
 
 /// ssehub's own SSE listener: serves an [`Endpoint`] at one path, owning each socket after the
 /// request.
@@ -93,6 +115,8 @@ struct Inner<R> {
     path: Option<String>,
     /// Request head limits.
     head: HeadLimits,
+    /// Request body limits (fallback requests; a stream request has no body).
+    body: BodyLimits,
     /// Longest a write may stay blocked before the peer is considered gone.
     write_timeout: Duration,
     /// `SO_SNDBUF` of each stream's socket; `None` leaves the kernel's autotuning.
@@ -119,6 +143,7 @@ impl<R> fmt::Debug for Server<R> {
             .field("endpoint", &self.inner.endpoint)
             .field("path", &self.inner.path)
             .field("head", &self.inner.head)
+            .field("body", &self.inner.body)
             .field("write_timeout", &self.inner.write_timeout)
             .field("send_buffer", &self.inner.send_buffer)
             .field("fallback", &self.inner.fallback.is_some())
@@ -146,6 +171,7 @@ impl<R: Resolver> Server<R> {
                 endpoint,
                 path: None,
                 head: HeadLimits { max_bytes: 8 * 1024, timeout: Duration::from_secs(10) },
+                body: BodyLimits { max_bytes: 1024 * 1024, timeout: Duration::from_secs(10) },
                 write_timeout: Duration::from_secs(30),
                 send_buffer: None,
                 fallback: None,
@@ -272,10 +298,39 @@ impl<R: Resolver> Server<R> {
         self.map(|inner| inner.max_per_ip = Some(count.max(1)))
     }
 
+    /// The largest request body a [fallback](Self::with_fallback) request may have, and the
+    /// longest wait for all of it after its head. Defaults: 1 MiB, 10 s.
+    ///
+    /// A `Content-Length` over `max_bytes` is answered 413 before anything of the body is read;
+    /// a body that grows past it (chunked) is cut and answered 413; one that has not fully
+    /// arrived `timeout` after its head is answered 408. Each closes the connection (the rest of
+    /// the body is not read), so a client that announces a body and stalls holds a connection
+    /// for at most `timeout`, not until it leaves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // Publishes of up to 64 KiB, sent within 5 s.
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_body_limits(64 * 1024, Duration::from_secs(5));
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_body_limits(self, max_bytes: u64, timeout: Duration) -> Self {
+        self.map(|inner| inner.body = BodyLimits { max_bytes, timeout })
+    }
+
     /// Serves requests for other paths with an axum `Router` (through hyper, on the same
-    /// connection), so one port carries the stream and the rest of an application. Such a
-    /// connection answers that one request and closes (`connection: close`), so a client's next
-    /// request, perhaps the stream, comes back to the listener.
+    /// connection), so one port carries the stream and the rest of an application.
+    ///
+    /// Connections are kept alive and may pipeline: the listener reads every request head
+    /// itself and hands hyper one request at a time (its head and body, nothing more), so a
+    /// client's next request on the connection, perhaps the stream, comes back to the listener
+    /// and is served natively. Between requests the connection waits at most the head timeout
+    /// ([`with_head_limits`](Self::with_head_limits)). `Connection: close`, an HTTP/1.0
+    /// request, a chunked body or a response with `connection: close` end the connection after
+    /// that response. Bodies are read within [`with_body_limits`](Self::with_body_limits).
     ///
     /// # Examples
     ///
@@ -290,24 +345,8 @@ impl<R: Resolver> Server<R> {
     #[cfg(feature = "axum")]
     #[must_use]
     pub fn with_fallback(self, router: ::axum::Router) -> Self {
-        let fallback: Fallback = StdArc::new(move |io| {
-            let router = router.clone();
-            Box::pin(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let mut router = router.clone();
-                    tower_service::Service::call(&mut router, request)
-                });
-                let mut builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                // One request per connection: a browser reuses a kept-alive connection for its
-                // next request, which may be the stream, and that must come back to the
-                // listener rather than stay with the router.
-                builder.http1().keep_alive(false);
-                // A failed fallback connection concerns that client only.
-                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
-            })
-        });
+        let fallback: Fallback =
+            StdArc::new(move |exchange| Box::pin(fallback::serve(router.clone(), exchange)));
         self.map(|inner| inner.fallback = Some(fallback))
     }
 
@@ -323,6 +362,7 @@ impl<R: Resolver> Server<R> {
                     endpoint: shared.endpoint.clone(),
                     path: shared.path.clone(),
                     head: shared.head,
+                    body: shared.body,
                     write_timeout: shared.write_timeout,
                     send_buffer: shared.send_buffer,
                     fallback: shared.fallback.clone(),
@@ -437,39 +477,40 @@ impl<R: Resolver> Server<R> {
         }
     }
 
-    /// Reads and answers the request; for a stream, writes the response head and returns the
-    /// stream's future.
+    /// Reads and answers the connection's requests: fallback requests one after the other
+    /// while the connection is kept alive, then a stream request or a refusal; for a stream,
+    /// writes the response head and returns the stream's future.
     async fn request(
         self,
         mut socket: TcpStream,
     ) -> Option<impl Future<Output = io::Result<()>> + Send + 'static> {
         let inner = &self.inner;
-        let socket_ref = &mut socket;
-        let head = match read_head(socket_ref, inner.head).await {
-            Ok(head) => head,
-            Err(HeadError::Gone) => return None,
-            Err(HeadError::Refuse(status, reason)) => {
-                let _ =
-                    write_plain(&mut socket, status, &HeaderMap::new(), reason.as_bytes()).await;
-                return None;
-            }
-        };
-        let ours = inner.path.as_deref().is_none_or(|path| head.parts.uri.path() == path);
-        if !ours {
-            match &inner.fallback {
-                Some(fallback) => fallback(rewind::Rewind::new(head.raw, socket)).await,
-                None => {
-                    let _ = write_plain(
-                        &mut socket,
-                        StatusCode::NOT_FOUND,
-                        &HeaderMap::new(),
-                        b"not found",
-                    )
-                    .await;
+        let mut buffered = Vec::new();
+        let head = loop {
+            let head = match read_head(&mut socket, buffered, inner.head).await {
+                Ok(head) => head,
+                Err(HeadError::Gone) => return None,
+                Err(HeadError::Refuse(status, reason)) => {
+                    let _ = write_plain(&mut socket, status, &HeaderMap::new(), reason.as_bytes())
+                        .await;
+                    return None;
                 }
+            };
+            if inner.path.as_deref().is_none_or(|path| head.parts.uri.path() == path) {
+                break head;
             }
-            return None;
-        }
+            let Some(fallback) = &inner.fallback else {
+                let _ = write_plain(
+                    &mut socket,
+                    StatusCode::NOT_FOUND,
+                    &HeaderMap::new(),
+                    b"not found",
+                )
+                .await;
+                return None;
+            };
+            (socket, buffered) = fallback(Exchange { socket, head, body: inner.body }).await?;
+        };
         if request::has_body(&head.parts) {
             let reason = b"a request body is not accepted";
             let _ =
