@@ -56,6 +56,25 @@ impl Publisher {
     }
 }
 
+impl Publisher {
+    /// Publishes `events` in order, each to its topic; returns their ids. The caller checked
+    /// them, so only the hub shutting down or the broker failing stops the batch: then the
+    /// count published before, and why.
+    pub(crate) async fn publish_batch(
+        &self,
+        events: Vec<(String, Event)>,
+    ) -> Result<Vec<Option<String>>, (usize, Refused)> {
+        let mut ids = Vec::with_capacity(events.len());
+        for (topic, event) in events {
+            match self.publish(&topic, event).await {
+                Ok((id, _)) => ids.push(id),
+                Err(refused) => return Err((ids.len(), refused)),
+            }
+        }
+        Ok(ids)
+    }
+}
+
 /// Joins the broker given on the command line, if any.
 pub(crate) async fn join(
     hub: &Hub,
