@@ -188,6 +188,8 @@ async fn an_idle_kept_connection_is_closed_at_the_head_timeout() {
     assert_eq!(response(&mut socket, &mut buffered).await.body, b"x");
     let start = Instant::now();
     closed(&mut socket).await;
+    // Kept for the next request until the head timeout, then closed.
+    assert!(start.elapsed() >= Duration::from_millis(250), "closed at once, not kept");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 

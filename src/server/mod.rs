@@ -7,7 +7,9 @@
 //! with one vectored write (one `IoSlice` per shared frame, up to the hub's batch cap), so a
 //! burst costs one system call, and it watches the socket for the peer closing. Requests for
 //! other paths go to an optional fallback (an axum `Router`, served by hyper on the same
-//! connection) or get 404.
+//! connection, one request at a time, kept alive and pipelined, each body read within a
+//! deadline and a size limit) or get 404; the listener reads every request head itself, so a
+//! stream request after fallback requests on one connection is still served here.
 //!
 //! The body of a stream is delimited by closing the connection (no chunked encoding, so no
 //! per-write framing); the response carries `connection: close`.
