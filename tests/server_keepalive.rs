@@ -269,3 +269,61 @@ async fn an_unread_body_never_becomes_the_next_request() {
         assert_eq!(next.body, b"after");
     }
 }
+
+/// With a runtime of its own for the fallback, requests are served there (the handler sees
+/// that runtime), and a stream asked for afterwards on the same connection comes back to the
+/// listener's runtime and is served natively.
+#[tokio::test]
+async fn a_fallback_runtime_serves_the_requests_and_hands_the_stream_back() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || runtime.block_on(stopped));
+    let publish_runtime = handle.id();
+    let hub = hub();
+    let app = axum::Router::new().route(
+        "/where",
+        post(move || async move {
+            let here = tokio::runtime::Handle::current().id();
+            if here == publish_runtime {
+                "fallback runtime"
+            } else {
+                "listener runtime"
+            }
+        }),
+    );
+    let endpoint = Endpoint::new(hub.clone());
+    let server = Server::new(endpoint.clone())
+        .with_path("/events")
+        .with_fallback(app)
+        .with_fallback_runtime(handle);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener));
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let ask = "POST /where HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n";
+    socket.write_all(format!("{ask}{ask}").as_bytes()).await.unwrap();
+    let mut buffered = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(response(&mut socket, &mut buffered).await.body, b"fallback runtime");
+    }
+    socket.write_all(b"GET /events?topic=t HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    while hub.topic_subscriber_count("t") == 0 {
+        assert!(Instant::now() < deadline, "the stream never subscribed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(endpoint.connection_count(), 1);
+    // The fallback's runtime stops: the stream, on the listener's runtime, goes on.
+    stop.send(()).unwrap();
+    thread.join().unwrap();
+    hub.publish("t", Event::new("still here")).unwrap();
+    let mut seen = Vec::new();
+    while !seen.ends_with(b"data: still here\n\n") {
+        assert!(Instant::now() < deadline, "{:?}", String::from_utf8_lossy(&seen));
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, socket.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "the stream ended with the fallback's runtime");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+}

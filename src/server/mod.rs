@@ -125,6 +125,8 @@ struct Inner<R> {
     send_buffer: Option<usize>,
     /// Where other paths go.
     fallback: Option<Fallback>,
+    /// The runtime fallback requests are served on; `None`: the listener's.
+    fallback_runtime: Option<tokio::runtime::Handle>,
     /// The accept rate limit, if any.
     accept_rate: Option<Rate>,
     /// Most connections open at once from one client address, if limited.
@@ -149,6 +151,7 @@ impl<R> fmt::Debug for Server<R> {
             .field("write_timeout", &self.inner.write_timeout)
             .field("send_buffer", &self.inner.send_buffer)
             .field("fallback", &self.inner.fallback.is_some())
+            .field("fallback_runtime", &self.inner.fallback_runtime.is_some())
             .field("accept_rate", &self.inner.accept_rate)
             .field("max_per_ip", &self.inner.max_per_ip)
             .field("addresses", &self.inner.per_ip.addresses())
@@ -177,6 +180,7 @@ impl<R: Resolver> Server<R> {
                 write_timeout: Duration::from_secs(30),
                 send_buffer: None,
                 fallback: None,
+                fallback_runtime: None,
                 accept_rate: None,
                 max_per_ip: None,
                 per_ip: Arc::new(PerIp::default()),
@@ -352,6 +356,32 @@ impl<R: Resolver> Server<R> {
         self.map(|inner| inner.fallback = Some(fallback))
     }
 
+    /// Serves [fallback](Self::with_fallback) requests on `runtime` instead of the listener's
+    /// own: a connection moves there once it sends a fallback request, and comes back if it
+    /// then asks for the stream.
+    ///
+    /// With many streams, the listener's runtime is busy writing to them, and a request (a
+    /// publish) waits in its run queue behind thousands of stream tasks; on a runtime of its
+    /// own, a thread that is mostly idle, it is read, answered and written at once. The cost:
+    /// two reactor registrations per connection that moves (none per request).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // A thread of its own, running a single-threaded runtime for the publish API.
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// let handle = runtime.handle().clone();
+    /// std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_fallback_runtime(handle);
+    /// # drop(server);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_fallback_runtime(self, runtime: tokio::runtime::Handle) -> Self {
+        self.map(|inner| inner.fallback_runtime = Some(runtime))
+    }
+
     /// Applies a settings change (settings are fixed once serving starts).
     fn map(self, change: impl FnOnce(&mut Inner<R>)) -> Self {
         match StdArc::try_unwrap(self.inner) {
@@ -368,6 +398,7 @@ impl<R: Resolver> Server<R> {
                     write_timeout: shared.write_timeout,
                     send_buffer: shared.send_buffer,
                     fallback: shared.fallback.clone(),
+                    fallback_runtime: shared.fallback_runtime.clone(),
                     accept_rate: shared.accept_rate,
                     max_per_ip: shared.max_per_ip,
                     per_ip: shared.per_ip.clone(),
@@ -484,34 +515,32 @@ impl<R: Resolver> Server<R> {
     /// writes the response head and returns the stream's future.
     async fn request(
         self,
-        mut socket: TcpStream,
+        socket: TcpStream,
     ) -> Option<impl Future<Output = io::Result<()>> + Send + 'static> {
         let inner = &self.inner;
-        let mut buffered = Vec::new();
-        let head = loop {
-            let head = match read_head(&mut socket, buffered, inner.head).await {
-                Ok(head) => head,
-                Err(HeadError::Gone) => return None,
-                Err(HeadError::Refuse(status, reason)) => {
-                    let _ = write_plain(&mut socket, status, &HeaderMap::new(), reason.as_bytes())
-                        .await;
-                    return None;
-                }
-            };
-            if inner.path.as_deref().is_none_or(|path| head.parts.uri.path() == path) {
-                break head;
+        let requests = Requests {
+            path: inner.path.clone(),
+            fallback: inner.fallback.clone(),
+            head: inner.head,
+            body: inner.body,
+        };
+        let (mut socket, head) = match &inner.fallback_runtime {
+            None => requests.serve(socket).await?,
+            Some(runtime) => {
+                // The connection moves to the fallback's runtime (its socket registered with
+                // that runtime's reactor) for as long as it carries fallback requests; the
+                // stream, if one is asked for, comes back to this one.
+                let socket = socket.into_std().ok()?;
+                let (socket, head) = runtime
+                    .spawn(async move {
+                        let (socket, head) =
+                            requests.serve(TcpStream::from_std(socket).ok()?).await?;
+                        Some((socket.into_std().ok()?, head))
+                    })
+                    .await
+                    .ok()??;
+                (TcpStream::from_std(socket).ok()?, head)
             }
-            let Some(fallback) = &inner.fallback else {
-                let _ = write_plain(
-                    &mut socket,
-                    StatusCode::NOT_FOUND,
-                    &HeaderMap::new(),
-                    b"not found",
-                )
-                .await;
-                return None;
-            };
-            (socket, buffered) = fallback(Exchange { socket, head, body: inner.body }).await?;
         };
         if request::has_body(&head.parts) {
             let reason = b"a request body is not accepted";
@@ -548,6 +577,52 @@ impl<R: Resolver> Server<R> {
                 let _ = write_plain(&mut socket, parts.status, &parts.headers, b"").await;
                 None
             }
+        }
+    }
+}
+
+/// What reading a connection's requests needs: the stream's path, the fallback and the limits.
+struct Requests {
+    /// The path the endpoint is served at; `None` for every path.
+    path: Option<String>,
+    /// Where other paths go.
+    fallback: Option<Fallback>,
+    /// Request head limits.
+    head: HeadLimits,
+    /// Request body limits.
+    body: BodyLimits,
+}
+
+impl Requests {
+    /// Reads requests, handing each fallback request to the fallback while the connection is
+    /// kept, until a request for the endpoint: returns it with the socket. `None` when the
+    /// connection ended or was refused.
+    async fn serve(self, mut socket: TcpStream) -> Option<(TcpStream, Head)> {
+        let mut buffered = Vec::new();
+        loop {
+            let head = match read_head(&mut socket, buffered, self.head).await {
+                Ok(head) => head,
+                Err(HeadError::Gone) => return None,
+                Err(HeadError::Refuse(status, reason)) => {
+                    let _ = write_plain(&mut socket, status, &HeaderMap::new(), reason.as_bytes())
+                        .await;
+                    return None;
+                }
+            };
+            if self.path.as_deref().is_none_or(|path| head.parts.uri.path() == path) {
+                return Some((socket, head));
+            }
+            let Some(fallback) = &self.fallback else {
+                let _ = write_plain(
+                    &mut socket,
+                    StatusCode::NOT_FOUND,
+                    &HeaderMap::new(),
+                    b"not found",
+                )
+                .await;
+                return None;
+            };
+            (socket, buffered) = fallback(Exchange { socket, head, body: self.body }).await?;
         }
     }
 }

@@ -130,7 +130,8 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut server = Server::new(endpoint.clone())
         .with_path("/events")
         .with_fallback(routes)
-        .with_body_limits(body_limits.0, body_limits.1);
+        .with_body_limits(body_limits.0, body_limits.1)
+        .with_fallback_runtime(publisher::runtime()?);
     if let Some(bytes) = send_buffer {
         server = server.with_send_buffer(bytes);
     }
