@@ -316,7 +316,7 @@ async fn a_fallback_runtime_serves_the_requests_and_hands_the_stream_back() {
     assert_eq!(endpoint.connection_count(), 1);
     // The fallback's runtime stops: the stream, on the listener's runtime, goes on.
     stop.send(()).unwrap();
-    thread.join().unwrap();
+    thread.join().unwrap().unwrap();
     hub.publish("t", Event::new("still here")).unwrap();
     let mut seen = Vec::new();
     while !seen.ends_with(b"data: still here\n\n") {
