@@ -242,4 +242,23 @@ mod tests {
         assert_eq!(body(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Some(true));
         assert_eq!(body(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(true));
     }
+
+    #[test]
+    fn body_lengths_and_close_requests_are_read_from_the_head() {
+        let head = |raw: &[u8]| parse(raw).ok().flatten().expect("complete").0;
+        let length = |raw: &[u8]| body_length(&head(raw));
+        assert_eq!(length(b"POST / HTTP/1.1\r\n\r\n"), BodyLength::Known(0));
+        assert_eq!(length(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"), BodyLength::Known(12));
+        let twice = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(length(twice), BodyLength::Known(3));
+        let differ = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(length(differ), BodyLength::Unknown);
+        assert_eq!(length(b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n"), BodyLength::Unknown);
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(length(chunked), BodyLength::Unknown);
+        let close = |raw: &[u8]| wants_close(&head(raw));
+        assert!(!close(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.0\r\n\r\n"));
+    }
 }
