@@ -205,13 +205,32 @@ async fn a_kept_alive_client_gets_its_stream_from_the_listener_after_a_fallback_
         start(Server::new(Endpoint::new(hub.clone())).with_path("/events").with_fallback(app))
             .await;
     // A browser asks for the page on a keep-alive connection...
-    let answer =
-        exchange(addr, b"GET /page HTTP/1.1\r\nhost: t\r\nconnection: keep-alive\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
-    // ...which the server closed, so the stream comes on a new one, to the listener.
-    let (_client, head) = open(addr, "/events?topic=t").await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /page HTTP/1.1\r\nhost: t\r\nconnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\npage") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(WAIT, client.read_exact(&mut byte)).await.expect("the page").unwrap();
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(!answer.contains("connection: close"), "{answer}");
+    // ...and reuses it for the stream, which the listener serves (its head, its count).
+    client.write_all(b"GET /events?topic=t HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(WAIT, client.read_exact(&mut byte)).await.expect("a head").unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream") && head.contains("connection: close"), "{head}");
+    until("subscribed", || hub.topic_subscriber_count("t") == 1).await;
 }
 
 /// With `with_send_buffer`, a client that stops reading stops taking writes once its small

@@ -7,7 +7,9 @@
 //! with one vectored write (one `IoSlice` per shared frame, up to the hub's batch cap), so a
 //! burst costs one system call, and it watches the socket for the peer closing. Requests for
 //! other paths go to an optional fallback (an axum `Router`, served by hyper on the same
-//! connection) or get 404.
+//! connection, one request at a time, kept alive and pipelined, each body read within a
+//! deadline and a size limit) or get 404; the listener reads every request head itself, so a
+//! stream request after fallback requests on one connection is still served here.
 //!
 //! The body of a stream is delimited by closing the connection (no chunked encoding, so no
 //! per-write framing); the response carries `connection: close`.
@@ -19,7 +21,10 @@
 //! cheaply. A request target over 65,534 bytes is 414; a head over the limit is 431.
 
 mod admission;
+#[cfg(feature = "axum")]
+mod fallback;
 mod request;
+#[cfg(feature = "axum")]
 mod rewind;
 
 use crate::sync::PlainArc as StdArc;
@@ -42,12 +47,31 @@ use crate::adapters::Endpoint;
 use crate::engine::batch::Batch;
 use crate::sync::Arc;
 use admission::{Bucket, IpSlot, PerIp, Rate};
-use request::{read_head, HeadError, HeadLimits};
+use request::{read_head, BodyLimits, Head, HeadError, HeadLimits};
 
-/// A type-erased fallback: serves a connection whose request the listener did not take.
-type Fallback = StdArc<
-    dyn Fn(rewind::Rewind) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
->;
+#[cfg_attr(
+    not(feature = "axum"),
+    allow(dead_code, reason = "the fallback (feature `axum`) reads it")
+)]
+/// A request the listener read the head of and hands to the fallback.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    /// The connection.
+    pub(crate) socket: TcpStream,
+    /// The head, and every byte read after it.
+    pub(crate) head: Head,
+    /// The body's limits.
+    pub(crate) body: BodyLimits,
+}
+
+/// The connection after a fallback request, when it may serve another: the socket and the
+/// bytes already read past the request (the start of a pipelined next request).
+pub(crate) type Kept = Option<(TcpStream, Vec<u8>)>;
+
+/// A type-erased fallback: serves one request the listener did not take, and hands the
+/// connection back if it may serve another.
+type Fallback =
+    StdArc<dyn Fn(Exchange) -> std::pin::Pin<Box<dyn Future<Output = Kept> + Send>> + Send + Sync>;
 
 /// ssehub's own SSE listener: serves an [`Endpoint`] at one path, owning each socket after the
 /// request.
@@ -93,12 +117,16 @@ struct Inner<R> {
     path: Option<String>,
     /// Request head limits.
     head: HeadLimits,
+    /// Request body limits (fallback requests; a stream request has no body).
+    body: BodyLimits,
     /// Longest a write may stay blocked before the peer is considered gone.
     write_timeout: Duration,
     /// `SO_SNDBUF` of each stream's socket; `None` leaves the kernel's autotuning.
     send_buffer: Option<usize>,
     /// Where other paths go.
     fallback: Option<Fallback>,
+    /// The runtime fallback requests are served on; `None`: the listener's.
+    fallback_runtime: Option<tokio::runtime::Handle>,
     /// The accept rate limit, if any.
     accept_rate: Option<Rate>,
     /// Most connections open at once from one client address, if limited.
@@ -119,9 +147,11 @@ impl<R> fmt::Debug for Server<R> {
             .field("endpoint", &self.inner.endpoint)
             .field("path", &self.inner.path)
             .field("head", &self.inner.head)
+            .field("body", &self.inner.body)
             .field("write_timeout", &self.inner.write_timeout)
             .field("send_buffer", &self.inner.send_buffer)
             .field("fallback", &self.inner.fallback.is_some())
+            .field("fallback_runtime", &self.inner.fallback_runtime.is_some())
             .field("accept_rate", &self.inner.accept_rate)
             .field("max_per_ip", &self.inner.max_per_ip)
             .field("addresses", &self.inner.per_ip.addresses())
@@ -146,9 +176,11 @@ impl<R: Resolver> Server<R> {
                 endpoint,
                 path: None,
                 head: HeadLimits { max_bytes: 8 * 1024, timeout: Duration::from_secs(10) },
+                body: BodyLimits { max_bytes: 1024 * 1024, timeout: Duration::from_secs(10) },
                 write_timeout: Duration::from_secs(30),
                 send_buffer: None,
                 fallback: None,
+                fallback_runtime: None,
                 accept_rate: None,
                 max_per_ip: None,
                 per_ip: Arc::new(PerIp::default()),
@@ -272,10 +304,39 @@ impl<R: Resolver> Server<R> {
         self.map(|inner| inner.max_per_ip = Some(count.max(1)))
     }
 
+    /// The largest request body a [fallback](Self::with_fallback) request may have, and the
+    /// longest wait for all of it after its head. Defaults: 1 MiB, 10 s.
+    ///
+    /// A `Content-Length` over `max_bytes` is answered 413 before anything of the body is read;
+    /// a body that grows past it (chunked) is cut and answered 413; one that has not fully
+    /// arrived `timeout` after its head is answered 408. Each closes the connection (the rest of
+    /// the body is not read), so a client that announces a body and stalls holds a connection
+    /// for at most `timeout`, not until it leaves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// // Publishes of up to 64 KiB, sent within 5 s.
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_body_limits(64 * 1024, Duration::from_secs(5));
+    /// # drop(server);
+    /// ```
+    #[must_use]
+    pub fn with_body_limits(self, max_bytes: u64, timeout: Duration) -> Self {
+        self.map(|inner| inner.body = BodyLimits { max_bytes, timeout })
+    }
+
     /// Serves requests for other paths with an axum `Router` (through hyper, on the same
-    /// connection), so one port carries the stream and the rest of an application. Such a
-    /// connection answers that one request and closes (`connection: close`), so a client's next
-    /// request, perhaps the stream, comes back to the listener.
+    /// connection), so one port carries the stream and the rest of an application.
+    ///
+    /// Connections are kept alive and may pipeline: the listener reads every request head
+    /// itself and hands hyper one request at a time (its head and body, nothing more), so a
+    /// client's next request on the connection, perhaps the stream, comes back to the listener
+    /// and is served natively. Between requests the connection waits at most the head timeout
+    /// ([`with_head_limits`](Self::with_head_limits)). `Connection: close`, an HTTP/1.0
+    /// request, a chunked body or a response with `connection: close` end the connection after
+    /// that response. Bodies are read within [`with_body_limits`](Self::with_body_limits).
     ///
     /// # Examples
     ///
@@ -290,25 +351,35 @@ impl<R: Resolver> Server<R> {
     #[cfg(feature = "axum")]
     #[must_use]
     pub fn with_fallback(self, router: ::axum::Router) -> Self {
-        let fallback: Fallback = StdArc::new(move |io| {
-            let router = router.clone();
-            Box::pin(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let mut router = router.clone();
-                    tower_service::Service::call(&mut router, request)
-                });
-                let mut builder = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                );
-                // One request per connection: a browser reuses a kept-alive connection for its
-                // next request, which may be the stream, and that must come back to the
-                // listener rather than stay with the router.
-                builder.http1().keep_alive(false);
-                // A failed fallback connection concerns that client only.
-                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
-            })
-        });
+        let fallback: Fallback =
+            StdArc::new(move |exchange| Box::pin(fallback::serve(router.clone(), exchange)));
         self.map(|inner| inner.fallback = Some(fallback))
+    }
+
+    /// Serves [fallback](Self::with_fallback) requests on `runtime` instead of the listener's
+    /// own: a connection moves there once it sends a fallback request, and comes back if it
+    /// then asks for the stream.
+    ///
+    /// With many streams, the listener's runtime is busy writing to them, and a request (a
+    /// publish) waits in its run queue behind thousands of stream tasks; on a runtime of its
+    /// own, a thread that is mostly idle, it is read, answered and written at once. The cost:
+    /// two reactor registrations per connection that moves (none per request).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // A thread of its own, running a single-threaded runtime for the publish API.
+    /// let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    /// let handle = runtime.handle().clone();
+    /// std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
+    /// let server = ssehub::server::Server::new(ssehub::Endpoint::new(ssehub::Hub::new()))
+    ///     .with_fallback_runtime(handle);
+    /// # drop(server);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_fallback_runtime(self, runtime: tokio::runtime::Handle) -> Self {
+        self.map(|inner| inner.fallback_runtime = Some(runtime))
     }
 
     /// Applies a settings change (settings are fixed once serving starts).
@@ -323,9 +394,11 @@ impl<R: Resolver> Server<R> {
                     endpoint: shared.endpoint.clone(),
                     path: shared.path.clone(),
                     head: shared.head,
+                    body: shared.body,
                     write_timeout: shared.write_timeout,
                     send_buffer: shared.send_buffer,
                     fallback: shared.fallback.clone(),
+                    fallback_runtime: shared.fallback_runtime.clone(),
                     accept_rate: shared.accept_rate,
                     max_per_ip: shared.max_per_ip,
                     per_ip: shared.per_ip.clone(),
@@ -437,39 +510,38 @@ impl<R: Resolver> Server<R> {
         }
     }
 
-    /// Reads and answers the request; for a stream, writes the response head and returns the
-    /// stream's future.
+    /// Reads and answers the connection's requests: fallback requests one after the other
+    /// while the connection is kept alive, then a stream request or a refusal; for a stream,
+    /// writes the response head and returns the stream's future.
     async fn request(
         self,
-        mut socket: TcpStream,
+        socket: TcpStream,
     ) -> Option<impl Future<Output = io::Result<()>> + Send + 'static> {
         let inner = &self.inner;
-        let socket_ref = &mut socket;
-        let head = match read_head(socket_ref, inner.head).await {
-            Ok(head) => head,
-            Err(HeadError::Gone) => return None,
-            Err(HeadError::Refuse(status, reason)) => {
-                let _ =
-                    write_plain(&mut socket, status, &HeaderMap::new(), reason.as_bytes()).await;
-                return None;
+        let requests = Requests {
+            path: inner.path.clone(),
+            fallback: inner.fallback.clone(),
+            head: inner.head,
+            body: inner.body,
+        };
+        let (mut socket, head) = match &inner.fallback_runtime {
+            None => requests.serve(socket).await?,
+            Some(runtime) => {
+                // The connection moves to the fallback's runtime (its socket registered with
+                // that runtime's reactor) for as long as it carries fallback requests; the
+                // stream, if one is asked for, comes back to this one.
+                let socket = socket.into_std().ok()?;
+                let (socket, head) = runtime
+                    .spawn(async move {
+                        let (socket, head) =
+                            requests.serve(TcpStream::from_std(socket).ok()?).await?;
+                        Some((socket.into_std().ok()?, head))
+                    })
+                    .await
+                    .ok()??;
+                (TcpStream::from_std(socket).ok()?, head)
             }
         };
-        let ours = inner.path.as_deref().is_none_or(|path| head.parts.uri.path() == path);
-        if !ours {
-            match &inner.fallback {
-                Some(fallback) => fallback(rewind::Rewind::new(head.raw, socket)).await,
-                None => {
-                    let _ = write_plain(
-                        &mut socket,
-                        StatusCode::NOT_FOUND,
-                        &HeaderMap::new(),
-                        b"not found",
-                    )
-                    .await;
-                }
-            }
-            return None;
-        }
         if request::has_body(&head.parts) {
             let reason = b"a request body is not accepted";
             let _ =
@@ -505,6 +577,52 @@ impl<R: Resolver> Server<R> {
                 let _ = write_plain(&mut socket, parts.status, &parts.headers, b"").await;
                 None
             }
+        }
+    }
+}
+
+/// What reading a connection's requests needs: the stream's path, the fallback and the limits.
+struct Requests {
+    /// The path the endpoint is served at; `None` for every path.
+    path: Option<String>,
+    /// Where other paths go.
+    fallback: Option<Fallback>,
+    /// Request head limits.
+    head: HeadLimits,
+    /// Request body limits.
+    body: BodyLimits,
+}
+
+impl Requests {
+    /// Reads requests, handing each fallback request to the fallback while the connection is
+    /// kept, until a request for the endpoint: returns it with the socket. `None` when the
+    /// connection ended or was refused.
+    async fn serve(self, mut socket: TcpStream) -> Option<(TcpStream, Head)> {
+        let mut buffered = Vec::new();
+        loop {
+            let head = match read_head(&mut socket, buffered, self.head).await {
+                Ok(head) => head,
+                Err(HeadError::Gone) => return None,
+                Err(HeadError::Refuse(status, reason)) => {
+                    let _ = write_plain(&mut socket, status, &HeaderMap::new(), reason.as_bytes())
+                        .await;
+                    return None;
+                }
+            };
+            if self.path.as_deref().is_none_or(|path| head.parts.uri.path() == path) {
+                return Some((socket, head));
+            }
+            let Some(fallback) = &self.fallback else {
+                let _ = write_plain(
+                    &mut socket,
+                    StatusCode::NOT_FOUND,
+                    &HeaderMap::new(),
+                    b"not found",
+                )
+                .await;
+                return None;
+            };
+            (socket, buffered) = fallback(Exchange { socket, head, body: self.body }).await?;
         }
     }
 }

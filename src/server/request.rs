@@ -24,6 +24,19 @@ pub(crate) struct HeadLimits {
     pub(crate) timeout: Duration,
 }
 
+#[cfg_attr(
+    not(feature = "axum"),
+    allow(dead_code, reason = "the fallback (feature `axum`) reads it")
+)]
+/// The limits on a request body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    /// Largest body, in bytes.
+    pub(crate) max_bytes: u64,
+    /// Longest wait for the whole body, from the end of the head.
+    pub(crate) timeout: Duration,
+}
+
 /// Why a head was not accepted.
 #[derive(Debug)]
 pub(crate) enum HeadError {
@@ -33,6 +46,10 @@ pub(crate) enum HeadError {
     Refuse(StatusCode, Cow<'static, str>),
 }
 
+#[cfg_attr(
+    not(feature = "axum"),
+    allow(dead_code, reason = "the fallback (feature `axum`) reads it")
+)]
 /// A parsed head and every byte read so far (the head and anything after it).
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -40,6 +57,61 @@ pub(crate) struct Head {
     pub(crate) parts: Parts,
     /// The raw bytes read, so a fallback server can re-read the request from the start.
     pub(crate) raw: Vec<u8>,
+    /// The head's length in `raw`; what follows is the body and perhaps pipelined requests.
+    pub(crate) len: usize,
+}
+
+#[cfg_attr(
+    not(feature = "axum"),
+    allow(dead_code, reason = "the fallback (feature `axum`) reads it")
+)]
+/// How long a request body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyLength {
+    /// `Content-Length` (0 without one).
+    Known(u64),
+    /// Chunked, or a `Content-Length` that does not parse or is given twice differently.
+    Unknown,
+}
+
+#[cfg_attr(
+    not(feature = "axum"),
+    allow(dead_code, reason = "the fallback (feature `axum`) reads it")
+)]
+/// The body's length, as the head announces it.
+pub(crate) fn body_length(parts: &Parts) -> BodyLength {
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return BodyLength::Unknown;
+    }
+    let mut length = None;
+    for value in parts.headers.get_all(http::header::CONTENT_LENGTH) {
+        let parsed = std::str::from_utf8(value.as_bytes())
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok());
+        match (parsed, length) {
+            (None, _) => return BodyLength::Unknown,
+            (Some(n), Some(seen)) if n != seen => return BodyLength::Unknown,
+            (Some(n), _) => length = Some(n),
+        }
+    }
+    BodyLength::Known(length.unwrap_or(0))
+}
+
+#[cfg_attr(
+    not(feature = "axum"),
+    allow(dead_code, reason = "the fallback (feature `axum`) reads it")
+)]
+/// Whether the client asks to close the connection after this request: `Connection: close`,
+/// or HTTP/1.0 (whose keep-alive extension is not offered).
+pub(crate) fn wants_close(parts: &Parts) -> bool {
+    parts.version == Version::HTTP_10
+        || parts.headers.get_all(http::header::CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
 }
 
 /// Whether a request announces a body (a stream request must not: it would be left unread).
@@ -52,15 +124,21 @@ pub(crate) fn has_body(parts: &Parts) -> bool {
             .any(|v| v.as_bytes().iter().any(|&b| b != b'0'))
 }
 
-/// Reads one request head.
+/// Reads one request head, starting with `buffered` (bytes already read past the previous
+/// request on this connection, if any).
 pub(crate) async fn read_head(
     socket: &mut TcpStream,
+    buffered: Vec<u8>,
     limits: HeadLimits,
 ) -> Result<Head, HeadError> {
     let read = async {
+        if let Some((parts, len)) = parse(&buffered)? {
+            return Ok(Head { parts, raw: buffered, len });
+        }
         // Small to start: most SSE requests are a few hundred bytes, and this buffer is freed
         // once the head is parsed, before the stream starts.
-        let mut raw = Vec::with_capacity(512);
+        let mut raw = buffered;
+        raw.reserve(512);
         loop {
             if raw.len() >= limits.max_bytes {
                 return Err(HeadError::Refuse(
@@ -77,16 +155,16 @@ pub(crate) async fn read_head(
                 Ok(n) => n,
             };
             raw.truncate(start + n);
-            if let Some(parts) = parse(&raw)? {
-                return Ok(Head { parts, raw });
+            if let Some((parts, len)) = parse(&raw)? {
+                return Ok(Head { parts, raw, len });
             }
         }
     };
     tokio::time::timeout(limits.timeout, read).await.unwrap_or(Err(HeadError::Gone))
 }
 
-/// Parses a complete head, `Ok(None)` if more bytes are needed.
-fn parse(raw: &[u8]) -> Result<Option<Parts>, HeadError> {
+/// Parses a complete head and tells its length, `Ok(None)` if more bytes are needed.
+fn parse(raw: &[u8]) -> Result<Option<(Parts, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let status = match request.parse(raw) {
@@ -101,9 +179,9 @@ fn parse(raw: &[u8]) -> Result<Option<Parts>, HeadError> {
             return Err(HeadError::Refuse(StatusCode::BAD_REQUEST, "malformed request".into()))
         }
     };
-    if status.is_partial() {
+    let httparse::Status::Complete(len) = status else {
         return Ok(None);
-    }
+    };
     let target = request.path.unwrap_or("/");
     if target.len() > MAX_TARGET {
         return Err(HeadError::Refuse(
@@ -124,7 +202,7 @@ fn parse(raw: &[u8]) -> Result<Option<Parts>, HeadError> {
     }
     let request = builder.body(()).map_err(|_| bad("malformed request"))?;
     let (parts, ()) = request.into_parts();
-    Ok(Some(parts))
+    Ok(Some((parts, len)))
 }
 
 #[cfg(test)]
@@ -140,10 +218,9 @@ mod tests {
 
     #[test]
     fn parses_a_stream_request() {
-        let parts = parse(b"GET /events?topic=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n")
-            .ok()
-            .flatten();
-        let parts = parts.expect("complete");
+        let raw = b"GET /events?topic=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\nGET /n";
+        let (parts, len) = parse(raw).ok().flatten().expect("complete");
+        assert_eq!(len, raw.len() - b"GET /n".len());
         assert_eq!(parts.uri.path(), "/events");
         assert_eq!(parts.uri.query(), Some("topic=a"));
         assert_eq!(parts.headers["last-event-id"], "7");
@@ -160,9 +237,28 @@ mod tests {
         let many: String = (0..100).map(|i| format!("x-h{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(refused(raw.as_bytes()), Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
-        let body = |raw: &[u8]| parse(raw).ok().flatten().map(|parts| has_body(&parts));
+        let body = |raw: &[u8]| parse(raw).ok().flatten().map(|(parts, _)| has_body(&parts));
         assert_eq!(body(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Some(false));
         assert_eq!(body(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), Some(true));
         assert_eq!(body(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(true));
+    }
+
+    #[test]
+    fn body_lengths_and_close_requests_are_read_from_the_head() {
+        let head = |raw: &[u8]| parse(raw).ok().flatten().expect("complete").0;
+        let length = |raw: &[u8]| body_length(&head(raw));
+        assert_eq!(length(b"POST / HTTP/1.1\r\n\r\n"), BodyLength::Known(0));
+        assert_eq!(length(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"), BodyLength::Known(12));
+        let twice = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(length(twice), BodyLength::Known(3));
+        let differ = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(length(differ), BodyLength::Unknown);
+        assert_eq!(length(b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n"), BodyLength::Unknown);
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(length(chunked), BodyLength::Unknown);
+        let close = |raw: &[u8]| wants_close(&head(raw));
+        assert!(!close(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n"));
+        assert!(close(b"GET / HTTP/1.0\r\n\r\n"));
     }
 }

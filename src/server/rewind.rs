@@ -1,5 +1,6 @@
 //! A socket that first replays bytes already read from it, so a request the native listener
-//! read but does not serve can be handed, whole, to another HTTP server.
+//! read but does not serve can be handed, whole, to another HTTP server; and that gives that
+//! server no byte past the request, so the listener reads the connection's next request.
 
 use std::io;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// `prefix`, then the socket.
+/// `prefix`, then the socket (up to a limit, if any).
 #[derive(Debug)]
 pub(crate) struct Rewind {
     /// Bytes to replay first.
@@ -17,12 +18,22 @@ pub(crate) struct Rewind {
     offset: usize,
     /// The socket.
     inner: TcpStream,
+    /// How many more bytes may be read from the socket; `None`: no limit.
+    remaining: Option<u64>,
 }
 
 impl Rewind {
-    /// Replays `prefix` before reading `inner`.
-    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream) -> Rewind {
-        Rewind { prefix, offset: 0, inner }
+    /// Replays `prefix`, then reads at most `limit` bytes of `inner` (`None`: all of it). At
+    /// the limit, a read waits forever (it is not an end of file, which hyper would take for a
+    /// client that left): the connection's owner ends it.
+    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream, limit: Option<u64>) -> Rewind {
+        Rewind { prefix, offset: 0, inner, remaining: limit }
+    }
+
+    /// The socket, and whether bytes up to the limit were left unread.
+    pub(crate) fn into_parts(self) -> (TcpStream, bool) {
+        let unread = self.offset < self.prefix.len() || self.remaining.is_some_and(|n| n > 0);
+        (self.inner, unread)
     }
 }
 
@@ -43,7 +54,23 @@ impl AsyncRead for Rewind {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let Some(remaining) = self.remaining else {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        };
+        if remaining == 0 {
+            return Poll::Pending;
+        }
+        let room = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.remaining());
+        // Zeroing the window (rather than reading into uninitialised memory) keeps this free
+        // of `unsafe`; bodies on this path are small requests, not streams.
+        let mut window = ReadBuf::new(buf.initialize_unfilled_to(room));
+        let poll = Pin::new(&mut self.inner).poll_read(cx, &mut window);
+        let n = window.filled().len();
+        if let Poll::Ready(Ok(())) = poll {
+            buf.advance(n);
+            self.remaining = Some(remaining - n as u64);
+        }
+        poll
     }
 }
 

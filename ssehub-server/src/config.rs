@@ -18,6 +18,16 @@ ROUTES:
                                              answers {\"id\": ..., \"receivers\": N}; bad
                                              input (unknown fields too) gets 400
                                              {\"error\": reason}, a missing token 401
+                                             (checked before the body is read)
+    POST /publish                            content-type: application/x-ndjson: one
+                                             {\"topic\": string, \"data\": string, \"id\"?,
+                                             \"event\"?, \"retry\"?} per line; answers one
+                                             {\"id\": ...} per line, in order; a bad line gets
+                                             400 {\"error\": \"line N: reason\"} and nothing
+                                             is published (\"key\" is refused for now)
+                                             Bodies over --max-body get 413, bodies not
+                                             received within --body-timeout 408; connections
+                                             are kept alive and may pipeline requests
     POST /disconnect?topic=NAME              ends the streams of a topic (--allow-disconnect)
     GET  /stats, /metrics                    JSON stats, Prometheus text
     GET  /                                   the live demo page (best with --demo)
@@ -42,6 +52,11 @@ FLAGS (each may also be set by the environment variable shown; a flag wins):
                              so a client that stops reading is
                              detected after tens of KiB rather than
                              megabytes [default: the kernel's]
+    --max-body BYTES         largest request body (413 beyond)       SSEHUB_MAX_BODY
+                             [default: 1048576]
+    --body-timeout SECONDS   longest wait for a request body after   SSEHUB_BODY_TIMEOUT
+                             its head (408 after); fractions allowed
+                             [default: 10]
     --retry SECONDS          reconnect delay hinted to clients       SSEHUB_RETRY
                              [default: 2]
     --retry-jitter SECONDS   random extra added to each hint, so     SSEHUB_RETRY_JITTER
@@ -81,6 +96,10 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// `SO_SNDBUF` of each stream, if fixed.
     pub send_buffer: Option<usize>,
+    /// The largest request body, in bytes.
+    pub max_body: u64,
+    /// The longest wait for a request body after its head.
+    pub body_timeout: Duration,
     /// The reconnect delay hinted to clients.
     pub retry: Duration,
     /// The most random extra added to `retry`.
@@ -121,6 +140,8 @@ impl Default for Config {
             history: 1000,
             max_connections: None,
             send_buffer: None,
+            max_body: 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
             retry: Duration::from_secs(2),
             retry_jitter: Duration::from_secs(3),
             stats_top: 20,
@@ -133,13 +154,13 @@ impl Default for Config {
 #[derive(Debug)]
 pub enum Command {
     /// Run the server.
-    Run(Config),
+    Run(Box<Config>),
     /// Print the help.
     Help,
 }
 
 /// Every setting: flag, environment variable, whether it takes a value.
-const SETTINGS: [(&str, &str, bool); 14] = [
+const SETTINGS: [(&str, &str, bool); 16] = [
     ("--addr", "SSEHUB_ADDR", true),
     ("--demo", "SSEHUB_DEMO", false),
     ("--demo-rate", "SSEHUB_DEMO_RATE", true),
@@ -149,6 +170,8 @@ const SETTINGS: [(&str, &str, bool); 14] = [
     ("--history", "SSEHUB_HISTORY", true),
     ("--max-connections", "SSEHUB_MAX_CONNECTIONS", true),
     ("--send-buffer", "SSEHUB_SEND_BUFFER", true),
+    ("--max-body", "SSEHUB_MAX_BODY", true),
+    ("--body-timeout", "SSEHUB_BODY_TIMEOUT", true),
     ("--retry", "SSEHUB_RETRY", true),
     ("--retry-jitter", "SSEHUB_RETRY_JITTER", true),
     ("--stats-top", "SSEHUB_STATS_TOP", true),
@@ -194,7 +217,7 @@ impl Command {
             };
             config.set(flag, &value).map_err(|e| format!("{flag} {value:?}: {e}"))?;
         }
-        Ok(Command::Run(config))
+        Ok(Command::Run(Box::new(config)))
     }
 }
 
@@ -223,6 +246,14 @@ impl Config {
             "--send-buffer" => {
                 let bytes: usize = value.parse().map_err(|_| "expected a size in bytes")?;
                 self.send_buffer = Some(bytes).filter(|&b| b > 0);
+            }
+            "--max-body" => {
+                self.max_body = value.parse().map_err(|_| "expected a size in bytes")?
+            }
+            "--body-timeout" => {
+                self.body_timeout = Some(seconds(value)?)
+                    .filter(|d| !d.is_zero())
+                    .ok_or("expected seconds above 0")?;
             }
             "--retry" => self.retry = seconds(value)?,
             "--retry-jitter" => self.retry_jitter = seconds(value)?,

@@ -8,7 +8,9 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `GET /events?topic=A&topic=B&pattern=P` | the stream; `Last-Event-ID` (header, or `lastEventId` query parameter) resumes |
-//! | `POST /publish?topic=NAME` | body `{"data": string, "id"?: string, "event"?: string, "retry"?: integer}` (unknown fields are refused); `200 {"id": ..., "receivers": N}`, `400 {"error": ...}`, `401` without the `--publish-token` |
+//! | `POST /publish?topic=NAME` | body `{"data": string, "id"?: string, "event"?: string, "retry"?: integer}` (unknown fields are refused); `200 {"id": ..., "receivers": N}`, `400 {"error": ...}`, `401` without the `--publish-token` (checked from the head, before the body is read) |
+//! | `POST /publish`, `content-type: application/x-ndjson` | one `{"topic": string, "data": string, "id"?, "event"?, "retry"?}` per line; `200`, one `{"id": ...}` per line in order; a bad line: `400 {"error": "line N: ..."}` and nothing published (`"key"` is refused for now) |
+//! | any request with a body | `413` over `--max-body` (default 1 MiB), `408` when not received within `--body-timeout` (default 10 s); connections are kept alive and may pipeline |
 //! | `POST /disconnect?topic=NAME` | ends the topic's streams: `200 {"disconnected": N}`; `403` unless `--allow-disconnect` |
 //! | `GET /stats`, `GET /metrics` | JSON stats, Prometheus text |
 //! | `GET /` | the live demo page; `GET /demo/market` is its snapshot (`404` without `--demo`) |
@@ -56,7 +58,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub fn main() {
     let command = Command::parse(std::env::args().skip(1), |var| std::env::var(var).ok());
     let config = match command {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::HELP);
             return;
@@ -123,8 +125,13 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // `/events` is served by ssehub's native listener, which owns each stream's socket; every
     // other route goes to the axum router below, on the same port and connection.
     let send_buffer = app.config.send_buffer;
+    let body_limits = (app.config.max_body, app.config.body_timeout);
     let (endpoint, routes) = router(app);
-    let mut server = Server::new(endpoint.clone()).with_path("/events").with_fallback(routes);
+    let mut server = Server::new(endpoint.clone())
+        .with_path("/events")
+        .with_fallback(routes)
+        .with_body_limits(body_limits.0, body_limits.1)
+        .with_fallback_runtime(publisher::runtime()?);
     if let Some(bytes) = send_buffer {
         server = server.with_send_buffer(bytes);
     }

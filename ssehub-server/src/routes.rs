@@ -4,13 +4,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use ssehub::{Endpoint, Event, Hub};
+use ssehub::{Endpoint, Event, Hub, Pattern};
 
 use crate::config::Config;
 use crate::market::Market;
@@ -46,6 +47,46 @@ struct PublishBody {
     retry: Option<u64>,
 }
 
+/// One line of a batch (`POST /publish`, `content-type: application/x-ndjson`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    /// The topic to publish to.
+    topic: String,
+    /// The event's data; line breaks become one `data:` line each.
+    data: String,
+    /// The event's id; without it the hub assigns one.
+    id: Option<String>,
+    /// The event's name (`event:` field).
+    event: Option<String>,
+    /// The reconnect delay to hint, in milliseconds.
+    retry: Option<u64>,
+    /// Keyed state (a later issue): refused until it is implemented, so nothing given is
+    /// silently dropped.
+    key: Option<serde::de::IgnoredAny>,
+}
+
+/// The longest topic name the hub takes (`HubBuilder::with_max_topic_len`'s default, which the
+/// server keeps): a batch is checked against it before any of it is published.
+const MAX_TOPIC_LEN: usize = 256;
+
+/// The content type of a batch, and of its answer.
+const NDJSON: &str = "application/x-ndjson";
+
+/// A request whose bearer token was checked from its head, before its body is read: an extractor
+/// that runs ahead of the body extractor, so a client without the token gets 401 at once
+/// instead of the server waiting for (and reading) its body.
+#[derive(Debug)]
+struct Authorized;
+
+impl FromRequestParts<App> for Authorized {
+    type Rejection = Refusal;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Refusal> {
+        app.authorize(&parts.headers).map(|()| Authorized)
+    }
+}
+
 /// The SSE endpoint, and every other route.
 pub(crate) fn router(app: App) -> (Endpoint, Router) {
     // The crate's adapter: topics and patterns from the query, resume from `Last-Event-ID` (or
@@ -73,7 +114,10 @@ pub(crate) fn router(app: App) -> (Endpoint, Router) {
         .route("/disconnect", post(disconnect))
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
-        .route("/demo/market", get(market_snapshot));
+        .route("/demo/market", get(market_snapshot))
+        // The listener reads every body within `--max-body` and `--body-timeout` (413, 408);
+        // axum's own 2 MB default would refuse a larger `--max-body` with a second limit.
+        .layer(DefaultBodyLimit::disable());
     (endpoint, routes.with_state(app))
 }
 
@@ -83,27 +127,26 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// `POST /publish?topic=NAME`.
+/// `POST /publish?topic=NAME`, or a batch (`content-type: application/x-ndjson`).
 async fn publish(
+    _: Authorized,
     State(app): State<App>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    app.authorize(&headers)?;
+    let batch = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(NDJSON));
+    if batch {
+        return publish_batch(&app, query.as_deref(), &body).await;
+    }
     let topic = topic_param(query.as_deref())?;
     let body: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
-    let mut event = Event::new(body.data);
-    if let Some(id) = body.id {
-        event = event.with_id(id);
-    }
-    if let Some(name) = body.event {
-        event = event.with_event(name);
-    }
-    if let Some(ms) = body.retry {
-        event = event.with_retry(Duration::from_millis(ms));
-    }
+    let event = event(body.data, body.id, body.event, body.retry);
     match app.publisher.publish(&topic, event).await {
         Ok((id, receivers)) => {
             Ok(json(StatusCode::OK, &serde_json::json!({ "id": id, "receivers": receivers })))
@@ -111,6 +154,88 @@ async fn publish(
         Err(Refused::Unavailable(reason)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, reason)),
         Err(Refused::Invalid(reason)) => Err(error(StatusCode::BAD_REQUEST, reason)),
     }
+}
+
+/// A batch: every line checked first (400 naming the first bad line, nothing published), then
+/// published in order; answered with one `{"id": ...}` per line, in the same order.
+async fn publish_batch(app: &App, query: Option<&str>, body: &[u8]) -> Result<Response, Refusal> {
+    if query_pairs(query.unwrap_or("")).any(|(k, _)| k == "topic") {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "a batch names each event's topic on its line; no topic query parameter",
+        ));
+    }
+    let events = parse_batch(body).map_err(|reason| error(StatusCode::BAD_REQUEST, reason))?;
+    let total = events.len();
+    let ids = app.publisher.publish_batch(events).await.map_err(|(published, refused)| {
+        let reason = match refused {
+            Refused::Invalid(reason) | Refused::Unavailable(reason) => reason,
+        };
+        // Only the hub shutting down or the broker failing can stop a checked batch midway.
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{reason}; {published} of {total} events were published"),
+        )
+    })?;
+    let mut out = String::with_capacity(ids.len() * 16);
+    for id in ids {
+        out.push_str(&serde_json::json!({ "id": id }).to_string());
+        out.push('\n');
+    }
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, NDJSON)], out).into_response())
+}
+
+/// Parses and checks every line of a batch; the first bad line's number and why, otherwise.
+/// Blank lines are skipped (a trailing newline, a `\r\n` line end).
+fn parse_batch(body: &[u8]) -> Result<Vec<(String, Event)>, String> {
+    let mut events = Vec::new();
+    for (index, line) in body.split(|&b| b == b'\n').enumerate() {
+        let number = index + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let bad = |reason: String| format!("line {number}: {reason}");
+        let line: BatchLine =
+            serde_json::from_slice(line).map_err(|e| bad(format!("invalid event: {e}")))?;
+        if line.key.is_some() {
+            return Err(bad("\"key\" (keyed state) is not supported yet".into()));
+        }
+        check_topic(&line.topic).map_err(|e| bad(format!("invalid topic: {e}")))?;
+        let event = event(line.data, line.id, line.event, line.retry);
+        event.validate().map_err(|e| bad(format!("invalid event: {e}")))?;
+        events.push((line.topic, event));
+    }
+    if events.is_empty() {
+        return Err("an empty batch: one JSON event per line".into());
+    }
+    Ok(events)
+}
+
+/// Checks a topic name as the hub will: a valid name without `*`, within the length limit.
+fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.contains('*') {
+        return Err("'*' is for patterns, not topic names".into());
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(format!("{} bytes, over the limit of {MAX_TOPIC_LEN}", topic.len()));
+    }
+    Pattern::new(topic).map(drop).map_err(|e| e.to_string())
+}
+
+/// The event a publish describes.
+fn event(data: String, id: Option<String>, name: Option<String>, retry: Option<u64>) -> Event {
+    let mut event = Event::new(data);
+    if let Some(id) = id {
+        event = event.with_id(id);
+    }
+    if let Some(name) = name {
+        event = event.with_event(name);
+    }
+    if let Some(ms) = retry {
+        event = event.with_retry(Duration::from_millis(ms));
+    }
+    event
 }
 
 /// `POST /disconnect?topic=NAME`.
