@@ -19,8 +19,11 @@
 //! cheaply. A request target over 65,534 bytes is 414; a head over the limit is 431.
 
 mod admission;
+mod listen;
 mod request;
 mod rewind;
+
+pub use listen::{listen, DEFAULT_BACKLOG};
 
 use crate::sync::PlainArc as StdArc;
 use std::fmt;
