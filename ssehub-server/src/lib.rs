@@ -50,8 +50,9 @@ use crate::stats::Rates;
 /// How long shutdown may take once signalled before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the server with the process's flags and environment, as the `ssehub` binary does;
-/// exits the process with status 2 on bad flags and 1 when the server cannot run.
+/// Runs the server with the process's flags, environment and `--config` file, as the `ssehub`
+/// binary does; exits the process with status 2 on bad settings (naming the flag, variable or
+/// file key) and 1 when the server cannot run.
 ///
 /// # Examples
 ///
