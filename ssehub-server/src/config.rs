@@ -4,6 +4,8 @@
 //! Adding a setting is one field of [`Config`]: its `///` comment is its `--help` line, its
 //! `#[arg(long, env = "SSEHUB_…")]` names the flag and the variable, and the file's key is the
 //! flag's long name, found from the field by [`Config::load`]; nothing else lists the settings.
+//! A switch copies `demo`'s attributes (so `--x`, `--x=false`, `SSEHUB_X=1` and `x = true` all
+//! work); a repeatable flag is a `Vec<T>` field, and its key takes a TOML array.
 //! Documented for operators in `docs/operating.md` (keep its table in step).
 
 use std::ffi::OsString;
@@ -497,6 +499,20 @@ mod tests {
             assert_eq!(named, key, "{text}");
             assert!(reason.contains(why), "{text}: {reason}");
         }
+    }
+
+    #[test]
+    fn a_repeatable_flag_takes_an_array_and_a_flag_replaces_it() {
+        let arg = clap::Arg::new("key").long("key").action(ArgAction::Append);
+        let command = clap::Command::new("t").arg(arg);
+        let file = File::new("array", "key = [\"a\", 2]\n");
+        let command = with_file(command, &file.0).expect("an array for a repeatable flag");
+        let matches = command.clone().try_get_matches_from(["t"]).expect("the file's values");
+        let values: Vec<&String> = matches.get_many("key").expect("values").collect();
+        assert_eq!(values, ["a", "2"]);
+        let matches = command.try_get_matches_from(["t", "--key", "c"]).expect("a flag");
+        let values: Vec<&String> = matches.get_many("key").expect("values").collect();
+        assert_eq!(values, ["c"]);
     }
 
     #[test]
