@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ssehub::parse::Parser;
-use ssehub::server::Server;
+use ssehub::server::{listen, Server, DEFAULT_BACKLOG};
 use ssehub::{Endpoint, Event, HistoryLimits, Hub, SlowPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -133,11 +133,10 @@ async fn churn(shape: Churn) -> (Figures, Figures, Duration, u64) {
         .with_slow_policy(SlowPolicy::Disconnect)
         .build();
     let endpoint = Endpoint::new(hub.clone());
-    // A backlog for a whole wave of connects at once (the default 1,024 overflows, and an
-    // overflowed accept queue resets connections the client believes open).
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-    let listener = socket.listen(4096).expect("listen");
+    // The shipped listener, whose default backlog holds a whole wave of connects at once (a
+    // short queue overflows, and an overflowed accept queue resets connections the client
+    // believes open).
+    let listener = listen("127.0.0.1:0".parse().expect("addr"), DEFAULT_BACKLOG).expect("listen");
     let addr = listener.local_addr().expect("addr");
     let server = Server::new(endpoint.clone()).with_write_timeout(Duration::from_millis(500));
     let serving = tokio::spawn(server.serve(listener));
@@ -332,9 +331,10 @@ fn storm_server() {
         for n in 1..=STORM_BEFORE {
             hub.publish("t", Event::new(n.to_string()).with_id(n.to_string())).expect("publish");
         }
-        let socket = TcpSocket::new_v4().expect("socket");
-        socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let listener = socket.listen(4096).expect("listen");
+        // The listener the `ssehub` server binds, with its default backlog: the storm is what
+        // a restarted server meets.
+        let listener =
+            listen("127.0.0.1:0".parse().expect("addr"), DEFAULT_BACKLOG).expect("listen");
         println!("ADDR {}", listener.local_addr().expect("addr"));
         tokio::spawn(Server::new(Endpoint::new(hub.clone())).serve(listener));
         let commands = tokio::task::spawn_blocking(move || {

@@ -23,9 +23,12 @@
 mod admission;
 #[cfg(feature = "axum")]
 mod fallback;
+mod listen;
 mod request;
 #[cfg(feature = "axum")]
 mod rewind;
+
+pub use listen::{listen, DEFAULT_BACKLOG};
 
 use crate::sync::PlainArc as StdArc;
 use std::fmt;

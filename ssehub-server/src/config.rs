@@ -1,112 +1,140 @@
-//! The server's settings: flags, each with an environment variable behind it.
+//! The server's settings: each one a flag, an environment variable and a key of the optional
+//! TOML config file, with one precedence: flag > environment > file > default.
+//!
+//! Adding a setting is one field of [`Config`]: its `///` comment is its `--help` line, its
+//! `#[arg(long, env = "SSEHUB_…")]` names the flag and the variable, and the file's key is the
+//! flag's long name, found from the field by [`Config::load`]; nothing else lists the settings.
+//! A switch copies `demo`'s attributes (so `--x`, `--x=false`, `SSEHUB_X=1` and `x = true` all
+//! work); a repeatable flag is a `Vec<T>` field, and its key takes a TOML array.
+//! Documented for operators in `docs/operating.md` (keep its table in step).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// What `--help` prints.
-pub const HELP: &str = "\
-ssehub hub server: a Server-Sent Events hub with a publish API, stats and a live demo page
+use clap::builder::{BoolishValueParser, NonEmptyStringValueParser};
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-USAGE:
-    cargo run --release --example hub -- [FLAGS]
+/// What `--help` prints after the flags.
+const AFTER_HELP: &str = "\
+Routes:
+  GET  /events?topic=A&topic=B&pattern=P   the event stream; resumes from the Last-Event-ID
+                                           header or a lastEventId query parameter
+  POST /publish?topic=NAME                 body {\"data\": string, \"id\"?: string,
+                                           \"event\"?: string, \"retry\"?: integer (ms)};
+                                           answers {\"id\": ..., \"receivers\": N}; bad input
+                                           (unknown fields too) gets 400 {\"error\": reason},
+                                           a missing token 401 (checked before the body)
+  POST /publish                            content-type: application/x-ndjson: one
+                                           {\"topic\", \"data\", \"id\"?, \"event\"?,
+                                           \"retry\"?} per line; answers one {\"id\": ...}
+                                           per line, in order; a bad line gets 400
+                                           {\"error\": \"line N: reason\"} and nothing is
+                                           published
+  POST /disconnect?topic=NAME              ends the streams of a topic (--allow-disconnect)
+  GET  /stats, /metrics                    JSON stats, Prometheus text
+  GET  /                                   the live demo page (best with --demo)
 
-ROUTES:
-    GET  /events?topic=A&topic=B&pattern=P   the event stream; resumes from the Last-Event-ID
-                                             header or a lastEventId query parameter
-    POST /publish?topic=NAME                 body {\"data\": string, \"id\"?: string,
-                                             \"event\"?: string, \"retry\"?: integer (ms)};
-                                             answers {\"id\": ..., \"receivers\": N}; bad
-                                             input (unknown fields too) gets 400
-                                             {\"error\": reason}, a missing token 401
-                                             (checked before the body is read)
-    POST /publish                            content-type: application/x-ndjson: one
-                                             {\"topic\": string, \"data\": string, \"id\"?,
-                                             \"event\"?, \"retry\"?} per line; answers one
-                                             {\"id\": ...} per line, in order; a bad line gets
-                                             400 {\"error\": \"line N: reason\"} and nothing
-                                             is published (\"key\" is refused for now)
-                                             Bodies over --max-body get 413, bodies not
-                                             received within --body-timeout 408; connections
-                                             are kept alive and may pipeline requests
-    POST /disconnect?topic=NAME              ends the streams of a topic (--allow-disconnect)
-    GET  /stats, /metrics                    JSON stats, Prometheus text
-    GET  /                                   the live demo page (best with --demo)
-
-FLAGS (each may also be set by the environment variable shown; a flag wins):
-    --addr HOST:PORT         where to listen                         SSEHUB_ADDR
-                             [default: 127.0.0.1:8080]
-    --demo                   publish a simulated market feed to      SSEHUB_DEMO=1
-                             topics price:SYMBOL (event `price`)
-    --demo-rate N            demo updates per second, in total       SSEHUB_DEMO_RATE
-                             [default: 12]
-    --heartbeat SECONDS      keep-alive comment on idle streams;     SSEHUB_HEARTBEAT
-                             fractions allowed, 0 turns it off [default: 15]
-    --allow-disconnect       enable POST /disconnect (403 without)   SSEHUB_ALLOW_DISCONNECT=1
-    --publish-token TOKEN    require `Authorization: Bearer TOKEN`   SSEHUB_PUBLISH_TOKEN
-                             on POST /publish and /disconnect
-    --history EVENTS         events kept per topic for replay;       SSEHUB_HISTORY
-                             0 turns replay (and hub-assigned ids) off [default: 1000]
-    --max-connections N      most open streams; more get 503         SSEHUB_MAX_CONNECTIONS
-                             [default: unlimited]
-    --send-buffer BYTES      fix each stream's kernel send buffer,   SSEHUB_SEND_BUFFER
-                             so a client that stops reading is
-                             detected after tens of KiB rather than
-                             megabytes [default: the kernel's]
-    --max-body BYTES         largest request body (413 beyond)       SSEHUB_MAX_BODY
-                             [default: 1048576]
-    --body-timeout SECONDS   longest wait for a request body after   SSEHUB_BODY_TIMEOUT
-                             its head (408 after); fractions allowed
-                             [default: 10]
-    --retry SECONDS          reconnect delay hinted to clients       SSEHUB_RETRY
-                             [default: 2]
-    --retry-jitter SECONDS   random extra added to each hint, so     SSEHUB_RETRY_JITTER
-                             clients do not return together [default: 3]
-    --stats-top N            topics listed in /stats and /metrics    SSEHUB_STATS_TOP
-                             [default: 20]
-    --redis URL              join other nodes through Redis          SSEHUB_REDIS
-                             (redis://HOST:PORT; build with
-                             --features redis); see docs/scaling.md
-    --nats URL               join other nodes through NATS with      SSEHUB_NATS
-                             JetStream (nats://HOST:PORT; build
-                             with --features nats)
-    -h, --help               print this help
+Every flag may also be set by the environment variable shown (an empty one counts as unset)
+or, in the TOML file given by --config, by a key named as the long flag (heartbeat = 0.5,
+publish-token = \"...\"). A flag wins over the environment, the environment over the file.
+Switches take =true/=false (also 1/0, yes/no, on/off) on the command line, in the
+environment and in the file. See docs/operating.md.
 
 Ctrl-C or SIGTERM shuts down gracefully: every stream gets a final retry hint and ends, then
-the process exits (at most 5 seconds later, however many streams were open).
-";
+the process exits (at most 5 seconds later, however many streams were open).";
 
 /// The server's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ssehub",
+    version,
+    about = "ssehub: a Server-Sent Events hub with a publish API, stats and a live demo page",
+    after_help = AFTER_HELP,
+    max_term_width = 100
+)]
 pub struct Config {
-    /// Where to listen.
+    /// Where to listen (IPv4 or IPv6, e.g. [::]:8080)
+    #[arg(long, env = "SSEHUB_ADDR", value_name = "HOST:PORT", default_value = "127.0.0.1:8080",
+        value_parser = socket_addr)]
     pub addr: SocketAddr,
-    /// Whether to run the simulated market.
+    /// Publish a simulated market feed to topics price:SYMBOL (event `price`)
+    #[arg(long, env = "SSEHUB_DEMO", value_name = "BOOL", action = ArgAction::Set,
+        num_args = 0..=1, require_equals = true, default_value = "false",
+        default_missing_value = "true", hide_possible_values = true,
+        value_parser = BoolishValueParser::new())]
     pub demo: bool,
-    /// Demo updates per second, in total.
+    /// Demo updates per second, in total
+    #[arg(long, env = "SSEHUB_DEMO_RATE", value_name = "N", default_value = "12",
+        value_parser = rate)]
     pub demo_rate: f64,
-    /// Heartbeat interval; `None` for none.
-    pub heartbeat: Option<Duration>,
-    /// Whether `POST /disconnect` is enabled.
+    /// Keep-alive comment on idle streams every SECONDS; fractions allowed, 0 turns it off
+    // The fully qualified `Option` keeps clap from reading the field as "flag may be absent":
+    // the flag has a default and 0 means `None`.
+    #[arg(long, env = "SSEHUB_HEARTBEAT", value_name = "SECONDS", default_value = "15",
+        value_parser = heartbeat)]
+    pub heartbeat: std::option::Option<Duration>,
+    /// Enable POST /disconnect (403 without)
+    #[arg(long, env = "SSEHUB_ALLOW_DISCONNECT", value_name = "BOOL", action = ArgAction::Set,
+        num_args = 0..=1, require_equals = true, default_value = "false",
+        default_missing_value = "true", hide_possible_values = true,
+        value_parser = BoolishValueParser::new())]
     pub allow_disconnect: bool,
-    /// The bearer token `POST /publish` requires, if any.
+    /// Require `Authorization: Bearer TOKEN` on POST /publish and /disconnect
+    #[arg(long, env = "SSEHUB_PUBLISH_TOKEN", value_name = "TOKEN", hide_env_values = true,
+        value_parser = NonEmptyStringValueParser::new())]
     pub publish_token: Option<String>,
-    /// Events kept per topic for replay (0: no history).
+    /// Events kept per topic for replay; 0 turns replay (and hub-assigned ids) off
+    #[arg(long, env = "SSEHUB_HISTORY", value_name = "EVENTS", default_value = "1000")]
     pub history: usize,
-    /// Most open streams.
+    /// Most open streams; more get 503 [default: unlimited]
+    #[arg(long, env = "SSEHUB_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// `SO_SNDBUF` of each stream, if fixed.
-    pub send_buffer: Option<usize>,
-    /// The largest request body, in bytes.
+    /// Fix each stream's kernel send buffer, so a client that stops reading is detected after
+    /// tens of KiB rather than megabytes; 0 leaves the kernel's
+    // Fully qualified for the same reason as `heartbeat`: 0 means `None`.
+    #[arg(long, env = "SSEHUB_SEND_BUFFER", value_name = "BYTES", default_value = "0",
+        value_parser = send_buffer)]
+    pub send_buffer: std::option::Option<usize>,
+    /// Largest request body on the publish routes; larger ones get 413
+    #[arg(long, env = "SSEHUB_MAX_BODY", value_name = "BYTES", default_value = "1048576")]
     pub max_body: u64,
-    /// The longest wait for a request body after its head.
+    /// Longest wait for a request body after its head; slower ones get 408 (fractions allowed)
+    #[arg(long, env = "SSEHUB_BODY_TIMEOUT", value_name = "SECONDS", default_value = "10",
+        value_parser = positive_seconds)]
     pub body_timeout: Duration,
-    /// The reconnect delay hinted to clients.
+    /// Reconnect delay hinted to clients
+    #[arg(long, env = "SSEHUB_RETRY", value_name = "SECONDS", default_value = "2",
+        value_parser = seconds)]
     pub retry: Duration,
-    /// The most random extra added to `retry`.
+    /// Random extra added to each retry hint, so clients do not return together
+    #[arg(long, env = "SSEHUB_RETRY_JITTER", value_name = "SECONDS", default_value = "3",
+        value_parser = seconds)]
     pub retry_jitter: Duration,
-    /// Topics listed in the stats.
+    /// Topics listed in /stats and /metrics
+    #[arg(long, env = "SSEHUB_STATS_TOP", value_name = "N", default_value = "20")]
     pub stats_top: usize,
-    /// The broker several nodes share, if any (the last of `--redis`/`--nats` given wins).
+    /// Listen backlog: connections the kernel queues before they are accepted (Linux caps it
+    /// at net.core.somaxconn)
+    #[arg(long, env = "SSEHUB_BACKLOG", value_name = "N", default_value = "4096",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
+    pub backlog: u32,
+    /// Join other nodes through Redis (redis://HOST:PORT); see docs/scaling.md
+    #[arg(long, env = "SSEHUB_REDIS", value_name = "URL", hide_env_values = true,
+        value_parser = redis_url)]
+    pub redis: Option<String>,
+    /// Join other nodes through NATS with JetStream (nats://HOST:PORT)
+    #[arg(long, env = "SSEHUB_NATS", value_name = "URL", hide_env_values = true,
+        value_parser = nats_url)]
+    pub nats: Option<String>,
+    /// Read settings from this TOML file (keys: the long flags' names)
+    #[arg(long, env = "SSEHUB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The broker several nodes share, if any: the one of `redis` and `nats` set at the
+    /// highest level (flag, environment, file), the later flag on the command line, or else
+    /// NATS. Derived by [`Config::load`].
+    #[arg(skip)]
     pub broker: Option<Broker>,
 }
 
@@ -119,154 +147,171 @@ pub enum Broker {
     Nats(String),
 }
 
-/// A URL with the expected scheme.
-fn url(value: &str, scheme: &str) -> Result<String, String> {
-    if value.starts_with(scheme) && value.len() > scheme.len() {
-        Ok(value.to_string())
-    } else {
-        Err(format!("expected a URL starting with {scheme}"))
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            demo: false,
-            demo_rate: 12.0,
-            heartbeat: Some(Duration::from_secs(15)),
-            allow_disconnect: false,
-            publish_token: None,
-            history: 1000,
-            max_connections: None,
-            send_buffer: None,
-            max_body: 1024 * 1024,
-            body_timeout: Duration::from_secs(10),
-            retry: Duration::from_secs(2),
-            retry_jitter: Duration::from_secs(3),
-            stats_top: 20,
-            broker: None,
-        }
-    }
-}
-
-/// What the command line asked for.
-#[derive(Debug)]
-pub enum Command {
-    /// Run the server.
-    Run(Box<Config>),
-    /// Print the help.
-    Help,
-}
-
-/// Every setting: flag, environment variable, whether it takes a value.
-const SETTINGS: [(&str, &str, bool); 16] = [
-    ("--addr", "SSEHUB_ADDR", true),
-    ("--demo", "SSEHUB_DEMO", false),
-    ("--demo-rate", "SSEHUB_DEMO_RATE", true),
-    ("--heartbeat", "SSEHUB_HEARTBEAT", true),
-    ("--allow-disconnect", "SSEHUB_ALLOW_DISCONNECT", false),
-    ("--publish-token", "SSEHUB_PUBLISH_TOKEN", true),
-    ("--history", "SSEHUB_HISTORY", true),
-    ("--max-connections", "SSEHUB_MAX_CONNECTIONS", true),
-    ("--send-buffer", "SSEHUB_SEND_BUFFER", true),
-    ("--max-body", "SSEHUB_MAX_BODY", true),
-    ("--body-timeout", "SSEHUB_BODY_TIMEOUT", true),
-    ("--retry", "SSEHUB_RETRY", true),
-    ("--retry-jitter", "SSEHUB_RETRY_JITTER", true),
-    ("--stats-top", "SSEHUB_STATS_TOP", true),
-    ("--redis", "SSEHUB_REDIS", true),
-    ("--nats", "SSEHUB_NATS", true),
-];
-
-impl Command {
-    /// Reads the environment, then the flags (which win).
-    pub fn parse(
-        args: impl IntoIterator<Item = String>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Command, String> {
-        let mut config = Config::default();
-        for (flag, var, takes_value) in SETTINGS {
-            let Some(value) = env(var).filter(|v| !v.is_empty()) else { continue };
-            let value = if takes_value {
-                value
-            } else {
-                parse_bool(&value).map_err(|e| format!("{var}: {e}"))?.to_string()
-            };
-            config.set(flag, &value).map_err(|e| format!("{var}={value:?}: {e}"))?;
-        }
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            if arg == "-h" || arg == "--help" {
-                return Ok(Command::Help);
-            }
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
-                None => (arg.clone(), None),
-            };
-            let Some(&(flag, _, takes_value)) = SETTINGS.iter().find(|s| s.0 == flag) else {
-                return Err(format!("unknown argument {arg:?}"));
-            };
-            let value = match (takes_value, inline) {
-                (true, Some(value)) => value,
-                (true, None) => args.next().ok_or_else(|| format!("{flag} needs a value"))?,
-                (false, Some(value)) => {
-                    parse_bool(&value).map_err(|e| format!("{flag}: {e}"))?.to_string()
-                }
-                (false, None) => "true".to_string(),
-            };
-            config.set(flag, &value).map_err(|e| format!("{flag} {value:?}: {e}"))?;
-        }
-        Ok(Command::Run(Box::new(config)))
-    }
+/// Why the settings could not be read. Every variant is a usage error (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A bad flag or environment variable, or `--help` / `--version` (which clap prints).
+    #[error(transparent)]
+    Flags(#[from] clap::Error),
+    /// The config file cannot be read or is not TOML.
+    #[error("config file {}: {reason}", path.display())]
+    File {
+        /// The file as given.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A key of the config file is unknown or its value is bad.
+    #[error("config file {}: key `{key}`: {reason}", path.display())]
+    Key {
+        /// The file as given.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Config {
-    /// Applies one setting.
-    fn set(&mut self, flag: &str, value: &str) -> Result<(), String> {
-        match flag {
-            "--addr" => {
-                self.addr = value.parse().map_err(|_| "expected HOST:PORT, e.g. 127.0.0.1:8080")?
+    /// Reads the settings from `args` (the program name first, as `std::env::args_os` gives
+    /// them), the `SSEHUB_*` environment and the `--config` file.
+    pub fn load<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut command = Config::command().mut_args(|arg| {
+            // An empty variable counts as unset, as it did before clap: container definitions
+            // often set every variable, some to nothing.
+            let empty = arg.get_env().and_then(std::env::var_os).is_some_and(|v| v.is_empty());
+            if empty {
+                arg.env(None::<&str>)
+            } else {
+                arg
             }
-            "--demo" => self.demo = value == "true",
-            "--demo-rate" => {
-                self.demo_rate = value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|r| r.is_finite() && *r > 0.0 && *r <= 100_000.0)
-                    .ok_or("expected updates per second, more than 0")?;
-            }
-            "--heartbeat" => self.heartbeat = Some(seconds(value)?).filter(|d| !d.is_zero()),
-            "--allow-disconnect" => self.allow_disconnect = value == "true",
-            "--publish-token" => self.publish_token = Some(value.to_string()),
-            "--history" => self.history = value.parse().map_err(|_| "expected a count")?,
-            "--max-connections" => {
-                self.max_connections = Some(value.parse().map_err(|_| "expected a count")?);
-            }
-            "--send-buffer" => {
-                let bytes: usize = value.parse().map_err(|_| "expected a size in bytes")?;
-                self.send_buffer = Some(bytes).filter(|&b| b > 0);
-            }
-            "--max-body" => {
-                self.max_body = value.parse().map_err(|_| "expected a size in bytes")?
-            }
-            "--body-timeout" => {
-                self.body_timeout = Some(seconds(value)?)
-                    .filter(|d| !d.is_zero())
-                    .ok_or("expected seconds above 0")?;
-            }
-            "--retry" => self.retry = seconds(value)?,
-            "--retry-jitter" => self.retry_jitter = seconds(value)?,
-            "--stats-top" => self.stats_top = value.parse().map_err(|_| "expected a count")?,
-            "--redis" => self.broker = Some(Broker::Redis(url(value, "redis://")?)),
-            "--nats" => self.broker = Some(Broker::Nats(url(value, "nats://")?)),
-            _ => unreachable!("every flag in SETTINGS is handled"),
+        });
+        let mut matches = command.clone().try_get_matches_from(&args)?;
+        if let Some(path) = matches.get_one::<PathBuf>("config").cloned() {
+            command = with_file(command, &path)?;
+            matches = command.try_get_matches_from(&args)?;
         }
-        Ok(())
+        let mut config = Config::from_arg_matches(&matches)?;
+        config.broker = broker(&matches, &config);
+        Ok(config)
     }
 }
 
-/// A duration in seconds, fractions allowed.
+/// The file's values become the defaults of `command`'s arguments, so flags and variables
+/// still win; each value is checked by its flag's own parser first.
+fn with_file(mut command: clap::Command, path: &Path) -> Result<clap::Command, ConfigError> {
+    let file_error = |reason: String| ConfigError::File { path: path.to_owned(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        file_error(e.message().to_string() + &line_of(&text, e.span()))
+    })?;
+    for (key, value) in &table {
+        let key_error =
+            |reason: String| ConfigError::Key { path: path.to_owned(), key: key.clone(), reason };
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(key.as_str()) && !FLAG_ONLY.contains(&key.as_str()))
+            .ok_or_else(|| key_error(format!("unknown key; the keys are {}", keys(&command))))?;
+        let id = arg.get_id().clone();
+        let many = matches!(arg.get_action(), ArgAction::Append);
+        let values = values(value, many).map_err(key_error)?;
+        // The value goes through the flag's own parser, with the environment out of the way,
+        // so the file gets the flag's checks and messages even where a flag overrides it.
+        let probe = command.clone().mut_args(|arg| arg.env(None::<&str>));
+        let argv = values.iter().map(|value| format!("--{key}={value}"));
+        if let Err(error) = probe.try_get_matches_from(std::iter::once("ssehub".into()).chain(argv))
+        {
+            return Err(key_error(format!("invalid value {value}: {}", reason(&error))));
+        }
+        command = command.mut_arg(id, |arg| arg.default_values(values));
+    }
+    Ok(command)
+}
+
+/// Flags that are not settings, so no key of the file.
+const FLAG_ONLY: [&str; 3] = ["config", "help", "version"];
+
+/// The file's keys, for the message about an unknown one.
+fn keys(command: &clap::Command) -> String {
+    let keys: Vec<&str> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_long())
+        .filter(|long| !FLAG_ONLY.contains(long))
+        .collect();
+    keys.join(", ")
+}
+
+/// A TOML value as the flag's text: strings as they are, numbers and booleans written out,
+/// arrays only for flags that may be repeated.
+fn values(value: &toml::Value, many: bool) -> Result<Vec<String>, String> {
+    match value {
+        toml::Value::String(text) => Ok(vec![text.clone()]),
+        toml::Value::Integer(n) => Ok(vec![n.to_string()]),
+        toml::Value::Float(x) => Ok(vec![x.to_string()]),
+        toml::Value::Boolean(b) => Ok(vec![b.to_string()]),
+        toml::Value::Array(items) if many => items
+            .iter()
+            .map(|item| match values(item, false)?.pop() {
+                Some(one) => Ok(one),
+                None => Err("expected an array of strings or numbers".to_string()),
+            })
+            .collect(),
+        toml::Value::Array(_) => Err("expected one value, not an array".to_string()),
+        _ => Err("expected a string, a number or a boolean".to_string()),
+    }
+}
+
+/// Why clap refused a value: the value parser's own message where there is one.
+fn reason(error: &clap::Error) -> String {
+    if let Some(source) = std::error::Error::source(error) {
+        return source.to_string();
+    }
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+/// ` (line N)` for a TOML error's position.
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    span.and_then(|span| text.get(..span.start))
+        .map(|before| format!(" (line {})", before.lines().count().max(1)))
+        .unwrap_or_default()
+}
+
+/// The broker from `--redis` and `--nats`: the one set at the higher level wins; at the same
+/// level, the later on the command line, or NATS (the order the variables were read in before).
+fn broker(matches: &ArgMatches, config: &Config) -> Option<Broker> {
+    let redis = config.redis.clone().map(|url| (Broker::Redis(url), "redis"));
+    let nats = config.nats.clone().map(|url| (Broker::Nats(url), "nats"));
+    // `max_by_key` keeps the last of equal keys: NATS, as listed second.
+    [redis, nats]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(_, id)| (matches.value_source(id), matches.index_of(id)))
+        .map(|(broker, _)| broker)
+}
+
+/// `HOST:PORT`.
+fn socket_addr(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| "expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080".to_string())
+}
+
+/// Updates per second.
+fn rate(value: &str) -> Result<f64, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|r| r.is_finite() && *r > 0.0 && *r <= 100_000.0)
+        .ok_or_else(|| "expected updates per second, more than 0".to_string())
+}
+
+/// A duration in seconds, fractions allowed, at most a day.
 fn seconds(value: &str) -> Result<Duration, String> {
     value
         .parse::<f64>()
@@ -276,11 +321,228 @@ fn seconds(value: &str) -> Result<Duration, String> {
         .ok_or_else(|| "expected seconds, e.g. 15 or 0.5".to_string())
 }
 
-/// A switch set by an environment variable or `--flag=value`.
-fn parse_bool(value: &str) -> Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(format!("expected 1/0, true/false, yes/no or on/off, not {value:?}")),
+/// A duration in seconds above 0.
+fn positive_seconds(value: &str) -> Result<Duration, String> {
+    Some(seconds(value)?)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "expected seconds above 0".to_string())
+}
+
+/// A heartbeat interval: 0 is none.
+fn heartbeat(value: &str) -> Result<Option<Duration>, String> {
+    Ok(Some(seconds(value)?).filter(|d| !d.is_zero()))
+}
+
+/// A send buffer size: 0 leaves the kernel's.
+fn send_buffer(value: &str) -> Result<Option<usize>, String> {
+    let bytes: usize = value.parse().map_err(|_| "expected a size in bytes".to_string())?;
+    Ok(Some(bytes).filter(|&b| b > 0))
+}
+
+/// A URL with the expected scheme.
+fn url(value: &str, scheme: &str) -> Result<String, String> {
+    if value.starts_with(scheme) && value.len() > scheme.len() {
+        Ok(value.to_string())
+    } else {
+        Err(format!("expected a URL starting with {scheme}"))
+    }
+}
+
+/// A Redis URL.
+fn redis_url(value: &str) -> Result<String, String> {
+    url(value, "redis://")
+}
+
+/// A NATS URL.
+fn nats_url(value: &str) -> Result<String, String> {
+    url(value, "nats://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// The tests set `SSEHUB_*` variables of this process: one test at a time.
+    static ENV: Mutex<()> = Mutex::new(());
+
+    /// Runs `load` with `vars` set (and every other `SSEHUB_*` variable unset).
+    fn load_with(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let _guard = ENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SSEHUB_") {
+                std::env::remove_var(name);
+            }
+        }
+        for (name, value) in vars {
+            std::env::set_var(name, value);
+        }
+        let result = Config::load(std::iter::once("ssehub").chain(args.iter().copied()));
+        for (name, _) in vars {
+            std::env::remove_var(name);
+        }
+        result
+    }
+
+    /// A config file holding `text`, removed when dropped.
+    struct File(PathBuf);
+
+    impl File {
+        fn new(name: &str, text: &str) -> File {
+            let path = std::env::temp_dir()
+                .join(format!("ssehub-config-{}-{name}.toml", std::process::id()));
+            std::fs::write(&path, text).expect("write the config file");
+            File(path)
+        }
+
+        fn arg(&self) -> String {
+            format!("--config={}", self.0.display())
+        }
+    }
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn key_error(result: Result<Config, ConfigError>) -> (String, String, String) {
+        match result {
+            Err(ConfigError::Key { path, key, reason }) => {
+                (path.display().to_string(), key, reason)
+            }
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = load_with(&[], &[]).expect("defaults");
+        assert_eq!(config.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert!(!config.demo && !config.allow_disconnect);
+        assert_eq!(config.demo_rate, 12.0);
+        assert_eq!(config.heartbeat, Some(Duration::from_secs(15)));
+        assert_eq!(config.publish_token, None);
+        assert_eq!((config.history, config.stats_top, config.backlog), (1000, 20, 4096));
+        assert_eq!((config.max_connections, config.send_buffer), (None, None));
+        assert_eq!(
+            (config.retry, config.retry_jitter),
+            (Duration::from_secs(2), Duration::from_secs(3))
+        );
+        assert_eq!((config.broker, config.config), (None, None));
+    }
+
+    #[test]
+    fn flag_beats_environment_beats_file_beats_default() {
+        let file = File::new(
+            "precedence",
+            "heartbeat = 0.5\nretry = 7\nhistory = 5\naddr = \"[::1]:9000\"\n",
+        );
+        let vars = [("SSEHUB_RETRY", "8"), ("SSEHUB_HISTORY", "6")];
+        let config = load_with(&["--history", "4", &file.arg()], &vars).expect("load");
+        assert_eq!(config.history, 4, "the flag wins over the variable and the file");
+        assert_eq!(config.retry, Duration::from_secs(8), "the variable wins over the file");
+        assert_eq!(config.heartbeat, Some(Duration::from_millis(500)), "the file over the default");
+        assert_eq!(config.addr, "[::1]:9000".parse().expect("addr"));
+        assert_eq!(config.retry_jitter, Duration::from_secs(3), "the default where none is set");
+        // The file named by the environment counts too.
+        let path = file.0.display().to_string();
+        let config = load_with(&[], &[("SSEHUB_CONFIG", &path)]).expect("load");
+        assert_eq!((config.history, config.retry), (5, Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn switches_read_every_spelling_everywhere() {
+        assert!(load_with(&["--demo"], &[]).expect("flag").demo);
+        assert!(!load_with(&["--demo=false"], &[("SSEHUB_DEMO", "1")]).expect("flag").demo);
+        assert!(
+            load_with(&[], &[("SSEHUB_ALLOW_DISCONNECT", "yes")]).expect("env").allow_disconnect
+        );
+        let file = File::new("switches", "demo = true\nallow-disconnect = \"on\"\n");
+        let config = load_with(&[&file.arg()], &[]).expect("file");
+        assert!(config.demo && config.allow_disconnect);
+        let config = load_with(&[&file.arg()], &[("SSEHUB_DEMO", "off")]).expect("env over file");
+        assert!(!config.demo && config.allow_disconnect);
+        assert!(load_with(&["--demo=maybe"], &[]).is_err());
+    }
+
+    #[test]
+    fn zero_turns_heartbeat_and_send_buffer_off_and_empty_variables_are_unset() {
+        let config = load_with(&["--heartbeat", "0", "--send-buffer", "0"], &[]).expect("load");
+        assert_eq!((config.heartbeat, config.send_buffer), (None, None));
+        let config = load_with(&["--send-buffer=16384"], &[]).expect("load");
+        assert_eq!(config.send_buffer, Some(16384));
+        let vars = [("SSEHUB_PUBLISH_TOKEN", ""), ("SSEHUB_HEARTBEAT", "")];
+        let config = load_with(&[], &vars).expect("empty variables are unset");
+        assert_eq!((config.publish_token, config.heartbeat), (None, Some(Duration::from_secs(15))));
+        assert!(load_with(&["--publish-token="], &[]).is_err(), "an empty token is refused");
+    }
+
+    #[test]
+    fn the_broker_is_the_one_set_at_the_highest_level() {
+        let redis = Some(Broker::Redis("redis://r:6379".into()));
+        let nats = Some(Broker::Nats("nats://n:4222".into()));
+        let both = ["--nats", "nats://n:4222", "--redis", "redis://r:6379"];
+        assert_eq!(load_with(&both, &[]).expect("flags").broker, redis, "the later flag");
+        let vars = [("SSEHUB_NATS", "nats://n:4222")];
+        let flag_and_env = load_with(&["--redis", "redis://r:6379"], &vars).expect("load");
+        assert_eq!(flag_and_env.broker, redis, "a flag over a variable");
+        let file = File::new("broker", "redis = \"redis://r:6379\"\n");
+        assert_eq!(load_with(&[&file.arg()], &vars).expect("load").broker, nats, "env over file");
+        assert_eq!(load_with(&[&file.arg()], &[]).expect("load").broker, redis);
+        assert!(load_with(&["--redis", "nats://n:4222"], &[]).is_err(), "the scheme is checked");
+    }
+
+    #[test]
+    fn an_unknown_key_or_a_bad_value_names_the_file_the_key_and_why() {
+        let file = File::new("unknown", "addr = \"127.0.0.1:1\"\nheartbaet = 3\n");
+        let (path, key, reason) = key_error(load_with(&[&file.arg()], &[]));
+        assert_eq!((path, key.as_str()), (file.0.display().to_string(), "heartbaet"));
+        assert!(reason.starts_with("unknown key") && reason.contains("heartbeat"), "{reason}");
+        // A flag overriding a key does not hide the key's bad value.
+        for (text, key, why, flag) in [
+            ("heartbeat = \"soon\"", "heartbeat", "expected seconds", Some("--heartbeat=1")),
+            ("addr = 8080", "addr", "expected HOST:PORT", Some("--addr=127.0.0.1:2")),
+            ("backlog = 0", "backlog", "0 is not in 1..=2147483647", None),
+            ("history = -1", "history", "invalid digit", None),
+            ("demo = \"maybe\"", "demo", "maybe", Some("--demo")),
+            ("addr = [\"127.0.0.1:1\"]", "addr", "expected one value", None),
+            ("retry = { seconds = 1 }", "retry", "expected a string, a number or a boolean", None),
+            ("config = \"other.toml\"", "config", "unknown key", None),
+            ("help = true", "help", "unknown key", None),
+        ] {
+            let file = File::new("bad", text);
+            let args: Vec<String> =
+                std::iter::once(file.arg()).chain(flag.map(String::from)).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (_, named, reason) = key_error(load_with(&args, &[]));
+            assert_eq!(named, key, "{text}");
+            assert!(reason.contains(why), "{text}: {reason}");
+        }
+    }
+
+    #[test]
+    fn a_repeatable_flag_takes_an_array_and_a_flag_replaces_it() {
+        let arg = clap::Arg::new("key").long("key").action(ArgAction::Append);
+        let command = clap::Command::new("t").arg(arg);
+        let file = File::new("array", "key = [\"a\", 2]\n");
+        let command = with_file(command, &file.0).expect("an array for a repeatable flag");
+        let matches = command.clone().try_get_matches_from(["t"]).expect("the file's values");
+        let values: Vec<&String> = matches.get_many("key").expect("values").collect();
+        assert_eq!(values, ["a", "2"]);
+        let matches = command.try_get_matches_from(["t", "--key", "c"]).expect("a flag");
+        let values: Vec<&String> = matches.get_many("key").expect("values").collect();
+        assert_eq!(values, ["c"]);
+    }
+
+    #[test]
+    fn an_unreadable_or_malformed_file_is_an_error_naming_it() {
+        let missing = std::env::temp_dir().join("ssehub-config-no-such-file.toml");
+        let result = load_with(&[&format!("--config={}", missing.display())], &[]);
+        assert!(matches!(&result, Err(ConfigError::File { path, .. }) if *path == missing));
+        let file = File::new("syntax", "addr = \"127.0.0.1:1\"\nheartbeat = \n");
+        let message = load_with(&[&file.arg()], &[]).expect_err("not TOML").to_string();
+        assert!(message.starts_with(&format!("config file {}: ", file.0.display())), "{message}");
+        assert!(message.contains("(line 2)"), "{message}");
     }
 }

@@ -1,9 +1,13 @@
 //! The hub server: an SSE hub with a publish API, stats, metrics and a live demo page.
 //!
 //! ```sh
-//! cargo run --release --example hub -- --demo      # then open http://127.0.0.1:8080/
-//! cargo run --release --example hub -- --help      # every flag and environment variable
+//! cargo run --release -p ssehub-server -- --demo   # then open http://127.0.0.1:8080/
+//! cargo run --release -p ssehub-server -- --help   # every flag, variable and config key
+//! cargo install --path ssehub-server               # the `ssehub` binary, into ~/.cargo/bin
 //! ```
+//!
+//! `cargo run --release --example hub -- [flags]` runs the same code (without the brokers).
+//! Running it in production (flags, config file, systemd, nginx): `docs/operating.md`.
 //!
 //! | request | answer |
 //! | --- | --- |
@@ -16,8 +20,9 @@
 //! | `GET /` | the live demo page; `GET /demo/market` is its snapshot (`404` without `--demo`) |
 //!
 //! Several nodes behind a load balancer share one broker with `--redis redis://HOST:PORT` or
-//! `--nats nats://HOST:PORT` (build with `--features redis` or `--features nats`): publishes go
-//! through the broker to every node, and a client resumes on any node (see `docs/scaling.md`).
+//! `--nats nats://HOST:PORT` (both built into the binary by default; the `hub` example has
+//! neither): publishes go through the broker to every node, and a client resumes on any node
+//! (see `docs/scaling.md`).
 //!
 //! One port: `/events` is served by ssehub's native listener (`ssehub::server`), which owns each
 //! stream's socket after the request and writes every batch with one vectored write; every other
@@ -38,7 +43,7 @@ use std::time::Duration;
 use ssehub::server::Server;
 use ssehub::{HistoryLimits, Hub, Pacing};
 
-use crate::config::{Command, Config};
+use crate::config::{Config, ConfigError};
 use crate::market::Market;
 use crate::publisher::join;
 use crate::routes::{router, App};
@@ -47,8 +52,9 @@ use crate::stats::Rates;
 /// How long shutdown may take once signalled before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the server with the process's flags and environment, as the `ssehub` binary does;
-/// exits the process with status 2 on bad flags and 1 when the server cannot run.
+/// Runs the server with the process's flags, environment and `--config` file, as the `ssehub`
+/// binary does; exits the process with status 2 on bad settings (naming the flag, variable or
+/// file key) and 1 when the server cannot run.
 ///
 /// # Examples
 ///
@@ -56,15 +62,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// ssehub_server::main();
 /// ```
 pub fn main() {
-    let command = Command::parse(std::env::args().skip(1), |var| std::env::var(var).ok());
-    let config = match command {
-        Ok(Command::Run(config)) => *config,
-        Ok(Command::Help) => {
-            print!("{}", config::HELP);
-            return;
-        }
-        Err(message) => {
-            eprintln!("error: {message}\n\nTry `--help` for the flags.");
+    let config = match Config::load(std::env::args_os()) {
+        Ok(config) => config,
+        // clap prints `--help` and `--version` to stdout (status 0), its errors to stderr with
+        // the usage (status 2).
+        Err(ConfigError::Flags(error)) => error.exit(),
+        Err(error) => {
+            eprintln!("error: {error}\n\nTry `--help` for the flags.");
             std::process::exit(2);
         }
     };
@@ -95,8 +99,7 @@ fn build_hub(config: &Config) -> Hub {
 
 /// Runs the server until a signal, then shuts down gracefully.
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
+    let listener = ssehub::server::listen(config.addr, config.backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     let hub = build_hub(&config);
     let publisher = join(&hub, &config).await?;

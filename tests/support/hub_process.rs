@@ -107,6 +107,37 @@ impl Server {
         Server { child, addr, lines: rx }
     }
 
+    /// Starts the example like [`Server::start`], with `vars` set in its environment.
+    pub fn start_with_env(args: &[&str], vars: &[(&str, &str)]) -> Server {
+        let mut command = hub_command();
+        command.args(["--addr", "127.0.0.1:0"]).args(args);
+        command.envs(vars.iter().copied());
+        Server::from_command(command)
+    }
+
+    /// Spawns `command` (the example with its flags) and reads the port it printed.
+    pub fn from_command(mut command: Command) -> Server {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the hub example");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the server printed no address within {WAIT:?}");
+        });
+        let addr = line.rsplit("http://").next().and_then(|a| a.parse().ok());
+        let addr = addr.unwrap_or_else(|| panic!("no address in {line:?}"));
+        Server { child, addr, lines: rx }
+    }
+
     /// Everything it printed after its address, once it has exited (its stdout is closed).
     pub fn output(&self) -> Vec<String> {
         let mut out = Vec::new();
