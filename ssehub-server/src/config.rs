@@ -19,6 +19,9 @@ ROUTES:
                                              input (unknown fields too) gets 400
                                              {\"error\": reason}, a missing token 401
     POST /disconnect?topic=NAME              ends the streams of a topic (--allow-disconnect)
+    POST /revoke?sub=PRINCIPAL               ends that principal's streams and, with JWT on,
+                                             refuses its tokens issued until now; answers
+                                             {\"revoked\": N} (publish token or publish rights)
     GET  /stats, /metrics                    JSON stats, Prometheus text
     GET  /                                   the live demo page (best with --demo)
 
@@ -34,6 +37,26 @@ FLAGS (each may also be set by the environment variable shown; a flag wins):
     --allow-disconnect       enable POST /disconnect (403 without)   SSEHUB_ALLOW_DISCONNECT=1
     --publish-token TOKEN    require `Authorization: Bearer TOKEN`   SSEHUB_PUBLISH_TOKEN
                              on POST /publish and /disconnect
+    --jwt-secret SECRET      verify HS256 tokens with this secret    SSEHUB_JWT_SECRET
+                             (prefer the variable: a flag shows in
+                             process listings; 32 bytes or more)
+    --jwt-public-key FILE    verify RS256 or ES256 tokens with this  SSEHUB_JWT_PUBLIC_KEY
+                             PEM public key; repeat for rotation     (FILE,FILE,...)
+                             (a token verifies if one key accepts
+                             it). With a JWT key, /events needs a
+                             token (Authorization: Bearer, or the
+                             ssehub_token cookie): 401 without a
+                             valid one, 403 for a topic or pattern
+                             outside its claim {\"sub\", \"exp\",
+                             \"ssehub\": {\"subscribe\": [...],
+                             \"publish\": [...]}} (or Mercure's
+                             \"mercure\" layout); the stream ends at
+                             exp with `event: expired`. Publishing
+                             needs the publish token or a token whose
+                             publish claim covers the topic
+    --jwt-query-token        also read the token from an             SSEHUB_JWT_QUERY_TOKEN=1
+                             access_token query parameter (it ends up
+                             in logs and history: off by default)
     --history EVENTS         events kept per topic for replay;       SSEHUB_HISTORY
                              0 turns replay (and hub-assigned ids) off [default: 1000]
     --max-connections N      most open streams; more get 503         SSEHUB_MAX_CONNECTIONS
@@ -89,6 +112,12 @@ pub struct Config {
     pub stats_top: usize,
     /// The broker several nodes share, if any (the last of `--redis`/`--nats` given wins).
     pub broker: Option<Broker>,
+    /// The HS256 secret tokens are verified with, if any.
+    pub jwt_secret: Option<String>,
+    /// PEM public keys (RS256, ES256) tokens are verified with.
+    pub jwt_public_keys: Vec<std::path::PathBuf>,
+    /// Whether tokens are read from an `access_token` query parameter too.
+    pub jwt_query_token: bool,
 }
 
 /// A backplane broker's URL.
@@ -125,6 +154,9 @@ impl Default for Config {
             retry_jitter: Duration::from_secs(3),
             stats_top: 20,
             broker: None,
+            jwt_secret: None,
+            jwt_public_keys: Vec::new(),
+            jwt_query_token: false,
         }
     }
 }
@@ -139,7 +171,7 @@ pub enum Command {
 }
 
 /// Every setting: flag, environment variable, whether it takes a value.
-const SETTINGS: [(&str, &str, bool); 14] = [
+const SETTINGS: [(&str, &str, bool); 17] = [
     ("--addr", "SSEHUB_ADDR", true),
     ("--demo", "SSEHUB_DEMO", false),
     ("--demo-rate", "SSEHUB_DEMO_RATE", true),
@@ -154,6 +186,9 @@ const SETTINGS: [(&str, &str, bool); 14] = [
     ("--stats-top", "SSEHUB_STATS_TOP", true),
     ("--redis", "SSEHUB_REDIS", true),
     ("--nats", "SSEHUB_NATS", true),
+    ("--jwt-secret", "SSEHUB_JWT_SECRET", true),
+    ("--jwt-public-key", "SSEHUB_JWT_PUBLIC_KEY", true),
+    ("--jwt-query-token", "SSEHUB_JWT_QUERY_TOKEN", false),
 ];
 
 impl Command {
@@ -229,6 +264,12 @@ impl Config {
             "--stats-top" => self.stats_top = value.parse().map_err(|_| "expected a count")?,
             "--redis" => self.broker = Some(Broker::Redis(url(value, "redis://")?)),
             "--nats" => self.broker = Some(Broker::Nats(url(value, "nats://")?)),
+            "--jwt-secret" => self.jwt_secret = Some(value.to_string()).filter(|s| !s.is_empty()),
+            // Repeatable; the variable holds a comma-separated list.
+            "--jwt-public-key" => self
+                .jwt_public_keys
+                .extend(value.split(',').filter(|p| !p.is_empty()).map(std::path::PathBuf::from)),
+            "--jwt-query-token" => self.jwt_query_token = value == "true",
             _ => unreachable!("every flag in SETTINGS is handled"),
         }
         Ok(())

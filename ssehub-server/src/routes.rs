@@ -10,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use ssehub::{Endpoint, Event, Hub};
+use ssehub::resolve::{query_params, QueryTopics, Rejection, Resolver};
+use ssehub::{Endpoint, Event, Hub, Subscribe};
 
+use crate::auth::{Auth, Denied, Grant};
 use crate::config::Config;
 use crate::market::Market;
 use crate::publisher::{Publisher, Refused};
@@ -30,6 +32,8 @@ pub(crate) struct App {
     pub(crate) rates: Arc<Rates>,
     /// The demo market, with `--demo`.
     pub(crate) market: Option<Arc<Mutex<Market>>>,
+    /// The JWT keys and revocations, with `--jwt-secret` or `--jwt-public-key`.
+    pub(crate) auth: Option<Arc<Auth>>,
 }
 
 /// The body of `POST /publish`.
@@ -47,10 +51,12 @@ struct PublishBody {
 }
 
 /// The SSE endpoint, and every other route.
-pub(crate) fn router(app: App) -> (Endpoint, Router) {
-    // The crate's adapter: topics and patterns from the query, resume from `Last-Event-ID` (or
-    // `lastEventId`), limits, and the stream itself.
-    let mut endpoint = Endpoint::new(app.hub.clone());
+pub(crate) fn router(app: App) -> (Endpoint<Subscribers>, Router) {
+    // The crate's adapter: topics and patterns from the query (checked against the token's
+    // claim with JWT on), resume from `Last-Event-ID` (or `lastEventId`), limits, and the
+    // stream itself.
+    let mut endpoint =
+        Endpoint::new(app.hub.clone()).with_resolver(Subscribers { auth: app.auth.clone() });
     if let Some(max) = app.config.max_connections {
         endpoint = endpoint.with_max_connections(max);
     }
@@ -71,6 +77,7 @@ pub(crate) fn router(app: App) -> (Endpoint, Router) {
         )
         .route("/publish", post(publish))
         .route("/disconnect", post(disconnect))
+        .route("/revoke", post(revoke))
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
         .route("/demo/market", get(market_snapshot));
@@ -90,8 +97,8 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
-    app.authorize(&headers)?;
     let topic = topic_param(query.as_deref())?;
+    app.publish_rights(&headers, query.as_deref())?.check(&topic)?;
     let body: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
     let mut event = Event::new(body.data);
@@ -125,10 +132,35 @@ async fn disconnect(
             "disconnect is disabled; start the server with --allow-disconnect",
         ));
     }
-    app.authorize(&headers)?;
     let topic = topic_param(query.as_deref())?;
+    app.publish_rights(&headers, query.as_deref())?.check(&topic)?;
     let ended = app.hub.disconnect_topic(&topic);
     Ok(json(StatusCode::OK, &serde_json::json!({ "disconnected": ended })))
+}
+
+/// `POST /revoke?sub=PRINCIPAL`: ends the principal's streams (and, with JWT on, refuses its
+/// tokens issued until now). Needs the publish token or a token with publish rights.
+async fn revoke(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let rights = app.publish_rights(&headers, query.as_deref())?;
+    if let PublishRights::Grant(grant) = &rights {
+        if !grant.publishes() {
+            return Err(error(StatusCode::FORBIDDEN, "revoking needs publish rights"));
+        }
+    }
+    let mut subs = query_pairs(query.as_deref().unwrap_or("")).filter(|(k, _)| k == "sub");
+    let sub = match (subs.next(), subs.next()) {
+        (Some((_, sub)), None) if !sub.is_empty() => sub,
+        _ => return Err(error(StatusCode::BAD_REQUEST, "give exactly one sub")),
+    };
+    if let Some(auth) = &app.auth {
+        auth.revoke(&sub);
+    }
+    let ended = app.hub.revoke(&sub);
+    Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": ended })))
 }
 
 /// `GET /stats`.
@@ -213,21 +245,107 @@ async fn market_snapshot(State(app): State<App>) -> Response {
     }
 }
 
-impl App {
-    /// Checks the bearer token, when one is configured.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Refusal> {
-        let Some(token) = &self.config.publish_token else { return Ok(()) };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            // The scheme is case-insensitive (RFC 9110, section 11.1).
-            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
-        if given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
-            return Ok(());
+/// What a publishing request may do, decided from its head alone (so before its body is
+/// read): everything (the `--publish-token`, or no token configured and JWT off), or what its
+/// token's claim grants.
+#[derive(Debug)]
+pub(crate) enum PublishRights {
+    /// Any topic.
+    All,
+    /// The topics of a verified token's publish claim.
+    Grant(Grant),
+}
+
+impl PublishRights {
+    /// Whether `topic` may be published to (or disconnected): 403 if not. Call it for every
+    /// topic of a request (each line of a batch).
+    pub(crate) fn check(&self, topic: &str) -> Result<(), Refusal> {
+        match self {
+            PublishRights::All => Ok(()),
+            PublishRights::Grant(grant) if grant.may_publish(topic) => Ok(()),
+            PublishRights::Grant(_) => {
+                Err(error(StatusCode::FORBIDDEN, "the token may not publish to this topic"))
+            }
         }
-        Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
     }
+}
+
+impl App {
+    /// The request's publish rights: the publish token, when one is configured and given,
+    /// allows everything; with JWT on, a valid token's publish claim; with neither configured,
+    /// everything. 401 otherwise.
+    pub(crate) fn publish_rights(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<PublishRights, Refusal> {
+        if let Some(token) = &self.config.publish_token {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                // The scheme is case-insensitive (RFC 9110, section 11.1).
+                .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
+            if given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
+                return Ok(PublishRights::All);
+            }
+        }
+        match &self.auth {
+            Some(auth) => Ok(PublishRights::Grant(auth.grant(headers, query)?)),
+            None if self.config.publish_token.is_none() => Ok(PublishRights::All),
+            None => Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")),
+        }
+    }
+}
+
+impl From<Denied> for Refusal {
+    fn from(denied: Denied) -> Refusal {
+        error(StatusCode::UNAUTHORIZED, denied.0)
+    }
+}
+
+/// The `/events` resolver: topics and patterns from the query; with JWT on, a valid token is
+/// required (401), every topic and pattern must be in its subscribe claim (403), and the
+/// subscription carries the token's `sub` as its principal and ends at its `exp`.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscribers {
+    /// The keys, with JWT on.
+    auth: Option<Arc<Auth>>,
+}
+
+impl Subscribers {
+    /// What `request` subscribes to, or why not.
+    fn decide(&self, request: &axum::http::request::Parts) -> Result<Subscribe, Rejection> {
+        let subscribe = QueryTopics::new().parse(request)?;
+        let Some(auth) = &self.auth else { return Ok(subscribe) };
+        let grant = auth.grant(&request.headers, request.uri.query()).map_err(rejection)?;
+        for (key, value) in query_params(request) {
+            let allowed = match key.as_str() {
+                "topic" => grant.may_subscribe_topic(&value),
+                "pattern" => grant.may_subscribe_pattern(&value),
+                _ => true,
+            };
+            if !allowed {
+                return Err(Rejection::Forbidden(format!("the token may not subscribe to {key}")));
+            }
+        }
+        let expiry = grant.expiry();
+        Ok(subscribe.with_principal(grant.sub).with_expiry(expiry))
+    }
+}
+
+impl Resolver for Subscribers {
+    fn resolve(
+        &self,
+        request: &axum::http::request::Parts,
+    ) -> impl std::future::Future<Output = Result<Subscribe, Rejection>> + Send {
+        std::future::ready(self.decide(request))
+    }
+}
+
+/// The resolver's answer for a refused token.
+fn rejection(denied: Denied) -> Rejection {
+    Rejection::Unauthorized(denied.0.into())
 }
 
 /// Compares in time independent of where the first difference is, so the token cannot be
@@ -253,7 +371,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response {
 
 /// A refused request: answered with its status and `{"error": reason}`.
 #[derive(Debug)]
-struct Refusal {
+pub(crate) struct Refusal {
     /// The status.
     status: StatusCode,
     /// Why, for the client.
@@ -279,7 +397,7 @@ impl IntoResponse for Refusal {
 
 /// Decodes `application/x-www-form-urlencoded` pairs (`+` is a space, `%XX` a byte; invalid
 /// escapes are kept as they are, invalid UTF-8 is replaced).
-fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (decode(key), decode(value))
