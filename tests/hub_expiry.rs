@@ -151,8 +151,7 @@ async fn expiries_end_streams_in_their_own_order_with_their_own_retry() {
 #[tokio::test]
 async fn an_expiry_already_past_ends_the_stream_at_once() {
     let hub = hub();
-    let mut sub =
-        hub.subscribe(Subscribe::from("t").with_expiry(SystemTime::UNIX_EPOCH)).unwrap();
+    let mut sub = hub.subscribe(Subscribe::from("t").with_expiry(SystemTime::UNIX_EPOCH)).unwrap();
     let deadline = Instant::now() + WAIT;
     let mut frames = Vec::new();
     loop {
