@@ -138,9 +138,8 @@ impl Expiries {
             return;
         }
         let weak = crate::sync::Arc::downgrade(shared);
-        let spawned = std::thread::Builder::new()
-            .name("ssehub-expiry".into())
-            .spawn(move || run(&weak));
+        let spawned =
+            std::thread::Builder::new().name("ssehub-expiry".into()).spawn(move || run(&weak));
         // Without a thread, streams would outlive their expiry: the subscription that asked
         // for one is ended by the caller instead (see `Shared::watch_expiry`).
         if let Ok(handle) = spawned {
