@@ -5,7 +5,7 @@
 #[path = "support/hub_process.rs"]
 mod hub_process;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hub_process::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -47,8 +47,8 @@ fn signed(key: &str, claims: &Value) -> String {
 
 /// A token with `alg: none` and no signature.
 fn unsigned(claims: &Value) -> String {
-    use base64_url as b64;
-    format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(claims.to_string().as_bytes()))
+    let header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
+    format!("{header}.{}.", base64_url(claims.to_string().as_bytes()))
 }
 
 /// Unpadded base64url.

@@ -165,7 +165,7 @@ impl Default for Config {
 #[derive(Debug)]
 pub enum Command {
     /// Run the server.
-    Run(Config),
+    Run(Box<Config>),
     /// Print the help.
     Help,
 }
@@ -229,7 +229,7 @@ impl Command {
             };
             config.set(flag, &value).map_err(|e| format!("{flag} {value:?}: {e}"))?;
         }
-        Ok(Command::Run(config))
+        Ok(Command::Run(Box::new(config)))
     }
 }
 

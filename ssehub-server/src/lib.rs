@@ -68,7 +68,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub fn main() {
     let command = Command::parse(std::env::args().skip(1), |var| std::env::var(var).ok());
     let config = match command {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {
             print!("{}", config::HELP);
             return;
