@@ -287,9 +287,10 @@ impl Key {
 }
 
 impl Grant {
-    /// When its streams end: its `exp`.
-    pub(crate) fn expiry(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.exp)
+    /// When its streams end: its `exp` (`None` for one past what the clock can hold, which
+    /// would overflow it).
+    pub(crate) fn expiry(&self) -> Option<SystemTime> {
+        UNIX_EPOCH.checked_add(Duration::from_secs(self.exp))
     }
 
     /// Whether it may subscribe to topic `topic`.
@@ -408,6 +409,13 @@ mod tests {
         assert!(!g.may_subscribe_pattern("a*b*c*"), "multi-star entries only cover themselves");
         assert!(grant(&["*"], &[]).may_subscribe_pattern("anything:*"));
         assert!(!grant(&["price:BTC"], &[]).may_subscribe_pattern("price:*"));
+    }
+
+    #[test]
+    fn an_exp_past_what_the_clock_holds_is_no_expiry_not_a_panic() {
+        assert_eq!(Grant { exp: u64::MAX, ..grant(&[], &[]) }.expiry(), None);
+        let expiry = Grant { exp: 60, ..grant(&[], &[]) }.expiry();
+        assert_eq!(expiry, Some(UNIX_EPOCH + Duration::from_secs(60)));
     }
 
     #[test]

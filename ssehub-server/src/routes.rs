@@ -330,7 +330,11 @@ impl Subscribers {
             }
         }
         let expiry = grant.expiry();
-        Ok(subscribe.with_principal(grant.sub).with_expiry(expiry))
+        let subscribe = subscribe.with_principal(grant.sub);
+        Ok(match expiry {
+            Some(at) => subscribe.with_expiry(at),
+            None => subscribe,
+        })
     }
 }
 
