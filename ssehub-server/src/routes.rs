@@ -97,8 +97,10 @@ async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refusal> {
+    // The token first (401), from the head alone, before anything else is looked at.
+    let rights = app.publish_rights(&headers, query.as_deref())?;
     let topic = topic_param(query.as_deref())?;
-    app.publish_rights(&headers, query.as_deref())?.check(&topic)?;
+    rights.check(&topic)?;
     let body: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
     let mut event = Event::new(body.data);
@@ -132,8 +134,10 @@ async fn disconnect(
             "disconnect is disabled; start the server with --allow-disconnect",
         ));
     }
+    // The token first (401), from the head alone, before anything else is looked at.
+    let rights = app.publish_rights(&headers, query.as_deref())?;
     let topic = topic_param(query.as_deref())?;
-    app.publish_rights(&headers, query.as_deref())?.check(&topic)?;
+    rights.check(&topic)?;
     let ended = app.hub.disconnect_topic(&topic);
     Ok(json(StatusCode::OK, &serde_json::json!({ "disconnected": ended })))
 }
