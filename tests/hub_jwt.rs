@@ -114,6 +114,11 @@ fn hs256_subscribe_needs_a_valid_token_and_topics_inside_its_claim() {
     assert_eq!(subscribe_status(addr, "topic=news&topic=alerts", &[("Authorization", &auth)]), 403);
     assert_eq!(subscribe_status(addr, "pattern=pri*", &[("Authorization", &auth)]), 403);
     assert_eq!(subscribe_status(addr, "pattern=*", &[("Authorization", &auth)]), 403);
+    // A resume goes the same way.
+    let resume = [("Authorization", auth.as_str()), ("Last-Event-ID", "1")];
+    assert_eq!(subscribe_status(addr, "topic=alerts", &resume), 403);
+    assert_eq!(subscribe_status(addr, "topic=news", &resume), 200);
+    assert_eq!(subscribe_status(addr, "topic=news&lastEventId=1", &[]), 401);
 
     // Not valid: 401.
     let wrong_secret = encode(
