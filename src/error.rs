@@ -138,6 +138,15 @@ pub enum EndReason {
     /// The subscription was dropped.
     #[error("subscription was dropped")]
     Dropped,
+    /// Its expiry came (see [`Subscribe::with_expiry`](crate::Subscribe::with_expiry)): the
+    /// stream ended with a final `event: expired` frame, so its client reconnects with a fresh
+    /// credential.
+    #[error("subscription expired")]
+    Expired,
+    /// Its principal was revoked (see [`Hub::revoke`](crate::Hub::revoke)): the stream ended
+    /// with a final `event: revoked` frame.
+    #[error("subscriber's principal was revoked")]
+    Revoked,
 }
 
 /// Why a producer cannot be added.

@@ -333,12 +333,13 @@ impl Engine {
 
     /// Ends one subscriber's stream with `reason` after the frames published before this call
     /// (taken out of its rings into its queue); returns whether it was live. Taking it out of
-    /// the registry is the caller's.
-    pub(crate) fn end(&self, slot: &Arc<Slot>, reason: EndReason) -> bool {
+    /// the registry is the caller's. `last`, if given, is handed over after them: the stream's
+    /// final frame (queued beyond the bound).
+    pub(crate) fn end(&self, slot: &Arc<Slot>, reason: EndReason, last: Option<&Bytes>) -> bool {
         // Under the sequencer: every publish is wholly before (its frame is taken along) or
         // wholly after (it no longer counts this subscriber).
         let sequencer = lock(&self.sequencer);
-        pipeline::end_held(slot, reason, *sequencer)
+        pipeline::end_held(slot, reason, *sequencer, last)
     }
 
     /// A snapshot of the counters with the registry's sizes.

@@ -351,9 +351,15 @@ pub(crate) fn count(fan: &mut FanOut, pushed: Pushed, slot: Option<u64>) {
 /// The part of ending a stream done under the sequencer (held by the caller, `upto` its
 /// value): the subscriber leaves its topics' readers, what its rings hold for it up to `upto`
 /// moves into its queue, and the queue is closed. Taking it out of the registry is the
-/// caller's, once the sequencer is released. Returns whether it was live.
-pub(crate) fn end_held(slot: &Arc<Slot>, reason: EndReason, upto: u64) -> bool {
-    slot.close_absorbing(reason, upto)
+/// caller's, once the sequencer is released. `last`, if given, is the stream's final frame.
+/// Returns whether it was live.
+pub(crate) fn end_held(
+    slot: &Arc<Slot>,
+    reason: EndReason,
+    upto: u64,
+    last: Option<&Bytes>,
+) -> bool {
+    slot.close_absorbing(reason, upto, last)
 }
 
 /// Ends every stream after what was published up to `upto` (under the sequencer, so nothing
@@ -361,7 +367,7 @@ pub(crate) fn end_held(slot: &Arc<Slot>, reason: EndReason, upto: u64) -> bool {
 /// leave their topics' readers at once and the registry when their owners drop them.
 pub(crate) fn end_streams(engine: &Engine, upto: u64) {
     engine.registry.subscribers().for_each(|slot| {
-        end_held(slot, EndReason::Disconnected, upto);
+        end_held(slot, EndReason::Disconnected, upto, None);
     });
 }
 

@@ -587,11 +587,20 @@ impl<'a> Locked<'a> {
 
     /// Closes the queue with `reason` after merging in `from_rings` (entries the subscriber had
     /// still to read from its rings, in sequence order) by sequence number, a ring entry first
-    /// on a tie: the stream hands all of them over and ends without reading a ring again. The
-    /// caller has checked that it is open.
-    pub(crate) fn close_absorbing(mut self, reason: EndReason, from_rings: Vec<(u64, Bytes)>) {
+    /// on a tie: the stream hands all of them over, then `last` (a final frame, queued beyond
+    /// the bound after everything else), and ends without reading a ring again. The caller has
+    /// checked that it is open.
+    pub(crate) fn close_absorbing(
+        mut self,
+        reason: EndReason,
+        from_rings: Vec<(u64, Bytes)>,
+        last: Option<(u64, Bytes)>,
+    ) {
         if !from_rings.is_empty() {
             self.inner.absorb(from_rings);
+        }
+        if let Some((seq, bytes)) = last {
+            self.inner.push_back(seq, bytes, None);
         }
         // Its rings are done with: it ends after what it holds now.
         self.inner.rings_upto = 0;

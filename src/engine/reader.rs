@@ -192,8 +192,14 @@ impl Slot {
     /// hands over exactly what was published up to `upto` and ends without reading a ring
     /// again. Called under the sequencer, with `upto` its value (so every publish is wholly
     /// before and taken along, or wholly after and no longer counts it). Returns `false` if
-    /// the queue was already closed.
-    pub(crate) fn close_absorbing(&self, reason: EndReason, upto: u64) -> bool {
+    /// the queue was already closed. `last`, if given, is handed over after all of it (at
+    /// `upto`, so no watermark holds it back), beyond the bound.
+    pub(crate) fn close_absorbing(
+        &self,
+        reason: EndReason,
+        upto: u64,
+        last: Option<&Bytes>,
+    ) -> bool {
         let feeds = self.feeds.rcu(|_| Vec::new());
         for feed in feeds.iter() {
             feed.readers.rcu(|set| set.remove(self.id));
@@ -208,7 +214,7 @@ impl Slot {
             absorb(feed, upto, &mut pending);
         }
         pending.sort_by_key(|(seq, _)| *seq);
-        locked.close_absorbing(reason, pending);
+        locked.close_absorbing(reason, pending, last.map(|frame| (upto, frame.clone())));
         true
     }
 }
@@ -696,8 +702,8 @@ mod tests {
         publish(&b, 1);
         send(&slot, 2);
         publish(&a, 3);
-        assert!(slot.close_absorbing(EndReason::Disconnected, 3));
-        assert!(!slot.close_absorbing(EndReason::Disconnected, 3), "closes once");
+        assert!(slot.close_absorbing(EndReason::Disconnected, 3, None));
+        assert!(!slot.close_absorbing(EndReason::Disconnected, 3, None), "closes once");
         publish(&a, 4);
         assert!(slot.feeds().is_empty());
         assert_eq!(poll(&slot, 4, Limits::ALL), Ok((vec![1, 2, 3], 0)));

@@ -412,6 +412,35 @@ impl Hub {
         slots.iter().filter(|slot| Shared::end(&self.shared, slot, EndReason::Disconnected)).count()
     }
 
+    /// Ends every stream of subscriptions made with this principal (see
+    /// [`Subscribe::with_principal`]) at once, each after what was published before this call,
+    /// with a final frame `event: revoked`, data `{"reason":"revoked"}` and a jittered
+    /// `retry:` (as for [`Subscribe::with_expiry`]); their [`EndReason`] is
+    /// [`EndReason::Revoked`]. Returns how many were ended. It walks every subscriber once.
+    ///
+    /// It does not stop the principal from subscribing again: refusing its credentials from
+    /// now on is the application's (the `ssehub` server refuses tokens for the principal
+    /// issued before the revocation).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{EndReason, Hub, Subscribe};
+    /// let hub = Hub::new();
+    /// let mut ann = hub.subscribe(Subscribe::from("t").with_principal("ann"))?;
+    /// let bob = hub.subscribe(Subscribe::from("t").with_principal("bob"))?;
+    /// assert_eq!(hub.revoke("ann"), 1);
+    /// let last = ann.try_recv()?.expect("the revoked frame").into_bytes();
+    /// assert!(last.starts_with(b"event: revoked\nretry: "));
+    /// assert!(matches!(ann.try_recv(), Err(EndReason::Revoked)));
+    /// assert_eq!(hub.subscriber_count(), 1);
+    /// # drop(bob);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn revoke(&self, principal: &str) -> usize {
+        Shared::revoke(&self.shared, principal)
+    }
+
     /// Shuts the hub down: new subscribes and publishes fail with `Closed`, every stream ends
     /// after the frames already queued for it, and the heartbeat thread stops. Idempotent.
     ///

@@ -2,7 +2,7 @@
 //! services (sessions, producers, presence, heartbeat), called around the engine's operations.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
@@ -17,6 +17,7 @@ use crate::error::ProducerError;
 use crate::error::{PublishError, SubscribeError};
 use crate::frame::Event;
 use crate::hub::subscription::{SubscriberId, Subscription};
+use crate::services::expiry::Expiries;
 use crate::services::heartbeat::Heartbeat;
 use crate::services::producers::{Producer, Producers};
 use crate::services::sessions::{Hijack, SessionLimits, Sessions};
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     jitter: AtomicU64,
     /// The heartbeat timer.
     pub(crate) heartbeat: Heartbeat,
+    /// Subscriptions that end at a set time, and the one thread that ends them.
+    pub(crate) expiries: Expiries,
     /// Set while something outside (a backplane) holds the engine's external clock.
     pub(super) claimed: AtomicBool,
     /// Where a resume the engine's history cannot serve is fetched from, registered by
@@ -94,6 +97,7 @@ impl Shared {
             handles: AtomicUsize::new(1),
             jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             heartbeat: Heartbeat::default(),
+            expiries: Expiries::default(),
             claimed: AtomicBool::new(false),
             source: Mutex::new(None),
         }
@@ -154,8 +158,72 @@ impl Shared {
             .inspect_err(|_| this.leave_session(session.as_ref(), slot.id))?;
         let pending = this.opening_frames(&request, slot.id, session.as_mut(), joined.replay);
         Shared::joined(this, &slot, &joined.topics, &presence_topics);
+        if let Some(at) = request.expiry {
+            Shared::watch_expiry(this, &slot, at);
+        }
         let session_id = session.map(|session| session.id);
         Ok(Subscription::new(this.clone(), slot, pending, session_id))
+    }
+
+    /// Enters a registered subscription in the expiry index, so the hub's expiry thread ends
+    /// it at `at` (at once if `at` has passed).
+    fn watch_expiry(this: &Arc<Self>, slot: &Arc<Slot>, at: SystemTime) {
+        let earliest = this.expiries.insert(slot.id, at);
+        // Every way out of the registry closes the queue before leaving the index, so a
+        // subscriber that left between its registration and this insert is seen closed here.
+        if slot.queue.is_closed() {
+            this.expiries.remove(slot.id);
+            return;
+        }
+        if earliest || !this.expiries.running() {
+            Expiries::wake(this);
+        }
+        if !this.expiries.running() {
+            // No thread could be started: end it now rather than let it outlive its expiry.
+            this.expiries.remove(slot.id);
+            Shared::end_finally(this, slot, EndReason::Expired);
+        }
+    }
+
+    /// Ends subscriber `id`'s stream because its expiry came; called by the expiry thread.
+    #[cfg_attr(ssehub_loom, allow(dead_code))]
+    pub(crate) fn expire(this: &Arc<Self>, id: u64) {
+        let slot = this.engine.registry.subscribers().get(id).cloned();
+        if let Some(slot) = slot {
+            Shared::end_finally(this, &slot, EndReason::Expired);
+        }
+    }
+
+    /// See [`Hub::revoke`](super::Hub::revoke).
+    pub(crate) fn revoke(this: &Arc<Self>, principal: &str) -> usize {
+        let mut slots = Vec::new();
+        this.engine.registry.subscribers().for_each(|slot| {
+            if slot.principal.as_deref() == Some(principal) {
+                slots.push(slot.clone());
+            }
+        });
+        slots.iter().filter(|slot| Shared::end_finally(this, slot, EndReason::Revoked)).count()
+    }
+
+    /// Ends a stream with a final frame naming `reason` (`event: expired` or `event: revoked`,
+    /// data `{"reason":"..."}`, no `id:` line, so it never moves a resume point) and a jittered
+    /// `retry:` from the hub's retry settings (1 s plus up to 5 s without them), so its client
+    /// comes back with a fresh credential at its own time. Returns whether it was live.
+    fn end_finally(this: &Arc<Self>, slot: &Arc<Slot>, reason: EndReason) -> bool {
+        let name = match reason {
+            EndReason::Revoked => "revoked",
+            _ => "expired",
+        };
+        let pacing = Pacing::default();
+        let (base, jitter) = this.services.retry.unwrap_or((pacing.retry, pacing.jitter));
+        let frame = Event::new(format!("{{\"reason\":\"{name}\"}}"))
+            .with_event(name)
+            .with_retry(base + this.jitter(jitter))
+            .encode()
+            .ok();
+        let closed = this.engine.end(slot, reason, frame.as_ref());
+        Shared::remove(this, slot.id);
+        closed
     }
 
     /// Opens (or resumes) the subscription's session when sessions are on; returns it and what
@@ -428,6 +496,7 @@ impl Shared {
     /// Takes subscriber `id` out of the registry (once: later calls do nothing), then reports
     /// what that changed: sizes, presence, producers.
     pub(crate) fn remove(this: &Arc<Self>, id: u64) {
+        this.expiries.remove(id);
         let Some(removed) = this.engine.remove(id) else {
             return;
         };
@@ -454,7 +523,7 @@ impl Shared {
     /// (taken out of its rings into its queue) and takes it out of the registry at once;
     /// returns whether it was live.
     pub(crate) fn end(this: &Arc<Self>, slot: &Arc<Slot>, reason: EndReason) -> bool {
-        let closed = this.engine.end(slot, reason);
+        let closed = this.engine.end(slot, reason, None);
         Shared::remove(this, slot.id);
         closed
     }
@@ -465,6 +534,7 @@ impl Shared {
         let first = self.engine.shutdown(last);
         self.producers.stop_all();
         self.heartbeat.stop();
+        self.expiries.stop();
         first
     }
 
@@ -476,6 +546,7 @@ impl Shared {
         // Closed to new subscribers and publishes at once; streams end batch by batch.
         self.producers.stop_all();
         self.heartbeat.stop();
+        self.expiries.stop();
         let mut batches = closing.slots.chunks(pacing.batch.max(1)).peekable();
         while let Some(batch) = batches.next() {
             for slot in batch {

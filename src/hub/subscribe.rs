@@ -1,5 +1,7 @@
 //! `Subscribe`: what a new subscription asks for.
 
+use std::time::SystemTime;
+
 use crate::engine::queue::SlowPolicy;
 
 /// A subscription request: topics, patterns and per-subscriber settings.
@@ -43,6 +45,8 @@ pub struct Subscribe {
     pub(crate) principal: Option<String>,
     /// A session resume token.
     pub(crate) session_token: Option<String>,
+    /// When the stream ends with `event: expired`.
+    pub(crate) expiry: Option<SystemTime>,
 }
 
 impl Subscribe {
@@ -215,6 +219,48 @@ impl Subscribe {
     /// ```
     pub fn with_session_token(mut self, token: impl Into<String>) -> Self {
         self.session_token = Some(token.into());
+        self
+    }
+}
+
+impl Subscribe {
+    /// Ends the stream at `at`, a wall-clock time (a credential's expiry: a JWT's `exp` is
+    /// seconds since the UNIX epoch), with a final frame `event: expired`, data
+    /// `{"reason":"expired"}` and a `retry:` of the hub's retry hint plus its jitter (1 s plus
+    /// up to 5 s when the hub has none), so the client reconnects with a fresh credential, at
+    /// its own moment. The frame has no `id:` line, so it never moves the client's resume
+    /// point; it comes after everything published before the expiry, and the stream's
+    /// [`EndReason`](crate::EndReason) is `Expired`. A time already past ends the stream at
+    /// once (after its opening frames).
+    ///
+    /// The hub keeps one index of expiries and one thread that sleeps until the earliest (at
+    /// most a second at a time): no timer per subscription. It is a `SystemTime`, not an
+    /// `Instant`, because the credential's expiry is judged by the wall clock everywhere else
+    /// too: a stepped system clock moves this hub's deadline with everyone else's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use ssehub::{EndReason, Hub, Subscribe};
+    ///
+    /// let hub = Hub::new();
+    /// let soon = SystemTime::now() + Duration::from_millis(50);
+    /// let mut sub = hub.subscribe(Subscribe::from("t").with_expiry(soon))?;
+    /// std::thread::sleep(Duration::from_millis(100));
+    /// # let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    /// # while sub.queued() == 0 && std::time::Instant::now() < deadline {
+    /// #     std::thread::sleep(Duration::from_millis(10));
+    /// # }
+    /// let last = sub.try_recv()?.expect("the expired frame").into_bytes();
+    /// let text = std::str::from_utf8(&last)?;
+    /// assert!(text.starts_with("event: expired\nretry: "));
+    /// assert!(text.ends_with("data: {\"reason\":\"expired\"}\n\n"));
+    /// assert!(matches!(sub.try_recv(), Err(EndReason::Expired)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_expiry(mut self, at: SystemTime) -> Self {
+        self.expiry = Some(at);
         self
     }
 }

@@ -28,6 +28,8 @@
 //! | [`rank::PerIp`] | `PerIp::open`: the listener's connections per address | nothing |
 //! | [`rank::ReplaySource`] | `Shared::source`: the replay source a backplane registered | nothing |
 //! | [`rank::BackplaneTask`] | a backplane's task handle | nothing |
+//! | [`rank::Expiries`] | `Expiries::index`: subscriptions by expiry time | nothing |
+//! | [`rank::ExpiryThread`] | `Expiries::thread` | nothing |
 //!
 //! A topic ring's readers take none of these to read: entries are write-once slots below a tail
 //! published with `Release` (see `src/engine/ring.rs`). A subscriber's feeds (the rings it
@@ -100,5 +102,11 @@ pub(crate) mod rank {
         /// A backplane's task handle: taken with nothing else held.
         #[allow(dead_code)]
         BackplaneTask = 85,
+        /// The expiry index: taken with nothing else held.
+        Expiries = 86,
+        /// The expiry thread's handle: taken with nothing else held.
+        // Declared under loom too (where there is no thread), so the order is one list.
+        #[allow(dead_code)]
+        ExpiryThread = 87,
     }
 }

@@ -33,6 +33,9 @@ Routes:
                                            {\"error\": \"line N: reason\"} and nothing is
                                            published
   POST /disconnect?topic=NAME              ends the streams of a topic (--allow-disconnect)
+  POST /revoke?sub=PRINCIPAL               ends that principal's streams and, with JWT on,
+                                           refuses its tokens issued until now; answers
+                                           {\"revoked\": N} (publish token or publish rights)
   GET  /stats, /metrics                    JSON stats, Prometheus text
   GET  /                                   the live demo page (best with --demo)
 
@@ -128,6 +131,24 @@ pub struct Config {
     #[arg(long, env = "SSEHUB_NATS", value_name = "URL", hide_env_values = true,
         value_parser = nats_url)]
     pub nats: Option<String>,
+    /// Verify HS256 tokens with this secret (prefer the variable: a flag shows in process
+    /// listings; 32 bytes or more). With a JWT key, /events needs a token (Authorization:
+    /// Bearer, or the ssehub_token cookie) whose claim covers its topics; see docs/operating.md
+    #[arg(long, env = "SSEHUB_JWT_SECRET", value_name = "SECRET", hide_env_values = true,
+        value_parser = NonEmptyStringValueParser::new())]
+    pub jwt_secret: Option<String>,
+    /// Verify RS256 or ES256 tokens with this PEM public key; repeat for rotation (a token
+    /// verifies if one key accepts it)
+    #[arg(long = "jwt-public-key", env = "SSEHUB_JWT_PUBLIC_KEY", value_name = "FILE",
+        value_delimiter = ',', action = ArgAction::Append)]
+    pub jwt_public_keys: Vec<PathBuf>,
+    /// Also read the token from an access_token query parameter (it ends up in logs and
+    /// history: off by default)
+    #[arg(long, env = "SSEHUB_JWT_QUERY_TOKEN", value_name = "BOOL", action = ArgAction::Set,
+        num_args = 0..=1, require_equals = true, default_value = "false",
+        default_missing_value = "true", hide_possible_values = true,
+        value_parser = BoolishValueParser::new())]
+    pub jwt_query_token: bool,
     /// Read settings from this TOML file (keys: the long flags' names)
     #[arg(long, env = "SSEHUB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -16,6 +16,17 @@
 //! | `POST /publish`, `content-type: application/x-ndjson` | one `{"topic": string, "data": string, "id"?, "event"?, "retry"?}` per line; `200`, one `{"id": ...}` per line in order; a bad line: `400 {"error": "line N: ..."}` and nothing published (`"key"` is refused for now) |
 //! | any request with a body | `413` over `--max-body` (default 1 MiB), `408` when not received within `--body-timeout` (default 10 s); connections are kept alive and may pipeline |
 //! | `POST /disconnect?topic=NAME` | ends the topic's streams: `200 {"disconnected": N}`; `403` unless `--allow-disconnect` |
+//! | `POST /revoke?sub=PRINCIPAL` | ends that principal's streams (final frame `event: revoked`) and, with JWT on, refuses its tokens issued until now: `200 {"revoked": N}`; needs the `--publish-token` or a token with publish rights (`401`/`403`) |
+//!
+//! With `--jwt-secret` (HS256) or `--jwt-public-key FILE` (RS256/ES256, repeatable for
+//! rotation), `/events` needs a token (`Authorization: Bearer`, the `ssehub_token` cookie, or
+//! with `--jwt-query-token` an `access_token` query parameter): `401` without a valid one,
+//! `403` for a topic or pattern outside its claim `{"sub", "exp", "ssehub": {"subscribe": [...],
+//! "publish": [...]}}` (or Mercure's `{"mercure": {...}}`). The stream's principal is `sub`, and
+//! it ends at `exp` with a final `event: expired` frame and a jittered `retry:`, so the client
+//! reconnects with a fresh token. `POST /publish` and `/disconnect` then need the
+//! `--publish-token` or a token whose publish claim covers the topic (`403` otherwise). How
+//! claims are matched, and which algorithms each key accepts, is in `auth.rs`.
 //! | `GET /stats`, `GET /metrics` | JSON stats, Prometheus text |
 //! | `GET /` | the live demo page; `GET /demo/market` is its snapshot (`404` without `--demo`) |
 //!
@@ -31,6 +42,7 @@
 //! The wire format (ids exactly as published, `: keep-alive` heartbeats, a `connected` event
 //! with no `id:`) is the engine's; this file only wires HTTP to it.
 
+mod auth;
 mod config;
 mod market;
 mod publisher;
@@ -101,6 +113,12 @@ fn build_hub(config: &Config) -> Hub {
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = ssehub::server::listen(config.addr, config.backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let auth = auth::Auth::new(
+        config.jwt_secret.as_deref(),
+        &config.jwt_public_keys,
+        config.jwt_query_token,
+    )?
+    .map(Arc::new);
     let hub = build_hub(&config);
     let publisher = join(&hub, &config).await?;
     let market = config.demo.then(|| Arc::new(Mutex::new(Market::new())));
@@ -109,7 +127,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     let rates = Arc::new(Rates::new());
     tokio::spawn(sample(hub.clone(), rates.clone()));
-    let app = App { hub: hub.clone(), publisher, config: Arc::new(config), rates, market };
+    let app = App { hub: hub.clone(), publisher, config: Arc::new(config), rates, market, auth };
     // At shutdown the streams end 500 at a time, 100 ms apart, each told to come back after
     // the base retry plus its own random extra: a restart does not bring every client back in
     // the same second.

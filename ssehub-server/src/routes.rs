@@ -11,8 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use ssehub::{Endpoint, Event, Hub, Pattern};
+use ssehub::resolve::{query_params, QueryTopics, Rejection, Resolver};
+use ssehub::{Endpoint, Event, Hub, Pattern, Subscribe};
 
+use crate::auth::{Auth, Denied, Grant};
 use crate::config::Config;
 use crate::market::Market;
 use crate::publisher::{Publisher, Refused};
@@ -31,6 +33,8 @@ pub(crate) struct App {
     pub(crate) rates: Arc<Rates>,
     /// The demo market, with `--demo`.
     pub(crate) market: Option<Arc<Mutex<Market>>>,
+    /// The JWT keys and revocations, with `--jwt-secret` or `--jwt-public-key`.
+    pub(crate) auth: Option<Arc<Auth>>,
 }
 
 /// The body of `POST /publish`.
@@ -73,25 +77,28 @@ const MAX_TOPIC_LEN: usize = 256;
 /// The content type of a batch, and of its answer.
 const NDJSON: &str = "application/x-ndjson";
 
-/// A request whose bearer token was checked from its head, before its body is read: an extractor
-/// that runs ahead of the body extractor, so a client without the token gets 401 at once
-/// instead of the server waiting for (and reading) its body.
+/// A request's publish rights, checked from its head before its body is read (the publish
+/// token, or with JWT on the token's publish claim): an extractor that runs ahead of the body
+/// extractor, so a client without a valid token gets 401 at once instead of the server waiting
+/// for (and reading) its body.
 #[derive(Debug)]
-struct Authorized;
+struct Authorized(PublishRights);
 
 impl FromRequestParts<App> for Authorized {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Refusal> {
-        app.authorize(&parts.headers).map(|()| Authorized)
+        app.publish_rights(&parts.headers, parts.uri.query()).map(Authorized)
     }
 }
 
 /// The SSE endpoint, and every other route.
-pub(crate) fn router(app: App) -> (Endpoint, Router) {
-    // The crate's adapter: topics and patterns from the query, resume from `Last-Event-ID` (or
-    // `lastEventId`), limits, and the stream itself.
-    let mut endpoint = Endpoint::new(app.hub.clone());
+pub(crate) fn router(app: App) -> (Endpoint<Subscribers>, Router) {
+    // The crate's adapter: topics and patterns from the query (checked against the token's
+    // claim with JWT on), resume from `Last-Event-ID` (or `lastEventId`), limits, and the
+    // stream itself.
+    let mut endpoint =
+        Endpoint::new(app.hub.clone()).with_resolver(Subscribers { auth: app.auth.clone() });
     if let Some(max) = app.config.max_connections {
         endpoint = endpoint.with_max_connections(max);
     }
@@ -112,6 +119,7 @@ pub(crate) fn router(app: App) -> (Endpoint, Router) {
         )
         .route("/publish", post(publish))
         .route("/disconnect", post(disconnect))
+        .route("/revoke", post(revoke))
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
         .route("/demo/market", get(market_snapshot))
@@ -129,7 +137,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// `POST /publish?topic=NAME`, or a batch (`content-type: application/x-ndjson`).
 async fn publish(
-    _: Authorized,
+    Authorized(rights): Authorized,
     State(app): State<App>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -141,9 +149,10 @@ async fn publish(
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(NDJSON));
     if batch {
-        return publish_batch(&app, query.as_deref(), &body).await;
+        return publish_batch(&app, &rights, query.as_deref(), &body).await;
     }
     let topic = topic_param(query.as_deref())?;
+    rights.check(&topic)?;
     let body: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
     let event = event(body.data, body.id, body.event, body.retry);
@@ -158,7 +167,12 @@ async fn publish(
 
 /// A batch: every line checked first (400 naming the first bad line, nothing published), then
 /// published in order; answered with one `{"id": ...}` per line, in the same order.
-async fn publish_batch(app: &App, query: Option<&str>, body: &[u8]) -> Result<Response, Refusal> {
+async fn publish_batch(
+    app: &App,
+    rights: &PublishRights,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Response, Refusal> {
     if query_pairs(query.unwrap_or("")).any(|(k, _)| k == "topic") {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -166,6 +180,14 @@ async fn publish_batch(app: &App, query: Option<&str>, body: &[u8]) -> Result<Re
         ));
     }
     let events = parse_batch(body).map_err(|reason| error(StatusCode::BAD_REQUEST, reason))?;
+    // Every line's topic against the token's claim before anything is published: all or
+    // nothing, as for bad input.
+    for (index, (topic, _)) in events.iter().enumerate() {
+        rights.check(topic).map_err(|refusal| Refusal {
+            reason: format!("line {}: {}", index + 1, refusal.reason),
+            ..refusal
+        })?;
+    }
     let total = events.len();
     let ids = app.publisher.publish_batch(events).await.map_err(|(published, refused)| {
         let reason = match refused {
@@ -250,10 +272,37 @@ async fn disconnect(
             "disconnect is disabled; start the server with --allow-disconnect",
         ));
     }
-    app.authorize(&headers)?;
+    // The token first (401), from the head alone, before anything else is looked at.
+    let rights = app.publish_rights(&headers, query.as_deref())?;
     let topic = topic_param(query.as_deref())?;
+    rights.check(&topic)?;
     let ended = app.hub.disconnect_topic(&topic);
     Ok(json(StatusCode::OK, &serde_json::json!({ "disconnected": ended })))
+}
+
+/// `POST /revoke?sub=PRINCIPAL`: ends the principal's streams (and, with JWT on, refuses its
+/// tokens issued until now). Needs the publish token or a token with publish rights.
+async fn revoke(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, Refusal> {
+    let rights = app.publish_rights(&headers, query.as_deref())?;
+    if let PublishRights::Grant(grant) = &rights {
+        if !grant.publishes() {
+            return Err(error(StatusCode::FORBIDDEN, "revoking needs publish rights"));
+        }
+    }
+    let mut subs = query_pairs(query.as_deref().unwrap_or("")).filter(|(k, _)| k == "sub");
+    let sub = match (subs.next(), subs.next()) {
+        (Some((_, sub)), None) if !sub.is_empty() => sub,
+        _ => return Err(error(StatusCode::BAD_REQUEST, "give exactly one sub")),
+    };
+    if let Some(auth) = &app.auth {
+        auth.revoke(&sub);
+    }
+    let ended = app.hub.revoke(&sub);
+    Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": ended })))
 }
 
 /// `GET /stats`.
@@ -338,21 +387,111 @@ async fn market_snapshot(State(app): State<App>) -> Response {
     }
 }
 
-impl App {
-    /// Checks the bearer token, when one is configured.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Refusal> {
-        let Some(token) = &self.config.publish_token else { return Ok(()) };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            // The scheme is case-insensitive (RFC 9110, section 11.1).
-            .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
-        if given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
-            return Ok(());
+/// What a publishing request may do, decided from its head alone (so before its body is
+/// read): everything (the `--publish-token`, or no token configured and JWT off), or what its
+/// token's claim grants.
+#[derive(Debug)]
+pub(crate) enum PublishRights {
+    /// Any topic.
+    All,
+    /// The topics of a verified token's publish claim.
+    Grant(Grant),
+}
+
+impl PublishRights {
+    /// Whether `topic` may be published to (or disconnected): 403 if not. Call it for every
+    /// topic of a request (each line of a batch).
+    pub(crate) fn check(&self, topic: &str) -> Result<(), Refusal> {
+        match self {
+            PublishRights::All => Ok(()),
+            PublishRights::Grant(grant) if grant.may_publish(topic) => Ok(()),
+            PublishRights::Grant(_) => {
+                Err(error(StatusCode::FORBIDDEN, "the token may not publish to this topic"))
+            }
         }
-        Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
     }
+}
+
+impl App {
+    /// The request's publish rights: the publish token, when one is configured and given,
+    /// allows everything; with JWT on, a valid token's publish claim; with neither configured,
+    /// everything. 401 otherwise.
+    pub(crate) fn publish_rights(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<PublishRights, Refusal> {
+        if let Some(token) = &self.config.publish_token {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split_once(' '))
+                // The scheme is case-insensitive (RFC 9110, section 11.1).
+                .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
+            if given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
+                return Ok(PublishRights::All);
+            }
+        }
+        match &self.auth {
+            Some(auth) => Ok(PublishRights::Grant(auth.grant(headers, query)?)),
+            None if self.config.publish_token.is_none() => Ok(PublishRights::All),
+            None => Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")),
+        }
+    }
+}
+
+impl From<Denied> for Refusal {
+    fn from(denied: Denied) -> Refusal {
+        error(StatusCode::UNAUTHORIZED, denied.0)
+    }
+}
+
+/// The `/events` resolver: topics and patterns from the query; with JWT on, a valid token is
+/// required (401), every topic and pattern must be in its subscribe claim (403), and the
+/// subscription carries the token's `sub` as its principal and ends at its `exp`.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscribers {
+    /// The keys, with JWT on.
+    auth: Option<Arc<Auth>>,
+}
+
+impl Subscribers {
+    /// What `request` subscribes to, or why not.
+    fn decide(&self, request: &axum::http::request::Parts) -> Result<Subscribe, Rejection> {
+        let subscribe = QueryTopics::new().parse(request)?;
+        let Some(auth) = &self.auth else { return Ok(subscribe) };
+        let grant = auth.grant(&request.headers, request.uri.query()).map_err(rejection)?;
+        for (key, value) in query_params(request) {
+            let allowed = match key.as_str() {
+                "topic" => grant.may_subscribe_topic(&value),
+                "pattern" => grant.may_subscribe_pattern(&value),
+                _ => true,
+            };
+            if !allowed {
+                return Err(Rejection::Forbidden(format!("the token may not subscribe to {key}")));
+            }
+        }
+        let expiry = grant.expiry();
+        let subscribe = subscribe.with_principal(grant.sub);
+        Ok(match expiry {
+            Some(at) => subscribe.with_expiry(at),
+            None => subscribe,
+        })
+    }
+}
+
+impl Resolver for Subscribers {
+    fn resolve(
+        &self,
+        request: &axum::http::request::Parts,
+    ) -> impl std::future::Future<Output = Result<Subscribe, Rejection>> + Send {
+        std::future::ready(self.decide(request))
+    }
+}
+
+/// The resolver's answer for a refused token.
+fn rejection(denied: Denied) -> Rejection {
+    Rejection::Unauthorized(denied.0.into())
 }
 
 /// Compares in time independent of where the first difference is, so the token cannot be
@@ -378,7 +517,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response {
 
 /// A refused request: answered with its status and `{"error": reason}`.
 #[derive(Debug)]
-struct Refusal {
+pub(crate) struct Refusal {
     /// The status.
     status: StatusCode,
     /// Why, for the client.
@@ -404,7 +543,7 @@ impl IntoResponse for Refusal {
 
 /// Decodes `application/x-www-form-urlencoded` pairs (`+` is a space, `%XX` a byte; invalid
 /// escapes are kept as they are, invalid UTF-8 is replaced).
-fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (decode(key), decode(value))
