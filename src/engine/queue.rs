@@ -21,7 +21,7 @@ use bytes::Bytes;
 use std::cell::OnceCell;
 
 use crate::error::EndReason;
-use crate::sync::{lock, rank, AtomicBool, Mutex, MutexGuard, Ordering, SharedStr};
+use crate::sync::{lock, rank, AtomicBool, AtomicU64, Mutex, MutexGuard, Ordering, SharedStr};
 
 /// What happens to a subscriber that falls more than its bound behind.
 ///
@@ -201,6 +201,13 @@ pub(crate) struct Queue {
     /// under the lock by pushes and ticks, and without it by a lock-free take; a tick that
     /// misses a take only sends a keep-alive one tick early.
     active: AtomicBool,
+    /// Bumped each time the subscriber's feeds (the rings it reads, in its `Slot`) change,
+    /// after the new list is stored, so its stream can keep its one feed between polls and
+    /// reload the list only when this moved (`reader::View`). Kept here rather than in the slot
+    /// because a poll reads this cache line anyway (the `empty` flag): at 10,000 subscribers
+    /// every line a poll touches is a cache miss. Release on the bump, Acquire on the load:
+    /// a reader that sees the new version sees the new list.
+    feeds_version: AtomicU64,
     /// The most frames held at once.
     capacity: usize,
     /// What happens when full.
@@ -244,6 +251,7 @@ impl Queue {
             }),
             empty: AtomicBool::new(true),
             active: AtomicBool::new(false),
+            feeds_version: AtomicU64::new(0),
             capacity: capacity.max(1),
             policy,
         }
@@ -259,6 +267,18 @@ impl Queue {
     pub(crate) fn looks_empty(&self) -> bool {
         // Relaxed: see `Queue::empty`.
         self.empty.load(Ordering::Relaxed)
+    }
+
+    /// The version of the subscriber's feeds: how many times they changed.
+    pub(crate) fn feeds_version(&self) -> u64 {
+        // Acquire pairs with the Release in `feeds_changed`.
+        self.feeds_version.load(Ordering::Acquire)
+    }
+
+    /// Records that the subscriber's feeds changed; called after the new list is stored.
+    pub(crate) fn feeds_changed(&self) {
+        // Release: a reader that loads the new version (Acquire) then loads the new list.
+        self.feeds_version.fetch_add(1, Ordering::Release);
     }
 
     /// Records that the consumer took frames from its rings (the heartbeat stays away).
