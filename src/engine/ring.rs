@@ -71,7 +71,12 @@ const MIN_SCAN_INTERVAL: u64 = 16;
 /// One subscriber reading one topic's ring: what the ring needs of it (its id, its bound and
 /// policy, and its queue, whose waker a publish wakes and which a scan closes as slow), with
 /// nothing that leads back to its rings.
+///
+/// Aligned to a cache line, with its bound copied in, so a lock-free look (the cursor, the
+/// bound) and a wake (the flags, the queue) touch one line of it: at 10,000 subscribers each is
+/// a cache miss.
 #[derive(Debug)]
+#[repr(align(64))]
 pub(crate) struct Member {
     /// The subscriber's id.
     pub(crate) id: u64,
@@ -88,22 +93,25 @@ pub(crate) struct Member {
     /// Left the ring: not listed again, not woken, and dropped from the list by the next wake
     /// or compaction.
     left: AtomicBool,
+    /// The queue's bound and policy (which never change), kept here so neither a look nor a
+    /// scan reads the queue for them.
+    bound: Bound,
 }
 
 impl Member {
     /// The subscriber's bound.
     fn capacity(&self) -> u64 {
-        self.queue.capacity() as u64
+        self.bound.capacity as u64
     }
 
     /// Whether the subscriber is dropped (rather than skipped ahead) when it falls behind.
     fn disconnects(&self) -> bool {
-        self.queue.policy() == SlowPolicy::Disconnect
+        self.bound.policy == SlowPolicy::Disconnect
     }
 
     /// The subscriber's bound and policy, as a take applies them.
     pub(crate) fn bound(&self) -> Bound {
-        Bound { capacity: self.queue.capacity(), policy: self.queue.policy() }
+        self.bound
     }
 }
 
@@ -671,7 +679,9 @@ impl Ring {
 impl Member {
     /// Subscriber `id`, with `queue`, reading a ring from `cursor`.
     pub(crate) fn new(id: u64, queue: Arc<Queue>, cursor: u64) -> Member {
+        let bound = Bound { capacity: queue.capacity(), policy: queue.policy() };
         Member {
+            bound,
             id,
             queue,
             cursor: AtomicU64::new(cursor),
