@@ -316,7 +316,8 @@ impl Queue {
         self.push_kind(seq, bytes, keys, Kind::Targeted)
     }
 
-    /// Wakes the consumer if it is parked (a ring it reads has a new entry).
+    /// Wakes the consumer if it is parked (it has a new ring to park in; a ring's own publishes
+    /// wake the waker listed in the ring, see `Ring::park`).
     pub(crate) fn wake(&self) {
         // The lock alone, not `Locked`: taking the waker changes neither the entries nor
         // `ended`, so the `empty` flag needs no store (which would pull in the line a reader's
@@ -742,4 +743,3 @@ impl Inner {
         self.heartbeat_front = false;
     }
 }
-
