@@ -102,9 +102,7 @@ pub struct Subscription {
     view: View,
     /// Frames that go before anything queued: the `connected` event or `retry:` hint, then the
     /// replayed events or a `reset`. Bounded by the hub's replay limit.
-    /// `None` once they are handed over (boxed, so the stream, which lives in its task's
-    /// future, is smaller: fewer cache lines to pull in at each wake-up).
-    pending: Option<Box<VecDeque<Bytes>>>,
+    pending: VecDeque<Bytes>,
     /// Why the stream ended, once it has.
     ended: Option<EndReason>,
     /// The session this connection serves, if any.
@@ -130,7 +128,6 @@ impl Subscription {
         session: Option<SharedStr>,
     ) -> Self {
         let view = View::new(&slot);
-        let pending = (!pending.is_empty()).then(|| Box::new(pending));
         Subscription { shared, slot, view, pending, ended: None, session }
     }
 
@@ -253,14 +250,10 @@ impl Subscription {
         let config = self.shared.config();
         // Pending frames (connected, replay or reset) go out before live frames, in batches of
         // the usual size; live frames wait in the queue meanwhile, within its bound.
-        let mut frames: Vec<Bytes> = Vec::new();
-        if let Some(pending) = &mut self.pending {
-            let take = pending.len().min(config.max_batch_frames);
-            frames = pending.drain(..take).collect();
-            if !pending.is_empty() {
-                return Poll::Ready(Some(Batch::new(frames, 0)));
-            }
-            self.pending = None;
+        let take = self.pending.len().min(config.max_batch_frames);
+        let mut frames: Vec<Bytes> = self.pending.drain(..take).collect();
+        if !self.pending.is_empty() {
+            return Poll::Ready(Some(Batch::new(frames, 0)));
         }
         let room = config.max_batch_frames - frames.len();
         if room == 0 {
