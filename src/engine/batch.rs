@@ -250,7 +250,7 @@ mod tests {
     #[cfg(not(ssehub_loom))]
     fn shared() -> Batch {
         use crate::engine::queue::{Limits, Queue, SlowPolicy};
-        use crate::engine::reader::{lone_feed, next_batch, Slot};
+        use crate::engine::reader::{lone_feed, next_batch, Slot, View};
 
         let ring = crate::sync::Arc::new(crate::engine::ring::Ring::new());
         let slot = Slot::new(1, Queue::new(8, SlowPolicy::Disconnect), None);
@@ -258,7 +258,8 @@ mod tests {
         for (seq, frame) in [b"abc".as_slice(), b"de", b"fgh"].into_iter().enumerate() {
             ring.push(seq as u64 + 1, &Bytes::from_static(frame));
         }
-        let drained = next_batch(&slot, || 3, Limits::ALL, None).expect("open");
+        let drained =
+            next_batch(&slot, &mut View::new(&slot), || 3, Limits::ALL, None).expect("open");
         assert!(drained.frames.is_empty(), "one chunk: a run, no copies");
         Batch::from_run(drained.run.expect("a run"), 0)
     }

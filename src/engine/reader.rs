@@ -8,7 +8,10 @@
 //! leads back to a slot, so no cycle needs breaking by hand.
 //!
 //! The feeds are a copy-on-write snapshot (`ArcSwap`): the registry's writers swap in a new
-//! list when the subscriber gains or loses a topic, and a poll loads it without a lock.
+//! list when the subscriber gains or loses a topic, and a poll loads it without a lock. A
+//! subscriber's stream keeps its feed between polls while it has exactly one ([`View`]), and
+//! loads the list again only when the queue's feeds version moved (the writers bump it after
+//! each swap): at 10,000 subscribers every allocation a poll follows is a cache miss.
 //!
 //! # One poll, step by step
 //!
@@ -26,12 +29,14 @@
 //!    came before the look (and is seen) or finds the waker.
 //! 2. **Park** (`next_batch`). With a waker and nothing found, the reader loads its feeds
 //!    again (a pattern may have added a ring since, and adding one wakes the queue: a reader
-//!    whose waker was registered after that wake sees the new feed here) and parks in every
-//!    ring, under each ring's `parked` lock.
+//!    whose waker was registered after that wake sees the new feed here; a reader that kept
+//!    its one feed loads the feeds version instead, and goes this general way if it moved)
+//!    and parks in every ring, with its waker, under each ring's `parked` lock (a publish
+//!    wakes the waker listed there, not the queue's).
 //! 3. **Second look.** It reads its rings once more: a publish between the first look and the
 //!    parking would otherwise go unnoticed. For one ring and an empty queue this is the
-//!    lock-free look again; its own queue needs no second look (the waker is registered, so a
-//!    push from now on wakes it).
+//!    lock-free look again, and when it finds nothing the poll is done: its own queue needs no
+//!    second look (the waker is registered, so a push from now on wakes it).
 //!
 //! # Locks a poll takes
 //!
@@ -39,13 +44,13 @@
 //! `Acquire`, the chunk list an `ArcSwapOption` snapshot), so what a poll locks is its own
 //! queue's lock and, to park, each ring's `parked` lock:
 //!
-//! - **One ring, own queue empty, found data**: none at all. The feeds snapshot (`ArcSwap`),
-//!   the watermark, the "empty" flag, the ring's tail and chunk list, and the cursor's
-//!   compare-and-swap are atomics; the batch is a run of the ring's chunk.
+//! - **One ring, own queue empty, found data**: none at all. The feeds version (or the feeds
+//!   snapshot, an `ArcSwap`), the watermark, the "empty" flag, the ring's tail and chunk list,
+//!   and the cursor's compare-and-swap are atomics; the batch is a run of the ring's chunk.
 //! - **One ring, own queue empty, found nothing, parks**: the lock-free look, then the queue's
 //!   lock once (a locked look that registers the waker), the ring's `parked` lock once, then the
-//!   lock-free second look, and the queue's lock once more if that finds nothing either (the
-//!   locked look it falls back to).
+//!   lock-free second look (the queue's lock once more only if that finds the queue no longer
+//!   empty, or the reader overflowed).
 //! - **Several rings, or entries of its own queued**: the queue's lock, held across the ring
 //!   reads and the merge; when that finds nothing and the caller waits, each ring's `parked`
 //!   lock, then the same locked look again.
@@ -53,8 +58,9 @@
 //!
 //! The queue's lock and a ring's `parked` lock are never held together: a look releases the
 //! queue's lock before it parks, `Slot::close_absorbing` leaves the rings (their `parked`
-//! locks) before it takes the queue's, and a publish wakes the queue after releasing its
-//! `parked` lock (the ranks in `src/sync/mod.rs` check this in debug builds).
+//! locks) before it takes the queue's, and a publish wakes the wakers it took from the
+//! `parked` list after releasing that lock (the ranks in `src/sync/mod.rs` check this in debug
+//! builds).
 //!
 //! # Who moves a cursor
 //!
@@ -173,6 +179,7 @@ impl Slot {
             feeds.push(feed.clone());
             feeds
         });
+        self.queue.feeds_changed();
     }
 
     /// Stops reading `ring`: takes its feed out and leaves the ring's parked list. Called by
@@ -181,6 +188,7 @@ impl Slot {
         let reads = |f: &Feed| Arc::ptr_eq(&f.ring, ring);
         let before =
             self.feeds.rcu(|feeds| feeds.iter().filter(|f| !reads(f)).cloned().collect::<Vec<_>>());
+        self.queue.feeds_changed();
         for feed in before.iter().filter(|f| reads(f)) {
             ring.leave(&feed.member);
         }
@@ -201,6 +209,7 @@ impl Slot {
         last: Option<&Bytes>,
     ) -> bool {
         let feeds = self.feeds.rcu(|_| Vec::new());
+        self.queue.feeds_changed();
         for feed in feeds.iter() {
             feed.readers.rcu(|set| set.remove(self.id));
             feed.ring.leave(&feed.member);
@@ -231,26 +240,140 @@ impl Member {
     }
 }
 
+/// What a subscriber's stream keeps between polls so that a poll of a one-ring subscriber
+/// goes straight to its ring: its queue, and that ring's feed while it is the only one. At
+/// 10,000 subscribers whatever a poll touches of a subscriber is a cache miss, and loading the
+/// slot's feeds touches three allocations (the slot, the snapshot's `Arc`, its `Vec`'s buffer)
+/// before the member; this copy is in the stream itself. It stays valid while the queue's
+/// feeds version ([`Queue::feeds_version`]) does not move.
+#[derive(Debug)]
+pub(crate) struct View {
+    /// The subscriber's queue (the slot's).
+    queue: Arc<Queue>,
+    /// Whether it reads rings at all (every policy but `Conflate`).
+    reads_rings: bool,
+    /// The feeds version `lone` was taken at; `u64::MAX` before the first poll.
+    version: u64,
+    /// The one feed, when the subscriber has exactly one.
+    lone: Option<Feed>,
+}
+
+impl View {
+    /// The view of `slot`'s stream; loads its feeds at the first poll.
+    pub(crate) fn new(slot: &Slot) -> View {
+        View {
+            queue: slot.queue.clone(),
+            reads_rings: slot.reads_rings(),
+            version: u64::MAX,
+            lone: None,
+        }
+    }
+
+    /// Brings the copy of the one feed up to date with `slot`'s feeds, if they changed.
+    fn refresh(&mut self, slot: &Slot) {
+        // The version first, then the list: the list is at least as new as the version, so a
+        // change after this load moves the version again and the next poll reloads.
+        let version = self.queue.feeds_version();
+        if version == self.version {
+            return;
+        }
+        self.version = version;
+        self.lone = match slot.feeds().as_slice() {
+            [feed] => Some(feed.clone()),
+            _ => None,
+        };
+    }
+}
+
 /// The next batch of `slot`'s stream: its rings' entries and its queue's, merged in sequence
 /// order, never past the watermark `watermark()` returns (the last publish that is complete),
 /// within `limits`. With a `waker` and nothing ready, parks and looks a second time (see the
 /// module docs); the waker is then woken by the next publish to any of its rings, push to its
-/// queue or close.
+/// queue or close. `view` is the stream's copy of what it reads (see [`View`]).
 pub(crate) fn next_batch(
     slot: &Slot,
+    view: &mut View,
     watermark: impl Fn() -> u64,
     limits: Limits,
     waker: Option<&Waker>,
 ) -> Result<Drained, Stop> {
-    if !slot.reads_rings() {
-        return match slot.queue.drain(limits, waker) {
+    if !view.reads_rings {
+        return match view.queue.drain(limits, waker) {
             Ok(popped) => {
                 Ok(Drained { frames: popped.frames, lagged: popped.lagged, ..Drained::default() })
             }
             Err(reason) => Err(Stop::Ended(reason)),
         };
     }
-    let drained = look(slot, &slot.feeds(), &watermark, limits, waker)?;
+    view.refresh(slot);
+    if let Some(feed) = &view.lone {
+        if let Some(drained) =
+            next_from_lone(&view.queue, feed, view.version, &watermark, limits, waker)?
+        {
+            return Ok(drained);
+        }
+    }
+    next_from_feeds(slot, &watermark, limits, waker)
+}
+
+/// [`next_batch`] for a subscriber with one feed, `feed`, as of feeds version `version`:
+/// the lock-free look, then (nothing found) the locked look that registers the waker, parking
+/// in the ring and a lock-free second look. `None` when the feeds changed before it parked:
+/// the caller then goes the general way, which loads them.
+fn next_from_lone(
+    queue: &Queue,
+    feed: &Feed,
+    version: u64,
+    watermark: &impl Fn() -> u64,
+    limits: Limits,
+    waker: Option<&Waker>,
+) -> Result<Option<Drained>, Stop> {
+    if let Quick::Took(drained) = look_lock_free(queue, feed, watermark, limits) {
+        return Ok(Some(drained));
+    }
+    let drained = look_locked(queue, std::slice::from_ref(feed), watermark(), limits, waker)?;
+    let Some(waker) = waker else {
+        return Ok(Some(drained));
+    };
+    if !drained.is_nothing() {
+        return Ok(Some(drained));
+    }
+    if drained.retry {
+        waker.wake_by_ref();
+        return Ok(Some(drained));
+    }
+    // The look registered the waker; the version is loaded after it, as the general way loads
+    // the feeds after it (a feed added since then woke the queue, so either this load sees it
+    // or that wake finds the waker).
+    if queue.feeds_version() != version {
+        return Ok(None);
+    }
+    feed.ring.park(&feed.member, waker);
+    // The second look: the ring only. The queue needs none: the waker is registered, so a
+    // push from its look on wakes it.
+    match look_lock_free(queue, feed, watermark, limits) {
+        Quick::Took(drained) => Ok(Some(drained)),
+        Quick::Nothing => Ok(Some(Drained::default())),
+        Quick::Locked => {
+            let second =
+                look_locked(queue, std::slice::from_ref(feed), watermark(), limits, Some(waker))?;
+            if second.retry {
+                waker.wake_by_ref();
+            }
+            Ok(Some(second))
+        }
+    }
+}
+
+/// [`next_batch`] the general way: the feeds loaded from the slot, each ring looked at, parked
+/// in and looked at again.
+fn next_from_feeds(
+    slot: &Slot,
+    watermark: &impl Fn() -> u64,
+    limits: Limits,
+    waker: Option<&Waker>,
+) -> Result<Drained, Stop> {
+    let drained = look(slot, &slot.feeds(), watermark, limits, waker)?;
     let Some(waker) = waker else {
         return Ok(drained);
     };
@@ -264,9 +387,9 @@ pub(crate) fn next_batch(
     // The look registered the waker; the feeds are loaded after it (see the module docs).
     let feeds = slot.feeds();
     for feed in feeds.iter() {
-        feed.ring.park(&feed.member);
+        feed.ring.park(&feed.member, waker);
     }
-    let second = look(slot, &feeds, &watermark, limits, Some(waker))?;
+    let second = look(slot, &feeds, watermark, limits, Some(waker))?;
     if second.retry {
         waker.wake_by_ref();
     }
@@ -283,36 +406,50 @@ fn look(
     waker: Option<&Waker>,
 ) -> Result<Drained, Stop> {
     if let [feed] = feeds {
-        if let Some(drained) = look_lock_free(&slot.queue, feed, watermark, limits) {
+        if let Quick::Took(drained) = look_lock_free(&slot.queue, feed, watermark, limits) {
             return Ok(drained);
         }
     }
     look_locked(&slot.queue, feeds, watermark(), limits, waker)
 }
 
+/// What a lock-free look found.
+#[derive(Debug)]
+enum Quick {
+    /// Frames (or a skip) it claimed.
+    Took(Drained),
+    /// The queue looked empty and open and the ring held nothing up to the watermark.
+    Nothing,
+    /// It does not apply (something of its own queued, or closed), the subscriber overflowed,
+    /// or its claim lost to a close taking the entries in: look under the queue's lock.
+    Locked,
+}
+
 /// The look of a reader of one ring with nothing of its own queued: reads the ring without the
-/// queue's lock. `None` when that does not apply or finds nothing (the caller then looks under
-/// the lock), or when the subscriber was ended meanwhile (its entries are in its queue now).
+/// queue's lock.
 fn look_lock_free(
     queue: &Queue,
     feed: &Feed,
     watermark: &impl Fn() -> u64,
     limits: Limits,
-) -> Option<Drained> {
+) -> Quick {
     // The watermark first, then the flag: see `Queue::empty`.
     let upto = watermark();
     if !queue.looks_empty() {
-        return None;
+        return Quick::Locked;
     }
     let cursor = feed.member.cursor();
     let mut drained = Drained::default();
     let (taken, run) = take_run(feed, cursor, upto, limits, &mut drained.frames);
     // Overflowed: the locked look closes the queue as slow.
-    if taken.overflowed || (taken.count == 0 && taken.skipped == 0) {
-        return None;
+    if taken.overflowed {
+        return Quick::Locked;
+    }
+    if taken.count == 0 && taken.skipped == 0 {
+        return Quick::Nothing;
     }
     if !feed.member.claim(cursor, taken.from + taken.count as u64) {
-        return None;
+        return Quick::Locked;
     }
     if taken.count > 0 {
         queue.note_taken();
@@ -321,7 +458,7 @@ fn look_lock_free(
     // An empty queue has no lag of its own: a drain takes its lag with its last entry.
     drained.skipped = taken.skipped;
     drained.lagged = taken.skipped;
-    Some(drained)
+    Quick::Took(drained)
 }
 
 /// The look under the queue's lock: everything ready in `feeds` and the queue, merged, up to
@@ -586,7 +723,7 @@ mod tests {
     /// The frames a poll with the watermark at `watermark` hands over, as the numbers they
     /// carry, and the loss it reports.
     fn poll(slot: &Slot, watermark: u64, limits: Limits) -> Result<(Vec<u64>, u64), Stop> {
-        let drained = next_batch(slot, || watermark, limits, None)?;
+        let drained = next_batch(slot, &mut View::new(slot), || watermark, limits, None)?;
         let frames = match &drained.run {
             Some(run) => run.frames().to_vec(),
             None => drained.frames.clone(),
@@ -644,9 +781,11 @@ mod tests {
         send(&slot, 3);
         publish(&a, 4);
         assert_eq!(poll(&slot, 1, Limits::ALL), Ok((vec![1], 0)));
-        let drained = next_batch(&slot, || 2, Limits::ALL, None).expect("open");
+        let drained =
+            next_batch(&slot, &mut View::new(&slot), || 2, Limits::ALL, None).expect("open");
         assert_eq!(drained.run.map(|r| r.frames().len()), Some(1));
-        let waiting = next_batch(&slot, || 2, Limits::ALL, None).expect("open");
+        let waiting =
+            next_batch(&slot, &mut View::new(&slot), || 2, Limits::ALL, None).expect("open");
         assert!(waiting.is_nothing() && waiting.retry, "{waiting:?}");
         assert_eq!(poll(&slot, 4, Limits::ALL), Ok((vec![3, 4], 0)));
     }
@@ -658,7 +797,8 @@ mod tests {
         publish(&a, 1);
         publish(&a, 2);
         assert!(slot.queue.looks_empty());
-        let drained = next_batch(&slot, || 2, Limits::ALL, None).expect("open");
+        let drained =
+            next_batch(&slot, &mut View::new(&slot), || 2, Limits::ALL, None).expect("open");
         assert!(drained.frames.is_empty());
         assert_eq!(drained.run.map(|r| r.frames().to_vec()), Some(vec![frame(1), frame(2)]));
         send(&slot, 3);

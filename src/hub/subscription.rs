@@ -11,7 +11,7 @@ use futures_core::Stream;
 
 use crate::engine::batch::Batch;
 use crate::engine::queue::Limits;
-use crate::engine::reader::{self, Drained, Slot, Stop};
+use crate::engine::reader::{self, Drained, Slot, Stop, View};
 use crate::error::EndReason;
 use crate::hub::Shared;
 use crate::sync::{Arc, SharedStr};
@@ -98,6 +98,8 @@ pub struct Subscription {
     shared: Arc<Shared>,
     /// This subscriber's queue.
     slot: Arc<Slot>,
+    /// What its polls keep between them (its queue, its one feed).
+    view: View,
     /// Frames that go before anything queued: the `connected` event or `retry:` hint, then the
     /// replayed events or a `reset`. Bounded by the hub's replay limit.
     pending: VecDeque<Bytes>,
@@ -125,7 +127,8 @@ impl Subscription {
         pending: VecDeque<Bytes>,
         session: Option<SharedStr>,
     ) -> Self {
-        Subscription { shared, slot, pending, ended: None, session }
+        let view = View::new(&slot);
+        Subscription { shared, slot, view, pending, ended: None, session }
     }
 
     /// The id of the session this subscription serves, when the hub issues sessions.
@@ -305,7 +308,7 @@ impl Subscription {
     fn next_batch(&mut self, room: usize, waker: Option<&Waker>) -> Result<Drained, EndReason> {
         let limits = Limits { frames: room, bytes: self.shared.config().max_batch_bytes };
         let shared = &self.shared;
-        match reader::next_batch(&self.slot, || shared.watermark(), limits, waker) {
+        match reader::next_batch(&self.slot, &mut self.view, || shared.watermark(), limits, waker) {
             Ok(drained) => {
                 if drained.skipped > 0 {
                     self.shared.engine.counters.skipped(drained.skipped);

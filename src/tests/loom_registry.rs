@@ -7,7 +7,7 @@ use loom::thread;
 use super::{assert_released, frame, labels, Outcomes};
 use crate::engine::deliver_to_topic;
 use crate::engine::queue::{Limits, Queue, SlowPolicy};
-use crate::engine::reader::{next_batch, Stop};
+use crate::engine::reader::{next_batch, Stop, View};
 use crate::engine::registry::{Registry, Slot};
 use crate::error::EndReason;
 use crate::sync::{Arc, AtomicBool, Ordering, SharedStr};
@@ -54,7 +54,7 @@ fn unsubscribe(registry: &Registry, slot: &Slot) {
 
 /// Everything waiting for `slot` in its rings and queue, as labels; empty once it is closed.
 fn received(slot: &Slot) -> Vec<String> {
-    let drained = next_batch(slot, || u64::MAX, Limits::ALL, None);
+    let drained = next_batch(slot, &mut View::new(slot), || u64::MAX, Limits::ALL, None);
     drained
         .map(|d| match &d.run {
             Some(run) => labels(run.frames()),
@@ -70,7 +70,7 @@ fn waiting(slot: &Slot) -> usize {
 
 /// Why `slot`'s stream ended, once it has and nothing is left to hand over.
 fn ended(slot: &Slot) -> Option<EndReason> {
-    match next_batch(slot, || u64::MAX, Limits::ALL, None) {
+    match next_batch(slot, &mut View::new(slot), || u64::MAX, Limits::ALL, None) {
         Err(Stop::Ended(reason)) => Some(reason),
         _ => None,
     }

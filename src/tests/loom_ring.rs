@@ -4,13 +4,13 @@
 //! reads on a chunk boundary, a trim racing a reader, a reader's last-chunk handoff.
 
 use std::future::poll_fn;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use loom::thread;
 
 use bytes::Bytes;
 
-use super::{assert_released, block_on, frame, labels, Outcomes};
+use super::{assert_released, block_on, flag_waker, frame, labels, Outcomes};
 use crate::engine::queue::{Limits, Queue, SlowPolicy};
 use crate::engine::ring::{Bound, Member, Ring, Taken};
 use crate::error::EndReason;
@@ -191,6 +191,42 @@ fn loom_ring_a_leaver_racing_a_wake_leaves_the_others_woken() {
         assert_eq!((seen, ended), (vec!["e1".to_string()], None));
         assert_eq!(shared.stats().subscribers, 1);
     });
+}
+
+/// A one-topic reader parked with one waker polls again with another (its stream moved to
+/// another task) while a publish races that second poll: the second poll takes the event, or
+/// the publish wakes the second waker (which replaced the first in the ring's parked list).
+/// Waking only the replaced waker would be a lost wake-up.
+#[test]
+fn loom_ring_a_reader_parked_again_with_a_new_waker_is_woken_through_it() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let shared = shared(4, SlowPolicy::Disconnect);
+        let mut sub = Shared::subscribe(&shared, Subscribe::from("t")).expect("open");
+        let (_, old) = flag_waker();
+        let (flag, new) = flag_waker();
+        assert!(sub.poll_batch(Some(&mut Context::from_waker(&old))).is_pending());
+        let s = shared.clone();
+        let publisher = thread::spawn(move || publish(&s, "t", "e1"));
+        let second = sub.poll_batch(Some(&mut Context::from_waker(&new)));
+        publisher.join().unwrap();
+        let seen = match second {
+            Poll::Ready(Some(batch)) => {
+                OUTCOMES.record("taken");
+                labels(batch.frames())
+            }
+            Poll::Ready(None) => panic!("the stream ended"),
+            Poll::Pending => {
+                assert!(flag.woken(), "the publish woke the replaced waker only");
+                OUTCOMES.record("woken");
+                let (seen, ended) = wait_for(&mut sub, 1);
+                assert_eq!(ended, None);
+                seen.into_iter().map(|d| format!("data: {d}\n\n")).collect()
+            }
+        };
+        assert_eq!(seen, ["data: e1\n\n"]);
+    });
+    OUTCOMES.assert_reached(&["taken", "woken"]);
 }
 
 // Models of one ring on its own (`CHUNK` is 2 under loom, so a few publishes cross a chunk
