@@ -384,7 +384,9 @@ impl<R: Resolver> Endpoint<R> {
         // A resume the hub's history cannot serve goes to its replay source (a backplane's
         // broker), when one is registered.
         match self.hub.subscribe_resuming(subscribe).await {
-            Ok(subscription) => stream(Events { subscription, _permit: Some(permit), counted: false }),
+            Ok(subscription) => {
+                stream(Events { subscription, _permit: Some(permit), counted: false })
+            }
             Err(error) => self.refused(&error),
         }
     }

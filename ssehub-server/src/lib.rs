@@ -96,6 +96,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    stats::install_exporter();
     let hub = build_hub(&config);
     let publisher = join(&hub, &config).await?;
     let market = config.demo.then(|| Arc::new(Mutex::new(Market::new())));
