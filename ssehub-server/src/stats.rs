@@ -171,6 +171,18 @@ fn describe() {
     describe_gauge!(RATE_FRAMES, "Frames delivered per second over the last 3 s.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the server started.");
     describe_counter!(PUBLISH_ERRORS, Unit::Count, "Publishes the broker did not acknowledge.");
+    // Counters appear at their first increment; these were on `/metrics` from the start
+    // before the exporter, and a zero is worth showing (a dashboard's rate starts from it).
+    for name in [
+        "ssehub_events_published_total",
+        "ssehub_frames_delivered_total",
+        "ssehub_frames_dropped_total",
+        "ssehub_frames_conflated_total",
+        "ssehub_slow_disconnects_total",
+        "ssehub_heartbeats_total",
+    ] {
+        counter!(name).increment(0);
+    }
 }
 
 /// `ssehub_events_per_second`: a rate kept for dashboards that read it; Prometheus users take
