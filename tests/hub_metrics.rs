@@ -122,38 +122,42 @@ fn scrape(server: &Server) -> HashMap<String, Family> {
 fn metrics_are_prometheus_text_with_histograms_and_ended_streams_by_reason() {
     let server = Server::start(&["--heartbeat", "0"]);
     let mut stream = Stream::connected(server.addr, "/events?topic=news", &[]);
-    let leaving = Stream::connected(server.addr, "/events?topic=news", &[]);
+    let mut closing = Stream::connected(server.addr, "/events?topic=news", &[]);
+    let resetting = Stream::connected(server.addr, "/events?topic=news", &[]);
     for n in 0..3 {
         publish(server.addr, "news", &serde_json::json!({ "data": format!("item {n}") }));
     }
     for _ in 0..3 {
         stream.next_message().expect("an event");
+        closing.next_message().expect("an event");
     }
-    // A client goes away.
-    drop(leaving);
+    // Two clients go away: one having read everything (a FIN), one with events unread (the
+    // kernel answers further writes with a reset).
+    drop(closing);
+    drop(resetting);
     let deadline = Instant::now() + WAIT;
     let families = loop {
         let families = scrape(&server);
         let gone = value(&families, "ssehub_streams_ended_total", ("reason", "client_gone"));
-        if gone == Some(1.0) {
+        if gone == Some(2.0) {
             break families;
         }
         assert!(Instant::now() < deadline, "no client_gone stream counted: {gone:?}");
         std::thread::sleep(Duration::from_millis(20));
     };
 
-    // Each of the 2 streams was written its connected event and 3 events; the 6 events'
+    // Each of the 3 streams was written its connected event and 3 events; the 9 events'
     // batches (at most one per event and stream) each record a latency.
     let latency = histogram(&families, "ssehub_delivery_latency_seconds");
-    assert!((1.0..=6.0).contains(&latency), "{latency} latency samples");
+    assert!((3.0..=9.0).contains(&latency), "{latency} latency samples");
     let batches = histogram(&families, "ssehub_write_batch_frames");
-    assert!(batches >= latency + 2.0, "{batches} batches: the connected events are batches too");
+    assert!(batches >= latency + 3.0, "{batches} batches: the connected events are batches too");
     assert_eq!(histogram(&families, "ssehub_write_batch_bytes"), batches);
     for (series, expected) in [
         ("ssehub_subscribers", 1.0),
         ("ssehub_topics", 1.0),
         ("ssehub_events_published_total", 3.0),
-        ("ssehub_frames_delivered_total", 6.0),
+        ("ssehub_frames_delivered_total", 9.0),
         ("ssehub_frames_dropped_total", 0.0),
         ("ssehub_frames_conflated_total", 0.0),
         ("ssehub_slow_disconnects_total", 0.0),
