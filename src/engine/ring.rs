@@ -186,7 +186,7 @@ impl Run {
     }
 
     /// The sequence number of its first frame (for the `metrics` feature's latency).
-    #[cfg(feature = "metrics")]
+    #[cfg(all(feature = "metrics", any(feature = "server", feature = "axum", feature = "hyper")))]
     pub(crate) fn first_seq(&self) -> u64 {
         self.chunk.seq(self.start)
     }

@@ -262,9 +262,13 @@ pub(crate) enum StreamEnd {
     Hub(EndReason),
     /// The peer closed the connection or a write to it failed.
     ClientGone,
-    /// A write stayed blocked past the write timeout.
+    /// A write stayed blocked past the write timeout (the native listener's; the adapters'
+    /// connections end under hyper, and count as `ClientGone`).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     WriteDeadline,
-    /// The client sent more than an SSE client ever sends after its request.
+    /// The client sent more than an SSE client ever sends after its request (the native
+    /// listener's check).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     UnexpectedInput,
 }
 
@@ -424,6 +428,8 @@ pub fn describe_metrics() {
 /// most recorders).
 #[cfg(feature = "metrics")]
 #[derive(Debug)]
+// Without a writer (no listener or adapter feature) only the lag gauge and stamps are used.
+#[cfg_attr(not(any(feature = "server", feature = "axum", feature = "hyper")), allow(dead_code))]
 struct Writes {
     /// See [`LATENCY`].
     latency: metrics::Histogram,
@@ -513,6 +519,7 @@ impl Stamps {
     }
 
     /// How long ago event `seq` entered the pipeline, if its stamp is still there.
+    #[cfg_attr(not(any(feature = "server", feature = "axum", feature = "hyper")), allow(dead_code))]
     fn age(&self, seq: u64) -> Option<Duration> {
         let (slot, tag) = Stamps::place(seq);
         // Relaxed: see `stamp`.
