@@ -538,7 +538,9 @@ mod tests {
 
     #[test]
     fn a_stamp_is_read_back_only_for_its_own_event() {
-        let stamps = Stamps::default();
+        // Time zero a second ago, so a stamp can be 30 ms old.
+        let origin = Instant::now() - Duration::from_secs(1);
+        let stamps = Stamps { origin, ..Stamps::default() };
         assert_eq!(stamps.age(1), None, "nothing stamped yet");
         let at = Instant::now() - Duration::from_millis(30);
         stamps.stamp(7, at);
