@@ -125,8 +125,8 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process; later calls do nothing), describes
-/// every metric, and starts its upkeep on the current Tokio runtime. Call it before the hub is
-/// built: the hub registers its histograms when it is built.
+/// every metric, and starts its upkeep thread. Call it before the hub is built: the hub
+/// registers its histograms when it is built.
 pub fn install_exporter() {
     EXPORTER.get_or_init(|| {
         let handle = buckets()
@@ -136,13 +136,17 @@ pub fn install_exporter() {
             Ok(handle) => {
                 describe();
                 let upkeep = handle.clone();
-                tokio::spawn(async move {
-                    let mut interval = tokio::time::interval(UPKEEP_EVERY);
-                    loop {
-                        interval.tick().await;
+                // A thread, like the recorder, for the process: not tied to one runtime.
+                let spawned = std::thread::Builder::new()
+                    .name("ssehub-metrics-upkeep".into())
+                    .spawn(move || loop {
+                        std::thread::sleep(UPKEEP_EVERY);
                         upkeep.run_upkeep();
-                    }
-                });
+                    });
+                if let Err(error) = spawned {
+                    // Scrapes still fold the samples in; only the buffer between them grows.
+                    eprintln!("no metrics upkeep thread: {error}");
+                }
                 Some(handle)
             }
             Err(error) => {
