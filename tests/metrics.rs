@@ -307,6 +307,48 @@ mod tcp {
     }
 
     #[test]
+    fn the_axum_and_hyper_adapters_record_batches_and_ends() {
+        with_recorder(|snapshotter, mut seen| async move {
+            for adapter in ["axum", "hyper"] {
+                let hub = Hub::builder().with_heartbeat(None).build();
+                let endpoint = Endpoint::new(hub.clone());
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                if adapter == "axum" {
+                    let app = axum::Router::new().route("/events", ssehub::axum::events(endpoint));
+                    let listener = ssehub::axum::listener(listener, WAIT);
+                    tokio::spawn(async move { axum::serve(listener, app).await });
+                } else {
+                    tokio::spawn(ssehub::hyper::serve(listener, endpoint));
+                }
+                let mut client = open(addr, "/events?topic=t").await;
+                let _staying = open(addr, "/events?topic=t").await;
+                subscribed(&hub, "t", 2).await;
+                seen.take(&snapshotter);
+                hub.publish("t", Event::new("hello")).unwrap();
+                let mut buf = [0u8; 64];
+                let n = tokio::time::timeout(WAIT, client.read(&mut buf)).await.unwrap().unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).contains("data: hello"), "{adapter}");
+                seen.until(&snapshotter, "two batches", |s| {
+                    s.histogram("ssehub_write_batch_bytes").len() == 2
+                })
+                .await;
+                assert_eq!(seen.histogram("ssehub_write_batch_frames"), [1.0, 1.0], "{adapter}");
+                assert_eq!(seen.histogram("ssehub_write_batch_bytes"), [13.0, 13.0], "{adapter}");
+                assert_eq!(seen.histogram("ssehub_delivery_latency_seconds").len(), 2, "{adapter}");
+
+                let ended = |reason: &str| format!("ssehub_streams_ended_total{{reason={reason}}}");
+                drop(client);
+                seen.until(&snapshotter, "client_gone", |s| s.counter(&ended("client_gone")) == 1)
+                    .await;
+                hub.shutdown();
+                seen.until(&snapshotter, "shutdown", |s| s.counter(&ended("shutdown")) == 1).await;
+                seen = Seen::default();
+            }
+        });
+    }
+
+    #[test]
     fn the_lag_gauge_follows_a_stalled_reader() {
         with_recorder(|snapshotter, mut seen| async move {
             let hub = Hub::builder().with_heartbeat(Some(Duration::from_millis(20))).build();
