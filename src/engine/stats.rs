@@ -179,6 +179,13 @@ impl Counters {
         metrics::counter!("ssehub_resolver_panics_total").increment(1);
     }
 
+    /// The time now, for the publish-to-write latency; `None` (and no clock read) when the hub
+    /// was built with no recorder installed.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn clock(&self) -> Option<Instant> {
+        self.writes.recording.then(Instant::now)
+    }
+
     /// Notes that event `seq` entered the pipeline at `at`, for the publish-to-write latency.
     #[cfg(feature = "metrics")]
     pub(crate) fn stamp(&self, seq: u64, at: Instant) {
@@ -192,6 +199,9 @@ impl Counters {
         #[cfg(feature = "metrics")]
         {
             let writes = &self.writes;
+            if !writes.recording {
+                return;
+            }
             writes.frames.record(sample.frames as f64);
             writes.bytes.record(sample.bytes as f64);
             if let Some(age) = sample.first_seq.and_then(|seq| writes.stamps.age(seq)) {
@@ -357,7 +367,7 @@ impl Sample {
 /// | `ssehub_backplane_*` | gauges, counters | the broker link, with `redis` or `nats` |
 ///
 /// The histograms and the lag gauge are registered when the hub is built: install the
-/// recorder first. The latency is sampled for batches read straight from a topic's ring (a
+/// recorder first (a hub built with none installed skips the clock reads they need). The latency is sampled for batches read straight from a topic's ring (a
 /// subscriber to one topic, the usual case); batches put together from a queue (`Conflate`,
 /// several topics, a replay) and batches whose oldest event is more than 4,096 publishes old
 /// record their size but no latency. The native listener records at the completed write; the
@@ -441,6 +451,10 @@ struct Writes {
     lag: metrics::Gauge,
     /// When each recent event entered the pipeline.
     stamps: Stamps,
+    /// Whether a recorder was installed when the hub was built. Without one the handles above
+    /// do nothing, and the clock reads that feed them (one per publish, one per batch) are
+    /// skipped too.
+    recording: bool,
 }
 
 #[cfg(feature = "metrics")]
@@ -452,6 +466,10 @@ impl Default for Writes {
             bytes: metrics::histogram!(BATCH_BYTES),
             lag: metrics::gauge!(SLOWEST_LAG),
             stamps: Stamps::default(),
+            // The facade's stand-in when nothing is installed is its zero-sized no-op
+            // recorder; every recorder that keeps metrics has state (a zero-sized one that
+            // forwards to a static would lose the write histograms, and only those).
+            recording: metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0),
         }
     }
 }
