@@ -273,6 +273,22 @@ fn run(config: Config) -> Result<(), Box<dyn Error>> {
             std::process::exit(0);
         });
     }
+    // With `SSEHUB_BENCH_METRICS=1`, the `ssehub` server's recorder (the Prometheus exporter,
+    // upkept every second), installed before the hub is built, as the server does: for an A/B
+    // of the metrics' cost with `run.sh --extra-server`.
+    if std::env::var_os("SSEHUB_BENCH_METRICS").is_some_and(|v| v == "1") {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Prefix("ssehub_".into()),
+                &[0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0],
+            )?
+            .install_recorder()?;
+        ssehub::describe_metrics();
+        thread::spawn(move || loop {
+            thread::sleep(Duration::from_secs(1));
+            handle.run_upkeep();
+        });
+    }
     // No heartbeats (they would be extra frames in the measurement), the default slow policy
     // (Disconnect), and a bound that absorbs scheduling hiccups at high rates.
     let hub = Hub::builder().with_heartbeat(None).with_capacity(config.capacity).build();

@@ -207,12 +207,19 @@ fn stats_and_metrics_describe_the_hub() {
         assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
     }
     assert!(text.contains("ssehub_topic_subscribers{topic=\"news\"} 1"), "{text}");
-    // Every sample is `name{labels} value`, in a family announced by HELP and TYPE.
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
+    // Every sample is `name{labels} value`, in a family announced by HELP and TYPE (blank
+    // lines between families are part of the format).
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (series, value) = line.rsplit_once(' ').expect("name and value");
         assert!(value.parse::<f64>().is_ok(), "{line:?}");
         let name = series.split('{').next().unwrap_or_default();
         assert!(name.starts_with("ssehub_"), "{line:?}");
+        // A histogram's series are its family's name with `_bucket`, `_sum` or `_count`.
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|family| text.contains(&format!("# TYPE {family} histogram\n")))
+            .unwrap_or(name);
         assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
         assert!(text.contains(&format!("# TYPE {name} ")), "no TYPE for {name}");
     }

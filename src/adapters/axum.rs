@@ -182,7 +182,7 @@ impl http_body::Body for Chunks {
     ) -> Poll<Option<Result<Frame<Bytes>, EndReason>>> {
         self.get_mut()
             .0
-            .poll_batch(cx)
+            .poll_body(cx)
             .map(|batch| batch.map(|batch| batch.map(|batch| Frame::data(batch.into_bytes()))))
     }
 }

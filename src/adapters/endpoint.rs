@@ -22,6 +22,7 @@ use http::{Method, Response, StatusCode};
 
 use super::resolve::{last_event_id, QueryTopics, Rejection, Resolver};
 use crate::engine::batch::Batch;
+use crate::engine::stats::{Sample, StreamEnd};
 use crate::error::EndReason;
 use crate::error::{SubscribeError, TopicError};
 use crate::hub::subscription::Subscription;
@@ -383,7 +384,9 @@ impl<R: Resolver> Endpoint<R> {
         // A resume the hub's history cannot serve goes to its replay source (a backplane's
         // broker), when one is registered.
         match self.hub.subscribe_resuming(subscribe).await {
-            Ok(subscription) => stream(Events { subscription, _permit: Some(permit) }),
+            Ok(subscription) => {
+                stream(Events { subscription, _permit: Some(permit), counted: false })
+            }
             Err(error) => self.refused(&error),
         }
     }
@@ -594,6 +597,14 @@ pub(crate) struct Events {
     subscription: Subscription,
     /// Released when the body is dropped: when the stream ends or the client goes away.
     _permit: Option<Permit>,
+    /// Whether its end has been counted (`ssehub_streams_ended_total`).
+    counted: bool,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.end(StreamEnd::ClientGone);
+    }
 }
 
 impl Events {
@@ -606,7 +617,42 @@ impl Events {
 
     /// A stream holding no connection slot.
     pub(crate) fn new(subscription: Subscription) -> Self {
-        Events { subscription, _permit: None }
+        Events { subscription, _permit: None, counted: false }
+    }
+
+    /// Records a batch whose write has completed (see [`Sample`]).
+    pub(crate) fn written(&self, sample: &Sample) {
+        self.subscription.counters().written(sample);
+    }
+
+    /// Why the hub ended the stream (once `poll_batch` said it ended).
+    pub(crate) fn end_reason(&self) -> EndReason {
+        self.subscription.end_reason().unwrap_or(EndReason::Dropped)
+    }
+
+    /// Counts the stream as ended for `end`; only the first call counts, and a stream dropped
+    /// before any counts as `client_gone` (its connection went away under it).
+    pub(crate) fn end(&mut self, end: StreamEnd) {
+        if !self.counted {
+            self.counted = true;
+            end.count();
+        }
+    }
+
+    /// `poll_batch` for a body handed to hyper: each batch is recorded when it is handed over
+    /// (hyper writes it in the same poll unless the socket is full), and the end is counted.
+    #[cfg(any(feature = "axum", feature = "hyper"))]
+    pub(crate) fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Batch, EndReason>>> {
+        let polled = ready!(self.poll_batch(cx));
+        match &polled {
+            Some(Ok(batch)) => self.written(&Sample::of(batch)),
+            Some(Err(reason)) => self.end(StreamEnd::Hub(*reason)),
+            None => self.end(StreamEnd::Hub(self.end_reason())),
+        }
+        Poll::Ready(polled)
     }
 
     /// The next non-empty batch; `None` when the stream ended cleanly, `Err(EndReason::Slow)` when

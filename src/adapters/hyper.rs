@@ -155,7 +155,7 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Batch>, EndReason>>> {
         match &mut self.get_mut().kind {
-            Kind::Events(events) => events.poll_batch(cx).map(|b| b.map(|b| b.map(Frame::data))),
+            Kind::Events(events) => events.poll_body(cx).map(|b| b.map(|b| b.map(Frame::data))),
             Kind::Text(text) => Poll::Ready(
                 text.take()
                     .filter(|t| !t.is_empty())

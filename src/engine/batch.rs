@@ -117,6 +117,13 @@ impl Batch {
         self.lagged
     }
 
+    /// The sequence number of its first unconsumed frame, when the batch is a run of a topic's
+    /// ring (for the `metrics` feature's latency; a batch of owned frames does not know it).
+    #[cfg(all(feature = "metrics", any(feature = "server", feature = "axum", feature = "hyper")))]
+    pub(crate) fn first_seq(&self) -> Option<u64> {
+        self.run.as_ref().filter(|_| self.next == 0).map(|run| run.first_seq())
+    }
+
     /// The remaining bytes as one chunk: the frame itself when there is one (no copy), one
     /// concatenation otherwise.
     ///

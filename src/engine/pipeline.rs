@@ -102,6 +102,10 @@ impl Engine {
         event: Option<Event>,
         deliver: impl FnOnce(&Entry<'_>) -> FanOut,
     ) -> Result<Sequenced, PublishError> {
+        // The publish-to-write latency starts here, before validation and the sequencer's wait
+        // (one clock read per publish; see `Counters::stamp`).
+        #[cfg(feature = "metrics")]
+        let entered = self.counters.clock();
         // Validate (and, with a final id, encode) before taking the sequencer, so a refused
         // local event costs no number and holds no lock.
         let prepared = event.map(|event| self.prepare(number, event));
@@ -136,6 +140,12 @@ impl Engine {
         *sequencer = seq;
         // Only an event with a number of its own can be found again by a resume.
         let replayable = seq > previous;
+        // Before `deliver` puts the entry where a reader can see it. A local event on an
+        // attached engine reuses the last number: it keeps that event's stamp.
+        #[cfg(feature = "metrics")]
+        if let Some(at) = entered.filter(|_| replayable) {
+            self.counters.stamp(seq, at);
+        }
         let own_id = event.id.as_deref().filter(|_| own_id == OwnId::Kept);
         let entry = Entry { seq, event: &event, frame: &frame, replayable, own_id };
         let mut fan = deliver(&entry);

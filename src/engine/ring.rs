@@ -201,6 +201,12 @@ impl Run {
     pub(crate) fn frames(&self) -> &[Bytes] {
         self.chunk.frames.get(self.start..self.end)
     }
+
+    /// The sequence number of its first frame (for the `metrics` feature's latency).
+    #[cfg(all(feature = "metrics", any(feature = "server", feature = "axum", feature = "hyper")))]
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.chunk.seq(self.start)
+    }
 }
 
 /// The chunks readers may read, as one snapshot: swapped whole (a chunk appended every

@@ -291,6 +291,12 @@ impl Subscription {
 }
 
 impl Subscription {
+    /// The hub's counters, for a writer's per-batch metrics.
+    #[cfg(any(feature = "server", feature = "axum", feature = "hyper"))]
+    pub(crate) fn counters(&self) -> &crate::engine::stats::Counters {
+        &self.shared.engine.counters
+    }
+
     /// Ready once the hub has dropped this subscriber as slow (nothing is taken from it);
     /// otherwise registers `cx`'s waker to hear of it.
     #[cfg_attr(not(feature = "server"), allow(dead_code))]

@@ -48,6 +48,8 @@ use crate::adapters::endpoint::{Events, Reply};
 use crate::adapters::resolve::Resolver;
 use crate::adapters::Endpoint;
 use crate::engine::batch::Batch;
+use crate::engine::stats::{Sample, StreamEnd};
+use crate::error::EndReason;
 use crate::sync::Arc;
 use admission::{Bucket, IpSlot, PerIp, Rate};
 use request::{read_head, BodyLimits, Head, HeadError, HeadLimits};
@@ -689,8 +691,9 @@ fn dropped(socket: &TcpStream, reason: &'static str) {
 /// What a connection's task wakes up to do.
 enum Step {
     /// Write the rest of a batch the socket refused (boxed: the step's storage is part of
-    /// every connection's task, and this is the rare case).
-    Blocked(Box<Batch>),
+    /// every connection's task, and this is the rare case), with what to record once it is
+    /// written.
+    Blocked(Box<(Batch, Sample)>),
     /// The hub dropped the subscriber as slow.
     Slow,
     /// The hub ended the subscription.
@@ -707,6 +710,9 @@ enum Step {
 /// subscription is held across an await: batches are written synchronously inside the poll
 /// (the `IoSlice` array and the read probe live on the stack of that step, the batch too), and
 /// only a write the socket refuses goes on in a boxed future, with its timer.
+///
+/// Every way out counts the stream's end by its reason (`ssehub_streams_ended_total`), and
+/// every completed batch write records its size and latency (see [`Sample`]).
 ///
 /// A plain function returning an `async move` block, not an `async fn`: an `async fn` keeps
 /// its arguments twice in its state (as arguments and as the locals they are moved into).
@@ -731,12 +737,18 @@ fn stream(
                 // all an idle connection needs.
                 let step = poll_fn(|cx| loop {
                     let step = match events.poll_batch(cx) {
-                        Poll::Ready(Some(Ok(batch))) => match write_now(&socket, batch) {
-                            // Written: take the next batch, if any, in the same poll.
-                            Ok(None) => continue,
-                            Ok(Some(rest)) => Step::Blocked(Box::new(rest)),
-                            Err(error) => Step::Failed(error),
-                        },
+                        Poll::Ready(Some(Ok(batch))) => {
+                            let sample = Sample::of(&batch);
+                            match write_now(&socket, batch) {
+                                // Written: take the next batch, if any, in the same poll.
+                                Ok(None) => {
+                                    events.written(&sample);
+                                    continue;
+                                }
+                                Ok(Some(rest)) => Step::Blocked(Box::new((rest, sample))),
+                                Err(error) => Step::Failed(error),
+                            }
+                        }
                         Poll::Ready(Some(Err(_))) => Step::Slow,
                         Poll::Ready(None) => Step::Ended,
                         Poll::Pending => match socket.poll_read_ready(cx) {
@@ -749,48 +761,73 @@ fn stream(
                 .await;
                 match step {
                     Step::Blocked(rest) => {
-                        Box::pin(write_blocked(&socket, *rest, &mut events, write_timeout))
+                        let (rest, sample) = *rest;
+                        Box::pin(write_blocked(&socket, rest, sample, &mut events, write_timeout))
                     }
                     // Dropped as slow: close without ceremony; its client reconnects and resumes.
                     Step::Slow => {
                         dropped(&socket, "slow");
+                        events.end(StreamEnd::Hub(EndReason::Slow));
                         return Ok(());
                     }
-                    Step::Failed(error) => return Err(error),
-                    // Ended by the hub: a clean end of the body.
-                    Step::Ended => return socket.shutdown().await,
-                    Step::Readable(ready) => {
-                        ready?;
-                        match socket.try_read(&mut [0u8; 64]) {
-                            // The peer closed (FIN): end here; dropping `events` unsubscribes.
-                            Ok(0) => return Ok(()),
-                            Ok(n) => {
-                                trailing += n;
-                                if trailing > MAX_TRAILING_INPUT {
-                                    return Ok(());
-                                }
-                                continue;
-                            }
-                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                            Err(error) => return Err(error),
-                        }
+                    Step::Failed(error) => {
+                        events.end(StreamEnd::ClientGone);
+                        return Err(error);
                     }
+                    // Ended by the hub: a clean end of the body.
+                    Step::Ended => {
+                        let reason = events.end_reason();
+                        events.end(StreamEnd::Hub(reason));
+                        return socket.shutdown().await;
+                    }
+                    Step::Readable(ready) => match read_probe(&socket, ready, &mut trailing) {
+                        Some(end) => {
+                            let (end, result) = end;
+                            events.end(end);
+                            return result;
+                        }
+                        None => continue,
+                    },
                 }
             };
-            match blocked.await {
-                Ok(true) => {}
+            let end = match blocked.await {
+                Ok(true) => continue,
                 Ok(false) => {
                     dropped(&socket, "slow");
-                    return Ok(());
+                    (StreamEnd::Hub(EndReason::Slow), Ok(()))
                 }
-                Err(error) => {
-                    if error.kind() == io::ErrorKind::TimedOut {
-                        dropped(&socket, "write-deadline");
-                    }
-                    return Err(error);
+                Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+                    dropped(&socket, "write-deadline");
+                    (StreamEnd::WriteDeadline, Err(error))
                 }
-            }
+                Err(error) => (StreamEnd::ClientGone, Err(error)),
+            };
+            events.end(end.0);
+            return end.1;
         }
+    }
+}
+
+/// What the socket's read readiness means for a stream: `None` to go on, or how it ends. An
+/// SSE client sends nothing after its request, so readable means closed, failed, or
+/// misbehaving.
+fn read_probe(
+    socket: &TcpStream,
+    ready: io::Result<()>,
+    trailing: &mut usize,
+) -> Option<(StreamEnd, io::Result<()>)> {
+    if let Err(error) = ready {
+        return Some((StreamEnd::ClientGone, Err(error)));
+    }
+    match socket.try_read(&mut [0u8; 64]) {
+        // The peer closed (FIN): end here; dropping `events` unsubscribes.
+        Ok(0) => Some((StreamEnd::ClientGone, Ok(()))),
+        Ok(n) => {
+            *trailing += n;
+            (*trailing > MAX_TRAILING_INPUT).then_some((StreamEnd::UnexpectedInput, Ok(())))
+        }
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
+        Err(error) => Some((StreamEnd::ClientGone, Err(error))),
     }
 }
 
@@ -817,14 +854,15 @@ fn write_now(socket: &TcpStream, mut batch: Batch) -> io::Result<Option<Batch>> 
     Ok(None)
 }
 
-/// The rest of a batch the socket refused: waits for room and writes it. A write blocked for
-/// longer than `timeout` ends the connection. Resolves to `false` when the hub dropped the
-/// subscriber as slow while the write was blocked: the connection ends then, not at the
-/// deadline. The rare path: the caller boxes it, so its timer and state do not size every
-/// connection's task.
+/// The rest of a batch the socket refused: waits for room and writes it, then records
+/// `sample`. A write blocked for longer than `timeout` ends the connection. Resolves to `false`
+/// when the hub dropped the subscriber as slow while the write was blocked: the connection
+/// ends then, not at the deadline. The rare path: the caller boxes it, so its timer and state
+/// do not size every connection's task.
 async fn write_blocked(
     socket: &TcpStream,
     mut batch: Batch,
+    sample: Sample,
     events: &mut Events,
     timeout: Duration,
 ) -> io::Result<bool> {
@@ -836,7 +874,10 @@ async fn write_blocked(
             () = poll_fn(|cx| events.poll_dropped_as_slow(cx)) => return Ok(false),
         }
         match write_now(socket, batch)? {
-            None => return Ok(true),
+            None => {
+                events.written(&sample);
+                return Ok(true);
+            }
             Some(rest) => batch = rest,
         }
     }

@@ -35,15 +35,25 @@ pub(crate) struct Heartbeat {
 pub(crate) fn tick(shared: &Shared) -> u64 {
     let frame = Bytes::from_static(KEEP_ALIVE);
     let mut sent = 0;
+    // The slowest subscriber's backlog, for the lag gauge: this tick already visits every
+    // subscriber, so the gauge costs one queue length each per tick and nothing per delivery.
+    #[cfg(feature = "metrics")]
+    let mut slowest = 0;
     shared.engine.registry.subscribers().for_each(|slot| {
         // No lock: the feeds are a snapshot and each ring's tail an atomic. Read before the
         // queue's lock is taken, so that lock is held for the push alone.
-        let rings_idle = slot.ring_waiting() == 0;
-        if slot.queue.push_heartbeat(&frame, rings_idle) {
+        let waiting = slot.ring_waiting();
+        #[cfg(feature = "metrics")]
+        {
+            slowest = slowest.max(waiting + slot.queue.len());
+        }
+        if slot.queue.push_heartbeat(&frame, waiting == 0) {
             sent += 1;
         }
     });
     shared.engine.counters.heartbeats(sent);
+    #[cfg(feature = "metrics")]
+    shared.engine.counters.slowest_lag(slowest);
     // Age out idle topics' history and expired sessions here, so neither outlives its TTL
     // without anyone touching it.
     shared.sweep();

@@ -119,6 +119,8 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         config.jwt_query_token,
     )?
     .map(Arc::new);
+    // Before the hub is built: its metric handles are registered with the recorder then.
+    stats::install_exporter();
     let hub = build_hub(&config);
     let publisher = join(&hub, &config).await?;
     let market = config.demo.then(|| Arc::new(Mutex::new(Market::new())));

@@ -118,7 +118,7 @@ pub(crate) async fn join(
         #[allow(unreachable_patterns)]
         // The URL is not echoed: it may hold a password.
         _ => Err(
-            "--redis and --nats need the example built with --features redis or --features nats"
+            "--redis and --nats need ssehub-server built with its redis or nats feature (on by default; the hub example turns them off)"
                 .into(),
         ),
     }

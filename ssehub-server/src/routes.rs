@@ -330,49 +330,27 @@ async fn stats_json(State(app): State<App>) -> Response {
     json(StatusCode::OK, &stats)
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: the Prometheus exporter's rendering (see `stats::prometheus`).
 async fn metrics(State(app): State<App>) -> Response {
     #[allow(unused_mut)]
-    let mut text = stats::prometheus(&app.hub, &app.rates, app.config.stats_top);
+    let mut backplane = None;
     #[cfg(any(feature = "redis", feature = "nats"))]
     if let Publisher::Shared(node) = &app.publisher {
         let state = node.state();
-        for (name, kind, help, value) in [
-            (
-                "ssehub_backplane_connected",
-                "gauge",
-                "1 while the broker subscription is up.",
-                u64::from(state.connected),
-            ),
-            (
-                "ssehub_backplane_lag",
-                "gauge",
-                "Events the broker has that this node has not delivered.",
-                state.lag,
-            ),
-            (
-                "ssehub_backplane_reconnects_total",
-                "counter",
-                "Broker subscriptions lost and made again.",
-                state.reconnects,
-            ),
-            (
-                "ssehub_backplane_gaps_total",
-                "counter",
-                "Times events were missed and streams ended to resume.",
-                state.gaps,
-            ),
-            (
-                "ssehub_backplane_publish_errors_total",
-                "counter",
-                "Publishes the broker did not acknowledge.",
-                state.publish_errors,
-            ),
-        ] {
-            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-        }
+        backplane = Some(stats::Backplane {
+            connected: state.connected,
+            lag: state.lag,
+            reconnects: state.reconnects,
+            gaps: state.gaps,
+            publish_errors: state.publish_errors,
+        });
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    match stats::prometheus(&app.hub, &app.rates, app.config.stats_top, backplane) {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+            .into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "the metrics recorder is not this server's")
+            .into_response(),
+    }
 }
 
 /// `GET /demo/market`: every symbol with its recent prices, so the page starts full.
@@ -536,6 +514,11 @@ impl IntoResponse for Refusal {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // A full publish window, a broker away or a shutdown: worth trying again shortly (on
+        // another node, for a shutdown).
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

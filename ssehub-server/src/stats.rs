@@ -1,10 +1,13 @@
-//! `GET /stats` (JSON) and `GET /metrics` (Prometheus text), both rendered from
-//! `Hub::stats()`, plus the rates the server computes by sampling it.
+//! `GET /stats` (JSON, from `Hub::stats()`) and `GET /metrics` (Prometheus text, rendered by
+//! `metrics-exporter-prometheus` from what the library records), plus the rates the server
+//! computes by sampling the counters.
 
 use std::collections::VecDeque;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 use serde_json::{json, Value};
 use ssehub::{Hub, Stats};
@@ -102,77 +105,164 @@ pub fn json(hub: &Hub, rates: &Rates, top: usize, demo: bool) -> Value {
     })
 }
 
-/// The text of `GET /metrics`, in the Prometheus text exposition format 0.0.4.
-pub fn prometheus(hub: &Hub, rates: &Rates, top: usize) -> String {
-    let stats = hub.stats();
-    let rate = rates.per_second(&stats);
-    let mut out = String::with_capacity(2048);
-    let gauges: [(&str, &str, f64); 5] = [
-        ("ssehub_subscribers", "Live subscriptions (open streams).", stats.subscribers as f64),
-        ("ssehub_topics", "Topics with at least one subscriber.", stats.topics as f64),
-        ("ssehub_events_per_second", "Events published per second, recent.", rate.events),
-        ("ssehub_frames_per_second", "Frames delivered per second, recent.", rate.frames),
-        (
-            "ssehub_uptime_seconds",
-            "Seconds since the server started.",
-            rates.uptime().as_secs_f64(),
-        ),
-    ];
-    for (name, help, value) in gauges {
-        metric(&mut out, name, help, "gauge", &[(None, value)]);
-    }
-    let counters: [(&str, &str, u64); 6] = [
-        (
-            "ssehub_events_published_total",
-            "Events accepted for publishing.",
-            stats.events_published,
-        ),
-        ("ssehub_frames_delivered_total", "Frames queued to subscribers.", stats.frames_delivered),
-        ("ssehub_frames_dropped_total", "Frames lost by full queues.", stats.frames_dropped),
-        ("ssehub_frames_conflated_total", "Frames replaced by newer ones.", stats.frames_conflated),
-        (
-            "ssehub_slow_disconnects_total",
-            "Subscribers ended for being slow.",
-            stats.slow_disconnects,
-        ),
-        ("ssehub_heartbeats_total", "Keep-alive comments sent.", stats.heartbeats),
-    ];
-    for (name, help, value) in counters {
-        metric(&mut out, name, help, "counter", &[(None, value as f64)]);
-    }
-    let topics: Vec<(Option<String>, f64)> = top_topics(hub, top)
-        .into_iter()
-        .map(|(topic, n)| (Some(format!("topic=\"{}\"", escape_label(&topic))), n as f64))
-        .collect();
-    metric(
-        &mut out,
-        "ssehub_topic_subscribers",
-        "Subscribers per topic, for the topics with the most.",
-        "gauge",
-        &topics,
-    );
-    out
-}
+/// Bucket bounds of `ssehub_delivery_latency_seconds`: 50 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+/// Bucket bounds of `ssehub_write_batch_frames` (the hub's batch cap is 64 by default).
+const FRAME_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Bucket bounds of `ssehub_write_batch_bytes`: 64 B to 1 MiB.
+const BYTE_BUCKETS: [f64; 9] =
+    [64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 524_288.0, 1_048_576.0];
 
-/// Writes one metric family.
-fn metric(out: &mut String, name: &str, help: &str, kind: &str, samples: &[(Option<String>, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        match labels {
-            Some(labels) => {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+/// How often histogram samples are folded into their buckets: they wait in a buffer until
+/// then (8 bytes each), so this bounds that buffer, whatever the scrape interval.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The process's Prometheus recorder, once installed (`None`: another recorder was installed
+/// first, by an application embedding the server).
+static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process; later calls do nothing), describes
+/// every metric, and starts its upkeep thread. Call it before the hub is built: the hub
+/// registers its histograms when it is built.
+pub fn install_exporter() {
+    EXPORTER.get_or_init(|| {
+        let handle = buckets()
+            .map_err(|e| e.to_string())
+            .and_then(|builder| builder.install_recorder().map_err(|e| e.to_string()));
+        match handle {
+            Ok(handle) => {
+                describe();
+                let upkeep = handle.clone();
+                // A thread, like the recorder, for the process: not tied to one runtime.
+                let spawned = std::thread::Builder::new()
+                    .name("ssehub-metrics-upkeep".into())
+                    .spawn(move || loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    });
+                if let Err(error) = spawned {
+                    // Scrapes still fold the samples in; only the buffer between them grows.
+                    eprintln!("no metrics upkeep thread: {error}");
+                }
+                Some(handle)
             }
-            None => {
-                let _ = writeln!(out, "{name} {value}");
+            Err(error) => {
+                eprintln!("GET /metrics is off: cannot install the Prometheus recorder: {error}");
+                None
             }
         }
+    });
+}
+
+/// The exporter's settings: true histograms (with `_bucket` series) for the hub's histograms.
+fn buckets() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("ssehub_delivery_latency_seconds".into()),
+            &LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(Matcher::Full("ssehub_write_batch_frames".into()), &FRAME_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("ssehub_write_batch_bytes".into()), &BYTE_BUCKETS)
+}
+
+/// Describes the library's metrics and the server's own.
+fn describe() {
+    ssehub::describe_metrics();
+    describe_gauge!(RATE_EVENTS, "Events published per second over the last 3 s.");
+    describe_gauge!(RATE_FRAMES, "Frames delivered per second over the last 3 s.");
+    describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the server started.");
+    describe_counter!(PUBLISH_ERRORS, Unit::Count, "Publishes the broker did not acknowledge.");
+    // Counters appear at their first increment; these were on `/metrics` from the start
+    // before the exporter, and a zero is worth showing (a dashboard's rate starts from it).
+    for name in [
+        "ssehub_events_published_total",
+        "ssehub_frames_delivered_total",
+        "ssehub_frames_dropped_total",
+        "ssehub_frames_conflated_total",
+        "ssehub_slow_disconnects_total",
+        "ssehub_heartbeats_total",
+    ] {
+        counter!(name).increment(0);
     }
 }
 
-/// Escapes a label value: backslash, double quote and line feed.
-fn escape_label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// `ssehub_events_per_second`: a rate kept for dashboards that read it; Prometheus users take
+/// `rate(ssehub_events_published_total[1m])`.
+const RATE_EVENTS: &str = "ssehub_events_per_second";
+/// `ssehub_frames_per_second`, likewise.
+const RATE_FRAMES: &str = "ssehub_frames_per_second";
+/// Time since start.
+const UPTIME: &str = "ssehub_uptime_seconds";
+/// Broker publishes not acknowledged.
+const PUBLISH_ERRORS: &str = "ssehub_backplane_publish_errors_total";
+/// Subscribers of each of the top topics.
+const TOPIC_SUBSCRIBERS: &str = "ssehub_topic_subscribers";
+
+/// The state a scrape reads from elsewhere than the hub: the broker link's, with a backplane.
+#[derive(Debug, Clone, Copy)]
+pub struct Backplane {
+    /// Whether the broker subscription is up.
+    pub connected: bool,
+    /// Events the broker has that this node has not delivered.
+    pub lag: u64,
+    /// Broker subscriptions lost and made again.
+    pub reconnects: u64,
+    /// Times events were missed and streams ended to resume.
+    pub gaps: u64,
+    /// Publishes the broker did not acknowledge.
+    pub publish_errors: u64,
+}
+
+/// The text of `GET /metrics` (the Prometheus text exposition format 0.0.4), or `None` when
+/// the recorder is not this server's. Values that are state rather than events are set now,
+/// at the scrape: the hub's sizes, the rates, the uptime, the broker link's state; the
+/// counters and histograms are the library's, recorded as things happen.
+pub fn prometheus(
+    hub: &Hub,
+    rates: &Rates,
+    top: usize,
+    backplane: Option<Backplane>,
+) -> Option<String> {
+    let handle = EXPORTER.get()?.as_ref()?;
+    let stats = hub.stats();
+    let rate = rates.per_second(&stats);
+    gauge!("ssehub_subscribers").set(stats.subscribers as f64);
+    gauge!("ssehub_topics").set(stats.topics as f64);
+    gauge!(RATE_EVENTS).set(rate.events);
+    gauge!(RATE_FRAMES).set(rate.frames);
+    gauge!(UPTIME).set(rates.uptime().as_secs_f64());
+    if let Some(state) = backplane {
+        gauge!("ssehub_backplane_connected").set(if state.connected { 1.0 } else { 0.0 });
+        gauge!("ssehub_backplane_lag").set(state.lag as f64);
+        counter!("ssehub_backplane_reconnects_total").absolute(state.reconnects);
+        counter!("ssehub_backplane_gaps_total").absolute(state.gaps);
+        counter!(PUBLISH_ERRORS).absolute(state.publish_errors);
+    }
+    let mut text = handle.render();
+    text.push_str(&top_topics_text(hub, top));
+    Some(text)
+}
+
+/// `ssehub_topic_subscribers{topic}` for the `top` topics with the most subscribers, through
+/// a recorder of its own made for this scrape: a topic that left the top since the last one
+/// must not stay behind with its old count, as it would in the process's recorder.
+fn top_topics_text(hub: &Hub, top: usize) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        describe_gauge!(
+            TOPIC_SUBSCRIBERS,
+            Unit::Count,
+            "Subscribers per topic, for the topics with the most."
+        );
+        for (topic, subscribers) in top_topics(hub, top) {
+            gauge!(TOPIC_SUBSCRIBERS, "topic" => topic).set(subscribers as f64);
+        }
+    });
+    handle.render()
 }
 
 /// Two decimals are plenty for a dashboard.
