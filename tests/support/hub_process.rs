@@ -84,27 +84,9 @@ pub struct Server {
 impl Server {
     /// Starts the example on `127.0.0.1:0` with `args`, and reads the port it printed.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = hub_command()
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the hub example");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("the server printed no address within {WAIT:?}");
-        });
-        let addr = line.rsplit("http://").next().and_then(|a| a.parse().ok());
-        let addr = addr.unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child, addr, lines: rx }
+        let mut command = hub_command();
+        command.args(["--addr", "127.0.0.1:0"]).args(args);
+        Server::from_command(command)
     }
 
     /// Starts the example like [`Server::start`], with `vars` set in its environment.
