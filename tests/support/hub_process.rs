@@ -358,10 +358,17 @@ impl Stream {
             return false;
         }
         let mut buf = [0u8; 16 * 1024];
-        let n = match self.reader.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
-            Err(e) => panic!("reading the stream: {e}"),
+        let mut interrupted = 0;
+        let n = loop {
+            match self.reader.read(&mut buf) {
+                Ok(n) => break n,
+                // A signal landed in this thread (other tests signal their servers): read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted && interrupted < 100 => {
+                    interrupted += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break 0,
+                Err(e) => panic!("reading the stream: {e}"),
+            }
         };
         if n == 0 {
             return false;
