@@ -49,6 +49,13 @@ async fn broker_restart_loses_nothing_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_with_its_data_ends_no_stream() {
+    // JetStream keeps the stream on disk; the client resumes its subscription by itself, or
+    // the node recovers the range: either way no stream ends.
+    backplane::broker_restart_without_a_storm(Kind::Nats, config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_clients_resume_elsewhere() {
     backplane::node_killed(Kind::Nats, config).await;
 }
