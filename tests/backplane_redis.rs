@@ -50,7 +50,9 @@ async fn broker_restart_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_with_its_data_ends_no_stream() {
-    let recovered = backplane::broker_restart_without_a_storm(Kind::Redis, config).await;
+    let recovered =
+        backplane::broker_restart_without_a_storm(Kind::Redis, config, Duration::from_millis(300))
+            .await;
     assert!(recovered > 0, "the nodes rejoined behind Redis and recovered the range");
 }
 

@@ -576,9 +576,9 @@ pub async fn a_full_window_refuses_at_once(kind: Kind, small_window: Config) {
 /// range from the broker's history instead of ending its streams. One client per node, on one
 /// TCP connection throughout (a stream that ended fails the test: these clients do not
 /// reconnect), gets every event the broker stored exactly once, numbered without a hole, in
-/// the same order on both nodes. Returns the ranges the nodes recovered (NATS's client often
-/// resumes its subscription by itself, with nothing to recover).
-pub async fn broker_restart_without_a_storm(kind: Kind, config: Config) -> u64 {
+/// the same order on both nodes. The broker stays down for `down`. Returns the ranges the nodes
+/// recovered.
+pub async fn broker_restart_without_a_storm(kind: Kind, config: Config, down: Duration) -> u64 {
     let mut broker = Broker::start(kind);
     let url = broker.url();
     let a = Node::start(config(&url, "storm", 10_000), 1000).await;
@@ -620,7 +620,7 @@ pub async fn broker_restart_without_a_storm(kind: Kind, config: Config) -> u64 {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(down).await;
     broker.restart();
     for node in [&a, &b] {
         eventually("reconnected", || {
