@@ -98,8 +98,8 @@ pub enum BackplaneError {
     #[error("backplane is shut down")]
     Closed,
     /// The node's publish window is full: publishes arrive faster than the broker takes them
-    /// (see `with_max_in_flight` on [`Redis`](crate::backplane::Redis) and
-    /// [`Nats`](crate::backplane::Nats)). Nothing was published; retry later.
+    /// (see `Redis::with_max_in_flight` and `Nats::with_max_in_flight`). Nothing was
+    /// published; retry later.
     #[error("too many publishes waiting for the broker; retry later")]
     Busy,
 }

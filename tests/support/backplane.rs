@@ -571,6 +571,16 @@ pub async fn a_full_window_refuses_at_once(kind: Kind, small_window: Config) {
     drop(broker);
 }
 
+/// The events of `client` until every one of `ends` came (as data); fails the test when the
+/// stream ends first.
+async fn read_until(client: &mut Client, ends: &[&str]) -> Vec<ParsedEvent> {
+    let mut got: Vec<ParsedEvent> = Vec::new();
+    while !ends.iter().all(|end| got.iter().any(|e| e.data == *end)) {
+        got.extend(client.events(1).await);
+    }
+    got
+}
+
 /// The broker killed (SIGKILL) and restarted with its data while two nodes publish steadily:
 /// each node's subscription comes back behind the broker, and the node recovers the missed
 /// range from the broker's history instead of ending its streams. One client per node, on one
@@ -587,15 +597,8 @@ pub async fn broker_restart_without_a_storm(kind: Kind, config: Config, down: Du
     for node in [&a, &b] {
         let mut client = open(node, "topic=t&topic=u", None).await;
         eventually("subscribed", || node.hub.topic_subscriber_count("u") == 1).await;
-        readers.push(tokio::spawn(async move {
-            let mut got: Vec<ParsedEvent> = Vec::new();
-            let ends = ["end-0", "end-1"];
-            while !ends.iter().all(|end| got.iter().any(|e| e.data == *end)) {
-                // Fails (the task panics) when the stream ends: no stream may.
-                got.extend(client.events(1).await);
-            }
-            got
-        }));
+        readers
+            .push(tokio::spawn(async move { read_until(&mut client, &["end-0", "end-1"]).await }));
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut publishers = Vec::new();
