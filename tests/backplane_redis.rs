@@ -49,6 +49,14 @@ async fn broker_restart_loses_nothing_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_with_its_data_ends_no_stream() {
+    let recovered =
+        backplane::broker_restart_without_a_storm(Kind::Redis, config, Duration::from_millis(300))
+            .await;
+    assert!(recovered > 0, "the nodes rejoined behind Redis and recovered the range");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_clients_resume_elsewhere() {
     backplane::node_killed(Kind::Redis, config).await;
 }
@@ -78,32 +86,10 @@ async fn one_backplane_per_hub() {
     backplane::one_backplane_per_hub(Kind::Redis, config).await;
 }
 
-/// A node's subscription lost while others publish (Redis drops it, as it drops a subscriber
-/// over its output buffer limit): the node notices the gap when it rejoins, ends its streams,
-/// and its clients resume from Redis's history with every event exactly once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_subscription_gap_is_replayed() {
-    use futures_util::StreamExt;
-    use ssehub::client::{ClientEvent, EventSource};
-
-    let broker = brokers::Broker::start(Kind::Redis);
-    let url = broker.url();
-    let a = backplane::Node::start(config(&url, "gap", 10_000), 1000).await;
-    let b = backplane::Node::start(config(&url, "gap", 10_000), 1000).await;
-    let source = EventSource::new(&format!("http://{}/events?topic=t", b.addr))
-        .expect("a url")
-        .with_backoff(ssehub::client::Backoff::new(
-            Duration::from_millis(20),
-            Duration::from_millis(200),
-            0.2,
-        ));
-    let mut events = source.connect().expect("connect");
-    http::eventually("subscribed", || b.hub.topic_subscriber_count("t") == 1).await;
-    let mut published = Vec::new();
-    for i in 0..10 {
-        published.push(a.publish("t", &format!("g{i}")).await);
-    }
-    let client = ::redis::Client::open(url.as_str()).expect("a client");
+/// Kills both nodes' Redis subscriptions (as Redis drops a subscriber over its output buffer
+/// limit): events published before they rejoin are missed.
+async fn lose_subscriptions(url: &str) {
+    let client = ::redis::Client::open(url).expect("a client");
     let mut admin = client.get_multiplexed_async_connection().await.expect("connect");
     let killed: i64 = ::redis::cmd("CLIENT")
         .arg("KILL")
@@ -113,11 +99,60 @@ async fn lost_subscription_gap_is_replayed() {
         .await
         .expect("client kill");
     assert_eq!(killed, 2, "both nodes' subscriptions");
-    // Publish through the reconnect pause until B has noticed a gap (bounded).
+}
+
+/// An SSE client of `topic=t` on `node` that reconnects (resuming) by itself, quickly.
+fn reconnecting(node: &backplane::Node) -> ssehub::client::Events {
+    ssehub::client::EventSource::new(&format!("http://{}/events?topic=t", node.addr))
+        .expect("a url")
+        .with_backoff(ssehub::client::Backoff::new(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+            0.2,
+        ))
+        .connect()
+        .expect("connect")
+}
+
+/// The ids of the next `n` messages of `events` (failing the test on a stall), and how many
+/// times the stream was (re)opened meanwhile.
+async fn messages(events: &mut ssehub::client::Events, n: usize) -> (Vec<String>, usize) {
+    use futures_util::StreamExt;
+    use ssehub::client::ClientEvent;
+    let (mut got, mut opened) = (Vec::new(), 0);
+    while got.len() < n {
+        let next = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
+        match next {
+            Ok(Some(Ok(ClientEvent::Message(event)))) => got.push(event.id),
+            Ok(Some(Ok(ClientEvent::Open))) => opened += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("stream stalled after {} of {n} events", got.len()),
+        }
+    }
+    (got, opened)
+}
+
+/// A node's subscription lost while others publish: when it rejoins, Redis still has the
+/// range it missed, so the node delivers it from Redis's history and ends no stream; its
+/// client gets every event exactly once, in order, on the connection it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_subscription_range_is_recovered() {
+    let broker = brokers::Broker::start(Kind::Redis);
+    let url = broker.url();
+    let a = backplane::Node::start(config(&url, "gap", 10_000), 1000).await;
+    let b = backplane::Node::start(config(&url, "gap", 10_000), 1000).await;
+    let mut events = reconnecting(&b);
+    http::eventually("subscribed", || b.hub.topic_subscriber_count("t") == 1).await;
+    let mut published = Vec::new();
+    for i in 0..10 {
+        published.push(a.publish("t", &format!("g{i}")).await);
+    }
+    lose_subscriptions(&url).await;
+    // Publish through the reconnect pause until B has recovered a range (bounded).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut i = 10;
-    while b.backplane.state().gaps == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "B never noticed the gap");
+    while b.backplane.state().ranges_recovered == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "B never recovered a range");
         published.push(a.publish("t", &format!("g{i}")).await);
         i += 1;
     }
@@ -125,17 +160,47 @@ async fn lost_subscription_gap_is_replayed() {
         published.push(a.publish("t", &format!("g{i}")).await);
         i += 1;
     }
-    let mut got = Vec::new();
-    while got.len() < published.len() {
-        let next = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
-        match next {
-            Ok(Some(Ok(ClientEvent::Message(event)))) => got.push(event.id),
-            Ok(Some(_)) => {}
-            _ => panic!("stream stalled after {} of {} events", got.len(), published.len()),
-        }
-    }
+    let (got, opened) = messages(&mut events, published.len()).await;
     assert_eq!(got, published, "every event exactly once, in order");
-    assert!(b.backplane.state().reconnects >= 1);
+    let state = b.backplane.state();
+    assert!(state.reconnects >= 1);
+    assert!(state.events_recovered >= 1, "{state:?}");
+    assert_eq!(state.gaps, 0, "no stream ended: {state:?}");
+    assert_eq!(opened, 1, "the client never reconnected");
+}
+
+/// A node's subscription lost while others publish more than Redis keeps: the range cannot
+/// be recovered, so the node ends its streams, and its client resumes from Redis's history of
+/// its topic with every event exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_subscription_trimmed_range_ends_streams() {
+    let broker = brokers::Broker::start(Kind::Redis);
+    let url = broker.url();
+    let a = backplane::Node::start(config(&url, "trim", 30), 1000).await;
+    let b = backplane::Node::start(config(&url, "trim", 30), 1000).await;
+    let mut events = reconnecting(&b);
+    http::eventually("subscribed", || b.hub.topic_subscriber_count("t") == 1).await;
+    let mut published = Vec::new();
+    for i in 0..5 {
+        published.push(a.publish("t", &format!("g{i}")).await);
+    }
+    lose_subscriptions(&url).await;
+    // While B is away, another topic outgrows what Redis keeps of it.
+    let flood = (0..100).map(|i| a.backplane.publish("flood", ssehub::Event::new(format!("{i}"))));
+    for published in futures_util::future::join_all(flood).await {
+        published.expect("publish");
+    }
+    for i in 5..8 {
+        published.push(a.publish("t", &format!("g{i}")).await);
+    }
+    http::eventually("B ended its streams", || b.backplane.state().gaps >= 1).await;
+    for i in 8..11 {
+        published.push(a.publish("t", &format!("g{i}")).await);
+    }
+    let (got, opened) = messages(&mut events, published.len()).await;
+    assert_eq!(got, published, "every event exactly once, in order");
+    assert_eq!(b.backplane.state().ranges_recovered, 0);
+    assert!(opened >= 2, "the client reconnected: opened {opened} times");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

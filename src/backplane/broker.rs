@@ -113,6 +113,17 @@ pub(crate) trait Broker: Send + Sync + 'static {
 
     /// The broker's epoch and last number now.
     fn position(&self) -> BoxFuture<'_, Polled>;
+
+    /// Every event of every topic in `(from.seq, upto]` of history `from.epoch`, as the live
+    /// stream would have carried them (each an [`Incoming::Event`], in any order): for a node
+    /// whose subscription came back behind the broker. `None` when the broker no longer has
+    /// the whole range (another epoch, trimmed) or it holds more than `max` events.
+    fn recover(
+        &self,
+        from: Position,
+        upto: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<Incoming>>, BackplaneError>>;
 }
 
 /// How to reach a broker: implemented by the public [`Redis`](super::Redis) and

@@ -185,9 +185,16 @@ pub struct BackplaneState {
     pub received: u64,
     /// Events received that could not be decoded or delivered here (counted, skipped).
     pub skipped: u64,
-    /// Times events were missed (a reconnect after others published, a lost message): local
-    /// streams were ended so their clients resume from the broker's history.
+    /// Times events were missed and could not be recovered (a reconnect behind a broker that
+    /// no longer has the missed range, a new epoch, a lost message): local streams were ended
+    /// so their clients resume from the broker's history.
     pub gaps: u64,
+    /// Times the subscription came back behind the broker, in the same history, and the
+    /// missed range was fetched from the broker's history and delivered in order: no stream
+    /// ended.
+    pub ranges_recovered: u64,
+    /// Events delivered that way, over every recovered range.
+    pub events_recovered: u64,
     /// Resumes served from the broker's history because the local mirror did not reach back.
     pub fetches: u64,
 }
@@ -215,6 +222,10 @@ struct Counters {
     gaps: AtomicU64,
     /// See [`BackplaneState::fetches`].
     fetches: AtomicU64,
+    /// See [`BackplaneState::ranges_recovered`].
+    ranges_recovered: AtomicU64,
+    /// See [`BackplaneState::events_recovered`].
+    events_recovered: AtomicU64,
 }
 
 impl Counters {
@@ -317,6 +328,13 @@ impl Node {
             Some(Numbered::Duplicate) => {}
             None => Counters::bump(&self.counters.skipped),
         }
+    }
+
+    /// Counts a range of `events` recovered from the broker's history.
+    pub(crate) fn recovered(&self, events: u64) {
+        Counters::bump(&self.counters.ranges_recovered);
+        // Relaxed: statistics.
+        self.counters.events_recovered.fetch_add(events, Ordering::Relaxed);
     }
 
     /// Counts a message that is not an event this crate published.
@@ -683,6 +701,8 @@ impl Backplane {
             skipped: load(&counters.skipped),
             gaps: load(&counters.gaps),
             fetches: load(&counters.fetches),
+            ranges_recovered: load(&counters.ranges_recovered),
+            events_recovered: load(&counters.events_recovered),
         }
     }
 

@@ -483,6 +483,63 @@ impl Client {
     }
 }
 
+impl Client {
+    /// See [`Broker::recover`]: one ordered consumer over every topic's subject, from just
+    /// after `from`, read up to `upto`.
+    async fn recover(
+        &self,
+        from: Position,
+        upto: u64,
+        max: usize,
+    ) -> Result<Option<Vec<Incoming>>, BackplaneError> {
+        let stream = self.stream().await?;
+        let (epoch, _, first) = self.tip(&stream).await?;
+        let wanted = upto.saturating_sub(from.seq);
+        // Limits trim the stream as a whole: a first message past the range's start means
+        // some of it is gone.
+        if epoch != from.epoch || first > from.seq + 1 || wanted > max as u64 {
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        if wanted == 0 {
+            return Ok(Some(events));
+        }
+        let config = OrderedConfig {
+            deliver_subject: self.0.client.new_inbox(),
+            filter_subject: format!("{}.>", self.0.prefix),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from.seq + 1 },
+            ..OrderedConfig::default()
+        };
+        let consumer = within(self.0.timeout, stream.create_consumer(config)).await?;
+        let mut pending = consumer.cached_info().num_pending;
+        let mut messages = within(self.0.timeout, consumer.messages()).await?;
+        // Bounded by `pending` and by `max`: the stream may have lost messages of the range.
+        while pending > 0 && events.len() < max {
+            let message = tokio::time::timeout(self.0.timeout, messages.next())
+                .await
+                .map_err(|_| BackplaneError::Timeout(self.0.timeout))?
+                .ok_or(BackplaneError::Protocol)?
+                .map_err(|e| BackplaneError::Unavailable(BrokerError::wrap(e)))?;
+            let info = message.info().map_err(|_| BackplaneError::Protocol)?;
+            let seq = info.stream_sequence;
+            pending = info.pending;
+            if seq > upto {
+                break;
+            }
+            events.push(Incoming::Event {
+                epoch: None,
+                seq,
+                topic: topic_of(&self.0.prefix, message.subject.as_str()),
+                payload: message.payload.clone(),
+            });
+            if seq == upto {
+                break;
+            }
+        }
+        Ok(Some(events))
+    }
+}
+
 impl Broker for Client {
     fn publish(
         &self,
@@ -512,6 +569,15 @@ impl Broker for Client {
 
     fn position(&self) -> BoxFuture<'_, Polled> {
         Box::pin(Client::position(self))
+    }
+
+    fn recover(
+        &self,
+        from: Position,
+        upto: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<Incoming>>, BackplaneError>> {
+        Box::pin(Client::recover(self, from, upto, max))
     }
 }
 

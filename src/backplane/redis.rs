@@ -122,6 +122,38 @@ end
 return out
 ";
 
+/// The events in `(ARGV[2], ARGV[3]]` of history `ARGV[1]` on the given topics, each as its id,
+/// its topic and its payload, after `ok`; `gone` instead when the epoch is another, a topic
+/// trimmed some of them, or there are more than `ARGV[4]`. `KEYS`: the epoch, the trimmed hash,
+/// then each topic's stream; `ARGV[5..]`: the topics' names. All read atomically.
+const RECOVER: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {'gone'}
+end
+local after = tonumber(ARGV[2])
+local max = tonumber(ARGV[4])
+local out = {'ok'}
+local count = 0
+for i = 3, #KEYS do
+  local name = ARGV[i + 2]
+  local trimmed = tonumber(redis.call('HGET', KEYS[2], name)) or 0
+  if trimmed > after then
+    return {'gone'}
+  end
+  local entries = redis.call('XRANGE', KEYS[i], string.format('%d', after + 1), ARGV[3], 'COUNT', max + 1 - count)
+  for _, entry in ipairs(entries) do
+    out[#out + 1] = entry[1]
+    out[#out + 1] = name
+    out[#out + 1] = entry[2][2]
+  end
+  count = count + #entries
+  if count > max then
+    return {'gone'}
+  end
+end
+return out
+";
+
 /// Most topics one resume may fetch (a pattern matching more gets a `too-many` reset).
 const MAX_FETCH_TOPICS: usize = 4096;
 
@@ -278,6 +310,7 @@ impl Connect for Redis {
                 publish: Script::new(PUBLISH),
                 rebase: Script::new(REBASE),
                 fetch: Script::new(FETCH),
+                recover: Script::new(RECOVER),
             })) as PlainArc<dyn Broker>
         });
         Box::pin(std::future::ready(client))
@@ -320,6 +353,8 @@ struct Inner {
     rebase: Script,
     /// See [`FETCH`].
     fetch: Script,
+    /// See [`RECOVER`].
+    recover: Script,
 }
 
 impl Client {
@@ -513,11 +548,7 @@ impl Client {
             let [id, payload] = pair else {
                 return Err(BackplaneError::Protocol);
             };
-            let seq = std::str::from_utf8(id)
-                .ok()
-                .and_then(|id| id.strip_suffix("-0"))
-                .and_then(|n| n.parse::<u64>().ok())
-                .ok_or(BackplaneError::Protocol)?;
+            let seq = stream_seq(id).ok_or(BackplaneError::Protocol)?;
             // Undecodable events are skipped here as they are live.
             if let Ok(event) = super::codec::decode(payload) {
                 fetched.events.push((seq, event));
@@ -526,6 +557,73 @@ impl Client {
         fetched.events.sort_unstable_by_key(|(seq, _)| *seq);
         Ok(fetched)
     }
+}
+
+impl Client {
+    /// See [`Broker::recover`]: the topics with events after `from` (from `P:topics`: every
+    /// event up to `upto` was numbered before the subscription learned `upto`, so its topic is
+    /// there already), then one [`RECOVER`] call over their streams.
+    async fn recover(
+        &self,
+        from: Position,
+        upto: u64,
+        max: usize,
+    ) -> Result<Option<Vec<Incoming>>, BackplaneError> {
+        let inner = &self.0;
+        let key = inner.topics_key.clone();
+        let topics: Vec<(String, String)> = self
+            .call(|mut connection| async move {
+                ::redis::cmd("HGETALL").arg(&key).query_async(&mut connection).await
+            })
+            .await?;
+        let names: Vec<String> = topics
+            .into_iter()
+            .filter(|(_, last)| last.parse::<u64>().map_or(true, |last| last > from.seq))
+            .map(|(name, _)| name)
+            .collect();
+        if names.len() > MAX_FETCH_TOPICS {
+            return Ok(None);
+        }
+        let reply: Vec<Vec<u8>> = self
+            .call(|mut connection| async move {
+                let mut invocation = inner.recover.prepare_invoke();
+                invocation.key(&inner.epoch_key).key(&inner.trimmed_key);
+                for name in &names {
+                    invocation.key(format!("{}{name}", inner.stream_prefix));
+                }
+                invocation.arg(format!("{:x}", from.epoch)).arg(from.seq).arg(upto).arg(max);
+                for name in &names {
+                    invocation.arg(name);
+                }
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        match reply.first().map(Vec::as_slice) {
+            Some(b"gone") => return Ok(None),
+            Some(b"ok") => {}
+            _ => return Err(BackplaneError::Protocol),
+        }
+        let mut events = Vec::with_capacity((reply.len() - 1) / 3);
+        for triple in reply[1..].chunks(3) {
+            let [id, topic, payload] = triple else {
+                return Err(BackplaneError::Protocol);
+            };
+            events.push(Incoming::Event {
+                epoch: Some(from.epoch),
+                seq: stream_seq(id).ok_or(BackplaneError::Protocol)?,
+                topic: Some(
+                    String::from_utf8(topic.clone()).map_err(|_| BackplaneError::Protocol)?,
+                ),
+                payload: Bytes::copy_from_slice(payload),
+            });
+        }
+        Ok(Some(events))
+    }
+}
+
+/// The event number of a stream entry's id, `n-0`.
+fn stream_seq(id: &[u8]) -> Option<u64> {
+    std::str::from_utf8(id).ok()?.strip_suffix("-0")?.parse().ok()
 }
 
 /// The position the scripts answer with, a hex epoch and a decimal number.
@@ -627,6 +725,15 @@ impl Broker for Client {
 
     fn position(&self) -> BoxFuture<'_, Polled> {
         Box::pin(Client::position(self))
+    }
+
+    fn recover(
+        &self,
+        from: Position,
+        upto: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<Incoming>>, BackplaneError>> {
+        Box::pin(Client::recover(self, from, upto, max))
     }
 }
 

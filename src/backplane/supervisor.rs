@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::broker::{Broker, Incoming, Live, Polled};
+use super::broker::{Broker, Incoming, Live, Polled, Position};
 use super::{BackplaneError, Node};
 use crate::sync::PlainArc;
 
@@ -141,13 +141,72 @@ impl Watch {
     }
 }
 
-/// Subscribes `node` to `broker`'s live stream and joins the hub to where it starts (a gap or
-/// a new epoch since the node's last subscription ends the hub's streams, see
-/// [`Node::rebase`]).
+/// Most events a node recovers from the broker's history when its subscription comes back
+/// behind (see [`recover`]): a longer outage ends the streams instead, and their clients resume
+/// from the broker's history on their own, spread over their reconnects, rather than this node
+/// holding the whole range in memory at once.
+pub(crate) const MAX_RECOVER: usize = 10_000;
+
+/// Subscribes `node` to `broker`'s live stream and joins the hub to where it starts. When the
+/// node is behind in the same history, the missed range is recovered first (see [`recover`]);
+/// a range that cannot be, or a new epoch, ends the hub's streams (see [`Node::rebase`]).
 pub(crate) async fn join(node: &Node, broker: &dyn Broker) -> Result<Live, BackplaneError> {
     let (at, live) = broker.subscribe(node.seen()).await?;
+    if let Some(from) = node.seen().filter(|seen| seen.epoch == at.epoch && seen.seq < at.seq) {
+        recover(node, broker, from, at.seq).await;
+    }
     node.rebase(at.epoch, at.seq);
     Ok(live)
+}
+
+/// Delivers the events in `(from.seq, upto]` from the broker's history, before the live stream
+/// that starts after `upto`: then [`Node::rebase`] finds the node at `upto` and ends nothing.
+///
+/// The seam: `upto` is where the live stream starts (see [`Broker::subscribe`]), so the range
+/// and the live stream share no event; live events arriving while the range is fetched wait in
+/// the subscription, unread, and are delivered after it, in order. Every delivery goes through
+/// the hub's sequenced door, which also skips a duplicate should one come. The range is
+/// delivered only when it is whole (every number from `from.seq + 1` to `upto`, once):
+/// otherwise nothing is, and the rebase ends the streams as it would without recovery. Bounded
+/// by [`MAX_RECOVER`] events and by the broker's timeout.
+async fn recover(node: &Node, broker: &dyn Broker, from: Position, upto: u64) {
+    let timeout = node.common.timeout;
+    let asked = tokio::time::timeout(timeout, broker.recover(from, upto, MAX_RECOVER)).await;
+    let Ok(Ok(Some(mut events))) = asked else { return };
+    events.sort_unstable_by_key(|incoming| match incoming {
+        Incoming::Event { seq, .. } => *seq,
+        _ => 0,
+    });
+    let seqs = events.iter().map(|incoming| match incoming {
+        Incoming::Event { seq, .. } => Some(*seq),
+        _ => None,
+    });
+    if !whole(seqs, from.seq, upto) {
+        return;
+    }
+    let count = events.len() as u64;
+    for incoming in events {
+        if let Incoming::Event { seq, topic, payload, .. } = incoming {
+            match topic {
+                Some(topic) => node.deliver(&topic, seq, &payload),
+                None => node.deliver("", seq, &[]),
+            }
+        }
+    }
+    node.recovered(count);
+}
+
+/// Whether `seqs`, sorted, are exactly every number in `(after, upto]`, once each (`None`
+/// stands for an item that is not an event).
+fn whole(seqs: impl Iterator<Item = Option<u64>>, after: u64, upto: u64) -> bool {
+    let mut next = after;
+    for seq in seqs {
+        match seq {
+            Some(seq) if Some(seq) == next.checked_add(1) && seq <= upto => next = seq,
+            _ => return false,
+        }
+    }
+    next == upto
 }
 
 /// The node's task: listens on `first`, and each time the subscription is lost subscribes
@@ -228,7 +287,6 @@ fn receive(node: &Node, incoming: Incoming) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::broker::Position;
     use super::super::Counters;
     use super::*;
 
@@ -305,6 +363,20 @@ mod tests {
         assert_eq!(missing.judge(Polled::NoHistory, 1, 5), Verdict::Keep);
         assert_eq!(missing.judge(Polled::NoHistory, 1, 5), Verdict::Keep);
         assert_eq!(missing.judge(Polled::NoHistory, 1, 5), Verdict::Resubscribe);
+    }
+
+    #[test]
+    fn only_a_whole_range_is_recovered() {
+        let some = |seqs: &[u64]| seqs.iter().map(|s| Some(*s)).collect::<Vec<_>>();
+        assert!(whole(some(&[5, 6, 7]).into_iter(), 4, 7));
+        assert!(whole(some(&[]).into_iter(), 7, 7), "nothing missed");
+        assert!(!whole(some(&[5, 7]).into_iter(), 4, 7), "a hole");
+        assert!(!whole(some(&[5, 6]).into_iter(), 4, 7), "short of the end");
+        assert!(!whole(some(&[6, 7]).into_iter(), 4, 7), "trimmed at the start");
+        assert!(!whole(some(&[5, 5, 6, 7]).into_iter(), 4, 7), "twice");
+        assert!(!whole(some(&[5, 6, 7, 8]).into_iter(), 4, 7), "past the live stream's start");
+        assert!(!whole(vec![Some(5), None, Some(6)].into_iter(), 4, 6), "not an event");
+        assert!(!whole(some(&[u64::MAX]).into_iter(), u64::MAX, u64::MAX), "no overflow");
     }
 
     #[test]
