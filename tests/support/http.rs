@@ -479,6 +479,24 @@ pub async fn burst_in_few_reads(server: Server) {
     assert!(client.reads <= 4, "128 events took {} reads", client.reads);
 }
 
+/// A 1 MiB event (hyper's buffers start at 8 KiB) arrives whole, over HTTP/1.1 and h2c, and a
+/// small one after it.
+pub async fn one_mebibyte_event(server: Server) {
+    let hub = quiet().with_max_event_bytes(2 * 1024 * 1024).build();
+    let addr = spawn(server, Endpoint::new(hub.clone())).await;
+    let mut h1 = get(addr, "/events?topic=big").await;
+    let mut h2 = h2_get(addr, "/events?topic=big").await;
+    assert_eq!((h1.status, h2.status), (200, Some(200)));
+    eventually("both subscribers", || hub.topic_subscriber_count("big") == 2).await;
+    // Just under the test parser's 1 MiB line limit, `data: ` included.
+    let big = "x".repeat(1024 * 1024 - 16);
+    hub.publish("big", Event::new(big.clone())).expect("publish");
+    hub.publish("big", Event::new("after")).expect("publish");
+    let expected = [ParsedEvent::new("message", big), ParsedEvent::new("message", "after")];
+    assert_eq!(h1.events(2).await, expected);
+    assert_eq!(h2.events(2).await, expected);
+}
+
 /// A resolver using `Credentials`: 401 without a credential, 403 for a wrong one, 200 with a cookie
 /// or (enabled) a query token; the reason is the body and no token is echoed.
 pub async fn resolver_rejects(server: Server) {
@@ -938,6 +956,11 @@ macro_rules! adapter_scenarios {
         #[tokio::test]
         async fn burst_in_few_reads() {
             support::burst_in_few_reads($server).await;
+        }
+
+        #[tokio::test]
+        async fn one_mebibyte_event() {
+            support::one_mebibyte_event($server).await;
         }
 
         #[tokio::test]
