@@ -200,7 +200,8 @@ pub fn response(subscription: Subscription) -> Response<Body> {
 ///
 /// # Examples
 ///
-/// Serving one connection with hyper-util (what [`serve`] does for each connection):
+/// Serving one connection with hyper-util's `auto::Builder` ([`serve`] does the same with
+/// hyper's own HTTP/1.1 and HTTP/2 builders, telling them apart without reading the socket):
 ///
 /// ```no_run
 /// use hyper_util::rt::{TokioExecutor, TokioIo};
