@@ -23,16 +23,18 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use ::hyper::server::conn::{http1, http2};
 use ::hyper::service::Service;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::accept::{accept, Backoff};
 use super::endpoint::{stream, Endpoint, Events, Reply};
@@ -41,6 +43,7 @@ use super::write_timeout::WriteTimeout;
 use crate::engine::batch::Batch;
 use crate::error::EndReason;
 use crate::hub::subscription::Subscription;
+use crate::sync::Arc;
 
 /// A response body: a live stream, one [`Batch`] per frame of the body, or a fixed body (an
 /// endpoint's short plain-text refusal, or `Body::from(bytes)` for other routes).
@@ -197,7 +200,8 @@ pub fn response(subscription: Subscription) -> Response<Body> {
 ///
 /// # Examples
 ///
-/// Serving one connection with hyper-util (what [`serve`] does for each connection):
+/// Serving one connection with hyper-util's `auto::Builder` ([`serve`] does the same with
+/// hyper's own HTTP/1.1 and HTTP/2 builders, telling them apart without reading the socket):
 ///
 /// ```no_run
 /// use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -266,18 +270,90 @@ impl<R: Resolver, B> Service<Request<B>> for Endpoint<R> {
 /// ```
 pub async fn serve<R: Resolver>(listener: TcpListener, endpoint: Endpoint<R>) {
     let write_timeout = endpoint.write_timeout();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    let builders = Arc::new(Builders::new());
     let mut backoff = Backoff::default();
     loop {
         let (socket, _) = accept(&listener, &mut backoff).await;
-        let builder = builder.clone();
-        let endpoint = endpoint.clone();
+        let (builders, endpoint) = (builders.clone(), endpoint.clone());
         tokio::spawn(async move {
-            // A connection error concerns that client alone.
+            // A client that sends nothing within the head timeout is dropped, as one that
+            // stalls in its head is by hyper; a connection error concerns that client alone.
+            let Ok(Ok(version)) = tokio::time::timeout(HEAD_TIMEOUT, sniff(&socket)).await else {
+                return;
+            };
             let io = TokioIo::new(WriteTimeout::new(socket, write_timeout));
-            let _ = builder.serve_connection(io, endpoint).await;
+            // Each connection runs in a task of its own exact size (an HTTP/1.1 connection
+            // does not carry room for an HTTP/2 one); this one ends here.
+            match version {
+                Version::Http1 => {
+                    let connection = builders.http1.serve_connection(io, endpoint);
+                    tokio::spawn(async move { connection.await.ok() });
+                }
+                Version::Http2 => {
+                    let connection = builders.http2.serve_connection(io, endpoint);
+                    tokio::spawn(async move { connection.await.ok() });
+                }
+            }
         });
+    }
+}
+
+/// How long a client may take to send its request head (the version sniff and hyper's own
+/// HTTP/1.1 header read timeout).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What an HTTP/2 client with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// The connection builders `serve` shares between its connections.
+struct Builders {
+    /// HTTP/1.1 connections.
+    http1: http1::Builder,
+    /// h2c connections.
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    /// hyper's defaults, with a timer (for the HTTP/1.1 header read timeout and HTTP/2 pings).
+    fn new() -> Self {
+        let mut http1 = http1::Builder::new();
+        http1.timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        Builders { http1, http2 }
+    }
+}
+
+/// Which protocol `socket` speaks, from its first bytes, left unread for hyper.
+///
+/// hyper-util's `auto::Builder` reads them instead and hands them back through a rewinding
+/// wrapper, so hyper's first read returns those 24 bytes alone and its next one regrows the
+/// 8 KiB read buffer to 16 KiB, which every idle HTTP/1.1 stream then keeps: 8 KiB of the
+/// 20 KiB such a stream cost (measured with `examples/idle_rss.rs`). Peeking leaves the buffer
+/// at hyper's 8 KiB.
+async fn sniff(socket: &TcpStream) -> io::Result<Version> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = socket.peek(&mut first).await?;
+        if n == 0 || first[..n] != H2_PREFACE[..n] {
+            // Not HTTP/2 (or closed at once: hyper's HTTP/1.1 side says so).
+            return Ok(Version::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Version::Http2);
+        }
+        // Part of the preface arrived (a client sends it in one segment, so this is rare):
+        // peek returns the same bytes at once until more arrive, so wait a little between
+        // looks; the caller's deadline bounds the loop.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

@@ -341,6 +341,12 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 
 /// Opens an h2c connection and sends `GET path`.
 pub async fn h2_get(addr: SocketAddr, path: &str) -> H2 {
+    h2_get_split(addr, path, 0).await
+}
+
+/// `h2_get`, the first `split` bytes of the connection sent alone, 50 ms before the rest (a
+/// preface cut in two segments).
+pub async fn h2_get_split(addr: SocketAddr, path: &str, split: usize) -> H2 {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let window: u32 = 1 << 24;
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
@@ -356,7 +362,11 @@ pub async fn h2_get(addr: SocketAddr, path: &str) -> H2 {
     block.extend_from_slice(&[0x01, 4]);
     block.extend_from_slice(b"test");
     out.extend(frame(HEADERS, 0x1 | 0x4, 1, &block));
-    stream.write_all(&out).await.expect("send the h2 request");
+    stream.write_all(&out[..split]).await.expect("send the start of the h2 request");
+    if split > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stream.write_all(&out[split..]).await.expect("send the h2 request");
     let mut client =
         H2 { stream, buf: Vec::new(), status: None, parser: Parser::new(), events: Vec::new() };
     while client.status.is_none() {
@@ -477,6 +487,35 @@ pub async fn burst_in_few_reads(server: Server) {
         assert_eq!(event.id, i.to_string());
     }
     assert!(client.reads <= 4, "128 events took {} reads", client.reads);
+}
+
+/// A 1 MiB event (hyper's buffers start at 8 KiB) arrives whole, over HTTP/1.1 and h2c, and a
+/// small one after it.
+pub async fn one_mebibyte_event(server: Server) {
+    let hub = quiet().with_max_event_bytes(2 * 1024 * 1024).build();
+    let addr = spawn(server, Endpoint::new(hub.clone())).await;
+    let mut h1 = get(addr, "/events?topic=big").await;
+    let mut h2 = h2_get(addr, "/events?topic=big").await;
+    assert_eq!((h1.status, h2.status), (200, Some(200)));
+    eventually("both subscribers", || hub.topic_subscriber_count("big") == 2).await;
+    // Just under the test parser's 1 MiB line limit, `data: ` included.
+    let big = "x".repeat(1024 * 1024 - 16);
+    hub.publish("big", Event::new(big.clone())).expect("publish");
+    hub.publish("big", Event::new("after")).expect("publish");
+    let expected = [ParsedEvent::new("message", big), ParsedEvent::new("message", "after")];
+    assert_eq!(h1.events(2).await, expected);
+    assert_eq!(h2.events(2).await, expected);
+}
+
+/// An h2c preface that arrives in two segments is still HTTP/2.
+pub async fn h2c_preface_in_two_segments(server: Server) {
+    let hub = quiet().build();
+    let addr = spawn(server, Endpoint::new(hub.clone())).await;
+    let mut client = h2_get_split(addr, "/events?topic=split", 10).await;
+    assert_eq!(client.status, Some(200));
+    eventually("the h2 subscriber", || hub.topic_subscriber_count("split") == 1).await;
+    hub.publish("split", Event::new("whole")).expect("publish");
+    assert_eq!(client.events(1).await, [ParsedEvent::new("message", "whole")]);
 }
 
 /// A resolver using `Credentials`: 401 without a credential, 403 for a wrong one, 200 with a cookie
@@ -938,6 +977,16 @@ macro_rules! adapter_scenarios {
         #[tokio::test]
         async fn burst_in_few_reads() {
             support::burst_in_few_reads($server).await;
+        }
+
+        #[tokio::test]
+        async fn one_mebibyte_event() {
+            support::one_mebibyte_event($server).await;
+        }
+
+        #[tokio::test]
+        async fn h2c_preface_in_two_segments() {
+            support::h2c_preface_in_two_segments($server).await;
         }
 
         #[tokio::test]
