@@ -221,3 +221,36 @@ fn adding_a_producer_needs_a_runtime_and_a_valid_target() {
         assert_eq!(hub.add_producer(p()), Err(ProducerError::Closed));
     });
 }
+
+/// A producer that publishes without pause sees its publish fail the moment the hub closes and
+/// returns by itself, racing the stop signal: its stop is still reported as `Shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_returning_at_shutdown_reports_shutdown() {
+    let hub = hub();
+    let stops = Arc::new(Mutex::new(Vec::new()));
+    let (log, started) = (stops.clone(), Arc::new(AtomicUsize::new(0)));
+    let counter = started.clone();
+    hub.add_producer(
+        Producer::new("busy:*", move |ctx| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                while ctx.publish(Event::new("x")).is_ok() {
+                    tokio::task::yield_now().await;
+                }
+                Ok::<(), String>(())
+            }
+        })
+        .with_on_stop(move |topic, reason| {
+            log.lock().unwrap().push((topic.to_string(), reason.clone()))
+        }),
+    )
+    .unwrap();
+    let subs: Vec<_> =
+        (0..16).map(|i| hub.subscribe(format!("busy:{i}").as_str()).unwrap()).collect();
+    until("all started", || started.load(Ordering::SeqCst) == 16).await;
+    hub.shutdown();
+    until("all stops reported", || stops.lock().unwrap().len() == 16).await;
+    let reasons: Vec<_> = stops.lock().unwrap().iter().map(|(_, r)| r.clone()).collect();
+    assert!(reasons.iter().all(|r| *r == StopReason::Shutdown), "{reasons:?}");
+    drop(subs);
+}

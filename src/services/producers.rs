@@ -40,7 +40,8 @@ pub enum StopReason {
     Failed(String),
     /// It panicked (also published as an `error` event, and counted).
     Panicked,
-    /// The hub shut down.
+    /// The hub shut down (also when its future returned `Ok(())` after the hub closed, as one
+    /// whose publish failed at shutdown does).
     Shutdown,
 }
 
@@ -625,6 +626,9 @@ impl Instance {
                 let mut task = handle.spawn(future);
                 tokio::select! {
                     joined = &mut task => match joined {
+                        // A producer that returns because its publish failed at shutdown races
+                        // the stop signal: the hub's closing is still why it stopped.
+                        Ok(Ok(())) if shared.is_closed() => StopReason::Shutdown,
                         Ok(Ok(())) => StopReason::Finished,
                         Ok(Err(error)) => StopReason::Failed(error),
                         Err(error) if error.is_panic() => StopReason::Panicked,
