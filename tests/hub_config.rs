@@ -151,3 +151,53 @@ fn the_backlog_flag_sizes_the_accept_queue() {
         assert_eq!(queued.len(), expected, "{args:?}");
     }
 }
+
+/// The nice value of each of `pid`'s threads, by thread name (from `/proc`).
+#[cfg(target_os = "linux")]
+fn thread_nice_values(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+    let mut out = Vec::new();
+    for task in tasks.map_while(Result::ok) {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // `pid (comm) state ...`: the name may hold spaces, so fields count after its `)`;
+        // nice is field 19, the 17th after the name.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].to_string();
+        let nice = stat[close + 1..].split_whitespace().nth(16).and_then(|n| n.parse().ok());
+        out.push((name, nice.expect("a nice field")));
+    }
+    out
+}
+
+/// Whether this process may lower a nice value (CAP_SYS_NICE in its effective set).
+#[cfg(target_os = "linux")]
+fn may_raise_priority() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let caps = status.lines().find_map(|line| line.strip_prefix("CapEff:"));
+    let caps = caps.and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok()).unwrap_or(0);
+    const CAP_SYS_NICE: u32 = 23;
+    caps & (1 << CAP_SYS_NICE) != 0
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_publish_thread_runs_ahead_of_the_stream_workers() {
+    let server = Server::start(&["--publish-nice", "-5", "--fanout-nice", "7"]);
+    // The publish API answers, so its thread is up and has set its priority.
+    assert_eq!(publish_status(server.addr, None), 200);
+    let threads = thread_nice_values(server.child.id());
+    let publish: Vec<_> = threads.iter().filter(|(name, _)| name == "ssehub-publish").collect();
+    assert_eq!(publish.len(), 1, "{threads:?}");
+    // Without CAP_SYS_NICE the raise is refused (and logged) and the hub runs on.
+    let expected = if may_raise_priority() { -5 } else { 0 };
+    assert_eq!(publish[0].1, expected, "{threads:?}");
+    let workers: Vec<_> = threads.iter().filter(|(name, _)| name == "tokio-rt-worker").collect();
+    assert!(!workers.is_empty(), "{threads:?}");
+    assert!(workers.iter().all(|(_, nice)| *nice == 7), "{threads:?}");
+    // The flags' ranges are checked: a worker may not be raised, nothing goes past -20.
+    for bad in [["--fanout-nice", "-1"], ["--publish-nice", "-21"]] {
+        let mut command = hub_command();
+        let output = command.args(bad).output().expect("run the hub");
+        assert_eq!(output.status.code(), Some(2), "{bad:?}");
+    }
+}

@@ -123,6 +123,18 @@ pub struct Config {
     #[arg(long, env = "SSEHUB_BACKLOG", value_name = "N", default_value = "4096",
         value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
     pub backlog: u32,
+    /// Nice value of the thread serving /publish and the other non-stream routes (-20 to 19,
+    /// lower runs first), so a publish does not wait behind fan-out writes for a core. Below
+    /// the process's own it needs CAP_SYS_NICE; a refusal is logged and the hub runs on
+    #[arg(long, env = "SSEHUB_PUBLISH_NICE", value_name = "N", default_value = "-10",
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub publish_nice: i32,
+    /// Nice value of the stream workers (0 to 19): above 0 they yield to the publish thread
+    /// without any privilege, but also to every other process on the machine
+    #[arg(long, env = "SSEHUB_FANOUT_NICE", value_name = "N", default_value = "0",
+        value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub fanout_nice: i32,
     /// Join other nodes through Redis (redis://HOST:PORT); see docs/scaling.md
     #[arg(long, env = "SSEHUB_REDIS", value_name = "URL", hide_env_values = true,
         value_parser = redis_url)]
@@ -131,6 +143,11 @@ pub struct Config {
     #[arg(long, env = "SSEHUB_NATS", value_name = "URL", hide_env_values = true,
         value_parser = nats_url)]
     pub nats: Option<String>,
+    /// Most publishes waiting on this node for the broker; beyond it a publish gets 503 with
+    /// Retry-After at once instead of queueing
+    #[arg(long, env = "SSEHUB_BROKER_MAX_IN_FLIGHT", value_name = "N", default_value = "4096",
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub broker_max_in_flight: u32,
     /// Verify HS256 tokens with this secret (prefer the variable: a flag shows in process
     /// listings; 32 bytes or more). With a JWT key, /events needs a token (Authorization:
     /// Bearer, or the ssehub_token cookie) whose claim covers its topics; see docs/operating.md
@@ -445,6 +462,7 @@ mod tests {
         assert_eq!(config.heartbeat, Some(Duration::from_secs(15)));
         assert_eq!(config.publish_token, None);
         assert_eq!((config.history, config.stats_top, config.backlog), (1000, 20, 4096));
+        assert_eq!((config.publish_nice, config.fanout_nice), (-10, 0));
         assert_eq!((config.max_connections, config.send_buffer), (None, None));
         assert_eq!(
             (config.retry, config.retry_jitter),

@@ -45,6 +45,7 @@
 mod auth;
 mod config;
 mod market;
+mod priority;
 mod publisher;
 mod routes;
 mod stats;
@@ -84,7 +85,7 @@ pub fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match stream_runtime(config.fanout_nice).build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -95,6 +96,20 @@ pub fn main() {
         eprintln!("error: {error}");
         std::process::exit(1);
     }
+}
+
+/// The runtime of the listener and the streams, its threads at nice `fanout_nice`.
+fn stream_runtime(fanout_nice: i32) -> tokio::runtime::Builder {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if fanout_nice != 0 {
+        builder.on_thread_start(move || {
+            if let Err(error) = priority::set_current_thread_nice(fanout_nice) {
+                eprintln!("warning: stream worker kept its priority (--fanout-nice): {error}");
+            }
+        });
+    }
+    builder
 }
 
 /// Builds the hub from the settings.
@@ -148,13 +163,14 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // `/events` is served by ssehub's native listener, which owns each stream's socket; every
     // other route goes to the axum router below, on the same port and connection.
     let send_buffer = app.config.send_buffer;
+    let publish_nice = app.config.publish_nice;
     let body_limits = (app.config.max_body, app.config.body_timeout);
     let (endpoint, routes) = router(app);
     let mut server = Server::new(endpoint.clone())
         .with_path("/events")
         .with_fallback(routes)
         .with_body_limits(body_limits.0, body_limits.1)
-        .with_fallback_runtime(publisher::runtime()?);
+        .with_fallback_runtime(publisher::runtime(publish_nice)?);
     if let Some(bytes) = send_buffer {
         server = server.with_send_buffer(bytes);
     }

@@ -78,13 +78,24 @@ impl Publisher {
 /// A runtime of its own, on its own thread, for the publish API and the other routes beside
 /// `/events`: on the streams' runtime a publish would wait in the run queue behind the writes
 /// to every stream (with 10,000 subscribers, a POST's p99 went from milliseconds to a second).
-pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Handle> {
+/// Its thread runs at nice `nice`, so it also does not wait for a core behind the stream
+/// workers (see [`crate::priority`]).
+pub(crate) fn runtime(nice: i32) -> std::io::Result<tokio::runtime::Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name("ssehub-publish".into())
         // Runs for the life of the process, which ends without waiting for it.
-        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        .spawn(move || {
+            if let Err(error) = crate::priority::set_current_thread_nice(nice) {
+                eprintln!(
+                    "warning: the publish thread keeps its priority (--publish-nice {nice}: \
+                     {error}); under heavy fan-out a publish may wait for a core \
+                     (CAP_SYS_NICE allows it, or --fanout-nice lowers the stream workers)"
+                );
+            }
+            runtime.block_on(std::future::pending::<()>())
+        })?;
     Ok(handle)
 }
 
@@ -102,16 +113,18 @@ pub(crate) async fn join(
     match broker {
         #[cfg(feature = "redis")]
         crate::config::Broker::Redis(url) => {
-            let redis = ssehub::backplane::Redis::new(url).with_max_events(config.history);
+            let redis = ssehub::backplane::Redis::new(url)
+                .with_max_events(config.history)
+                .with_max_in_flight(config.broker_max_in_flight as usize);
             let node = ssehub::backplane::Backplane::connect(hub, redis).await?;
             println!("backplane: joined Redis");
             Ok(Publisher::Shared(node))
         }
         #[cfg(feature = "nats")]
         crate::config::Broker::Nats(url) => {
-            let node =
-                ssehub::backplane::Backplane::connect(hub, ssehub::backplane::Nats::new(url))
-                    .await?;
+            let nats = ssehub::backplane::Nats::new(url)
+                .with_max_in_flight(config.broker_max_in_flight as usize);
+            let node = ssehub::backplane::Backplane::connect(hub, nats).await?;
             println!("backplane: joined NATS");
             Ok(Publisher::Shared(node))
         }

@@ -320,9 +320,13 @@ async fn stats_json(State(app): State<App>) -> Response {
             "lag": state.lag,
             "published": state.published,
             "publish_errors": state.publish_errors,
+            "publish_batches": state.publish_batches,
+            "publish_busy": state.publish_busy,
             "received": state.received,
             "skipped": state.skipped,
             "gaps": state.gaps,
+            "ranges_recovered": state.ranges_recovered,
+            "events_recovered": state.events_recovered,
             "fetches": state.fetches,
         });
         object.insert("backplane".to_string(), backplane);
@@ -343,6 +347,11 @@ async fn metrics(State(app): State<App>) -> Response {
             reconnects: state.reconnects,
             gaps: state.gaps,
             publish_errors: state.publish_errors,
+            published: state.published,
+            publish_batches: state.publish_batches,
+            publish_busy: state.publish_busy,
+            ranges_recovered: state.ranges_recovered,
+            events_recovered: state.events_recovered,
         });
     }
     match stats::prometheus(&app.hub, &app.rates, app.config.stats_top, backplane) {

@@ -175,6 +175,15 @@ fn describe() {
     describe_gauge!(RATE_FRAMES, "Frames delivered per second over the last 3 s.");
     describe_gauge!(UPTIME, Unit::Seconds, "Seconds since the server started.");
     describe_counter!(PUBLISH_ERRORS, Unit::Count, "Publishes the broker did not acknowledge.");
+    for (name, help) in [
+        ("ssehub_backplane_published_total", "Publishes the broker acknowledged."),
+        ("ssehub_backplane_publish_batches_total", "Broker round trips those publishes took."),
+        ("ssehub_backplane_publish_busy_total", "Publishes refused with 503: window full."),
+        ("ssehub_backplane_ranges_recovered_total", "Missed ranges refetched, streams kept."),
+        ("ssehub_backplane_events_recovered_total", "Events delivered in recovered ranges."),
+    ] {
+        describe_counter!(name, Unit::Count, help);
+    }
     // Counters appear at their first increment; these were on `/metrics` from the start
     // before the exporter, and a zero is worth showing (a dashboard's rate starts from it).
     for name in [
@@ -214,6 +223,16 @@ pub struct Backplane {
     pub gaps: u64,
     /// Publishes the broker did not acknowledge.
     pub publish_errors: u64,
+    /// Publishes the broker acknowledged.
+    pub published: u64,
+    /// Round trips those publishes took (concurrent ones share one).
+    pub publish_batches: u64,
+    /// Publishes refused at once because the publish window was full (answered 503).
+    pub publish_busy: u64,
+    /// Missed ranges fetched from the broker's history after a reconnect, streams kept open.
+    pub ranges_recovered: u64,
+    /// Events delivered in those ranges.
+    pub events_recovered: u64,
 }
 
 /// The text of `GET /metrics` (the Prometheus text exposition format 0.0.4), or `None` when
@@ -240,6 +259,11 @@ pub fn prometheus(
         counter!("ssehub_backplane_reconnects_total").absolute(state.reconnects);
         counter!("ssehub_backplane_gaps_total").absolute(state.gaps);
         counter!(PUBLISH_ERRORS).absolute(state.publish_errors);
+        counter!("ssehub_backplane_published_total").absolute(state.published);
+        counter!("ssehub_backplane_publish_batches_total").absolute(state.publish_batches);
+        counter!("ssehub_backplane_publish_busy_total").absolute(state.publish_busy);
+        counter!("ssehub_backplane_ranges_recovered_total").absolute(state.ranges_recovered);
+        counter!("ssehub_backplane_events_recovered_total").absolute(state.events_recovered);
     }
     let mut text = handle.render();
     text.push_str(&top_topics_text(hub, top));

@@ -122,6 +122,17 @@ impl Broker {
         }
     }
 
+    /// Sends `signal` (e.g. `STOP` to freeze it, `CONT` to let it go on) to this broker's
+    /// process only.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the broker is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} the broker");
+    }
+
     /// Starts the process again, on the same port and data, and waits until it accepts
     /// connections.
     pub fn restart(&mut self) {

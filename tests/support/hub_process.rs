@@ -111,12 +111,32 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("the server printed no address within {WAIT:?}");
-        });
-        let addr = line.rsplit("http://").next().and_then(|a| a.parse().ok());
-        let addr = addr.unwrap_or_else(|| panic!("no address in {line:?}"));
+        // Lines before the address (joining a broker, say) are skipped; at most 20 of them.
+        let deadline = Instant::now() + WAIT;
+        let mut skipped = Vec::new();
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(line) if line.contains(" listening on http://") => line,
+                Ok(line) if skipped.len() < 20 => {
+                    skipped.push(line);
+                    continue;
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the server printed no address within {WAIT:?}; it said {skipped:?}");
+                }
+            };
+            match line.rsplit("http://").next().and_then(|a| a.parse().ok()) {
+                Some(addr) => break addr,
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("no address in {line:?}");
+                }
+            }
+        };
         Server { child, addr, lines: rx }
     }
 

@@ -1,8 +1,8 @@
 //! `publish_latency`: POST latency of the hub server (BENCH-CONTRACT section 2) while it fans
 //! out to many subscribers (issue 18: p99 under 5 ms at 1,000 POSTs/s with 10,000 subscribers).
 //!
-//! It opens `--subscribers` raw HTTP/1.1 streams on one topic (each read and discarded as fast
-//! as it comes, events counted), then publishes `--rate` events a second over `--connections`
+//! It opens `--subscribers` raw HTTP/1.1 streams on one topic, or spread over `--topics` (each
+//! read and discarded as fast as it comes, events counted), then publishes `--rate` events a second over `--connections`
 //! kept-alive connections, each sending its requests one after the other on a fixed schedule
 //! (request i of connection k is due at `(i * C + k) / rate` seconds). Latency is measured from
 //! the request's due time to the end of its response, so a server that falls behind is charged
@@ -29,11 +29,16 @@ USAGE: publish_latency [FLAGS]
   --addr HOST:PORT      the hub server                                  [127.0.0.1:8080]
   --subscribers N       streams on the topic, all reading               [10000]
   --topic NAME          the topic                                       [bench]
+  --topics T            spread over T topics NAME0..NAME{T-1}: subscriber
+                        i reads topic i mod T, POSTs go round-robin    [1]
   --rate R              POSTs per second, in total                      [1000]
   --connections C       kept-alive publishing connections               [4]
   --payload P           bytes of each event's data                      [64]
   --warmup S            seconds published before measuring              [3]
   --duration S          measured seconds                                [20]
+  --publisher-nice N    nice value of the POSTing threads: they stand for
+                        publishers on other machines, so the load
+                        generator's own readers should not delay them    [0]
   --token TOKEN         `Authorization: Bearer TOKEN` on each POST      []
   --threads N           tokio worker threads                            [2]
   --concurrency N       streams being set up at once                    [256]
@@ -46,12 +51,14 @@ struct Args {
     addr: SocketAddr,
     subscribers: usize,
     topic: String,
+    topics: usize,
     rate: f64,
     connections: usize,
     payload: usize,
     warmup: Duration,
     duration: Duration,
     token: Option<String>,
+    publisher_nice: i32,
     threads: usize,
     concurrency: usize,
     setup_timeout: Duration,
@@ -62,12 +69,14 @@ fn parse_args() -> Result<Option<Args>, String> {
         addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
         subscribers: 10_000,
         topic: "bench".into(),
+        topics: 1,
         rate: 1000.0,
         connections: 4,
         payload: 64,
         warmup: Duration::from_secs(3),
         duration: Duration::from_secs(20),
         token: None,
+        publisher_nice: 0,
         threads: 2,
         concurrency: 256,
         setup_timeout: Duration::from_secs(120),
@@ -84,12 +93,14 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--addr" => a.addr = value.parse().map_err(|_| format!("{flag}: {value:?}"))?,
             "--subscribers" => a.subscribers = value.parse().map_err(bad)?,
             "--topic" => a.topic = value,
+            "--topics" => a.topics = value.parse::<usize>().map_err(bad)?.max(1),
             "--rate" => a.rate = value.parse().map_err(|_| format!("{flag}: {value:?}"))?,
             "--connections" => a.connections = value.parse::<usize>().map_err(bad)?.max(1),
             "--payload" => a.payload = value.parse().map_err(bad)?,
             "--warmup" => a.warmup = secs(&value).map_err(|_| format!("{flag}: {value:?}"))?,
             "--duration" => a.duration = secs(&value).map_err(|_| format!("{flag}: {value:?}"))?,
             "--token" => a.token = Some(value),
+            "--publisher-nice" => a.publisher_nice = value.parse().map_err(bad)?,
             "--threads" => a.threads = value.parse::<usize>().map_err(bad)?.max(1),
             "--concurrency" => a.concurrency = value.parse::<usize>().map_err(bad)?.max(1),
             "--setup-timeout" => {
@@ -147,6 +158,7 @@ async fn read_head(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(String,
 /// with a blank line) until told to stop.
 async fn subscriber(
     args: Arc<Args>,
+    topic: String,
     setup: Arc<Semaphore>,
     ready: tokio::sync::mpsc::Sender<Result<(), String>>,
     events: Arc<AtomicU64>,
@@ -156,7 +168,7 @@ async fn subscriber(
     let permit = setup.acquire().await;
     let opened = async {
         let mut socket = TcpStream::connect(args.addr).await.map_err(|e| e.to_string())?;
-        let request = format!("GET /events?topic={} HTTP/1.1\r\nhost: bench\r\n\r\n", args.topic);
+        let request = format!("GET /events?topic={topic} HTTP/1.1\r\nhost: bench\r\n\r\n");
         socket.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         let (head, _) = read_head(&mut socket, &mut buf).await?;
@@ -243,6 +255,16 @@ fn publisher(
     measure_from: Instant,
     end: Instant,
 ) -> Result<(Histogram<u64>, Histogram<u64>, u64), String> {
+    if args.publisher_nice != 0 {
+        // SAFETY: plain integer syscalls; on Linux PRIO_PROCESS with a thread id sets that
+        // thread's nice value only.
+        let status = unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, args.publisher_nice)
+        };
+        if status != 0 {
+            return Err(format!("--publisher-nice: {}", std::io::Error::last_os_error()));
+        }
+    }
     use std::io::Write;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut service = latency.clone();
@@ -252,13 +274,17 @@ fn publisher(
     let data = "x".repeat(args.payload);
     let body = json!({ "data": data }).to_string();
     let auth = args.token.as_ref().map(|t| format!("authorization: Bearer {t}\r\n"));
-    let request = format!(
-        "POST /publish?topic={} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n\
-         {}content-length: {}\r\n\r\n{body}",
-        args.topic,
-        auth.unwrap_or_default(),
-        body.len()
-    );
+    let auth = auth.unwrap_or_default();
+    let requests: Vec<String> = (0..args.topics)
+        .map(|t| {
+            format!(
+                "POST /publish?topic={} HTTP/1.1\r\nhost: bench\r\n\
+                 content-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
+                topic_name(&args, t),
+                body.len()
+            )
+        })
+        .collect();
     let interval = args.connections as f64 / args.rate;
     let offset = index as f64 / args.rate;
     let mut buf = Vec::with_capacity(4096);
@@ -273,6 +299,7 @@ fn publisher(
             std::thread::sleep(due - now);
         }
         let sent_at = Instant::now();
+        let request = &requests[(i as usize * args.connections + index) % args.topics];
         socket.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
         read_response(&mut socket, &mut buf)?;
         let done = Instant::now();
@@ -283,6 +310,15 @@ fn publisher(
         }
     }
     Ok((latency, service, sent))
+}
+
+/// The topic of subscriber (or POST) number `i`: the one topic, or `NAME{i mod T}`.
+fn topic_name(args: &Args, i: usize) -> String {
+    if args.topics == 1 {
+        args.topic.clone()
+    } else {
+        format!("{}{}", args.topic, i % args.topics)
+    }
 }
 
 fn summary(h: &Histogram<u64>) -> serde_json::Value {
@@ -306,9 +342,10 @@ async fn run(args: Args) -> Result<String, String> {
     let (stop_tx, stop) = watch::channel(false);
     let (ready_tx, mut ready) = tokio::sync::mpsc::channel(1024);
     let began = Instant::now();
-    for _ in 0..args.subscribers {
+    for i in 0..args.subscribers {
         tokio::spawn(subscriber(
             args.clone(),
+            topic_name(&args, i),
             setup.clone(),
             ready_tx.clone(),
             events.clone(),
@@ -365,6 +402,8 @@ async fn run(args: Args) -> Result<String, String> {
     Ok(json!({
         "subscribers": args.subscribers,
         "rate": args.rate,
+        "topics": args.topics,
+        "publisher_nice": args.publisher_nice,
         "connections": args.connections,
         "payload": args.payload,
         "duration_s": window,
@@ -373,7 +412,7 @@ async fn run(args: Args) -> Result<String, String> {
         "service_time": summary(&service),
         "subscribers_still_open": alive,
         "deliveries_per_s": delivered as f64 / window,
-        "deliveries_expected_per_s": args.rate * args.subscribers as f64,
+        "deliveries_expected_per_s": args.rate * args.subscribers as f64 / args.topics as f64,
     })
     .to_string())
 }

@@ -1,0 +1,113 @@
+//! The `ssehub` binary joined to a real Redis: the broker link's counters on `/stats` and
+//! `/metrics`, and a full publish window answered with 503 and `Retry-After` at once, never
+//! queued. The broker and the server are processes started here, on loopback, killed by PID;
+//! every wait is bounded. Without `redis-server` installed the test fails saying how to
+//! install it (`.ci/run` does).
+#![cfg(feature = "redis")]
+
+#[path = "../../tests/support/brokers.rs"]
+mod brokers;
+#[path = "../../tests/support/hub_process.rs"]
+mod hub_process;
+
+use std::process::Command;
+use std::sync::mpsc;
+
+use brokers::{Broker, Kind};
+use hub_process::*;
+use serde_json::json;
+
+/// The binary joined to `broker`, with a publish window of `window`.
+fn node(broker: &Broker, window: &str) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ssehub"));
+    command.args(["--addr", "127.0.0.1:0", "--redis", &broker.url()]);
+    command.args(["--broker-max-in-flight", window]);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SSEHUB_") {
+            command.env_remove(name);
+        }
+    }
+    Server::from_command(command)
+}
+
+/// The value of the unlabelled sample `name` in a `/metrics` text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn a_nodes_broker_counters_are_on_stats_and_metrics() {
+    let broker = Broker::start(Kind::Redis);
+    let server = node(&broker, "4096");
+    for n in 0..3 {
+        publish(server.addr, "t", &json!({ "data": format!("e{n}") }));
+    }
+    let stats = get(server.addr, "/stats").json();
+    let link = &stats["backplane"];
+    assert_eq!(link["connected"], true, "{stats}");
+    assert_eq!(link["published"], 3, "{stats}");
+    assert!(link["publish_batches"].as_u64().is_some_and(|b| (1..=3).contains(&b)), "{stats}");
+    for field in ["publish_busy", "ranges_recovered", "events_recovered", "gaps"] {
+        assert_eq!(link[field], 0, "{field}: {stats}");
+    }
+    let metrics = get(server.addr, "/metrics").body;
+    assert_eq!(sample(&metrics, "ssehub_backplane_connected"), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "ssehub_backplane_published_total"), Some(3.0), "{metrics}");
+    for name in [
+        "ssehub_backplane_publish_busy_total",
+        "ssehub_backplane_ranges_recovered_total",
+        "ssehub_backplane_events_recovered_total",
+    ] {
+        assert_eq!(sample(&metrics, name), Some(0.0), "{name}: {metrics}");
+    }
+}
+
+#[test]
+fn a_full_publish_window_answers_503_with_retry_after_at_once() {
+    let broker = Broker::start(Kind::Redis);
+    // At most two publishes admitted to wait; the batch on the wire holds what was admitted,
+    // so no more than four are held at once.
+    let server = node(&broker, "2");
+    let held = 4;
+    publish(server.addr, "t", &json!({ "data": "warm" }));
+    // A frozen broker takes nothing: the window fills and stays full.
+    broker.signal("STOP");
+    let (done, results) = mpsc::channel();
+    let posts = 12;
+    let senders: Vec<_> = (0..posts)
+        .map(|n| {
+            let (addr, done) = (server.addr, done.clone());
+            std::thread::spawn(move || {
+                let body = json!({ "data": format!("p{n}") }).to_string();
+                let response = post(addr, "/publish?topic=t", &body);
+                let retry = response.header("retry-after").map(str::to_string);
+                let _ = done.send((response.status, retry));
+            })
+        })
+        .collect();
+    // The refused ones answer while the broker is still frozen: nothing queues behind it.
+    let mut answered = Vec::new();
+    while answered.len() < posts - held {
+        match results.recv_timeout(WAIT) {
+            Ok(result) => answered.push(result),
+            Err(_) => break,
+        }
+    }
+    broker.signal("CONT");
+    for sender in senders {
+        sender.join().expect("a publisher thread");
+    }
+    answered.extend(results.try_iter());
+    let busy: Vec<_> = answered.iter().filter(|(status, _)| *status == 503).collect();
+    assert!(busy.len() >= posts - held, "{answered:?}");
+    assert!(busy.iter().all(|(_, retry)| retry.as_deref() == Some("1")), "{answered:?}");
+    let accepted = answered.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(busy.len() + accepted, posts, "every POST is 200 or 503: {answered:?}");
+    let stats = get(server.addr, "/stats").json();
+    assert_eq!(stats["backplane"]["publish_busy"], busy.len(), "{stats}");
+    assert_eq!(stats["backplane"]["publish_errors"], 0, "the held ones went through: {stats}");
+    assert_eq!(stats["backplane"]["published"], 1 + accepted, "{stats}");
+    let metrics = get(server.addr, "/metrics").body;
+    let counted = sample(&metrics, "ssehub_backplane_publish_busy_total");
+    assert_eq!(counted, Some(busy.len() as f64), "{metrics}");
+}
