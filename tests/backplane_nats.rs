@@ -96,3 +96,8 @@ async fn concurrent_publishes_go_in_batches() {
 async fn a_full_publish_window_refuses_at_once() {
     backplane::a_full_window_refuses_at_once(Kind::Nats, small_window).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_all_goes_in_round_trips_and_stops_at_a_failure() {
+    backplane::publish_all_in_round_trips(Kind::Nats, config).await;
+}

@@ -102,6 +102,10 @@ pub enum BackplaneError {
     /// published; retry later.
     #[error("too many publishes waiting for the broker; retry later")]
     Busy,
+    /// An earlier event of the same [`Backplane::publish_all`] call failed, so this one was
+    /// not sent: nothing after a failed event of a batch is sent.
+    #[error("not sent: an earlier event of the batch failed")]
+    Aborted,
 }
 
 /// An error reported by the broker's client library.
@@ -596,6 +600,69 @@ impl Backplane {
     /// # }
     /// ```
     pub async fn publish(&self, topic: &str, event: Event) -> Result<Published, BackplaneError> {
+        let outgoing = self.outgoing(topic, event)?;
+        let answer = self.window.publish(outgoing).await;
+        self.settled(answer)
+    }
+
+    /// Publishes `events` in order, each to its topic, in as few broker round trips as their
+    /// size allows (up to 256 events or 512 KiB each): one answer per event, in the same order.
+    ///
+    /// Nothing is sent unless every event is valid and the publish window has room for all of
+    /// them: an invalid event is answered with its error and every other one with
+    /// [`BackplaneError::Aborted`]; a full window answers each with [`BackplaneError::Busy`].
+    /// Once sent, an event that fails stops the rest: the later ones not yet on the wire are
+    /// answered [`BackplaneError::Aborted`] and never sent, so what was published is the
+    /// events before the failure (and, since one round trip may carry several events, any
+    /// after it in that same round trip that the broker acknowledged: their answers say so).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Backplane::publish`], for each event.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let hub = ssehub::Hub::builder().with_history(Some(ssehub::HistoryLimits::new())).build();
+    /// # let node = ssehub::backplane::Backplane::connect(&hub, ssehub::backplane::Redis::new("redis://127.0.0.1")).await?;
+    /// use ssehub::Event;
+    /// let answers = node
+    ///     .publish_all(vec![
+    ///         ("price:BTC".to_string(), Event::new("64000.5")),
+    ///         ("price:ETH".to_string(), Event::new("3100.2")),
+    ///     ])
+    ///     .await;
+    /// for answer in answers {
+    ///     println!("stored as {}", answer?.id().unwrap_or_default());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn publish_all(
+        &self,
+        events: Vec<(String, Event)>,
+    ) -> Vec<Result<Published, BackplaneError>> {
+        let count = events.len();
+        let mut outgoing = Vec::with_capacity(count);
+        for (index, (topic, event)) in events.into_iter().enumerate() {
+            match self.outgoing(&topic, event) {
+                Ok(ready) => outgoing.push(ready),
+                Err(error) => {
+                    let mut answers: Vec<_> =
+                        (0..count).map(|_| Err(BackplaneError::Aborted)).collect();
+                    answers[index] = Err(error);
+                    return answers;
+                }
+            }
+        }
+        let answers = self.window.publish_all(outgoing).await;
+        answers.into_iter().map(|answer| self.settled(answer)).collect()
+    }
+
+    /// `event` for `topic`, checked against the hub's limits and encoded for the broker.
+    fn outgoing(&self, topic: &str, event: Event) -> Result<Outgoing, BackplaneError> {
         if self.node.is_closed() {
             return Err(BackplaneError::Closed);
         }
@@ -607,8 +674,15 @@ impl Backplane {
         event.id = Some(format!("{:x}-{}", u64::MAX, u64::MAX));
         event.encode_limited(config.max_event_bytes)?;
         event.id = None;
-        let outgoing = Outgoing { topic: topic.to_string(), payload: codec::encode(&event) };
-        match self.window.publish(outgoing).await {
+        Ok(Outgoing { topic: topic.to_string(), payload: codec::encode(&event) })
+    }
+
+    /// The broker's answer for one event, counted.
+    fn settled(
+        &self,
+        answer: Result<Position, BackplaneError>,
+    ) -> Result<Published, BackplaneError> {
+        match answer {
             Ok(at) => {
                 Counters::bump(&self.node.counters.published);
                 self.node.counters.saw(at.seq);
@@ -623,6 +697,8 @@ impl Backplane {
                 Counters::bump(&self.node.counters.publish_busy);
                 Err(BackplaneError::Busy)
             }
+            // Never sent because of another event's failure: that one is counted.
+            Err(BackplaneError::Aborted) => Err(BackplaneError::Aborted),
             Err(error) => {
                 Counters::bump(&self.node.counters.publish_errors);
                 Err(error)

@@ -13,6 +13,11 @@
 //! A caller that gave up (its deadline passed, or its future was dropped) before its event left
 //! is skipped: it was told the event was not published, and that stays true. Once a batch is
 //! on the wire it is the broker's: an error then means "not acknowledged", as before batching.
+//!
+//! A caller with several events ([`Window::publish_all`]) is admitted whole or not at all, its
+//! events queued in order as one group. Once one of them fails, the task sends none of the
+//! group's later events (they are answered [`BackplaneError::Aborted`]), so a later event of a
+//! group is never published after an earlier one failed in an earlier round trip.
 
 use std::time::Duration;
 
@@ -20,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::broker::{Broker, Outgoing, Position};
 use super::{BackplaneError, BrokerError};
-use crate::sync::{AtomicU64, Ordering, PlainArc};
+use crate::sync::{AtomicBool, AtomicU64, Ordering, PlainArc};
 
 /// Most events in one batch.
 const MAX_BATCH_EVENTS: usize = 256;
@@ -38,6 +43,8 @@ struct Job {
     event: Outgoing,
     /// Where its answer goes.
     reply: oneshot::Sender<Answer>,
+    /// The group of [`Window::publish_all`] it belongs to: set once one of its events failed.
+    group: Option<PlainArc<AtomicBool>>,
 }
 
 /// The sending side of the window; the task ends when the last clone is dropped.
@@ -80,12 +87,57 @@ impl Window {
     /// own.
     pub(crate) async fn publish(&self, event: Outgoing) -> Answer {
         let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Job { event, reply }).map_err(|refused| match refused {
-            mpsc::error::TrySendError::Full(_) => BackplaneError::Busy,
-            mpsc::error::TrySendError::Closed(_) => BackplaneError::Closed,
-        })?;
+        self.queue.try_send(Job { event, reply, group: None }).map_err(
+            |refused| match refused {
+                mpsc::error::TrySendError::Full(_) => BackplaneError::Busy,
+                mpsc::error::TrySendError::Closed(_) => BackplaneError::Closed,
+            },
+        )?;
         let deadline = self.timeout.saturating_mul(2);
-        match tokio::time::timeout(deadline, answer).await {
+        self.answer(answer, tokio::time::Instant::now() + deadline, deadline).await
+    }
+
+    /// Publishes `events` in order, in as few batches as their size allows: one answer per
+    /// event, in the same order. All of them are admitted or none ([`BackplaneError::Busy`]
+    /// for each when the window has no room for them all). Once one fails, the later ones not
+    /// yet sent are answered [`BackplaneError::Aborted`] and never sent.
+    ///
+    /// The wait is bounded by the broker timeout once per batch the events take, plus the
+    /// batch ahead on the wire.
+    pub(crate) async fn publish_all(&self, events: Vec<Outgoing>) -> Vec<Answer> {
+        let count = events.len();
+        let permits = match self.queue.try_reserve_many(count) {
+            Ok(permits) => permits,
+            Err(mpsc::error::TrySendError::Full(())) => return each(&BackplaneError::Busy, count),
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return each(&BackplaneError::Closed, count)
+            }
+        };
+        let group = PlainArc::new(AtomicBool::new(false));
+        let mut answers = Vec::with_capacity(count);
+        for (permit, event) in permits.zip(events) {
+            let (reply, answer) = oneshot::channel();
+            permit.send(Job { event, reply, group: Some(group.clone()) });
+            answers.push(answer);
+        }
+        let batches = u32::try_from(count.div_ceil(MAX_BATCH_EVENTS)).unwrap_or(u32::MAX);
+        let deadline = self.timeout.saturating_mul(batches.saturating_add(1));
+        let until = tokio::time::Instant::now() + deadline;
+        let mut out = Vec::with_capacity(count);
+        for answer in answers {
+            out.push(self.answer(answer, until, deadline).await);
+        }
+        out
+    }
+
+    /// Waits until `until` (`deadline` after the publish began) for one queued event's answer.
+    async fn answer(
+        &self,
+        answer: oneshot::Receiver<Answer>,
+        until: tokio::time::Instant,
+        deadline: Duration,
+    ) -> Answer {
+        match tokio::time::timeout_at(until, answer).await {
             Ok(Ok(answer)) => answer,
             // The task is gone: the runtime is shutting down.
             Ok(Err(_)) => Err(BackplaneError::Closed),
@@ -105,12 +157,31 @@ async fn run(
     while queue.recv_many(&mut jobs, MAX_BATCH_EVENTS).await > 0 {
         jobs.retain(|job| !job.reply.is_closed());
         while !jobs.is_empty() {
+            abort_failed_groups(&mut jobs);
+            if jobs.is_empty() {
+                break;
+            }
             let take = batch_len(&jobs);
             let batch: Vec<Job> = jobs.drain(..take).collect();
             // Relaxed: a statistic.
             batches.fetch_add(1, Ordering::Relaxed);
             send(&*broker, batch, timeout).await;
         }
+    }
+}
+
+/// Answers and removes the jobs whose group had an event fail: they are never sent.
+fn abort_failed_groups(jobs: &mut Vec<Job>) {
+    // Acquire: pairs with the Release that marked the group failed; in practice both sides
+    // run on this task, the order matters only if that ever changes.
+    let failed = |job: &Job| job.group.as_ref().is_some_and(|g| g.load(Ordering::Acquire));
+    if !jobs.iter().any(failed) {
+        return;
+    }
+    let (aborted, kept): (Vec<Job>, Vec<Job>) = jobs.drain(..).partition(|job| failed(job));
+    *jobs = kept;
+    for job in aborted {
+        let _ = job.reply.send(Err(BackplaneError::Aborted));
     }
 }
 
@@ -129,24 +200,27 @@ fn batch_len(jobs: &[Job]) -> usize {
 
 /// Publishes one batch and answers its callers.
 async fn send(broker: &dyn Broker, batch: Vec<Job>, timeout: Duration) {
-    let (events, replies): (Vec<Outgoing>, Vec<oneshot::Sender<Answer>>) =
-        batch.into_iter().map(|job| (job.event, job.reply)).unzip();
-    match tokio::time::timeout(timeout, broker.publish(events)).await {
-        Ok(answers) => {
-            let mut answers = answers.into_iter();
-            for reply in replies {
-                // A broker that answered fewer than it was given broke its contract: the rest
-                // were not acknowledged.
-                let answer = answers.next().unwrap_or(Err(BackplaneError::Protocol));
-                // A caller that left in the meantime needs no answer.
-                let _ = reply.send(answer);
-            }
+    let mut events = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    for Job { event, reply, group } in batch {
+        events.push(event);
+        waiting.push((reply, group));
+    }
+    let answers = match tokio::time::timeout(timeout, broker.publish(events)).await {
+        Ok(answers) => answers,
+        Err(_) => each(&BackplaneError::Timeout(timeout), waiting.len()),
+    };
+    let mut answers = answers.into_iter();
+    for (reply, group) in waiting {
+        // A broker that answered fewer than it was given broke its contract: the rest were
+        // not acknowledged.
+        let answer = answers.next().unwrap_or(Err(BackplaneError::Protocol));
+        if let (Err(_), Some(group)) = (&answer, group) {
+            // Release: see `abort_failed_groups`.
+            group.store(true, Ordering::Release);
         }
-        Err(_) => {
-            for reply in replies {
-                let _ = reply.send(Err(BackplaneError::Timeout(timeout)));
-            }
-        }
+        // A caller that left in the meantime needs no answer.
+        let _ = reply.send(answer);
     }
 }
 
@@ -170,6 +244,7 @@ impl BackplaneError {
             BackplaneError::AlreadyAttached => BackplaneError::AlreadyAttached,
             BackplaneError::Closed => BackplaneError::Closed,
             BackplaneError::Busy => BackplaneError::Busy,
+            BackplaneError::Aborted => BackplaneError::Aborted,
             BackplaneError::Protocol => BackplaneError::Protocol,
         }
     }

@@ -56,19 +56,74 @@ impl Publisher {
     }
 }
 
+/// A batch that stopped midway: each line's id (published) or why not, and why it stopped.
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    /// For each line, in order: its id once published (a hub without history gives none), or
+    /// why it was not.
+    pub(crate) lines: Vec<Result<Option<String>, String>>,
+    /// Why the batch stopped.
+    pub(crate) why: Refused,
+}
+
 impl Publisher {
     /// Publishes `events` in order, each to its topic; returns their ids. The caller checked
-    /// them, so only the hub shutting down or the broker failing stops the batch: then the
-    /// count published before, and why.
+    /// them, so only the hub shutting down or the broker failing stops the batch: then what
+    /// each line became. Through a broker the batch goes in as few round trips as its size
+    /// allows, and nothing after a failed event is sent.
     pub(crate) async fn publish_batch(
         &self,
         events: Vec<(String, Event)>,
-    ) -> Result<Vec<Option<String>>, (usize, Refused)> {
-        let mut ids = Vec::with_capacity(events.len());
+    ) -> Result<Vec<Option<String>>, Stopped> {
+        match self {
+            Publisher::Local(_) => self.publish_each(events).await,
+            #[cfg(any(feature = "redis", feature = "nats"))]
+            Publisher::Shared(backplane) => {
+                let answers = backplane.publish_all(events).await;
+                let why = answers.iter().find_map(|answer| answer.as_ref().err()).map(|error| {
+                    use ssehub::backplane::BackplaneError;
+                    match error {
+                        BackplaneError::Topic(_) | BackplaneError::Event(_) => {
+                            Refused::Invalid(error.to_string())
+                        }
+                        _ => Refused::Unavailable(error.to_string()),
+                    }
+                });
+                let lines = answers
+                    .into_iter()
+                    .map(|answer| answer.map(|published| published.id().map(str::to_string)));
+                match why {
+                    None => Ok(lines.map(|line| line.unwrap_or_default()).collect()),
+                    Some(why) => Err(Stopped {
+                        lines: lines.map(|line| line.map_err(|e| e.to_string())).collect(),
+                        why,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Publishes `events` one after the other, stopping at the first refusal.
+    async fn publish_each(
+        &self,
+        events: Vec<(String, Event)>,
+    ) -> Result<Vec<Option<String>>, Stopped> {
+        let total = events.len();
+        let mut ids = Vec::with_capacity(total);
         for (topic, event) in events {
             match self.publish(&topic, event).await {
                 Ok((id, _)) => ids.push(id),
-                Err(refused) => return Err((ids.len(), refused)),
+                Err(why) => {
+                    let mut lines: Vec<_> = ids.into_iter().map(Ok).collect();
+                    let reason = match &why {
+                        Refused::Invalid(reason) | Refused::Unavailable(reason) => reason.clone(),
+                    };
+                    lines.push(Err(reason));
+                    lines.resize_with(total, || {
+                        Err("not published: an earlier event failed".into())
+                    });
+                    return Err(Stopped { lines, why });
+                }
             }
         }
         Ok(ids)

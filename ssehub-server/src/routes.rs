@@ -189,15 +189,27 @@ async fn publish_batch(
         })?;
     }
     let total = events.len();
-    let ids = app.publisher.publish_batch(events).await.map_err(|(published, refused)| {
-        let reason = match refused {
+    let ids = app.publisher.publish_batch(events).await.map_err(|stopped| {
+        let reason = match stopped.why {
             Refused::Invalid(reason) | Refused::Unavailable(reason) => reason,
         };
+        let published = stopped.lines.iter().filter(|line| line.is_ok()).count();
+        let lines = stopped
+            .lines
+            .into_iter()
+            .map(|line| match line {
+                Ok(id) => serde_json::json!({ "id": id }),
+                Err(why) => serde_json::json!({ "error": why }),
+            })
+            .collect();
         // Only the hub shutting down or the broker failing can stop a checked batch midway.
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{reason}; {published} of {total} events were published"),
-        )
+        Refusal {
+            lines: Some(lines),
+            ..error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{reason}; {published} of {total} events were published"),
+            )
+        }
     })?;
     let mut out = String::with_capacity(ids.len() * 16);
     for id in ids {
@@ -509,16 +521,22 @@ pub(crate) struct Refusal {
     status: StatusCode,
     /// Why, for the client.
     reason: String,
+    /// For a batch stopped midway: each line's `{"id": …}` or `{"error": …}`.
+    lines: Option<Vec<serde_json::Value>>,
 }
 
 /// A refusal with this status and reason.
 fn error(status: StatusCode, reason: impl Into<String>) -> Refusal {
-    Refusal { status, reason: reason.into() }
+    Refusal { status, reason: reason.into(), lines: None }
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let mut response = json(self.status, &serde_json::json!({ "error": self.reason }));
+        let mut body = serde_json::json!({ "error": self.reason });
+        if let (Some(lines), Some(object)) = (self.lines, body.as_object_mut()) {
+            object.insert("lines".to_string(), serde_json::Value::Array(lines));
+        }
+        let mut response = json(self.status, &body);
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -111,3 +111,32 @@ fn a_full_publish_window_answers_503_with_retry_after_at_once() {
     let counted = sample(&metrics, "ssehub_backplane_publish_busy_total");
     assert_eq!(counted, Some(busy.len() as f64), "{metrics}");
 }
+
+#[test]
+fn an_ndjson_batch_goes_to_the_broker_in_a_few_round_trips() {
+    let broker = Broker::start(Kind::Redis);
+    let server = node(&broker, "4096");
+    let lines = 600;
+    let body: String = (0..lines)
+        .map(|n| {
+            format!("{}\n", json!({ "topic": format!("t{}", n % 3), "data": format!("e{n}") }))
+        })
+        .collect();
+    let headers = [("content-type", "application/x-ndjson")];
+    let response = request(server.addr, "POST", "/publish", &headers, &body);
+    assert_eq!(response.status, 200, "{}", response.body);
+    let ids: Vec<u64> = response
+        .body
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON line"))
+        .map(|line| line["id"].as_str().and_then(|id| id.rsplit('-').next()?.parse().ok()))
+        .map(|seq| seq.expect("an id {epoch}-{seq}"))
+        .collect();
+    assert_eq!(ids.len(), lines);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "numbered in the lines' order");
+    let stats = get(server.addr, "/stats").json();
+    let trips = stats["backplane"]["publish_batches"].as_u64().expect("publish_batches");
+    // 256 events a round trip at most; one at a time would be 600.
+    assert!((3..=8).contains(&trips), "{lines} lines took {trips} round trips: {stats}");
+    assert_eq!(stats["backplane"]["published"], lines, "{stats}");
+}

@@ -668,3 +668,57 @@ pub async fn broker_restart_without_a_storm(kind: Kind, config: Config, down: Du
     }
     recovered
 }
+
+/// `publish_all` sends a batch in as few round trips as its size allows and answers each event
+/// with its id, in order; an invalid event sends nothing; with the broker frozen, the first
+/// round trip fails and no later event of the batch is ever sent.
+pub async fn publish_all_in_round_trips(kind: Kind, config: Config) {
+    let broker = Broker::start(kind);
+    let url = broker.url();
+    let node = Node::start(config(&url, "all", 10_000), 1000).await;
+    let mut client = open(&node, "topic=t&topic=u", None).await;
+    eventually("client subscribed", || node.hub.topic_subscriber_count("u") == 1).await;
+    const N: usize = 600;
+    let batch = |tag: &str| -> Vec<(String, Event)> {
+        let topic = |i: usize| if i % 2 == 0 { "t" } else { "u" }.to_string();
+        (0..N).map(|i| (topic(i), Event::new(format!("{tag}{i}")))).collect()
+    };
+    let before = node.backplane.state().publish_batches;
+    let answers = node.backplane.publish_all(batch("e")).await;
+    let ids: Vec<String> = answers.iter().map(|a| id(a.as_ref().expect("published"))).collect();
+    assert!(ids.windows(2).all(|w| seq(&w[0]) < seq(&w[1])), "numbered in the batch's order");
+    let trips = node.backplane.state().publish_batches - before;
+    // At least 3 (256 events a round trip); a few more when the batching task takes the first
+    // events before the rest are queued. One at a time would be 600.
+    assert!((3..=8).contains(&trips), "{N} events took {trips} round trips");
+    let expected: Vec<(String, String)> =
+        ids.into_iter().zip((0..N).map(|i| format!("e{i}"))).collect();
+    assert_eq!(pairs(&client.events(N).await), expected, "delivered in order, once each");
+
+    let invalid = vec![("t".to_string(), Event::new("ok")), ("bad\ntopic".into(), Event::new("x"))];
+    let answers = node.backplane.publish_all(invalid).await;
+    assert!(matches!(answers[0], Err(BackplaneError::Aborted)), "{answers:?}");
+    assert!(matches!(answers[1], Err(BackplaneError::Topic(_))), "{answers:?}");
+
+    broker.signal("STOP");
+    let answers = node.backplane.publish_all(batch("f")).await;
+    broker.signal("CONT");
+    // The first round trip times out (however many events it took); every later event of the
+    // batch is aborted, never sent.
+    let failed = answers.iter().take_while(|a| matches!(a, Err(BackplaneError::Timeout(_))));
+    let failed = failed.count();
+    assert!((1..=256).contains(&failed), "first answer: {:?}", answers.first());
+    let rest = &answers[failed..];
+    let sent = rest.iter().filter(|a| !matches!(a, Err(BackplaneError::Aborted))).count();
+    assert_eq!(sent, 0, "{sent} events after the failed round trip were not aborted");
+    // The round trip that timed out may still be stored once the broker runs again; nothing
+    // after it was sent: after a marker, no later event of the batch ever arrives.
+    let marker = node.publish("t", "marker").await;
+    let got = read_until(&mut client, &["marker"]).await;
+    let sent = |e: &&ParsedEvent| e.data.strip_prefix('f').and_then(|n| n.parse::<usize>().ok());
+    let late: Vec<_> = got.iter().filter_map(|e| sent(&e)).filter(|&n| n >= failed).collect();
+    assert!(late.is_empty(), "events after the failed round trip were published: {late:?}");
+    assert_eq!(got.last().map(|e| e.id.as_str()), Some(marker.as_str()));
+    assert_eq!(node.backplane.state().publish_errors, failed as u64, "aborted ones not counted");
+    drop(broker);
+}
