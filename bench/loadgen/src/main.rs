@@ -10,11 +10,17 @@
 //! and its own CPU time, so a saturated load generator is reported rather than mistaken for a
 //! slow server. One JSON line per run on stdout; progress on stderr.
 //!
+//! `--publish-path PATH` feeds the server over HTTP instead (the hub server, nginx + nchan): no
+//! `GET /start`; once every client is established, `--publish-connections` kept-alive connections
+//! POST `--rate` events a second (see `publish.rs`), each event's data carrying its publish time
+//! and its sequence number within its topic, which then counts gaps in place of the `id:`s.
+//!
 //! `--connect-only --hold S` is the connect storm: open N connections as fast as the connect
 //! concurrency allows, report the time, hold them idle S seconds, report the server's RSS per
 //! idle connection, close.
 
 mod procfs;
+mod publish;
 mod stream;
 
 use std::net::SocketAddr;
@@ -48,6 +54,18 @@ USAGE: loadgen [FLAGS]
                         (fixes their window, as on a real network; on
                         loopback an unread socket's buffer keeps growing) [0 = kernel's]
   --no-start            do not GET /start (server runs with --autostart)
+  --events-path PATH    the stream's path, {topic} replaced by t{i % T}
+                                                        [/events?topic={topic}]
+  --publish-path PATH   feed the server over HTTP: POST to PATH ({topic}
+                        replaced) at --rate events/s in total, topics
+                        round-robin, instead of GET /start; data is
+                        \"<ns> <seq> xxx..\" (--payload bytes), and gaps
+                        are counted on <seq> (e.g. /publish?topic={topic})
+  --publish-body FORM   json ({\"data\":..}, the hub server) or raw (nchan) [json]
+  --publish-connections C
+                        kept-alive publishing connections, one thread
+                        each; C must divide --topics                    [1]
+  --publisher-nice N    nice value of the publishing threads            [0]
   --server-pid PID      read the server's CPU and memory from /proc
   --threads N           tokio worker threads                            [1]
   --concurrency C       connections being set up at once                [256]
@@ -89,6 +107,11 @@ struct Args {
     label: String,
     scenario: String,
     round: u64,
+    events_path: String,
+    publish_path: Option<String>,
+    publish_body: publish::Body,
+    publish_connections: usize,
+    publisher_nice: i32,
 }
 
 /// What `main` should do.
@@ -122,6 +145,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
         label: String::new(),
         scenario: String::new(),
         round: 0,
+        events_path: "/events?topic={topic}".into(),
+        publish_path: None,
+        publish_body: publish::Body::Json,
+        publish_connections: 1,
+        publisher_nice: 0,
     };
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -157,11 +185,33 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
             "--label" => a.label = it.next().ok_or("--label needs a value")?,
             "--scenario" => a.scenario = it.next().ok_or("--scenario needs a value")?,
             "--round" => a.round = num(&flag, it.next())?,
+            "--events-path" => a.events_path = it.next().ok_or("--events-path needs a value")?,
+            "--publish-path" => {
+                a.publish_path = Some(it.next().ok_or("--publish-path needs a value")?)
+            }
+            "--publish-body" => {
+                a.publish_body = match it.next().as_deref() {
+                    Some("json") => publish::Body::Json,
+                    Some("raw") => publish::Body::Raw,
+                    _ => return Err("--publish-body is json or raw".into()),
+                }
+            }
+            "--publish-connections" => a.publish_connections = num(&flag, it.next())?,
+            "--publisher-nice" => a.publisher_nice = num(&flag, it.next())?,
             other => return Err(format!("unknown flag {other:?} (see --help)")),
         }
     }
     if a.topics == 0 || a.threads == 0 || a.concurrency == 0 || a.read_buf < 1024 {
         return Err("--topics, --threads, --concurrency must be >= 1, --read-buf >= 1024".into());
+    }
+    if a.publish_path.is_some() {
+        if a.rate <= 0.0 {
+            return Err("--publish-path needs --rate".into());
+        }
+        if a.publish_connections == 0 || a.topics % a.publish_connections != 0 {
+            return Err("--publish-connections must divide --topics".into());
+        }
+        a.start = false;
     }
     if a.connect_only {
         a.start = false;
@@ -286,6 +336,8 @@ async fn open(
 
 /// A client's id bookkeeping.
 struct Sequence {
+    /// Whether the sequence number in the data counts (an HTTP publisher wrote it), not the id.
+    by_data: bool,
     /// The last id seen; 0 before the first.
     last: u64,
     /// Whether the first id must be 1 (the client connected before `/start`).
@@ -297,7 +349,8 @@ struct Sequence {
 impl Sequence {
     /// Checks one frame's id; returns the events missed before it.
     fn check(&mut self, frame: &Frame) -> (u64, bool) {
-        let Some(id) = frame.id else { return (0, false) };
+        let id = if self.by_data { frame.seq } else { frame.id };
+        let Some(id) = id else { return (0, false) };
         let expected = self.last + 1;
         let (missed, reordered) = if id == expected {
             (0, false)
@@ -318,7 +371,7 @@ impl Sequence {
 /// A client that reads everything and measures.
 async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
     let c = &*COUNTERS;
-    let path = format!("/events?topic=t{}", i % args.topics);
+    let path = args.events_path.replace("{topic}", &format!("t{}", i % args.topics));
     let permit = gate.acquire().await;
     let begun = Instant::now();
     let opened = tokio::time::timeout(args.setup_timeout, open(args.addr, &path, 0)).await;
@@ -348,7 +401,9 @@ async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
     };
     c.established.fetch_add(1, Relaxed);
     let mut decoder = Decoder::new(head.chunked);
-    let mut seq = Sequence { last: 0, from_one: args.start, gapped: false };
+    // Fed over HTTP, every client connected before the first POST.
+    let by_data = args.publish_path.is_some();
+    let mut seq = Sequence { by_data, last: 0, from_one: args.start || by_data, gapped: false };
     let mut buf = leftover;
     let mut n = buf.len();
     buf.resize(args.read_buf.max(n), 0);
@@ -422,7 +477,7 @@ async fn slow_client(
     mut drain: watch::Receiver<bool>,
 ) {
     let c = &*COUNTERS;
-    let path = format!("/events?topic=t{}", i % args.topics);
+    let path = args.events_path.replace("{topic}", &format!("t{}", i % args.topics));
     let permit = gate.acquire().await;
     let opened =
         tokio::time::timeout(args.setup_timeout, open(args.addr, &path, args.slow_rcvbuf)).await;
@@ -667,7 +722,25 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
     let mut window = Duration::ZERO;
     let (mut server_cpu, mut own_cpu) = (None, Duration::ZERO);
     let mut mem_end = None;
+    let mut publisher = None;
     if error.is_none() {
+        if let Some(path) = &args.publish_path {
+            let from = Instant::now() + args.warmup;
+            publisher = Some(publish::Publisher::start(
+                publish::Plan {
+                    addr: args.addr,
+                    path: path.clone(),
+                    body: args.publish_body,
+                    rate: args.rate,
+                    topics: args.topics,
+                    connections: args.publish_connections,
+                    payload: args.payload,
+                    nice: args.publisher_nice,
+                },
+                from,
+                from + args.duration,
+            ));
+        }
         tokio::time::sleep(args.warmup).await;
         let cpu0 = pid.and_then(procfs::cpu);
         let own0 = procfs::own_cpu();
@@ -688,6 +761,10 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
     for handle in fast {
         let _ = handle.await;
     }
+    let http_publish = match publisher {
+        Some(p) => tokio::task::spawn_blocking(move || p.finish()).await.unwrap_or(Value::Null),
+        None => Value::Null,
+    };
     let _ = drain_tx.send(true);
     let drain_wait = args.drain + Duration::from_secs(2);
     for handle in slow {
@@ -756,6 +833,8 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
         "loadgen_cpu_s": round3(own_cpu.as_secs_f64()),
         "loadgen_cpu_util": round3(own_util),
         "loadgen_saturated": own_util > 0.9,
+        "http_publish": http_publish,
+        "loadavg": procfs::loadavg(),
     });
     if let Value::Object(extra) = extra {
         out.extend(extra);
