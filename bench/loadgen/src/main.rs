@@ -208,7 +208,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
         if a.rate <= 0.0 {
             return Err("--publish-path needs --rate".into());
         }
-        if a.publish_connections == 0 || a.topics % a.publish_connections != 0 {
+        if a.publish_connections == 0 || !a.topics.is_multiple_of(a.publish_connections) {
             return Err("--publish-connections must divide --topics".into());
         }
         a.start = false;
