@@ -24,6 +24,7 @@ WARMUP=2
 CLIENTS=10000
 START_RATE=10
 STEPS=9
+LADDER_CONNECTIONS=8
 SERVERS="inprocess,hub,hub-fanout10,nchan"
 SCENARIOS="ladder,c"
 BUILD=1
@@ -46,6 +47,10 @@ usage: bench/http.sh [options]
   --clients N          subscribers                                     [$CLIENTS]
   --start-rate R       the ladder's first rate, events/s               [$START_RATE]
   --steps N            most rates on the ladder                        [$STEPS]
+  --ladder-connections C
+                       publishing connections on the ladder (c uses 10): each sends its
+                       POSTs one after the other, so a server that answers late is fed
+                       by the others meanwhile                         [$LADDER_CONNECTIONS]
   --duration S         measured seconds per run                        [$DURATION]
   --warmup S           seconds published before measuring              [$WARMUP]
   --server-cpu N       CPU the server is pinned to                     [$SERVER_CPU]
@@ -62,6 +67,7 @@ while [ $# -gt 0 ]; do
     --clients) CLIENTS=$2; shift ;;
     --start-rate) START_RATE=$2; shift ;;
     --steps) STEPS=$2; shift ;;
+    --ladder-connections) LADDER_CONNECTIONS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
     --server-cpu) SERVER_CPU=$2; shift ;;
@@ -247,12 +253,12 @@ ladder() {
     [ "${#active[@]}" -gt 0 ] || break
     next=()
     for label in "${active[@]}"; do
-      run_one "$label" "ladder-$CLIENTS" "$CLIENTS" 1 "$rate" 128 1; line=$LINE
+      run_one "$label" "ladder-$CLIENTS" "$CLIENTS" 1 "$rate" 128 "$LADDER_CONNECTIONS"; line=$LINE
       log "  $label rate=$rate: $(brief "$line")"
       kept=$(grep -c '"kept_up":true' <<<"$line" || true)
       if [ "$kept" != 1 ]; then
         # One retry: wall-clock throughput on a shared machine varies between identical runs.
-        run_one "$label" "ladder-$CLIENTS" "$CLIENTS" 1 "$rate" 128 1; line=$LINE
+        run_one "$label" "ladder-$CLIENTS" "$CLIENTS" 1 "$rate" 128 "$LADDER_CONNECTIONS"; line=$LINE
         log "  $label rate=$rate (retry): $(brief "$line")"
         kept=$(grep -c '"kept_up":true' <<<"$line" || true)
       fi

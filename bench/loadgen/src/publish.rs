@@ -2,10 +2,11 @@
 //! connections on a fixed schedule, the way the hub server (BENCH-CONTRACT section 2) and
 //! nginx + nchan are fed in production, instead of a publisher inside the server (`GET /start`).
 //!
-//! Event j (from 0) is due at `start + j / rate` and goes to topic `t{j % T}`; connection k sends
-//! the events of the topics `t` with `t % C == k` (C divides T), one request after the other, so
-//! each topic's events leave in order on one connection and a subscriber can count gaps. The data
-//! of each event is `"<publish time, ns since the UNIX epoch> <sequence number within its topic,
+//! Event j (from 0) is due at `start + j / rate`, goes to topic `t{j % T}` and is sent on
+//! connection `j % C`; each connection sends its requests one after the other (no pipelining), so
+//! a server that answers a POST late holds back that connection's next ones, and several
+//! connections keep the schedule when one is waiting (a topic's events may then arrive out of
+//! order: the subscribers count holes, not order). The data of each event is `"<publish time, ns since the UNIX epoch> <sequence number within its topic,
 //! from 1> xxx…"`, padded to `--payload` bytes. Each connection runs on a thread of its own with
 //! blocking I/O (as `publish_latency` does), so the subscribers' runtime does not delay it.
 
@@ -40,7 +41,7 @@ pub struct Plan {
     pub rate: f64,
     /// Topics `t0` .. `t{T-1}`.
     pub topics: usize,
-    /// Kept-alive connections (divides `topics`).
+    /// Kept-alive connections.
     pub connections: usize,
     /// Bytes of each event's data (at least what the stamp and sequence number take).
     pub payload: usize,
@@ -150,30 +151,26 @@ fn connection(plan: &Plan, index: usize, start: Instant, from: Instant, end: Ins
     let _ = socket.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::with_capacity(4096);
     let (topics, connections) = (plan.topics as u64, plan.connections as u64);
-    // Event j = round * T + topic; this connection sends the topics congruent to `index`.
-    let per_round: Vec<u64> = (0..topics).filter(|t| t % connections == index as u64).collect();
-    'rounds: for round in 0u64.. {
-        for &topic in &per_round {
-            let j = round * topics + topic;
-            let due = start + Duration::from_secs_f64(j as f64 / plan.rate);
-            if due >= end || Instant::now() >= end {
-                break 'rounds;
-            }
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-            let request = request(plan, topic as usize, round + 1);
-            let sent = socket.write_all(&request).map_err(|e| format!("publish write: {e}"));
-            if let Err(e) = sent.and_then(|()| response(&mut socket, &mut buf)) {
-                tally.error = Some(e);
-                break 'rounds;
-            }
-            tally.sent += 1;
-            if due >= from {
-                let took = Instant::now().saturating_duration_since(due);
-                tally.from_due.saturating_record(took.as_micros().max(1) as u64);
-            }
+    // Event j is topic j % T's event number j / T + 1; this connection sends j = index + n * C.
+    for j in (index as u64..).step_by(connections as usize) {
+        let due = start + Duration::from_secs_f64(j as f64 / plan.rate);
+        if due >= end || Instant::now() >= end {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let request = request(plan, (j % topics) as usize, j / topics + 1);
+        let sent = socket.write_all(&request).map_err(|e| format!("publish write: {e}"));
+        if let Err(e) = sent.and_then(|()| response(&mut socket, &mut buf)) {
+            tally.error = Some(e);
+            break;
+        }
+        tally.sent += 1;
+        if due >= from {
+            let took = Instant::now().saturating_duration_since(due);
+            tally.from_due.saturating_record(took.as_micros().max(1) as u64);
         }
     }
     tally
