@@ -930,3 +930,44 @@ fn main() {
     runtime.shutdown_timeout(Duration::from_secs(1));
     std::process::exit(code);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: Option<u64>, seq: Option<u64>) -> Frame {
+        Frame { id, stamp: Some(1), seq }
+    }
+
+    #[test]
+    fn data_sequence_counts_holes_and_late_fills() {
+        let mut s = Sequence { by_data: true, last: 0, from_one: true, missing: 0 };
+        let steps: Vec<(i64, bool)> = [1, 3, 2, 6, 4, 5, 7]
+            .into_iter()
+            .map(|n| s.check(&frame(Some(999), Some(n))))
+            .collect();
+        let expected = vec![
+            (0, false),
+            (1, false),
+            (-1, true),
+            (2, false),
+            (-1, true),
+            (-1, true),
+            (0, false),
+        ];
+        assert_eq!(steps, expected);
+        assert_eq!(steps.iter().map(|s| s.0).sum::<i64>(), 0, "every hole filled");
+        // A lost event stays counted.
+        let mut s = Sequence { by_data: true, last: 0, from_one: true, missing: 0 };
+        let lost: i64 = [1, 2, 4].into_iter().map(|n| s.check(&frame(None, Some(n))).0).sum();
+        assert_eq!(lost, 1);
+    }
+
+    #[test]
+    fn id_sequence_unchanged() {
+        let mut s = Sequence { by_data: false, last: 0, from_one: true, missing: 0 };
+        let steps: Vec<(i64, bool)> =
+            [1, 3, 2].into_iter().map(|n| s.check(&frame(Some(n), Some(7)))).collect();
+        assert_eq!(steps, vec![(0, false), (1, false), (0, true)]);
+    }
+}
