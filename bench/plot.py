@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Plots of bench/run.sh results: deliveries/s and server CPU per delivery, against the event
-rate (the saturation ladders, scenario e) and against the number of clients (runs at 100 ev/s on
+rate (the saturation ladders: run.sh's scenario e, bench/http.sh's ladder) and against the number of clients (runs at 100 ev/s on
 one topic with no stalled clients: scenarios l, b and the k sweep).
 
     python3 bench/plot.py [--out docs/img] bench/results/<timestamp>.jsonl ...
+    python3 bench/plot.py --out docs/img --prefix http- bench/results/http-<timestamp>.jsonl
 
 Needs matplotlib (`pip install matplotlib`; it ships its own fonts, and SVG text is kept as
 text). Each point is the median over rounds.
@@ -16,7 +17,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["ssehub-native", "ssehub-axum", "ssehub-hyper", "axum-broadcast", "floor-write", "floor-writev"]
+ORDER = ["inprocess", "hub", "hub-fanout10", "nchan", "ssehub-native", "ssehub-axum", "ssehub-hyper", "axum-broadcast", "floor-write", "floor-writev"]
 
 
 def load(paths):
@@ -92,7 +93,8 @@ def draw(plt, panels, x_label, y_index, y_label, title, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs/img", help="directory for the SVG files")
-    parser.add_argument("files", nargs="+", help="JSON lines from bench/run.sh")
+    parser.add_argument("--prefix", default="", help="prefix of the SVG file names (e.g. http-)")
+    parser.add_argument("files", nargs="+", help="JSON lines from bench/run.sh or bench/http.sh")
     args = parser.parse_args()
     try:
         import matplotlib
@@ -107,26 +109,29 @@ def main():
         sys.exit("plot.py: no successful runs in the input")
     os.makedirs(args.out, exist_ok=True)
 
+    def on_ladder(r):
+        return r["scenario"].startswith(("e-", "ladder-"))
+
     ladders = []
-    for clients in sorted({r["clients"] for r in records if r["scenario"].startswith("e-")}, reverse=True):
-        data = series(records, "rate", lambda r, c=clients: r["scenario"].startswith("e-") and r["clients"] == c)
+    for clients in sorted({r["clients"] for r in records if on_ladder(r)}, reverse=True):
+        data = series(records, "rate", lambda r, c=clients: on_ladder(r) and r["clients"] == c)
         ladders.append((f"{clients:,} clients, 1 topic, 128 B", data))
     if ladders:
         draw(plt, ladders, "events/s published", 1, "deliveries/s", "Deliveries per second against rate",
-             os.path.join(args.out, "deliveries-vs-rate.svg"))
+             os.path.join(args.out, args.prefix + "deliveries-vs-rate.svg"))
         draw(plt, ladders, "events/s published", 2, "server CPU ns per delivery",
-             "Server CPU per delivery against rate", os.path.join(args.out, "cpu-vs-rate.svg"))
+             "Server CPU per delivery against rate", os.path.join(args.out, args.prefix + "cpu-vs-rate.svg"))
 
     def at_100(r):
-        return r["rate"] == 100 and r["topics"] == 1 and r["slow"] == 0 and not r["scenario"].startswith("e-")
+        return r["rate"] == 100 and r["topics"] == 1 and r.get("slow") == 0 and not on_ladder(r)
 
     sweep = series(records, "clients", at_100)
     if any(len(rows) > 1 for rows in sweep.values()):
         panels = [("100 ev/s, 1 topic, 128 B", sweep)]
         draw(plt, panels, "clients", 1, "deliveries/s", "Deliveries per second against clients",
-             os.path.join(args.out, "deliveries-vs-clients.svg"))
+             os.path.join(args.out, args.prefix + "deliveries-vs-clients.svg"))
         draw(plt, panels, "clients", 2, "server CPU ns per delivery", "Server CPU per delivery against clients",
-             os.path.join(args.out, "cpu-vs-clients.svg"))
+             os.path.join(args.out, args.prefix + "cpu-vs-clients.svg"))
 
 
 if __name__ == "__main__":

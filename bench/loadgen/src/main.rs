@@ -10,11 +10,17 @@
 //! and its own CPU time, so a saturated load generator is reported rather than mistaken for a
 //! slow server. One JSON line per run on stdout; progress on stderr.
 //!
+//! `--publish-path PATH` feeds the server over HTTP instead (the hub server, nginx + nchan): no
+//! `GET /start`; once every client is established, `--publish-connections` kept-alive connections
+//! POST `--rate` events a second (see `publish.rs`), each event's data carrying its publish time
+//! and its sequence number within its topic, which then counts gaps in place of the `id:`s.
+//!
 //! `--connect-only --hold S` is the connect storm: open N connections as fast as the connect
 //! concurrency allows, report the time, hold them idle S seconds, report the server's RSS per
 //! idle connection, close.
 
 mod procfs;
+mod publish;
 mod stream;
 
 use std::net::SocketAddr;
@@ -48,6 +54,20 @@ USAGE: loadgen [FLAGS]
                         (fixes their window, as on a real network; on
                         loopback an unread socket's buffer keeps growing) [0 = kernel's]
   --no-start            do not GET /start (server runs with --autostart)
+  --events-path PATH    the stream's path, {topic} replaced by t{i % T}
+                                                        [/events?topic={topic}]
+  --publish-path PATH   feed the server over HTTP: POST to PATH ({topic}
+                        replaced) at --rate events/s in total, topics
+                        round-robin, instead of GET /start; data is
+                        \"<ns> <seq> xxx..\" (--payload bytes), and gaps
+                        are counted on <seq> (e.g. /publish?topic={topic})
+  --publish-body FORM   json ({\"data\":..}, the hub server) or raw (nchan) [json]
+  --publish-connections C
+                        kept-alive publishing connections, one thread
+                        each, event j on connection j % C; with C > 1 a
+                        topic's events arrive in no defined order, so
+                        reordering is reported but not a failure      [1]
+  --publisher-nice N    nice value of the publishing threads            [0]
   --server-pid PID      read the server's CPU and memory from /proc
   --threads N           tokio worker threads                            [1]
   --concurrency C       connections being set up at once                [256]
@@ -89,6 +109,11 @@ struct Args {
     label: String,
     scenario: String,
     round: u64,
+    events_path: String,
+    publish_path: Option<String>,
+    publish_body: publish::Body,
+    publish_connections: usize,
+    publisher_nice: i32,
 }
 
 /// What `main` should do.
@@ -122,6 +147,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
         label: String::new(),
         scenario: String::new(),
         round: 0,
+        events_path: "/events?topic={topic}".into(),
+        publish_path: None,
+        publish_body: publish::Body::Json,
+        publish_connections: 1,
+        publisher_nice: 0,
     };
     fn num<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -157,11 +187,33 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
             "--label" => a.label = it.next().ok_or("--label needs a value")?,
             "--scenario" => a.scenario = it.next().ok_or("--scenario needs a value")?,
             "--round" => a.round = num(&flag, it.next())?,
+            "--events-path" => a.events_path = it.next().ok_or("--events-path needs a value")?,
+            "--publish-path" => {
+                a.publish_path = Some(it.next().ok_or("--publish-path needs a value")?)
+            }
+            "--publish-body" => {
+                a.publish_body = match it.next().as_deref() {
+                    Some("json") => publish::Body::Json,
+                    Some("raw") => publish::Body::Raw,
+                    _ => return Err("--publish-body is json or raw".into()),
+                }
+            }
+            "--publish-connections" => a.publish_connections = num(&flag, it.next())?,
+            "--publisher-nice" => a.publisher_nice = num(&flag, it.next())?,
             other => return Err(format!("unknown flag {other:?} (see --help)")),
         }
     }
     if a.topics == 0 || a.threads == 0 || a.concurrency == 0 || a.read_buf < 1024 {
         return Err("--topics, --threads, --concurrency must be >= 1, --read-buf >= 1024".into());
+    }
+    if a.publish_path.is_some() {
+        if a.rate <= 0.0 {
+            return Err("--publish-path needs --rate".into());
+        }
+        if a.publish_connections == 0 {
+            return Err("--publish-connections must be at least 1".into());
+        }
+        a.start = false;
     }
     if a.connect_only {
         a.start = false;
@@ -175,8 +227,14 @@ const SETUP: u8 = 0;
 const MEASURING: u8 = 1;
 /// After the window: clients stop.
 const DONE: u8 = 2;
+/// After the window, fed over HTTP: clients still read (and fill holes) but do not count.
+const GRACE: u8 = 3;
 
 static PHASE: AtomicU8 = AtomicU8::new(SETUP);
+
+/// How long clients fed over HTTP keep reading after the window, so events still in flight fill
+/// their holes rather than count as lost.
+const PUBLISH_GRACE: Duration = Duration::from_secs(2);
 
 /// Counters shared by every client task (updated once per read, not per frame).
 #[derive(Default)]
@@ -286,24 +344,33 @@ async fn open(
 
 /// A client's id bookkeeping.
 struct Sequence {
+    /// Whether the sequence number in the data counts (an HTTP publisher wrote it), not the id.
+    by_data: bool,
     /// The last id seen; 0 before the first.
     last: u64,
     /// Whether the first id must be 1 (the client connected before `/start`).
     from_one: bool,
-    /// Whether this client already counted a gap.
-    gapped: bool,
+    /// Events this client is missing now (counted in `Counters::gaps`).
+    missing: i64,
 }
 
 impl Sequence {
-    /// Checks one frame's id; returns the events missed before it.
-    fn check(&mut self, frame: &Frame) -> (u64, bool) {
-        let Some(id) = frame.id else { return (0, false) };
+    /// Checks one frame's id; returns the change in events missed (negative when a late event
+    /// fills a hole) and whether it came out of order.
+    fn check(&mut self, frame: &Frame) -> (i64, bool) {
+        let id = if self.by_data { frame.seq } else { frame.id };
+        let Some(id) = id else { return (0, false) };
         let expected = self.last + 1;
+        if id < expected && self.by_data {
+            // Several publishing connections put one topic's events in no defined order: a
+            // sequence number below the highest seen fills the hole counted when it was passed.
+            return (-1, true);
+        }
         let (missed, reordered) = if id == expected {
             (0, false)
         } else if id > expected {
             if self.last > 0 || self.from_one {
-                (id - expected, false)
+                ((id - expected) as i64, false)
             } else {
                 (0, false)
             }
@@ -318,7 +385,7 @@ impl Sequence {
 /// A client that reads everything and measures.
 async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
     let c = &*COUNTERS;
-    let path = format!("/events?topic=t{}", i % args.topics);
+    let path = args.events_path.replace("{topic}", &format!("t{}", i % args.topics));
     let permit = gate.acquire().await;
     let begun = Instant::now();
     let opened = tokio::time::timeout(args.setup_timeout, open(args.addr, &path, 0)).await;
@@ -348,7 +415,9 @@ async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
     };
     c.established.fetch_add(1, Relaxed);
     let mut decoder = Decoder::new(head.chunked);
-    let mut seq = Sequence { last: 0, from_one: args.start, gapped: false };
+    // Fed over HTTP, every client connected before the first POST.
+    let by_data = args.publish_path.is_some();
+    let mut seq = Sequence { by_data, last: 0, from_one: args.start || by_data, missing: 0 };
     let mut buf = leftover;
     let mut n = buf.len();
     buf.resize(args.read_buf.max(n), 0);
@@ -360,7 +429,7 @@ async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
         if n > 0 {
             let now = now_ns();
             let measuring = phase == MEASURING;
-            let (mut frames, mut missed, mut reordered, mut no_stamp) = (0u64, 0u64, 0u64, 0u64);
+            let (mut frames, mut missed, mut reordered, mut no_stamp) = (0u64, 0i64, 0u64, 0u64);
             let fed = HISTOGRAM.with(|h| {
                 let mut h = h.lock().expect("not poisoned");
                 decoder.feed(&buf[..n], &mut |frame| {
@@ -384,11 +453,18 @@ async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
                     c.no_stamp.fetch_add(no_stamp, Relaxed);
                 }
             }
-            if missed > 0 {
-                c.gaps.fetch_add(missed, Relaxed);
-                if !seq.gapped {
-                    seq.gapped = true;
+            if missed != 0 {
+                let before = seq.missing;
+                seq.missing += missed;
+                if missed > 0 {
+                    c.gaps.fetch_add(missed.unsigned_abs(), Relaxed);
+                } else {
+                    c.gaps.fetch_sub(missed.unsigned_abs(), Relaxed);
+                }
+                if before == 0 && seq.missing > 0 {
                     c.gap_clients.fetch_add(1, Relaxed);
+                } else if before > 0 && seq.missing == 0 {
+                    c.gap_clients.fetch_sub(1, Relaxed);
                 }
             }
             if reordered > 0 {
@@ -422,7 +498,7 @@ async fn slow_client(
     mut drain: watch::Receiver<bool>,
 ) {
     let c = &*COUNTERS;
-    let path = format!("/events?topic=t{}", i % args.topics);
+    let path = args.events_path.replace("{topic}", &format!("t{}", i % args.topics));
     let permit = gate.acquire().await;
     let opened =
         tokio::time::timeout(args.setup_timeout, open(args.addr, &path, args.slow_rcvbuf)).await;
@@ -667,19 +743,43 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
     let mut window = Duration::ZERO;
     let (mut server_cpu, mut own_cpu) = (None, Duration::ZERO);
     let mut mem_end = None;
+    let mut publisher = None;
     if error.is_none() {
+        if let Some(path) = &args.publish_path {
+            let from = Instant::now() + args.warmup;
+            publisher = Some(publish::Publisher::start(
+                publish::Plan {
+                    addr: args.addr,
+                    path: path.clone(),
+                    body: args.publish_body,
+                    rate: args.rate,
+                    topics: args.topics,
+                    connections: args.publish_connections,
+                    payload: args.payload,
+                    nice: args.publisher_nice,
+                },
+                from,
+                from + args.duration,
+            ));
+        }
         tokio::time::sleep(args.warmup).await;
         let cpu0 = pid.and_then(procfs::cpu);
         let own0 = procfs::own_cpu();
         let t0 = Instant::now();
         PHASE.store(MEASURING, Relaxed);
         tokio::time::sleep(args.duration).await;
-        PHASE.store(DONE, Relaxed);
+        PHASE.store(if publisher.is_some() { GRACE } else { DONE }, Relaxed);
         window = t0.elapsed();
         let cpu1 = pid.and_then(procfs::cpu);
         own_cpu = procfs::own_cpu().saturating_sub(own0);
         server_cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
         mem_end = pid.and_then(procfs::memory);
+        if publisher.is_some() {
+            // The last POSTs of the window may still be on their way (on another connection
+            // than a later one that arrived): a hole still open after this is a lost event or
+            // one more than the grace late.
+            tokio::time::sleep(PUBLISH_GRACE).await;
+        }
     }
     PHASE.store(DONE, Relaxed);
     for handle in &fast {
@@ -688,6 +788,10 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
     for handle in fast {
         let _ = handle.await;
     }
+    let http_publish = match publisher {
+        Some(p) => tokio::task::spawn_blocking(move || p.finish()).await.unwrap_or(Value::Null),
+        None => Value::Null,
+    };
     let _ = drain_tx.send(true);
     let drain_wait = args.drain + Duration::from_secs(2);
     for handle in slow {
@@ -710,7 +814,7 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
         && keep_up.is_some_and(|k| k >= 0.95)
         && gaps == 0
         && disconnects == 0
-        && c.reordered.load(Relaxed) == 0;
+        && (c.reordered.load(Relaxed) == 0 || args.publish_connections > 1);
     let own_util = own_cpu.as_secs_f64() / secs;
     let extra = json!({
         "established": established,
@@ -756,6 +860,8 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
         "loadgen_cpu_s": round3(own_cpu.as_secs_f64()),
         "loadgen_cpu_util": round3(own_util),
         "loadgen_saturated": own_util > 0.9,
+        "http_publish": http_publish,
+        "loadavg": procfs::loadavg(),
     });
     if let Value::Object(extra) = extra {
         out.extend(extra);
@@ -823,4 +929,45 @@ fn main() {
     };
     runtime.shutdown_timeout(Duration::from_secs(1));
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: Option<u64>, seq: Option<u64>) -> Frame {
+        Frame { id, stamp: Some(1), seq }
+    }
+
+    #[test]
+    fn data_sequence_counts_holes_and_late_fills() {
+        let mut s = Sequence { by_data: true, last: 0, from_one: true, missing: 0 };
+        let steps: Vec<(i64, bool)> = [1, 3, 2, 6, 4, 5, 7]
+            .into_iter()
+            .map(|n| s.check(&frame(Some(999), Some(n))))
+            .collect();
+        let expected = vec![
+            (0, false),
+            (1, false),
+            (-1, true),
+            (2, false),
+            (-1, true),
+            (-1, true),
+            (0, false),
+        ];
+        assert_eq!(steps, expected);
+        assert_eq!(steps.iter().map(|s| s.0).sum::<i64>(), 0, "every hole filled");
+        // A lost event stays counted.
+        let mut s = Sequence { by_data: true, last: 0, from_one: true, missing: 0 };
+        let lost: i64 = [1, 2, 4].into_iter().map(|n| s.check(&frame(None, Some(n))).0).sum();
+        assert_eq!(lost, 1);
+    }
+
+    #[test]
+    fn id_sequence_unchanged() {
+        let mut s = Sequence { by_data: false, last: 0, from_one: true, missing: 0 };
+        let steps: Vec<(i64, bool)> =
+            [1, 3, 2].into_iter().map(|n| s.check(&frame(Some(n), Some(7)))).collect();
+        assert_eq!(steps, vec![(0, false), (1, false), (0, true)]);
+    }
 }

@@ -57,3 +57,11 @@ pub fn memory(pid: u32) -> Option<Memory> {
     };
     Some(Memory { rss_kb: field("VmRSS:")?, hwm_kb: field("VmHWM:")? })
 }
+
+/// The machine's load averages over 1, 5 and 15 minutes (`/proc/loadavg`): other work on a
+/// shared machine shows in it, so each record carries it.
+pub fn loadavg() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
+}

@@ -1,7 +1,8 @@
 //! The client side of one benchmark stream, without I/O: the response head, chunked transfer
 //! coding (what hyper and axum send) or a raw body (what a server that owns its socket may
-//! send), and a fast SSE path that only counts frames and reads `id:` and the first token of
-//! `data:` (the publish time in ns).
+//! send), and a fast SSE path that only counts frames and reads `id:` and the first two tokens
+//! of `data:` (the publish time in ns and, when an HTTP publisher wrote the event, its sequence
+//! number within its topic).
 
 /// Longest line kept across reads; a longer one is a protocol error.
 const MAX_LINE: usize = 64 * 1024;
@@ -68,6 +69,10 @@ pub struct Frame {
     pub id: Option<u64>,
     /// The first token of the (first) `data:` line, when it was a decimal number.
     pub stamp: Option<u64>,
+    /// The second token of the (first) `data:` line, when it was a decimal number: the
+    /// sequence number `loadgen --publish-path` writes there (servers such as nchan choose
+    /// their own `id:`s, so the ids cannot count gaps).
+    pub seq: Option<u64>,
 }
 
 /// An SSE body decoder: feed it what the socket gave, it calls back once per dispatched frame.
@@ -192,8 +197,13 @@ impl Decoder {
             }
             b"data" => {
                 if self.frame.stamp.is_none() {
-                    let token = memchr::memchr(b' ', value).map_or(value, |s| &value[..s]);
+                    let (token, rest) = match memchr::memchr(b' ', value) {
+                        Some(s) => (&value[..s], &value[s + 1..]),
+                        None => (value, &b""[..]),
+                    };
                     self.frame.stamp = number(token);
+                    let token = memchr::memchr(b' ', rest).map_or(rest, |s| &rest[..s]);
+                    self.frame.seq = number(token);
                 }
                 self.pending = true;
             }
@@ -251,8 +261,8 @@ mod tests {
 
     fn expected() -> Vec<Frame> {
         vec![
-            Frame { id: Some(1), stamp: Some(1_700_000_000_000_000_000) },
-            Frame { id: Some(2), stamp: Some(1_700_000_000_000_000_001) },
+            Frame { id: Some(1), stamp: Some(1_700_000_000_000_000_000), seq: None },
+            Frame { id: Some(2), stamp: Some(1_700_000_000_000_000_001), seq: None },
         ]
     }
 
@@ -286,7 +296,21 @@ mod tests {
     #[test]
     fn crlf_lines_and_odd_fields() {
         let (out, _) = frames(false, &[b"id: x\r\ndata: 12 a\r\ndata: 99\r\n\r\nretry: 5\n\n"]);
-        assert_eq!(out, vec![Frame { id: None, stamp: Some(12) }, Frame::default()]);
+        assert_eq!(out, vec![Frame { id: None, stamp: Some(12), seq: None }, Frame::default()]);
+    }
+
+    #[test]
+    fn sequence_after_the_stamp() {
+        let input: &[u8] = b"id: 1700000000000:0\ndata: 17 42 xxxx\n\ndata: 18 43\n\ndata: 19\n\n";
+        let (out, _) = frames(false, &[input]);
+        assert_eq!(
+            out,
+            vec![
+                Frame { id: None, stamp: Some(17), seq: Some(42) },
+                Frame { id: None, stamp: Some(18), seq: Some(43) },
+                Frame { id: None, stamp: Some(19), seq: None },
+            ]
+        );
     }
 
     #[test]
