@@ -115,7 +115,8 @@ impl Server {
             let _ = child.kill();
             panic!("the server printed no address within {WAIT:?}");
         });
-        let addr = line.rsplit("http://").next().and_then(|a| a.parse().ok());
+        // `http://ADDR`, or `https://ADDR` with TLS.
+        let addr = line.rsplit("://").next().and_then(|a| a.parse().ok());
         let addr = addr.unwrap_or_else(|| panic!("no address in {line:?}"));
         Server { child, addr, lines: rx }
     }
