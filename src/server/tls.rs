@@ -169,10 +169,13 @@ impl TlsConfig {
     /// # Examples
     ///
     /// ```no_run
-    /// # let tls: ssehub::server::TlsConfig = todo!();
-    /// if let Err(error) = tls.reload_from_pem_files("/etc/ssehub/cert.pem", "/etc/ssehub/key.pem") {
+    /// let (cert, key) = ("/etc/ssehub/cert.pem", "/etc/ssehub/key.pem");
+    /// let tls = ssehub::server::TlsConfig::from_pem_files(cert, key)?;
+    /// // On SIGHUP, after the files were renewed:
+    /// if let Err(error) = tls.reload_from_pem_files(cert, key) {
     ///     eprintln!("kept the previous certificate: {error}");
     /// }
+    /// # Ok::<(), ssehub::server::TlsError>(())
     /// ```
     pub fn reload_from_pem_files(
         &self,
