@@ -28,13 +28,35 @@ use crate::engine::batch::Batch;
 
 /// Serves one HTTP/2 connection until the client closes it (or it fails); a write that makes
 /// no progress for `write_timeout` ends it.
-pub(crate) async fn serve<R: Resolver>(tls: Tls, routes: Routes<R>, write_timeout: Duration) {
+pub(crate) async fn serve<R: Resolver>(
+    tls: Tls,
+    routes: Routes<R>,
+    write_timeout: Duration,
+    max_head: usize,
+) {
     let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
+    builder
+        .timer(TokioTimer::new())
+        // Set here rather than left to hyper's default (200, "not part of its stability"):
+        // the streams one client may hold open at once on a connection.
+        .max_concurrent_streams(MAX_STREAMS)
+        // The HTTP/1.1 head limit, applied to each request's header list.
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
+        // A peer that vanished without a FIN holds an idle connection (no stream writing, so
+        // no write timeout) until a ping goes unanswered.
+        .keep_alive_interval(Some(PING_INTERVAL))
+        .keep_alive_timeout(PING_TIMEOUT);
     let io = TokioIo::new(WriteTimeout::new(tls, Some(write_timeout)));
     // The connection's end is the client's business (a reset, a GOAWAY, a timed-out write).
     let _ = builder.serve_connection(io, routes).await;
 }
+
+/// Most streams (requests) open at once on one HTTP/2 connection.
+const MAX_STREAMS: u32 = 256;
+/// How often an HTTP/2 connection is pinged.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a ping may go unanswered before the connection is closed.
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What an HTTP/2 request may reach: the endpoint at its path, the fallback elsewhere.
 pub(crate) struct Routes<R> {

@@ -634,7 +634,7 @@ impl<R: Resolver> Server<R> {
                 router: inner.tls.router.clone(),
                 body: inner.body,
             };
-            h2::serve(tls, routes, inner.write_timeout).await;
+            h2::serve(tls, routes, inner.write_timeout, inner.head.max_bytes).await;
             return;
         }
         let requests = Requests {
