@@ -178,9 +178,9 @@ fn sighup_reloads_the_certificate_for_new_connections_and_open_streams_go_on() {
 
 #[test]
 fn a_self_signed_server_says_where_its_certificate_is() {
-    let server = Server::start(&["--heartbeat", "0", "--tls-self-signed"]);
+    let mut server = Server::start(&["--heartbeat", "0", "--tls-self-signed"]);
     let line = server_line(&server, "self-signed certificate");
-    let path = line
+    let path = &*line
         .split(" written to ")
         .nth(1)
         .and_then(|rest| rest.split(" (SHA-256 ").next())
@@ -191,7 +191,11 @@ fn a_self_signed_server_says_where_its_certificate_is() {
     let (status, text) = fetch(path, &[&format!("{base}/stats")]);
     assert_eq!(status, Some(0), "{text}");
     assert!(text.ends_with("\n2 200"), "{text}");
-    let _ = std::fs::remove_file(path);
+    // A graceful stop removes the file.
+    server.signal("INT");
+    let status = wait_bounded(&mut server.child, WAIT).expect("stopped");
+    assert!(status.success(), "{status:?}");
+    assert!(!std::path::Path::new(path).exists(), "{path} removed at stop");
 }
 
 #[test]

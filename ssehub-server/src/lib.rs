@@ -176,8 +176,8 @@ async fn serve(config: Config, tls: Option<tls::Tls>) -> Result<(), Box<dyn std:
     if let Some(bytes) = send_buffer {
         server = server.with_send_buffer(bytes);
     }
-    if let Some(tls) = tls {
-        server = server.with_tls(tls.config);
+    if let Some(tls) = &tls {
+        server = server.with_tls(tls.config.clone());
     }
     server
         .serve_with_shutdown(listener, async move {
@@ -195,6 +195,9 @@ async fn serve(config: Config, tls: Option<tls::Tls>) -> Result<(), Box<dyn std:
     }
     if endpoint.connection_count() > 0 {
         println!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    if let Some(tls) = &tls {
+        tls.remove_written();
     }
     println!("stopped");
     Ok(())

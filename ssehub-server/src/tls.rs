@@ -18,6 +18,8 @@ pub(crate) struct Tls {
     source: Source,
     /// What to say once the server listens (where a self-signed certificate was written).
     pub(crate) announcement: Option<String>,
+    /// The self-signed certificate's file, removed when the server stops.
+    written: Option<PathBuf>,
 }
 
 /// Where a certificate came from.
@@ -47,7 +49,7 @@ pub(crate) fn load(config: &Config) -> Result<Option<Tls>, String> {
         (Some(cert), Some(key), false) => {
             let config = TlsConfig::from_pem_files(cert, key).map_err(|e| e.to_string())?;
             let source = Source::Files { cert: cert.clone(), key: key.clone() };
-            Ok(Some(Tls { config, source, announcement: None }))
+            Ok(Some(Tls { config, source, announcement: None, written: None }))
         }
         (None, None, true) => self_signed(config).map(Some),
     }
@@ -75,7 +77,12 @@ fn self_signed(config: &Config) -> Result<Tls, String> {
         path.display(),
         fingerprint(made.cert.der())
     );
-    Ok(Tls { config: tls, source: Source::SelfSigned, announcement: Some(announcement) })
+    Ok(Tls {
+        config: tls,
+        source: Source::SelfSigned,
+        announcement: Some(announcement),
+        written: Some(path),
+    })
 }
 
 /// Where the self-signed certificate goes: the temporary directory, one file per port (port 0:
@@ -119,6 +126,14 @@ impl Tls {
             });
         }
         Ok(())
+    }
+
+    /// Removes the self-signed certificate's file, if one was written (it names a key that
+    /// dies with the process).
+    pub(crate) fn remove_written(&self) {
+        if let Some(path) = &self.written {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Reloads from the files; says what happened.
