@@ -180,7 +180,7 @@ fn sighup_reloads_the_certificate_for_new_connections_and_open_streams_go_on() {
 fn a_self_signed_server_says_where_its_certificate_is() {
     let mut server = Server::start(&["--heartbeat", "0", "--tls-self-signed"]);
     let line = server_line(&server, "self-signed certificate");
-    let path = &*line
+    let path = line
         .split(" written to ")
         .nth(1)
         .and_then(|rest| rest.split(" (SHA-256 ").next())
