@@ -80,8 +80,8 @@ impl TlsConfig {
     /// use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     /// let chain = vec![CertificateDer::from(made.cert.der().to_vec())];
     /// let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
-    /// let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    /// let config = rustls::ServerConfig::builder_with_provider(provider)
+    /// let provider = rustls::crypto::aws_lc_rs::default_provider();
+    /// let config = rustls::ServerConfig::builder_with_provider(provider.into())
     ///     .with_safe_default_protocol_versions()?
     ///     .with_no_client_auth()
     ///     .with_single_cert(chain, key)?;
