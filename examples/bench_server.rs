@@ -53,6 +53,8 @@ USAGE: cargo run --release --example bench_server -- [FLAGS]
   --capacity N            per-client queue bound, in frames          [4096]
   --send-buffer BYTES     SO_SNDBUF of each stream (native listener only;
                           Server::with_send_buffer)                  [kernel's autotuning]
+  --tls-cert FILE         serve HTTPS (native listener only; ALPN h2 and http/1.1)
+  --tls-key FILE          with this PEM certificate chain and key
   --exit-after SECS       exit by itself after SECS (a safety net for scripts)
   -h, --help              this text
 ";
@@ -92,6 +94,8 @@ struct Config {
     send_buffer: Option<usize>,
     /// Exit after this long, if set.
     exit_after: Option<Duration>,
+    /// The PEM certificate chain and key to serve HTTPS with (native listener only).
+    tls: Option<(String, String)>,
 }
 
 /// The smallest payload: 19 digits of nanoseconds (good until 2286), a space, one byte of padding.
@@ -111,7 +115,9 @@ impl Config {
             capacity: 4096,
             send_buffer: None,
             exit_after: None,
+            tls: None,
         };
+        let mut tls = (None, None);
         while let Some(flag) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
@@ -124,6 +130,8 @@ impl Config {
                 "--workers" => config.workers = parse(&flag, &value()?)?,
                 "--capacity" => config.capacity = parse(&flag, &value()?)?,
                 "--send-buffer" => config.send_buffer = Some(parse(&flag, &value()?)?),
+                "--tls-cert" => tls.0 = Some(value()?),
+                "--tls-key" => tls.1 = Some(value()?),
                 "--exit-after" => {
                     config.exit_after = Some(Duration::from_secs_f64(parse(&flag, &value()?)?))
                 }
@@ -143,6 +151,14 @@ impl Config {
         }
         if config.topics == 0 || config.workers == 0 || config.capacity == 0 {
             return Err("--topics, --workers and --capacity must be at least 1".into());
+        }
+        config.tls = match tls {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        if config.tls.is_some() && config.listener != Listener::Native {
+            return Err("--tls-cert is a setting of the native listener".into());
         }
         if config.send_buffer.is_some() && config.listener != Listener::Native {
             return Err("--send-buffer is a setting of the native listener".into());
@@ -319,7 +335,7 @@ fn run(config: Config) -> Result<(), Box<dyn Error>> {
         );
         let endpoint = Endpoint::new(hub.clone());
         match config.listener {
-            Listener::Native => serve_native(listener, endpoint, gate, config.send_buffer).await,
+            Listener::Native => serve_native(listener, endpoint, gate, &config).await?,
             Listener::Axum => serve_axum(listener, endpoint, gate).await?,
             Listener::Hyper => serve_hyper(listener, endpoint, gate).await,
         }
@@ -347,14 +363,18 @@ async fn serve_native(
     listener: TcpListener,
     endpoint: Endpoint,
     gate: Arc<Gate>,
-    send_buffer: Option<usize>,
-) {
+    config: &Config,
+) -> Result<(), Box<dyn Error>> {
     let mut server =
         ssehub::server::Server::new(endpoint).with_path("/events").with_fallback(start_route(gate));
-    if let Some(bytes) = send_buffer {
+    if let Some(bytes) = config.send_buffer {
         server = server.with_send_buffer(bytes);
     }
+    if let Some((cert, key)) = &config.tls {
+        server = server.with_tls(ssehub::server::TlsConfig::from_pem_files(cert, key)?);
+    }
     server.serve(listener).await;
+    Ok(())
 }
 
 /// `/events` through `ssehub::axum::events` beside the `/start` route, with `TCP_NODELAY` as

@@ -163,3 +163,38 @@ pub enum ProducerError {
     #[error("hub is shut down")]
     Closed,
 }
+
+/// Why a TLS certificate and key could not be loaded (`server::TlsConfig`).
+#[cfg(feature = "rustls")]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's reason.
+        reason: String,
+    },
+    /// The certificate PEM holds no `CERTIFICATE` block, or a malformed one.
+    #[error("no valid certificate in {origin}: {reason}")]
+    Certificate {
+        /// The file, or `PEM` for bytes given directly.
+        origin: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The key PEM holds no private key (PKCS#8, PKCS#1 or SEC1), or a malformed one.
+    #[error("no valid private key in {origin}: {reason}")]
+    PrivateKey {
+        /// The file, or `PEM` for bytes given directly.
+        origin: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// rustls refused the pair: the key does not belong to the certificate, or its algorithm
+    /// is not supported.
+    #[error("certificate and key refused: {0}")]
+    Refused(String),
+}

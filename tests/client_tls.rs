@@ -2,11 +2,13 @@
 //! time, serving the hub through its axum adapter over HTTP/2 or HTTP/1.1 (whichever ALPN
 //! chose), and servers that refuse or stall.
 
+#[path = "support/tls.rs"]
+mod tls;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use ssehub::client::{Backoff, ClientError, ClientEvent, EventSource, Events};
 use ssehub::{Endpoint, Event, Hub};
 use tokio::net::TcpListener;
@@ -24,20 +26,8 @@ struct TlsServer {
 
 /// Serves `hub` at `/events` over TLS, offering `alpn` (in order of preference).
 async fn tls_server(hub: Hub, alpn: &[&str]) -> TlsServer {
-    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).expect("certificate");
-    let chain = vec![CertificateDer::from(certified.cert.der().to_vec())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server config");
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let certificate = tls::Certificate::new();
+    let acceptor = TlsAcceptor::from(Arc::new(certificate.server_config(alpn)));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     let router = axum::Router::new().route("/events", ssehub::axum::events(Endpoint::new(hub)));
@@ -66,7 +56,7 @@ async fn tls_server(hub: Hub, alpn: &[&str]) -> TlsServer {
             });
         }
     });
-    TlsServer { base: format!("https://{addr}"), certificate_pem: certified.cert.pem(), protocols }
+    TlsServer { base: format!("https://{addr}"), certificate_pem: certificate.cert_pem, protocols }
 }
 
 fn quick() -> Backoff {

@@ -9,7 +9,7 @@ pub(crate) mod endpoint;
 #[cfg(feature = "hyper")]
 pub mod hyper;
 pub mod resolve;
-mod write_timeout;
+pub(crate) mod write_timeout;
 
 pub use endpoint::{Cors, Endpoint};
 

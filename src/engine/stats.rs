@@ -358,7 +358,7 @@ impl Sample {
 /// | `ssehub_session_hijacks_total` | counter | session tokens presented by another principal |
 /// | `ssehub_producer_panics_total` | counter | producers that panicked |
 /// | `ssehub_resolver_panics_total` | counter | request resolvers that panicked |
-/// | `ssehub_connections_refused_total{reason}` | counter | connections refused at accept (`rate`, `per_ip`) |
+/// | `ssehub_connections_refused_total{reason}` | counter | connections refused at accept (`rate`, `per_ip`), or whose TLS handshake failed (`tls_handshake`) or did not finish within the head timeout (`tls_handshake_timeout`) |
 /// | `ssehub_streams_ended_total{reason}` | counter | streams ended: `slow`, `shutdown`, `disconnected`, `dropped`, `expired` (the token's `exp`), `revoked` (`Hub::revoke`), `client_gone`, `write_deadline`, `unexpected_input` |
 /// | `ssehub_subscribers` | gauge | live subscriptions |
 /// | `ssehub_topics` | gauge | live topics |

@@ -23,13 +23,12 @@ use http::header::CONNECTION;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
 use super::request::{self, BodyLength, BodyLimits, Head};
 use super::rewind::Rewind;
-use super::{Exchange, Kept};
+use super::{Conn, Exchange, Kept};
 use crate::sync::{Arc, AtomicUsize, Ordering};
 
 /// How long a closing connection's unread input is drained (so closing does not reset it and
@@ -46,7 +45,7 @@ const CUT_TIMEOUT: usize = 1;
 const CUT_TOO_LARGE: usize = 2;
 
 /// Serves one request with `router`; returns the connection if it may serve another.
-pub(crate) async fn serve(router: ::axum::Router, exchange: Exchange) -> Kept {
+pub(crate) async fn serve<IO: Conn>(router: ::axum::Router, exchange: Exchange<IO>) -> Kept<IO> {
     let Exchange { mut socket, head, body } = exchange;
     let Head { parts, mut raw, len } = head;
     let length = request::body_length(&parts);
@@ -96,15 +95,19 @@ pub(crate) async fn serve(router: ::axum::Router, exchange: Exchange) -> Kept {
 }
 
 /// The connection with its IO handed back, and whether the response asked to close.
-type Served = hyper::server::conn::http1::Parts<hyper_util::rt::TokioIo<Rewind>, OneRequest>;
+type Served<IO> =
+    hyper::server::conn::http1::Parts<hyper_util::rt::TokioIo<Rewind<IO>>, OneRequest>;
 
 /// Runs hyper's connection until the one request is answered and written. Once the service has
 /// answered (its head is then encoded, within the same poll), keep-alive is turned off, so
 /// hyper ends after the response instead of waiting for a next request; it does not close.
-async fn drive(
-    mut conn: hyper::server::conn::http1::Connection<hyper_util::rt::TokioIo<Rewind>, OneRequest>,
+async fn drive<IO: Conn>(
+    mut conn: hyper::server::conn::http1::Connection<
+        hyper_util::rt::TokioIo<Rewind<IO>>,
+        OneRequest,
+    >,
     mut answer: oneshot::Receiver<bool>,
-) -> (hyper::Result<Served>, bool) {
+) -> (hyper::Result<Served<IO>>, bool) {
     let mut close = None;
     let done = poll_fn(|cx| {
         if close.is_none() {
@@ -123,7 +126,7 @@ async fn drive(
 
 /// Shuts the socket's write side and drains what the client still sends for a moment, so the
 /// kernel does not answer unread input with a reset that could destroy the response.
-async fn linger(mut socket: TcpStream) {
+async fn linger<IO: Conn>(mut socket: IO) {
     let _ = socket.shutdown().await;
     let drain = async {
         let mut buf = [0u8; 4096];
@@ -156,47 +159,55 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for OneRequest {
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
     fn call(&self, request: Request<hyper::body::Incoming>) -> Self::Future {
-        let mut router = self.router.clone();
         let answered = self.answered.take();
-        let cut = Arc::new(AtomicUsize::new(CUT_NONE));
-        let limits = self.body;
-        let guarded = request.map(|body| {
-            ::axum::body::Body::new(Guarded {
-                inner: body,
-                read: 0,
-                limits,
-                deadline: Box::pin(tokio::time::sleep(limits.timeout)),
-                cut: cut.clone(),
-            })
-        });
+        let routed = route(self.router.clone(), request, self.body);
         Box::pin(async move {
-            let Ok(mut response) = tower_service::Service::call(&mut router, guarded).await;
-            // However the application answered a cut body (most answer 400 to a body error),
-            // the client learns why, and the connection closes: the rest of the body is unread.
-            let status = match cut.load(Ordering::SeqCst) {
-                CUT_TIMEOUT => {
-                    Some((StatusCode::REQUEST_TIMEOUT, "request body not received in time"))
-                }
-                CUT_TOO_LARGE => {
-                    Some((StatusCode::PAYLOAD_TOO_LARGE, "request body over the limit"))
-                }
-                _ => None,
-            };
-            if let Some((status, reason)) = status {
-                response = Response::new(::axum::body::Body::from(reason));
-                *response.status_mut() = status;
-                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            let close = response
-                .headers()
-                .get_all(CONNECTION)
-                .iter()
-                .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+            let (response, close) = routed.await;
             if let Some(answered) = answered {
                 let _ = answered.send(close);
             }
             Ok(response)
         })
+    }
+}
+
+/// Answers `request` with `router`, its body guarded by `limits`; also tells whether the
+/// response closes the connection (HTTP/1.1: the caller's business).
+pub(crate) fn route(
+    mut router: ::axum::Router,
+    request: Request<hyper::body::Incoming>,
+    limits: BodyLimits,
+) -> impl Future<Output = (Response<::axum::body::Body>, bool)> + Send + 'static {
+    let cut = Arc::new(AtomicUsize::new(CUT_NONE));
+    let guarded = request.map(|body| {
+        ::axum::body::Body::new(Guarded {
+            inner: body,
+            read: 0,
+            limits,
+            deadline: Box::pin(tokio::time::sleep(limits.timeout)),
+            cut: cut.clone(),
+        })
+    });
+    async move {
+        let Ok(mut response) = tower_service::Service::call(&mut router, guarded).await;
+        // However the application answered a cut body (most answer 400 to a body error),
+        // the client learns why, and the connection closes: the rest of the body is unread.
+        let status = match cut.load(Ordering::SeqCst) {
+            CUT_TIMEOUT => Some((StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
+            CUT_TOO_LARGE => Some((StatusCode::PAYLOAD_TOO_LARGE, "request body over the limit")),
+            _ => None,
+        };
+        if let Some((status, reason)) = status {
+            response = Response::new(::axum::body::Body::from(reason));
+            *response.status_mut() = status;
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let close = response
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+        (response, close)
     }
 }
 

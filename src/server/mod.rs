@@ -23,12 +23,20 @@
 mod admission;
 #[cfg(feature = "axum")]
 mod fallback;
+#[cfg(feature = "rustls")]
+mod h2;
 mod listen;
 mod request;
 #[cfg(feature = "axum")]
 mod rewind;
+#[cfg(feature = "rustls")]
+mod tls;
 
+#[cfg(feature = "rustls")]
+pub use crate::error::TlsError;
 pub use listen::{listen, DEFAULT_BACKLOG};
+#[cfg(feature = "rustls")]
+pub use tls::TlsConfig;
 
 use crate::sync::PlainArc as StdArc;
 use std::fmt;
@@ -40,7 +48,7 @@ use std::time::{Duration, Instant};
 use bytes::Buf;
 use http::header::{CONNECTION, CONTENT_LENGTH};
 use http::{HeaderMap, StatusCode};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::adapters::accept::{accept, Backoff};
@@ -60,9 +68,9 @@ use request::{read_head, BodyLimits, Head, HeadError, HeadLimits};
 )]
 /// A request the listener read the head of and hands to the fallback.
 #[derive(Debug)]
-pub(crate) struct Exchange {
+pub(crate) struct Exchange<IO> {
     /// The connection.
-    pub(crate) socket: TcpStream,
+    pub(crate) socket: IO,
     /// The head, and every byte read after it.
     pub(crate) head: Head,
     /// The body's limits.
@@ -71,12 +79,47 @@ pub(crate) struct Exchange {
 
 /// The connection after a fallback request, when it may serve another: the socket and the
 /// bytes already read past the request (the start of a pipelined next request).
-pub(crate) type Kept = Option<(TcpStream, Vec<u8>)>;
+pub(crate) type Kept<IO> = Option<(IO, Vec<u8>)>;
 
 /// A type-erased fallback: serves one request the listener did not take, and hands the
-/// connection back if it may serve another.
-type Fallback =
-    StdArc<dyn Fn(Exchange) -> std::pin::Pin<Box<dyn Future<Output = Kept> + Send>> + Send + Sync>;
+/// connection back if it may serve another. One per kind of connection (plain TCP, TLS), so
+/// each is compiled for its IO and the plaintext one reads the socket directly.
+type Fallback<IO = TcpStream> = StdArc<
+    dyn Fn(Exchange<IO>) -> std::pin::Pin<Box<dyn Future<Output = Kept<IO>> + Send>> + Send + Sync,
+>;
+
+/// A connection the listener reads requests from and writes answers to: a TCP socket, or a
+/// TLS stream over one.
+pub(crate) trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket underneath (for its address and socket options).
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+#[cfg(feature = "rustls")]
+impl Conn for tls::Tls {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// The TLS side of a listener: the configuration, and the fallback as TLS connections reach it.
+#[cfg(feature = "rustls")]
+#[derive(Clone, Default)]
+struct TlsSide {
+    /// The configuration; `None`: plaintext.
+    config: Option<TlsConfig>,
+    /// The fallback for HTTP/1.1 over TLS.
+    fallback: Option<Fallback<tls::Tls>>,
+    /// The fallback's router, for HTTP/2 (hyper serves the whole connection).
+    #[cfg(feature = "axum")]
+    router: Option<::axum::Router>,
+}
 
 /// ssehub's own SSE listener: serves an [`Endpoint`] at one path, owning each socket after the
 /// request.
@@ -138,6 +181,9 @@ struct Inner<R> {
     max_per_ip: Option<usize>,
     /// Connections open per client address (kept only while `max_per_ip` is set).
     per_ip: Arc<PerIp>,
+    /// TLS, if served.
+    #[cfg(feature = "rustls")]
+    tls: TlsSide,
 }
 
 impl<R> Clone for Server<R> {
@@ -148,7 +194,8 @@ impl<R> Clone for Server<R> {
 
 impl<R> fmt::Debug for Server<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server")
+        let mut debug = f.debug_struct("Server");
+        debug
             .field("endpoint", &self.inner.endpoint)
             .field("path", &self.inner.path)
             .field("head", &self.inner.head)
@@ -159,8 +206,10 @@ impl<R> fmt::Debug for Server<R> {
             .field("fallback_runtime", &self.inner.fallback_runtime.is_some())
             .field("accept_rate", &self.inner.accept_rate)
             .field("max_per_ip", &self.inner.max_per_ip)
-            .field("addresses", &self.inner.per_ip.addresses())
-            .finish()
+            .field("addresses", &self.inner.per_ip.addresses());
+        #[cfg(feature = "rustls")]
+        debug.field("tls", &self.inner.tls.config);
+        debug.finish()
     }
 }
 
@@ -189,6 +238,8 @@ impl<R: Resolver> Server<R> {
                 accept_rate: None,
                 max_per_ip: None,
                 per_ip: Arc::new(PerIp::default()),
+                #[cfg(feature = "rustls")]
+                tls: TlsSide::default(),
             }),
         }
     }
@@ -356,9 +407,23 @@ impl<R: Resolver> Server<R> {
     #[cfg(feature = "axum")]
     #[must_use]
     pub fn with_fallback(self, router: ::axum::Router) -> Self {
+        #[cfg(feature = "rustls")]
+        let (tls_router, tls_fallback) = {
+            let routed = router.clone();
+            let fallback: Fallback<tls::Tls> =
+                StdArc::new(move |exchange| Box::pin(fallback::serve(routed.clone(), exchange)));
+            (router.clone(), fallback)
+        };
         let fallback: Fallback =
             StdArc::new(move |exchange| Box::pin(fallback::serve(router.clone(), exchange)));
-        self.map(|inner| inner.fallback = Some(fallback))
+        self.map(|inner| {
+            inner.fallback = Some(fallback);
+            #[cfg(feature = "rustls")]
+            {
+                inner.tls.fallback = Some(tls_fallback);
+                inner.tls.router = Some(tls_router);
+            }
+        })
     }
 
     /// Serves [fallback](Self::with_fallback) requests on `runtime` instead of the listener's
@@ -387,6 +452,44 @@ impl<R: Resolver> Server<R> {
         self.map(|inner| inner.fallback_runtime = Some(runtime))
     }
 
+    /// Serves HTTPS with `tls`: every connection starts with a TLS handshake, which must end
+    /// within the head timeout ([`with_head_limits`](Self::with_head_limits)); one that fails
+    /// (bytes that are not TLS, a client refusing the certificate) or runs out of time closes
+    /// the connection, counted as refused (`reason`: `tls_handshake`, `tls_handshake_timeout`).
+    ///
+    /// ALPN decides the rest. `h2`: the connection is served by hyper's HTTP/2 server, the
+    /// endpoint's streams (each batch one `DATA` frame) and the
+    /// [fallback](Self::with_fallback) alike, so a browser's `EventSource`s to one origin share
+    /// one connection. `http/1.1` (or no ALPN): the listener's own request reading, fallback
+    /// and stream, each batch handed to rustls as one vectored write and flushed. The
+    /// [`TlsConfig`] is read at each accept, so a [reload](TlsConfig::reload) applies to the
+    /// next connection.
+    ///
+    /// Over TLS, a connection the accept rate limit or the per-address cap turns away is closed
+    /// without an answer (answering would cost the handshake the limit is there to spare), and
+    /// fallback requests stay on the listener's runtime
+    /// ([`with_fallback_runtime`](Self::with_fallback_runtime) moves plaintext connections only).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use ssehub::server::{Server, TlsConfig};
+    /// use ssehub::{Endpoint, Hub};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let tls = TlsConfig::from_pem_files("/etc/ssehub/cert.pem", "/etc/ssehub/key.pem")?;
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+    /// Server::new(Endpoint::new(Hub::new())).with_path("/events").with_tls(tls).serve(listener).await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "rustls")]
+    #[must_use]
+    pub fn with_tls(self, tls: TlsConfig) -> Self {
+        self.map(|inner| inner.tls.config = Some(tls))
+    }
+
     /// Applies a settings change (settings are fixed once serving starts).
     fn map(self, change: impl FnOnce(&mut Inner<R>)) -> Self {
         match StdArc::try_unwrap(self.inner) {
@@ -407,6 +510,8 @@ impl<R: Resolver> Server<R> {
                     accept_rate: shared.accept_rate,
                     max_per_ip: shared.max_per_ip,
                     per_ip: shared.per_ip.clone(),
+                    #[cfg(feature = "rustls")]
+                    tls: shared.tls.clone(),
                 };
                 change(&mut inner);
                 Server { inner: StdArc::new(inner) }
@@ -458,12 +563,12 @@ impl<R: Resolver> Server<R> {
             if bucket.as_mut().is_some_and(|bucket| !bucket.take(Instant::now())) {
                 crate::adapters::log!(debug, %peer, "accept rate limit: refused with 503");
                 refused("rate");
-                tokio::spawn(admission::refuse(
+                self.refuse(
                     socket,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many new connections, retry later",
                     retry_after,
-                ));
+                );
                 continue;
             }
             let slot = match self.inner.max_per_ip {
@@ -477,18 +582,71 @@ impl<R: Resolver> Server<R> {
                             "per-address cap: refused with 429"
                         );
                         refused("per_ip");
-                        tokio::spawn(admission::refuse(
+                        self.refuse(
                             socket,
                             StatusCode::TOO_MANY_REQUESTS,
                             "too many connections from this address, retry later",
                             retry_after,
-                        ));
+                        );
                         continue;
                     }
                 },
             };
+            #[cfg(feature = "rustls")]
+            if let Some(tls) = &self.inner.tls.config {
+                tokio::spawn(self.clone().connection_tls(socket, slot, tls.current()));
+                continue;
+            }
             tokio::spawn(self.clone().connection(socket, slot));
         }
+    }
+
+    /// Turns a connection away at accept: answered with `status` on its own task, or, over
+    /// TLS, closed at once.
+    fn refuse(&self, socket: TcpStream, status: StatusCode, reason: &'static str, retry: u64) {
+        #[cfg(feature = "rustls")]
+        if self.inner.tls.config.is_some() {
+            drop(socket);
+            return;
+        }
+        tokio::spawn(admission::refuse(socket, status, reason, retry));
+    }
+
+    /// One TLS connection: the handshake, then HTTP/2 or the HTTP/1.1 requests and stream, as
+    /// ALPN chose. `_slot` holds its place in the per-address count until it ends (an `async
+    /// fn` keeps its arguments until it returns).
+    #[cfg(feature = "rustls")]
+    async fn connection_tls(
+        self,
+        socket: TcpStream,
+        _slot: Option<IpSlot>,
+        config: StdArc<rustls::ServerConfig>,
+    ) {
+        let inner = &self.inner;
+        let Some(tls) = tls::handshake(socket, config, inner.head.timeout).await else {
+            return;
+        };
+        if tls::is_h2(&tls) {
+            let routes = h2::Routes {
+                endpoint: inner.endpoint.clone(),
+                path: inner.path.clone(),
+                #[cfg(feature = "axum")]
+                router: inner.tls.router.clone(),
+                body: inner.body,
+            };
+            h2::serve(tls, routes, inner.write_timeout, inner.head.max_bytes).await;
+            return;
+        }
+        let requests = Requests {
+            path: inner.path.clone(),
+            fallback: inner.tls.fallback.clone(),
+            head: inner.head,
+            body: inner.body,
+        };
+        // Boxed like the plaintext request phase: its buffers go before the stream starts.
+        let Some((mut tls, head)) = Box::pin(requests.serve(tls)).await else { return };
+        let Some(events) = Box::pin(self.respond(&mut tls, head)).await else { return };
+        let _ = tls::stream(tls, events, inner.write_timeout).await;
     }
 
     /// One connection: the request, then the stream or a refusal. `slot` holds its place in
@@ -547,10 +705,17 @@ impl<R: Resolver> Server<R> {
                 (TcpStream::from_std(socket).ok()?, head)
             }
         };
+        let events = self.respond(&mut socket, head).await?;
+        Some(stream(socket, events, inner.write_timeout))
+    }
+
+    /// Answers a request for the endpoint: for a stream, writes the response head and returns
+    /// the events to stream; otherwise writes the refusal and closes.
+    async fn respond<IO: Conn>(&self, socket: &mut IO, head: Head) -> Option<Events> {
+        let inner = &self.inner;
         if request::has_body(&head.parts) {
             let reason = b"a request body is not accepted";
-            let _ =
-                write_plain(&mut socket, StatusCode::BAD_REQUEST, &HeaderMap::new(), reason).await;
+            let _ = write_plain(socket, StatusCode::BAD_REQUEST, &HeaderMap::new(), reason).await;
             return None;
         }
         let (parts, reply) = inner.endpoint.answer(&head.parts).await.into_parts();
@@ -559,27 +724,32 @@ impl<R: Resolver> Server<R> {
                 if let Some(bytes) = inner.send_buffer {
                     // Best effort, like `TCP_NODELAY`: a refused size leaves the kernel's
                     // default.
-                    let _ = socket2::SockRef::from(&socket).set_send_buffer_size(bytes);
+                    let _ = socket2::SockRef::from(socket.tcp()).set_send_buffer_size(bytes);
                 }
                 let mut head = response_head(StatusCode::OK, &parts.headers);
                 head.extend_from_slice(b"\r\n");
                 // A client that does not take even the head within the write timeout is gone;
-                // dropping `events` unsubscribes it.
-                match tokio::time::timeout(inner.write_timeout, socket.write_all(&head)).await {
-                    Ok(Ok(())) => Some(stream(socket, events, inner.write_timeout)),
+                // dropping `events` unsubscribes it. The flush is a no-op on a TCP socket and
+                // sends the record rustls holds on a TLS one.
+                let written = async {
+                    socket.write_all(&head).await?;
+                    socket.flush().await
+                };
+                match tokio::time::timeout(inner.write_timeout, written).await {
+                    Ok(Ok(())) => Some(events),
                     Ok(Err(_)) => None,
                     Err(_) => {
-                        dropped(&socket, "write-deadline");
+                        dropped(socket.tcp(), "write-deadline");
                         None
                     }
                 }
             }
             Reply::Text(body) => {
-                let _ = write_plain(&mut socket, parts.status, &parts.headers, &body).await;
+                let _ = write_plain(socket, parts.status, &parts.headers, &body).await;
                 None
             }
             Reply::Empty => {
-                let _ = write_plain(&mut socket, parts.status, &parts.headers, b"").await;
+                let _ = write_plain(socket, parts.status, &parts.headers, b"").await;
                 None
             }
         }
@@ -587,22 +757,22 @@ impl<R: Resolver> Server<R> {
 }
 
 /// What reading a connection's requests needs: the stream's path, the fallback and the limits.
-struct Requests {
+struct Requests<IO> {
     /// The path the endpoint is served at; `None` for every path.
     path: Option<String>,
     /// Where other paths go.
-    fallback: Option<Fallback>,
+    fallback: Option<Fallback<IO>>,
     /// Request head limits.
     head: HeadLimits,
     /// Request body limits.
     body: BodyLimits,
 }
 
-impl Requests {
+impl<IO: Conn> Requests<IO> {
     /// Reads requests, handing each fallback request to the fallback while the connection is
     /// kept, until a request for the endpoint: returns it with the socket. `None` when the
     /// connection ended or was refused.
-    async fn serve(self, mut socket: TcpStream) -> Option<(TcpStream, Head)> {
+    async fn serve(self, mut socket: IO) -> Option<(IO, Head)> {
         let mut buffered = Vec::new();
         loop {
             let head = match read_head(&mut socket, buffered, self.head).await {
@@ -640,8 +810,8 @@ fn refused(reason: &'static str) {
 }
 
 /// Writes a complete response with a body and closes.
-async fn write_plain(
-    socket: &mut TcpStream,
+async fn write_plain<IO: AsyncWrite + Unpin>(
+    socket: &mut IO,
     status: StatusCode,
     headers: &HeaderMap,
     body: &[u8],

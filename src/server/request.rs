@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::{Method, Request, StatusCode, Version};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Most headers a request may have.
 const MAX_HEADERS: usize = 64;
@@ -126,8 +125,8 @@ pub(crate) fn has_body(parts: &Parts) -> bool {
 
 /// Reads one request head, starting with `buffered` (bytes already read past the previous
 /// request on this connection, if any).
-pub(crate) async fn read_head(
-    socket: &mut TcpStream,
+pub(crate) async fn read_head<IO: AsyncRead + Unpin>(
+    socket: &mut IO,
     buffered: Vec<u8>,
     limits: HeadLimits,
 ) -> Result<Head, HeadError> {

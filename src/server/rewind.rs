@@ -7,37 +7,36 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// `prefix`, then the socket (up to a limit, if any).
 #[derive(Debug)]
-pub(crate) struct Rewind {
+pub(crate) struct Rewind<IO> {
     /// Bytes to replay first.
     prefix: Vec<u8>,
     /// How much of `prefix` was replayed.
     offset: usize,
     /// The socket.
-    inner: TcpStream,
+    inner: IO,
     /// How many more bytes may be read from the socket; `None`: no limit.
     remaining: Option<u64>,
 }
 
-impl Rewind {
+impl<IO> Rewind<IO> {
     /// Replays `prefix`, then reads at most `limit` bytes of `inner` (`None`: all of it). At
     /// the limit, a read waits forever (it is not an end of file, which hyper would take for a
     /// client that left): the connection's owner ends it.
-    pub(crate) fn new(prefix: Vec<u8>, inner: TcpStream, limit: Option<u64>) -> Rewind {
+    pub(crate) fn new(prefix: Vec<u8>, inner: IO, limit: Option<u64>) -> Rewind<IO> {
         Rewind { prefix, offset: 0, inner, remaining: limit }
     }
 
     /// The socket, and whether bytes up to the limit were left unread.
-    pub(crate) fn into_parts(self) -> (TcpStream, bool) {
+    pub(crate) fn into_parts(self) -> (IO, bool) {
         let unread = self.offset < self.prefix.len() || self.remaining.is_some_and(|n| n > 0);
         (self.inner, unread)
     }
 }
 
-impl AsyncRead for Rewind {
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -74,7 +73,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

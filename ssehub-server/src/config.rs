@@ -166,6 +166,20 @@ pub struct Config {
         default_missing_value = "true", hide_possible_values = true,
         value_parser = BoolishValueParser::new())]
     pub jwt_query_token: bool,
+    /// Serve HTTPS (ALPN h2 and http/1.1) with this PEM certificate chain, leaf first; needs
+    /// --tls-key. SIGHUP reloads both files for new connections
+    #[arg(long, env = "SSEHUB_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert
+    #[arg(long, env = "SSEHUB_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate made at start for localhost, 127.0.0.1 and ::1 (for
+    /// trying it out: its path and SHA-256 are printed; browsers warn about it)
+    #[arg(long, env = "SSEHUB_TLS_SELF_SIGNED", value_name = "BOOL", action = ArgAction::Set,
+        num_args = 0..=1, require_equals = true, default_value = "false",
+        default_missing_value = "true", hide_possible_values = true,
+        value_parser = BoolishValueParser::new())]
+    pub tls_self_signed: bool,
     /// Read settings from this TOML file (keys: the long flags' names)
     #[arg(long, env = "SSEHUB_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -49,6 +49,7 @@ mod priority;
 mod publisher;
 mod routes;
 mod stats;
+mod tls;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,6 +86,14 @@ pub fn main() {
             std::process::exit(2);
         }
     };
+    // Before the runtime: a missing or bad certificate file is a usage error, like a bad flag.
+    let tls = match tls::load(&config) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("error: {error}\n\nTry `--help` for the flags.");
+            std::process::exit(2);
+        }
+    };
     let runtime = match stream_runtime(config.fanout_nice).build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -92,7 +101,7 @@ pub fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(error) = runtime.block_on(serve(config)) {
+    if let Err(error) = runtime.block_on(serve(config, tls)) {
         eprintln!("error: {error}");
         std::process::exit(1);
     }
@@ -125,7 +134,7 @@ fn build_hub(config: &Config) -> Hub {
 }
 
 /// Runs the server until a signal, then shuts down gracefully.
-async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(config: Config, tls: Option<tls::Tls>) -> Result<(), Box<dyn std::error::Error>> {
     let listener = ssehub::server::listen(config.addr, config.backlog)
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     let auth = auth::Auth::new(
@@ -155,7 +164,16 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let signal = signals()?;
 
     // Tests and scripts read this line to learn the port (`--addr 127.0.0.1:0` picks one).
-    println!("ssehub hub listening on http://{}", listener.local_addr()?);
+    // SIGHUP's handler is in place before the line: a script that sends it once it reads the
+    // address does not meet the default action (exit).
+    if let Some(tls) = &tls {
+        tls.reload_on_hangup()?;
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("ssehub hub listening on {scheme}://{}", listener.local_addr()?);
+    if let Some(announcement) = tls.as_ref().and_then(|tls| tls.announcement.as_ref()) {
+        println!("{announcement}");
+    }
     if app.market.is_some() {
         println!("demo market: publishing to price:* at {} updates/s", app.config.demo_rate);
     }
@@ -174,6 +192,9 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bytes) = send_buffer {
         server = server.with_send_buffer(bytes);
     }
+    if let Some(tls) = &tls {
+        server = server.with_tls(tls.config.clone());
+    }
     server
         .serve_with_shutdown(listener, async move {
             let name = signal.await;
@@ -190,6 +211,9 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     if endpoint.connection_count() > 0 {
         println!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    if let Some(tls) = &tls {
+        tls.remove_written();
     }
     println!("stopped");
     Ok(())

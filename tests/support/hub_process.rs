@@ -117,7 +117,8 @@ impl Server {
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
-                Ok(line) if line.contains(" listening on http://") => line,
+                // `http://ADDR`, or `https://ADDR` with TLS.
+                Ok(line) if line.contains(" listening on http") => line,
                 Ok(line) if skipped.len() < 20 => {
                     skipped.push(line);
                     continue;
@@ -128,7 +129,7 @@ impl Server {
                     panic!("the server printed no address within {WAIT:?}; it said {skipped:?}");
                 }
             };
-            match line.rsplit("http://").next().and_then(|a| a.parse().ok()) {
+            match line.rsplit("://").next().and_then(|a| a.parse().ok()) {
                 Some(addr) => break addr,
                 None => {
                     let _ = child.kill();

@@ -22,6 +22,7 @@
 mod procfs;
 mod publish;
 mod stream;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -36,6 +37,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::stream::{parse_head, Decoder, Frame, Head};
+use crate::tls::Conn;
 
 const HELP: &str = "\
 loadgen: load generator for BENCH-CONTRACT section 1 servers
@@ -77,6 +79,8 @@ USAGE: loadgen [FLAGS]
   --drain S             how long slow clients drain to detect a drop    [3]
   --connect-only        connect storm: connect, hold, close (no /start)
   --hold S              seconds to hold idle connections                [10]
+  --tls-ca FILE         connect over TLS (ALPN http/1.1), trusting the PEM
+                        certificate in FILE (the server's, self-signed)   [plain TCP]
   --label TEXT          server name, recorded                           []
   --scenario TEXT       scenario name, recorded                         []
   --round N             round number, recorded                          [0]
@@ -107,6 +111,7 @@ struct Args {
     connect_only: bool,
     hold: Duration,
     label: String,
+    tls: Option<tls::Connector>,
     scenario: String,
     round: u64,
     events_path: String,
@@ -145,6 +150,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
         connect_only: false,
         hold: Duration::from_secs(10),
         label: String::new(),
+        tls: None,
         scenario: String::new(),
         round: 0,
         events_path: "/events?topic={topic}".into(),
@@ -185,6 +191,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
             "--connect-only" => a.connect_only = true,
             "--hold" => a.hold = secs(&flag, it.next())?,
             "--label" => a.label = it.next().ok_or("--label needs a value")?,
+            "--tls-ca" => {
+                let file = it.next().ok_or("--tls-ca needs a file")?;
+                a.tls = Some(tls::Connector::trusting(&file)?);
+            }
             "--scenario" => a.scenario = it.next().ok_or("--scenario needs a value")?,
             "--round" => a.round = num(&flag, it.next())?,
             "--events-path" => a.events_path = it.next().ok_or("--events-path needs a value")?,
@@ -303,9 +313,10 @@ fn now_ns() -> u64 {
 /// the head.
 async fn open(
     addr: SocketAddr,
+    tls: Option<&tls::Connector>,
     path: &str,
     rcvbuf: u32,
-) -> Result<(TcpStream, Head, Vec<u8>), String> {
+) -> Result<(Conn, Head, Vec<u8>), String> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -316,13 +327,15 @@ async fn open(
         // receive-buffer autotuning for this socket.
         socket.set_recv_buffer_size(rcvbuf).map_err(|e| format!("SO_RCVBUF: {e}"))?;
     }
-    let mut stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
+    let mut stream = tls::Connector::wrap(tls, stream).await?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\
          Cache-Control: no-cache\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    stream.flush().await.map_err(|e| format!("write: {e}"))?;
     let mut buf = vec![0u8; 4096];
     let mut filled = 0;
     loop {
@@ -388,7 +401,9 @@ async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
     let path = args.events_path.replace("{topic}", &format!("t{}", i % args.topics));
     let permit = gate.acquire().await;
     let begun = Instant::now();
-    let opened = tokio::time::timeout(args.setup_timeout, open(args.addr, &path, 0)).await;
+    let opened =
+        tokio::time::timeout(args.setup_timeout, open(args.addr, args.tls.as_ref(), &path, 0))
+            .await;
     drop(permit);
     let (mut stream, head, leftover) = match opened {
         Ok(Ok((stream, head, leftover))) if head.status == 200 && head.event_stream => {
@@ -500,8 +515,11 @@ async fn slow_client(
     let c = &*COUNTERS;
     let path = args.events_path.replace("{topic}", &format!("t{}", i % args.topics));
     let permit = gate.acquire().await;
-    let opened =
-        tokio::time::timeout(args.setup_timeout, open(args.addr, &path, args.slow_rcvbuf)).await;
+    let opened = tokio::time::timeout(
+        args.setup_timeout,
+        open(args.addr, args.tls.as_ref(), &path, args.slow_rcvbuf),
+    )
+    .await;
     drop(permit);
     let (mut stream, head, leftover) = match opened {
         Ok(Ok((stream, head, leftover))) if head.status == 200 => (stream, head, leftover),
@@ -542,10 +560,12 @@ async fn slow_client(
 }
 
 /// `GET /start`; Ok when the server answered 200.
-async fn start(addr: SocketAddr) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("/start: {e}"))?;
+async fn start(addr: SocketAddr, tls: Option<&tls::Connector>) -> Result<(), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("/start: {e}"))?;
+    let mut stream = tls::Connector::wrap(tls, stream).await?;
     let request = format!("GET /start HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("/start: {e}"))?;
+    stream.flush().await.map_err(|e| format!("/start: {e}"))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while parse_head(&buf)?.is_none() {
@@ -736,7 +756,7 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
     if established < total {
         error = Some(format!("{established}/{total} clients established"));
     } else if args.start {
-        if let Err(e) = start(args.addr).await {
+        if let Err(e) = start(args.addr, args.tls.as_ref()).await {
             error = Some(e);
         }
     }
