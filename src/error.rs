@@ -80,6 +80,10 @@ pub enum PublishError {
     /// The topic name is invalid.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// The glob over client ids given to [`Hub::send_to_matching`](crate::Hub::send_to_matching)
+    /// is invalid (the rules of [`Pattern`](crate::Pattern), within the client id limit).
+    #[error("invalid client pattern: {0}")]
+    ClientPattern(TopicError),
 }
 
 /// Why [`Hub::subscribe`](crate::Hub::subscribe) refused a subscription.
@@ -119,6 +123,50 @@ pub enum SubscribeError {
     /// retrying later resumes exactly, where subscribing anyway would leave a gap.
     #[error("backplane broker unavailable for replay")]
     Unavailable,
+    /// The client id or metadata (see [`Subscribe::with_client`](crate::Subscribe::with_client))
+    /// is invalid or over its size limits.
+    #[error("invalid client: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// Why a subscription's client id or metadata (see
+/// [`Subscribe::with_client`](crate::Subscribe::with_client)) is refused.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::{ClientError, Hub, Subscribe, SubscribeError, TopicError};
+///
+/// let hub = Hub::new();
+/// let refused = hub.subscribe(Subscribe::new().with_client("job:*")).map(drop);
+/// assert_eq!(refused, Err(SubscribeError::Client(ClientError::Id(TopicError::Wildcard))));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The id breaks the rules of a topic name: empty, over 256 bytes, a control or invisible
+    /// character, or `*` (kept for the globs of [`Hub::send_to_matching`](crate::Hub::send_to_matching)).
+    #[error("client id: {0}")]
+    Id(TopicError),
+    /// More metadata entries than allowed.
+    #[error("{count} metadata entries, over the limit of {max}")]
+    TooManyEntries {
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The metadata's keys and values add up to more bytes than allowed.
+    #[error("metadata is {len} bytes, over the limit of {max}")]
+    MetadataTooLarge {
+        /// Bytes of every key and value together.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A metadata key is empty.
+    #[error("metadata key is empty")]
+    EmptyKey,
 }
 
 /// Why a subscription's stream ended.

@@ -375,6 +375,63 @@ impl Hub {
         Shared::send_to_session(&self.shared, session, event)
     }
 
+    /// Sends an event to every live subscription whose client id (see
+    /// [`Subscribe::with_client`]) matches `glob`, a [`Pattern`](crate::Pattern) over ids
+    /// (`execution:abc123` for one id, `execution:*` for all of them): once to each, in the
+    /// hub's one order with every other event. The event is encoded once for all of them. The
+    /// matching set is taken at the send: a subscription whose `subscribe` returned before the
+    /// call receives it. Sends are not kept for replay and go to this node's subscriptions only
+    /// (a backplane does not carry them); a session's buffer does not keep them either.
+    ///
+    /// The index is ordered by id, so a send visits only the ids that start with the glob's
+    /// text before its first `*`, each checked in time linear in its length.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::broadcast`], and [`PublishError::ClientPattern`] for an invalid glob (the
+    /// rules of a pattern, at most 256 bytes). No match is not an error: `receivers()` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, Subscribe};
+    ///
+    /// let hub = Hub::new();
+    /// let a = hub.subscribe(Subscribe::new().with_client("execution:a"))?;
+    /// let b = hub.subscribe(Subscribe::new().with_client("execution:b"))?;
+    /// let ann = hub.subscribe(Subscribe::from("news").with_client("user:ann"))?;
+    /// assert_eq!(hub.send_to_matching("execution:*", Event::new("step 2"))?.receivers(), 2);
+    /// assert_eq!(hub.send_to_matching("execution:b", Event::new("done"))?.receivers(), 1);
+    /// assert_eq!((a.queued(), b.queued(), ann.queued()), (1, 2, 0));
+    /// assert!(hub.send_to_matching("", Event::new("x")).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_to_matching(&self, glob: &str, event: Event) -> Result<Published, PublishError> {
+        Shared::send_to_matching(&self.shared, glob, event)
+    }
+
+    /// Every live subscription that has a client id, with its metadata, ordered by id (then
+    /// by subscriber). It copies the index under its lock: for admin pages, not hot paths.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Hub, Subscribe};
+    ///
+    /// let hub = Hub::new();
+    /// let _b = hub.subscribe(Subscribe::new().with_client("b").with_metadata("tab", "1"))?;
+    /// let _a = hub.subscribe(Subscribe::new().with_client("a"))?;
+    /// let _anonymous = hub.subscribe("t")?;
+    /// let clients = hub.clients();
+    /// let ids: Vec<&str> = clients.iter().map(|c| c.id()).collect();
+    /// assert_eq!(ids, ["a", "b"]);
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    #[must_use]
+    pub fn clients(&self) -> Vec<crate::ConnectedClient> {
+        self.shared.clients()
+    }
+
     /// Ends one subscriber's stream (after what is already queued), as an application decision;
     /// its [`EndReason`] is [`EndReason::Disconnected`]. Returns whether it was live.
     ///

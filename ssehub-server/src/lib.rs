@@ -53,7 +53,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ssehub::server::Server;
-use ssehub::{HistoryLimits, Hub, Pacing};
+use ssehub::{HistoryLimits, Hub, Pacing, SessionLimits};
 
 use crate::config::{Config, ConfigError};
 use crate::market::Market;
@@ -106,6 +106,7 @@ fn build_hub(config: &Config) -> Hub {
         .with_connected_event(true)
         .with_retry(Some((config.retry, config.retry_jitter)))
         .with_heartbeat(config.heartbeat)
+        .with_sessions(config.sessions.then(SessionLimits::new))
         .build()
 }
 

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use ssehub::resolve::{query_params, QueryTopics, Rejection, Resolver};
-use ssehub::{Endpoint, Event, Hub, Pattern, Subscribe};
+use ssehub::{Endpoint, Event, Hub, Pattern, PublishError, Subscribe};
 
 use crate::auth::{Auth, Denied, Grant};
 use crate::config::Config;
@@ -120,6 +120,7 @@ pub(crate) fn router(app: App) -> (Endpoint<Subscribers>, Router) {
         .route("/publish", post(publish))
         .route("/disconnect", post(disconnect))
         .route("/revoke", post(revoke))
+        .route("/send", post(send))
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
         .route("/demo/market", get(market_snapshot))
@@ -305,6 +306,40 @@ async fn revoke(
     Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": ended })))
 }
 
+/// `POST /send?client=GLOB`, body as `/publish`: to every live stream on this node whose
+/// client id matches the glob. Needs the publish token or a token with publish rights, checked
+/// from the head before the body is read.
+async fn send(
+    Authorized(rights): Authorized,
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    if let PublishRights::Grant(grant) = &rights {
+        if !grant.publishes() {
+            return Err(error(StatusCode::FORBIDDEN, "sending needs publish rights"));
+        }
+    }
+    let mut globs = query_pairs(query.as_deref().unwrap_or("")).filter(|(k, _)| k == "client");
+    let glob = match (globs.next(), globs.next()) {
+        (Some((_, glob)), None) => glob,
+        _ => return Err(error(StatusCode::BAD_REQUEST, "give exactly one client")),
+    };
+    let body: PublishBody = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
+    let event = event(body.data, body.id, body.event, body.retry);
+    match app.hub.send_to_matching(&glob, event) {
+        Ok(sent) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "id": sent.id(), "receivers": sent.receivers() }),
+        )),
+        Err(PublishError::Closed(_)) => {
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
+        }
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
 /// `GET /stats`.
 async fn stats_json(State(app): State<App>) -> Response {
     #[allow(unused_mut)]
@@ -424,9 +459,11 @@ impl From<Denied> for Refusal {
     }
 }
 
-/// The `/events` resolver: topics and patterns from the query; with JWT on, a valid token is
-/// required (401), every topic and pattern must be in its subscribe claim (403), and the
-/// subscription carries the token's `sub` as its principal and ends at its `exp`.
+/// The `/events` resolver: topics and patterns from the query, and the client id from
+/// `client=`; with JWT on, a valid token is required (401), every topic and pattern must be in
+/// its subscribe claim (403), and the subscription carries the token's `sub` as its principal,
+/// the token's client id (its `ssehub.client` claim, else `sub`; a `client=` naming another is
+/// 403) and metadata, and ends at its `exp`.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscribers {
     /// The keys, with JWT on.
@@ -436,10 +473,16 @@ pub(crate) struct Subscribers {
 impl Subscribers {
     /// What `request` subscribes to, or why not.
     fn decide(&self, request: &axum::http::request::Parts) -> Result<Subscribe, Rejection> {
-        let subscribe = QueryTopics::new().parse(request)?;
+        // Without JWT anyone may subscribe to anything, so a client may name itself too.
+        let subscribe = QueryTopics::new().with_client_param(true).parse(request)?;
         let Some(auth) = &self.auth else { return Ok(subscribe) };
         let grant = auth.grant(&request.headers, request.uri.query()).map_err(rejection)?;
         for (key, value) in query_params(request) {
+            // With JWT the token names the client: a `client=` asking for another id is
+            // refused, or a token could receive the sends meant for someone else.
+            if key == "client" && value != grant.client {
+                return Err(Rejection::Forbidden("the token is for another client id".into()));
+            }
             let allowed = match key.as_str() {
                 "topic" => grant.may_subscribe_topic(&value),
                 "pattern" => grant.may_subscribe_pattern(&value),
@@ -450,7 +493,10 @@ impl Subscribers {
             }
         }
         let expiry = grant.expiry();
-        let subscribe = subscribe.with_principal(grant.sub);
+        let mut subscribe = subscribe.with_client(grant.client).with_principal(grant.sub);
+        for (key, value) in grant.metadata {
+            subscribe = subscribe.with_metadata(key, value);
+        }
         Ok(match expiry {
             Some(at) => subscribe.with_expiry(at),
             None => subscribe,
