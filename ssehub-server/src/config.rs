@@ -33,6 +33,10 @@ Routes:
                                            {\"error\": \"line N: reason\"} and nothing is
                                            published
   POST /disconnect?topic=NAME              ends the streams of a topic (--allow-disconnect)
+  GET  /events?...&client=ID              the stream's client id (with JWT on, the token's)
+  POST /send?client=GLOB                   body as /publish; to every live stream whose
+                                           client id matches the glob; answers {\"id\": ...,
+                                           \"receivers\": N} (publish token or publish rights)
   POST /revoke?sub=PRINCIPAL               ends that principal's streams and, with JWT on,
                                            refuses its tokens issued until now; answers
                                            {\"revoked\": N} (publish token or publish rights)

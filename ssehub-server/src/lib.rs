@@ -16,6 +16,8 @@
 //! | `POST /publish`, `content-type: application/x-ndjson` | one `{"topic": string, "data": string, "id"?, "event"?, "retry"?}` per line; `200`, one `{"id": ...}` per line in order; a bad line: `400 {"error": "line N: ..."}` and nothing published (`"key"` is refused for now) |
 //! | any request with a body | `413` over `--max-body` (default 1 MiB), `408` when not received within `--body-timeout` (default 10 s); connections are kept alive and may pipeline |
 //! | `POST /disconnect?topic=NAME` | ends the topic's streams: `200 {"disconnected": N}`; `403` unless `--allow-disconnect` |
+//! | `GET /events?...&client=ID` | the stream's client id, carried in its `connected` event (with JWT on, the token's `ssehub.client` claim or `sub` decides; another `client=` is `403`) |
+//! | `POST /send?client=GLOB` | body as `/publish`; to every live stream on this node whose client id matches the glob: `200 {"id": ..., "receivers": N}`; needs the `--publish-token` or a token with publish rights (`401`/`403`) |
 //! | `POST /revoke?sub=PRINCIPAL` | ends that principal's streams (final frame `event: revoked`) and, with JWT on, refuses its tokens issued until now: `200 {"revoked": N}`; needs the `--publish-token` or a token with publish rights (`401`/`403`) |
 //!
 //! With `--jwt-secret` (HS256) or `--jwt-public-key FILE` (RS256/ES256, repeatable for
