@@ -129,6 +129,69 @@ pub enum SubscribeError {
     Client(#[from] ClientError),
 }
 
+/// Why [`Hub::update_subscription`](crate::Hub::update_subscription) or
+/// [`Hub::update_session`](crate::Hub::update_session) refused a change. Nothing changed when
+/// one is returned.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::{Hub, SubscriptionChange, UpdateError};
+///
+/// let hub = Hub::new();
+/// let sub = hub.subscribe("a")?;
+/// let id = sub.id();
+/// drop(sub);
+/// let change = SubscriptionChange::new().with_added_topic("b");
+/// assert_eq!(hub.update_subscription(id, change), Err(UpdateError::Ended));
+/// # Ok::<(), ssehub::SubscribeError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// The hub was shut down.
+    #[error("hub is shut down")]
+    Closed,
+    /// No live subscription has that id, or the session has no open stream now.
+    #[error("no open stream to change")]
+    Ended,
+    /// No session has that token (or it expired).
+    #[error("unknown session")]
+    UnknownSession,
+    /// The session belongs to another principal. The attempt is counted in
+    /// [`Stats::session_hijacks`](crate::Stats::session_hijacks).
+    #[error("session belongs to another principal")]
+    SessionRefused,
+    /// A topic name or pattern is invalid.
+    #[error("invalid topic {name:?}: {error}")]
+    Topic {
+        /// The offending name, truncated to 64 bytes.
+        name: String,
+        /// What is wrong with it.
+        error: TopicError,
+    },
+    /// The subscription would ask for more topics and patterns than the hub allows.
+    #[error("{count} topics and patterns, over the limit of {max}")]
+    TooManyTopics {
+        /// How many it would ask for.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
+}
+
+impl From<SubscribeError> for UpdateError {
+    fn from(error: SubscribeError) -> UpdateError {
+        match error {
+            SubscribeError::Topic { name, error } => UpdateError::Topic { name, error },
+            SubscribeError::TooManyTopics { count, max } => UpdateError::TooManyTopics { count, max },
+            SubscribeError::SessionRefused => UpdateError::SessionRefused,
+            // Closed, and what a change never meets (a full hub, a replay, a client id).
+            _ => UpdateError::Closed,
+        }
+    }
+}
+
 /// Why a subscription's client id or metadata (see
 /// [`Subscribe::with_client`](crate::Subscribe::with_client)) is refused.
 ///

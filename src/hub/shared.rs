@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::{Pacing, Subscribe};
+use super::{Pacing, Subscribe, SubscriptionChange};
 use crate::engine::history::ResetReason;
 use crate::engine::queue::FrameKeys;
 use crate::engine::registry::Slot;
@@ -14,14 +14,14 @@ use crate::engine::stats::{FanOut, Stats};
 use crate::engine::{Engine, Entry, Number, Published, Replay, ReplaySource, Sequenced, Start};
 use crate::error::EndReason;
 use crate::error::ProducerError;
-use crate::error::{PublishError, SubscribeError};
+use crate::error::{PublishError, SubscribeError, UpdateError};
 use crate::frame::Event;
 use crate::hub::subscription::{SubscriberId, Subscription};
 use crate::services::clients::{self, Clients, ConnectedClient};
 use crate::services::expiry::Expiries;
 use crate::services::heartbeat::Heartbeat;
 use crate::services::producers::{Producer, Producers};
-use crate::services::sessions::{Hijack, SessionLimits, Sessions};
+use crate::services::sessions::{Hijack, Lookup, SessionLimits, Sessions};
 use crate::sync::{
     rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr,
 };
@@ -446,6 +446,83 @@ impl Shared {
             fan
         })
         .map(|sequenced| sequenced.published)
+    }
+
+    /// See [`Hub::update_subscription`](super::Hub::update_subscription).
+    pub(crate) fn update_subscription(
+        this: &Arc<Self>,
+        id: SubscriberId,
+        change: &SubscriptionChange,
+    ) -> Result<(), UpdateError> {
+        if this.is_closed() {
+            return Err(UpdateError::Closed);
+        }
+        let slot = this.engine.registry.subscribers().get(id.as_u64()).cloned();
+        let slot = slot.ok_or(UpdateError::Ended)?;
+        Shared::update_slot(this, &slot, change)
+    }
+
+    /// See [`Hub::update_session`](super::Hub::update_session).
+    pub(crate) fn update_session(
+        this: &Arc<Self>,
+        token: &str,
+        principal: Option<&str>,
+        change: &SubscriptionChange,
+    ) -> Result<SubscriberId, UpdateError> {
+        if this.is_closed() {
+            return Err(UpdateError::Closed);
+        }
+        let limits = this.services.sessions.as_ref().ok_or(UpdateError::UnknownSession)?;
+        let (_, slot) = match this.sessions.live(limits, token, principal, Instant::now()) {
+            Ok(live) => live,
+            Err(Lookup::Unknown) => return Err(UpdateError::UnknownSession),
+            Err(Lookup::Away) => return Err(UpdateError::Ended),
+            Err(Lookup::Hijack) => {
+                this.engine.counters.hijack();
+                return Err(UpdateError::SessionRefused);
+            }
+        };
+        Shared::update_slot(this, &slot, change)?;
+        Ok(SubscriberId(slot.id))
+    }
+
+    /// Changes what `slot` receives, then tells the services: producers, presence, sizes.
+    fn update_slot(
+        this: &Arc<Self>,
+        slot: &Arc<Slot>,
+        change: &SubscriptionChange,
+    ) -> Result<(), UpdateError> {
+        if slot.queue.is_closed() {
+            return Err(UpdateError::Ended);
+        }
+        let add = this.engine.checked_names(&change.add_topics, &change.add_patterns)?;
+        let remove = this.engine.checked_names(&change.remove_topics, &change.remove_patterns)?;
+        let changed = this
+            .engine
+            .update(slot, add, remove, || this.sessions.record_change(slot.id, change))?
+            .ok_or(UpdateError::Ended)?;
+        if this.producers.any() {
+            for topic in changed.joined.iter().map(|t| &t.name).chain(&changed.left) {
+                Producers::reconcile(this, topic);
+            }
+        }
+        if this.services.presence {
+            let gone: Vec<SharedStr> = changed
+                .named_before
+                .iter()
+                .filter(|t| !changed.named_after.contains(t))
+                .cloned()
+                .collect();
+            let new: Vec<SharedStr> = changed
+                .named_after
+                .iter()
+                .filter(|t| !changed.named_before.contains(t))
+                .cloned()
+                .collect();
+            Shared::presence(this, slot, &gone, "leave");
+            Shared::presence(this, slot, &new, "join");
+        }
+        Ok(())
     }
 
     /// See [`Hub::clients`](super::Hub::clients).

@@ -12,7 +12,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use ssehub::resolve::{query_params, QueryTopics, Rejection, Resolver};
-use ssehub::{Endpoint, Event, Hub, Pattern, PublishError, Subscribe};
+use ssehub::{
+    Endpoint, Event, Hub, Pattern, PublishError, Subscribe, SubscriptionChange, UpdateError,
+};
 
 use crate::auth::{Auth, Denied, Grant};
 use crate::config::Config;
@@ -121,6 +123,7 @@ pub(crate) fn router(app: App) -> (Endpoint<Subscribers>, Router) {
         .route("/disconnect", post(disconnect))
         .route("/revoke", post(revoke))
         .route("/send", post(send))
+        .route("/subscription", post(change_subscription))
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
         .route("/demo/market", get(market_snapshot))
@@ -338,6 +341,105 @@ async fn send(
         }
         Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
     }
+}
+
+/// The body of `POST /subscription`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    /// What to add.
+    #[serde(default)]
+    add: Names,
+    /// What to take off.
+    #[serde(default)]
+    remove: Names,
+}
+
+/// Topics and patterns, in a `POST /subscription` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Names {
+    /// Exact topics.
+    #[serde(default)]
+    topics: Vec<String>,
+    /// Glob patterns.
+    #[serde(default)]
+    patterns: Vec<String>,
+}
+
+/// `POST /subscription?session=TOKEN`: changes what the session's open stream receives, from
+/// the next event on. The added names go through the `/events` resolver again, with this
+/// request's credentials (with JWT on: a valid token, `401`, whose principal owns the session
+/// and whose claim covers them, `403`); a refusal changes nothing.
+async fn change_subscription(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let mut tokens = query_pairs(query.as_deref().unwrap_or("")).filter(|(k, _)| k == "session");
+    let token = match (tokens.next(), tokens.next()) {
+        (Some((_, token)), None) if !token.is_empty() => token,
+        _ => return Err(error(StatusCode::BAD_REQUEST, "give exactly one session")),
+    };
+    let body: ChangeBody = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
+    // The resolver decides on the added names as it would for a new stream asking for them:
+    // the same checks, the same credentials, so a change can widen nothing a connect could
+    // not.
+    let mut target = String::from("/events?");
+    for (key, names) in [("topic", &body.add.topics), ("pattern", &body.add.patterns)] {
+        for name in names {
+            target.push_str(&format!("{key}={}&", encode_component(name)));
+        }
+    }
+    let mut asked = axum::http::Request::get(target.as_str())
+        .body(())
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "a name that cannot be asked for"))?;
+    *asked.headers_mut() = headers;
+    let (parts, ()) = asked.into_parts();
+    let resolver = Subscribers { auth: app.auth.clone() };
+    let principal = match resolver.decide(&parts) {
+        Ok(_) => app.auth.as_ref().and_then(|auth| auth.grant(&parts.headers, None).ok()).map(|g| g.sub),
+        Err(rejection) => return Err(error(rejection.status(), rejection.reason().to_string())),
+    };
+    let mut change = SubscriptionChange::new();
+    for topic in body.add.topics {
+        change = change.with_added_topic(topic);
+    }
+    for pattern in body.add.patterns {
+        change = change.with_added_pattern(pattern);
+    }
+    for topic in body.remove.topics {
+        change = change.with_removed_topic(topic);
+    }
+    for pattern in body.remove.patterns {
+        change = change.with_removed_pattern(pattern);
+    }
+    match app.hub.update_session(&token, principal.as_deref(), change) {
+        Ok(id) => Ok(json(StatusCode::OK, &serde_json::json!({ "subscriber": id.as_u64() }))),
+        Err(e @ (UpdateError::UnknownSession | UpdateError::Ended)) => {
+            Err(error(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ UpdateError::SessionRefused) => Err(error(StatusCode::FORBIDDEN, e.to_string())),
+        Err(UpdateError::Closed) => {
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
+        }
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+/// Percent-encodes a query component (every byte but the unreserved ones).
+fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// `GET /stats`.
