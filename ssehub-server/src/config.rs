@@ -37,6 +37,10 @@ Routes:
   POST /send?client=GLOB                   body as /publish; to every live stream whose
                                            client id matches the glob; answers {\"id\": ...,
                                            \"receivers\": N} (publish token or publish rights)
+  POST /subscription?session=TOKEN         body {\"add\": {\"topics\": [...], \"patterns\":
+                                           [...]}, \"remove\": {...}}: changes what the
+                                           session's open stream receives, from the next
+                                           event on (added names checked as for /events)
   POST /revoke?sub=PRINCIPAL               ends that principal's streams and, with JWT on,
                                            refuses its tokens issued until now; answers
                                            {\"revoked\": N} (publish token or publish rights)

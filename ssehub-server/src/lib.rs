@@ -17,6 +17,7 @@
 //! | any request with a body | `413` over `--max-body` (default 1 MiB), `408` when not received within `--body-timeout` (default 10 s); connections are kept alive and may pipeline |
 //! | `POST /disconnect?topic=NAME` | ends the topic's streams: `200 {"disconnected": N}`; `403` unless `--allow-disconnect` |
 //! | `GET /events?...&client=ID` | the stream's client id, carried in its `connected` event (with JWT on, the token's `ssehub.client` claim or `sub` decides; another `client=` is `403`) |
+//! | `POST /subscription?session=TOKEN` | body `{"add": {"topics": [...], "patterns": [...]}, "remove": {...}}`; changes what the session's open stream receives from the next event on (the session token is the `connected` event's `"session"`; sessions are on unless `--sessions=false`): `200 {"subscriber": N}`; the added names pass the `/events` checks with this request's credentials (`401`/`403`, nothing changes); `404` for an unknown session or one with no open stream |
 //! | `POST /send?client=GLOB` | body as `/publish`; to every live stream on this node whose client id matches the glob: `200 {"id": ..., "receivers": N}`; needs the `--publish-token` or a token with publish rights (`401`/`403`) |
 //! | `POST /revoke?sub=PRINCIPAL` | ends that principal's streams (final frame `event: revoked`) and, with JWT on, refuses its tokens issued until now: `200 {"revoked": N}`; needs the `--publish-token` or a token with publish rights (`401`/`403`) |
 //!
