@@ -184,7 +184,9 @@ impl From<SubscribeError> for UpdateError {
     fn from(error: SubscribeError) -> UpdateError {
         match error {
             SubscribeError::Topic { name, error } => UpdateError::Topic { name, error },
-            SubscribeError::TooManyTopics { count, max } => UpdateError::TooManyTopics { count, max },
+            SubscribeError::TooManyTopics { count, max } => {
+                UpdateError::TooManyTopics { count, max }
+            }
             SubscribeError::SessionRefused => UpdateError::SessionRefused,
             // Closed, and what a change never meets (a full hub, a replay, a client id).
             _ => UpdateError::Closed,

@@ -39,7 +39,12 @@ fn open(addr: std::net::SocketAddr, target: &str, headers: &[(&str, &str)]) -> (
 }
 
 /// `POST /subscription?session=TOKEN` with `body` and `headers`.
-fn change(addr: std::net::SocketAddr, token: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
+fn change(
+    addr: std::net::SocketAddr,
+    token: &str,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> Response {
     let target = format!("/subscription?session={token}");
     request(addr, "POST", &target, headers, &body.to_string())
 }

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use ssehub::parse::{ParsedEvent, Parser};
 use ssehub::server::Server;
-use ssehub::{
-    Endpoint, Event, HistoryLimits, Hub, SessionLimits, SubscriptionChange, UpdateError,
-};
+use ssehub::{Endpoint, Event, HistoryLimits, Hub, SessionLimits, SubscriptionChange, UpdateError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -36,7 +34,10 @@ impl Client {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            tokio::time::timeout(WAIT, socket.read_exact(&mut byte)).await.expect("a head").unwrap();
+            tokio::time::timeout(WAIT, socket.read_exact(&mut byte))
+                .await
+                .expect("a head")
+                .unwrap();
             head.push(byte[0]);
         }
         assert!(head.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&head));
@@ -118,7 +119,11 @@ async fn a_change_racing_publishes_moves_the_stream_at_one_point_in_the_order() 
         received.push((topic.to_string(), seq(&event.id)));
     }
     let published = published.lock().unwrap().clone();
-    eprintln!("received {} of {} published, change between {began} and {returned}", received.len(), published.len());
+    eprintln!(
+        "received {} of {} published, change between {began} and {returned}",
+        received.len(),
+        published.len()
+    );
     check_seam(&received, &published, began, returned);
 }
 

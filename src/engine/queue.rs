@@ -759,7 +759,11 @@ impl Locked<'_> {
     /// (entries its bound skipped there) as lag. Nothing if the queue is closed: its stream
     /// ends without them, as it would have without the change. Returns the parked consumer's
     /// waker, to be woken once the lock is released, when anything was added.
-    pub(crate) fn absorb_open(&mut self, from_ring: Vec<(u64, Bytes)>, skipped: u64) -> Option<Waker> {
+    pub(crate) fn absorb_open(
+        &mut self,
+        from_ring: Vec<(u64, Bytes)>,
+        skipped: u64,
+    ) -> Option<Waker> {
         if self.inner.ended.is_some() || (from_ring.is_empty() && skipped == 0) {
             return None;
         }

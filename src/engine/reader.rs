@@ -738,6 +738,42 @@ mod tests {
         Ok((numbers, drained.lagged))
     }
 
+    /// The numbers a batch carries.
+    fn numbers(drained: &Drained) -> Vec<u64> {
+        let frames = match &drained.run {
+            Some(run) => run.frames().to_vec(),
+            None => drained.frames.clone(),
+        };
+        frames
+            .iter()
+            .map(|f| {
+                let text = std::str::from_utf8(f).expect("UTF-8");
+                text.trim_end().trim_start_matches("data: ").parse().expect("a number")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn leaving_a_ring_hands_over_what_it_held_and_a_stale_view_gets_nothing_later() {
+        let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));
+        let slot = subscriber(&[&a], 16, SlowPolicy::Disconnect);
+        publish(&a, 1);
+        // A poll that loaded its feeds before the change goes on with this one.
+        let stale = slot.feeds()[0].clone();
+        publish(&b, 2);
+        // The change: b joined at its tail, a left.
+        slot.add_feed(lone_feed(1, &slot.queue, &b));
+        slot.leave_feed_absorbing(&a);
+        publish(&a, 3);
+        publish(&b, 4);
+        let quick = look_lock_free(&slot.queue, &stale, &|| 4, Limits::ALL);
+        assert!(matches!(quick, Quick::Locked), "the queue holds a's entry: {quick:?}");
+        let locked = look_locked(&slot.queue, std::slice::from_ref(&stale), 4, Limits::ALL, None);
+        assert_eq!(numbers(&locked.expect("open")), [1], "a's entry, and nothing after the change");
+        assert_eq!(poll(&slot, 4, Limits::ALL), Ok((vec![4], 0)));
+        assert!(matches!(look_lock_free(&slot.queue, &stale, &|| 4, Limits::ALL), Quick::Nothing));
+    }
+
     #[test]
     fn two_rings_and_the_queue_merge_in_sequence_order() {
         let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));

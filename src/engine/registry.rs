@@ -15,8 +15,8 @@
 use crate::engine::history::{History, HistoryLimits};
 use crate::engine::idmap::IdMap;
 use crate::engine::reader::{Feed, Readers};
-use crate::engine::Names;
 use crate::engine::ring::{Member, Ring};
+use crate::engine::Names;
 use crate::sync::{arc_swap, lock, rank, Arc, ArcSwap, Guard, Mutex, SharedStr};
 
 /// A subscriber, as the registry holds it: defined with the reader that reads for it.
@@ -541,7 +541,12 @@ impl Registry {
             .collect();
         let left = before.into_iter().filter(|t| !after.contains(t)).collect();
         let named_after = writer.subscribers.get(&slot.id).map(|e| e.topics.clone());
-        Ok(Some(Changed { joined, left, named_before, named_after: named_after.unwrap_or_default() }))
+        Ok(Some(Changed {
+            joined,
+            left,
+            named_before,
+            named_after: named_after.unwrap_or_default(),
+        }))
     }
 
     /// Stops `slot` naming `topic` (if it did).

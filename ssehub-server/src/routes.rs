@@ -400,7 +400,9 @@ async fn change_subscription(
     let (parts, ()) = asked.into_parts();
     let resolver = Subscribers { auth: app.auth.clone() };
     let principal = match resolver.decide(&parts) {
-        Ok(_) => app.auth.as_ref().and_then(|auth| auth.grant(&parts.headers, None).ok()).map(|g| g.sub),
+        Ok(_) => {
+            app.auth.as_ref().and_then(|auth| auth.grant(&parts.headers, None).ok()).map(|g| g.sub)
+        }
         Err(rejection) => return Err(error(rejection.status(), rejection.reason().to_string())),
     };
     let mut change = SubscriptionChange::new();

@@ -33,4 +33,3 @@ pub fn check_seam(
     assert!(fits, "no change point between {began} and {returned} gives {received:?}");
     assert!(received.iter().any(|(t, _)| t == "a") && received.iter().any(|(t, _)| t == "b"));
 }
-
