@@ -15,6 +15,8 @@ fn public_types_are_send_and_sync() {
     send_sync::<ssehub::SubscribeError>();
     send_sync::<ssehub::ClientError>();
     send_sync::<ssehub::ConnectedClient>();
+    send_sync::<ssehub::UpdateError>();
+    send_sync::<ssehub::SubscriptionChange>();
     send::<ssehub::Batch>();
 }
 

@@ -655,8 +655,8 @@ fn planned_count(entry: &SubscriberEntry, add: &Names, remove: &Names) -> usize 
         .filter(|t| !remove.topics.contains(t))
         .chain(add.topics.iter().filter(|t| !entry.topics.contains(t) || remove.topics.contains(t)))
         .count();
-    let kept = |p: &&Box<str>| !remove.patterns.iter().any(|r| r.as_str() == &***p);
-    let patterns = entry.patterns.iter().filter(kept).count()
+    let kept = |p: &str| !remove.patterns.iter().any(|r| r.as_str() == p);
+    let patterns = entry.patterns.iter().filter(|p| kept(p)).count()
         + add
             .patterns
             .iter()
