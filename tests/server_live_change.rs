@@ -82,7 +82,8 @@ async fn a_change_racing_publishes_moves_the_stream_at_one_point_in_the_order() 
     let publisher = {
         let (hub, published, stop) = (hub.clone(), published.clone(), stop.clone());
         std::thread::spawn(move || {
-            for n in 0..20_000u64 {
+            // Bounded: the test stops it long before.
+            for n in 0..1_000_000u64 {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -92,9 +93,17 @@ async fn a_change_racing_publishes_moves_the_stream_at_one_point_in_the_order() 
             }
         })
     };
-    while published.lock().unwrap().len() < 200 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let wait_for = |count: usize| {
+        let published = published.clone();
+        async move {
+            let deadline = std::time::Instant::now() + WAIT;
+            while published.lock().unwrap().len() < count {
+                assert!(std::time::Instant::now() < deadline, "the publisher is stuck");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    wait_for(200).await;
     // The hub's first subscriber: ids count from 1.
     let subscriber = ssehub::SubscriberId::from_u64(1);
     let began = published.lock().unwrap().last().map_or(0, |(_, s)| *s);
@@ -102,9 +111,8 @@ async fn a_change_racing_publishes_moves_the_stream_at_one_point_in_the_order() 
     hub.update_subscription(subscriber, change).unwrap();
     let returned = hub.publish("c", Event::new("after")).unwrap();
     let returned = seq(returned.id().unwrap());
-    while published.lock().unwrap().len() < 600 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let so_far = published.lock().unwrap().len();
+    wait_for(so_far + 200).await;
     stop.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
     hub.publish("b", Event::new("end")).unwrap();
@@ -140,4 +148,18 @@ async fn a_change_to_an_ended_or_unknown_subscription_is_refused() {
     let bad = SubscriptionChange::new().with_added_topic("bad\nname");
     assert!(matches!(hub.update_subscription(sub.id(), bad), Err(UpdateError::Topic { .. })));
     assert_eq!(hub.topic_subscriber_count("a"), 1);
+
+    // The limit counts what the subscription asks for after the change.
+    let hub = Hub::builder().with_heartbeat(None).with_max_topics_per_subscription(2).build();
+    let sub = hub.subscribe(["a", "b"]).unwrap();
+    let swap = SubscriptionChange::new().with_removed_topic("a").with_added_topic("c");
+    assert_eq!(hub.update_subscription(sub.id(), swap), Ok(()));
+    let more = SubscriptionChange::new().with_added_pattern("d:*");
+    assert_eq!(
+        hub.update_subscription(sub.id(), more),
+        Err(UpdateError::TooManyTopics { count: 3, max: 2 })
+    );
+    let topics: Vec<String> = hub.topics().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(topics.len(), 2, "{topics:?}");
+    assert_eq!((hub.topic_subscriber_count("b"), hub.topic_subscriber_count("c")), (1, 1));
 }

@@ -497,9 +497,9 @@ impl Registry {
     /// (names it asked for already are ignored), so a name in both ends up subscribed. A topic
     /// it stops receiving hands the entries its ring still holds for it over to its queue
     /// (`Slot::leave_feed_absorbing`); one it starts receiving is read from the ring's tail.
-    /// Called under the sequencer, so the change sits between two publishes. `None` when the
-    /// subscriber is not registered (it ended), or would have more than `max` topics and
-    /// patterns afterwards (`Err` with that count; nothing changes then).
+    /// Called under the sequencer, so the change sits between two publishes. `Ok(None)` when
+    /// the subscriber is not registered (it ended); `Err` with the count when it would ask for
+    /// more than `max` topics and patterns afterwards (nothing changes then).
     pub(crate) fn update(
         &self,
         slot: &Arc<Slot>,
