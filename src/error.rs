@@ -80,6 +80,10 @@ pub enum PublishError {
     /// The topic name is invalid.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// The glob over client ids given to [`Hub::send_to_matching`](crate::Hub::send_to_matching)
+    /// is invalid (the rules of [`Pattern`](crate::Pattern), within the client id limit).
+    #[error("invalid client pattern: {0}")]
+    ClientPattern(TopicError),
 }
 
 /// Why [`Hub::subscribe`](crate::Hub::subscribe) refused a subscription.
@@ -119,6 +123,115 @@ pub enum SubscribeError {
     /// retrying later resumes exactly, where subscribing anyway would leave a gap.
     #[error("backplane broker unavailable for replay")]
     Unavailable,
+    /// The client id or metadata (see [`Subscribe::with_client`](crate::Subscribe::with_client))
+    /// is invalid or over its size limits.
+    #[error("invalid client: {0}")]
+    Client(#[from] ClientError),
+}
+
+/// Why [`Hub::update_subscription`](crate::Hub::update_subscription) or
+/// [`Hub::update_session`](crate::Hub::update_session) refused a change. Nothing changed when
+/// one is returned.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::{Hub, SubscriptionChange, UpdateError};
+///
+/// let hub = Hub::new();
+/// let sub = hub.subscribe("a")?;
+/// let id = sub.id();
+/// drop(sub);
+/// let change = SubscriptionChange::new().with_added_topic("b");
+/// assert_eq!(hub.update_subscription(id, change), Err(UpdateError::Ended));
+/// # Ok::<(), ssehub::SubscribeError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// The hub was shut down.
+    #[error("hub is shut down")]
+    Closed,
+    /// No live subscription has that id, or the session has no open stream now.
+    #[error("no open stream to change")]
+    Ended,
+    /// No session has that token (or it expired).
+    #[error("unknown session")]
+    UnknownSession,
+    /// The session belongs to another principal. The attempt is counted in
+    /// [`Stats::session_hijacks`](crate::Stats::session_hijacks).
+    #[error("session belongs to another principal")]
+    SessionRefused,
+    /// A topic name or pattern is invalid.
+    #[error("invalid topic {name:?}: {error}")]
+    Topic {
+        /// The offending name, truncated to 64 bytes.
+        name: String,
+        /// What is wrong with it.
+        error: TopicError,
+    },
+    /// The subscription would ask for more topics and patterns than the hub allows.
+    #[error("{count} topics and patterns, over the limit of {max}")]
+    TooManyTopics {
+        /// How many it would ask for.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
+}
+
+impl From<SubscribeError> for UpdateError {
+    fn from(error: SubscribeError) -> UpdateError {
+        match error {
+            SubscribeError::Topic { name, error } => UpdateError::Topic { name, error },
+            SubscribeError::TooManyTopics { count, max } => {
+                UpdateError::TooManyTopics { count, max }
+            }
+            SubscribeError::SessionRefused => UpdateError::SessionRefused,
+            // Closed, and what a change never meets (a full hub, a replay, a client id).
+            _ => UpdateError::Closed,
+        }
+    }
+}
+
+/// Why a subscription's client id or metadata (see
+/// [`Subscribe::with_client`](crate::Subscribe::with_client)) is refused.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::{ClientError, Hub, Subscribe, SubscribeError, TopicError};
+///
+/// let hub = Hub::new();
+/// let refused = hub.subscribe(Subscribe::new().with_client("job:*")).map(drop);
+/// assert_eq!(refused, Err(SubscribeError::Client(ClientError::Id(TopicError::Wildcard))));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The id breaks the rules of a topic name: empty, over 256 bytes, a control or invisible
+    /// character, or `*` (kept for the globs of [`Hub::send_to_matching`](crate::Hub::send_to_matching)).
+    #[error("client id: {0}")]
+    Id(TopicError),
+    /// More metadata entries than allowed.
+    #[error("{count} metadata entries, over the limit of {max}")]
+    TooManyEntries {
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The metadata's keys and values add up to more bytes than allowed.
+    #[error("metadata is {len} bytes, over the limit of {max}")]
+    MetadataTooLarge {
+        /// Bytes of every key and value together.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A metadata key is empty.
+    #[error("metadata key is empty")]
+    EmptyKey,
 }
 
 /// Why a subscription's stream ended.

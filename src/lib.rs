@@ -129,11 +129,15 @@ pub use engine::queue::{ConflateKey, SlowPolicy};
 #[cfg(feature = "metrics")]
 pub use engine::stats::describe_metrics;
 pub use engine::stats::Stats;
-pub use error::{EndReason, EventError, ProducerError, PublishError, SubscribeError, TopicError};
+pub use error::{
+    ClientError, EndReason, EventError, ProducerError, PublishError, SubscribeError, TopicError,
+    UpdateError,
+};
 pub use frame::parse;
 pub use frame::Event;
 pub use hub::subscription::{SubscriberId, Subscription};
-pub use hub::{Hub, HubBuilder, Pacing, Published, Subscribe};
+pub use hub::{Hub, HubBuilder, Pacing, Published, Subscribe, SubscriptionChange};
+pub use services::clients::ConnectedClient;
 pub use services::producers::{Producer, ProducerContext, StopReason};
 pub use services::sessions::SessionLimits;
 pub use topic::Pattern;

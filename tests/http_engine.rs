@@ -171,10 +171,13 @@ async fn sessions_resume_over_http_and_a_hijack_gets_403() {
     let connected = first.event().await;
     assert_eq!(connected.event, "connected");
     let data: serde_json::Value = serde_json::from_str(&connected.data).unwrap();
+    // `session` is the token a resume (or `POST /subscription`) presents; `session_id` is
+    // what `send_to_session` takes.
     let (session, token) = (
-        data["session"].as_str().unwrap().to_string(),
+        data["session_id"].as_str().unwrap().to_string(),
         data["token"].as_str().unwrap().to_string(),
     );
+    assert_eq!(data["session"], token);
     drop(first);
     while hub.subscriber_count() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;

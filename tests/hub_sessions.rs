@@ -29,8 +29,11 @@ fn connect(hub: &Hub, request: Subscribe) -> (Subscription, String, String) {
     let connected = events(&mut sub).into_iter().next().expect("a connected event");
     assert_eq!(connected.event, "connected");
     assert_eq!(connected.id, "", "the connected event carries no id");
-    let (session, token) = (field(&connected.data, "session"), field(&connected.data, "token"));
+    // `session` is the token (what a resume and `POST /subscription` present, as the server
+    // contract names it); `session_id` the id `send_to_session` takes.
+    let (session, token) = (field(&connected.data, "session_id"), field(&connected.data, "token"));
     assert_eq!(sub.session_id(), Some(session.as_str()));
+    assert_eq!(field(&connected.data, "session"), token);
     (sub, session, token)
 }
 

@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use loom::thread;
 use ssehub::{
     EndReason, Event, HistoryLimits, Hub, PublishError, SessionLimits, SlowPolicy, Subscribe,
-    SubscribeError, Subscription,
+    SubscribeError, Subscription, SubscriptionChange,
 };
 
 /// A hub with queues of `capacity` frames, `Disconnect` for slow clients, and no heartbeat.
@@ -639,4 +639,45 @@ fn loom_hub_broadcast_vs_subscribe_and_unsubscribe() {
         assert_empty(&hub);
     });
     OUTCOMES.assert_reached(&["b 1 c 0", "b 1 c 1", "b 0 c 1"]);
+}
+
+/// A live change from topic `a` to topic `b` racing a publisher that sends a1, b1, a2, while
+/// the subscriber reads: the change sits at one point in the order, so the stream gets b1
+/// (before a1), a1 b1 (between a1 and b1), a1 (between b1 and a2) or a1 a2 (after a2), never
+/// an `a` event published after the change (a read still holding the old feed included), a
+/// duplicate or one out of order; what `a` had before the change is handed over even though
+/// the stream leaves it; and dropping the subscription empties the hub.
+#[test]
+fn loom_hub_live_change_vs_publish() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let hub = hub(4);
+        let mut sub = hub.subscribe("a").expect("open");
+        let (h, id) = (hub.clone(), sub.id());
+        let changer = thread::spawn(move || {
+            let change = SubscriptionChange::new().with_removed_topic("a").with_added_topic("b");
+            h.update_subscription(id, change).expect("the subscription is live");
+        });
+        let publisher = {
+            let hub = hub.clone();
+            thread::spawn(move || {
+                publish(&hub, "a", "a1");
+                publish(&hub, "b", "b1");
+                publish(&hub, "a", "a2");
+            })
+        };
+        let (mut seen, ended) = received(&mut sub);
+        assert_eq!(ended, None);
+        changer.join().unwrap();
+        publisher.join().unwrap();
+        let (rest, ended) = received(&mut sub);
+        assert_eq!(ended, None);
+        seen.extend(rest);
+        let outcome = seen.join(",");
+        assert!(["b1", "a1,b1", "a1", "a1,a2"].contains(&outcome.as_str()), "{outcome}");
+        OUTCOMES.record(outcome);
+        drop(sub);
+        assert_empty(&hub);
+    });
+    OUTCOMES.assert_reached(&["b1", "a1,b1", "a1", "a1,a2"]);
 }

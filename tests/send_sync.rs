@@ -13,6 +13,10 @@ fn public_types_are_send_and_sync() {
     send_sync::<ssehub::Stats>();
     send_sync::<ssehub::PublishError>();
     send_sync::<ssehub::SubscribeError>();
+    send_sync::<ssehub::ClientError>();
+    send_sync::<ssehub::ConnectedClient>();
+    send_sync::<ssehub::UpdateError>();
+    send_sync::<ssehub::SubscriptionChange>();
     send::<ssehub::Batch>();
 }
 

@@ -50,7 +50,7 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// | the [`Resolver`] returns without panicking | 500; the panic is counted in [`Stats::resolver_panics`](crate::Stats::resolver_panics), and nothing else is affected |
 /// | at most [`with_max_topics`](Endpoint::with_max_topics) topics and patterns, each at most [`with_max_topic_len`](Endpoint::with_max_topic_len) bytes | 400 |
 /// | fewer than [`with_max_connections`](Endpoint::with_max_connections) streams open | 503 with `Retry-After` |
-/// | [`Hub::subscribe`]: [`SubscribeError::Topic`], [`TooManyTopics`](SubscribeError::TooManyTopics) | 400 |
+/// | [`Hub::subscribe`]: [`SubscribeError::Topic`], [`TooManyTopics`](SubscribeError::TooManyTopics), [`Client`](SubscribeError::Client) | 400 |
 /// | [`SubscribeError::Full`], [`Closed`](SubscribeError::Closed) | 503 with `Retry-After` |
 /// | [`SubscribeError::SessionRefused`] | 403 |
 ///
@@ -409,9 +409,9 @@ impl<R: Resolver> Endpoint<R> {
     /// The answer to a refused subscribe.
     fn refused(&self, error: &SubscribeError) -> Response<Reply> {
         match error {
-            SubscribeError::Topic { .. } | SubscribeError::TooManyTopics { .. } => {
-                text(StatusCode::BAD_REQUEST, error.to_string())
-            }
+            SubscribeError::Topic { .. }
+            | SubscribeError::TooManyTopics { .. }
+            | SubscribeError::Client(_) => text(StatusCode::BAD_REQUEST, error.to_string()),
             SubscribeError::Full { .. } => self.busy("too many connections, retry later"),
             SubscribeError::Closed => self.busy("server is shutting down"),
             SubscribeError::Unavailable => self.busy("history unavailable, retry later"),

@@ -529,6 +529,8 @@ impl fmt::Debug for Token {
 pub struct QueryTopics {
     /// Whether `pattern=` parameters are accepted.
     patterns: bool,
+    /// Whether a `client=` parameter sets the client id.
+    client: bool,
 }
 
 impl Default for QueryTopics {
@@ -547,7 +549,7 @@ impl QueryTopics {
     /// assert_eq!(resolver, ssehub::QueryTopics::default());
     /// ```
     pub fn new() -> Self {
-        QueryTopics { patterns: true }
+        QueryTopics { patterns: true, client: false }
     }
 
     /// Whether `pattern=` parameters are accepted; when not, a request with one is refused with
@@ -564,12 +566,37 @@ impl QueryTopics {
         self
     }
 
+    /// Whether a `client=ID` parameter sets the subscription's client id (see
+    /// [`Subscribe::with_client`]); off by default, when the parameter is ignored. The id
+    /// decides who receives [`Hub::send_to_matching`](crate::Hub::send_to_matching), so turn it
+    /// on only where clients may name themselves; otherwise set the id from a verified
+    /// credential in your own resolver. More than one `client=` is refused with 400.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{QueryTopics, Subscribe};
+    ///
+    /// let (request, ()) = http::Request::get("/events?topic=a&client=job%3A7").body(())?.into_parts();
+    /// assert_eq!(
+    ///     QueryTopics::new().with_client_param(true).parse(&request)?,
+    ///     Subscribe::from("a").with_client("job:7")
+    /// );
+    /// assert_eq!(QueryTopics::new().parse(&request)?, Subscribe::from("a"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_client_param(mut self, enabled: bool) -> Self {
+        self.client = enabled;
+        self
+    }
+
     /// The subscription `request` asks for, at once (what [`Resolver::resolve`] returns): for use
     /// inside an application's own resolver.
     ///
     /// # Errors
     ///
-    /// [`Rejection::BadRequest`] for a `pattern=` parameter when patterns are off.
+    /// [`Rejection::BadRequest`] for a `pattern=` parameter when patterns are off, and for a
+    /// second `client=` parameter when they are read.
     ///
     /// # Examples
     ///
@@ -591,6 +618,10 @@ impl QueryTopics {
                 "topic" => subscribe = subscribe.with_topic(value),
                 "pattern" if self.patterns => subscribe = subscribe.with_pattern(value),
                 "pattern" => return Err(Rejection::BadRequest("patterns are not allowed".into())),
+                "client" if self.client && subscribe.client.is_some() => {
+                    return Err(Rejection::BadRequest("give at most one client".into()))
+                }
+                "client" if self.client => subscribe = subscribe.with_client(value),
                 _ => {}
             }
         }

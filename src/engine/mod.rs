@@ -27,6 +27,7 @@ pub(crate) mod registry;
 mod resolve;
 pub(crate) mod ring;
 pub(crate) mod stats;
+mod update;
 
 use std::collections::HashSet;
 

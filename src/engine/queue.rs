@@ -752,3 +752,27 @@ impl Inner {
         self.heartbeat_front = false;
     }
 }
+
+impl Locked<'_> {
+    /// Merges `from_ring` (entries a live change took out of a ring the subscriber stops
+    /// reading, in sequence order) into the queue by sequence number, and counts `skipped`
+    /// (entries its bound skipped there) as lag. Nothing if the queue is closed: its stream
+    /// ends without them, as it would have without the change. Returns the parked consumer's
+    /// waker, to be woken once the lock is released, when anything was added.
+    pub(crate) fn absorb_open(
+        &mut self,
+        from_ring: Vec<(u64, Bytes)>,
+        skipped: u64,
+    ) -> Option<Waker> {
+        if self.inner.ended.is_some() || (from_ring.is_empty() && skipped == 0) {
+            return None;
+        }
+        self.inner.lagged += skipped;
+        if !from_ring.is_empty() {
+            self.inner.absorb(from_ring);
+            // Relaxed: see `Queue::active`.
+            self.queue.active.store(true, Ordering::Relaxed);
+        }
+        self.inner.waker.take()
+    }
+}

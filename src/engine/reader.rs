@@ -738,6 +738,42 @@ mod tests {
         Ok((numbers, drained.lagged))
     }
 
+    /// The numbers a batch carries.
+    fn numbers(drained: &Drained) -> Vec<u64> {
+        let frames = match &drained.run {
+            Some(run) => run.frames().to_vec(),
+            None => drained.frames.clone(),
+        };
+        frames
+            .iter()
+            .map(|f| {
+                let text = std::str::from_utf8(f).expect("UTF-8");
+                text.trim_end().trim_start_matches("data: ").parse().expect("a number")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn leaving_a_ring_hands_over_what_it_held_and_a_stale_view_gets_nothing_later() {
+        let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));
+        let slot = subscriber(&[&a], 16, SlowPolicy::Disconnect);
+        publish(&a, 1);
+        // A poll that loaded its feeds before the change goes on with this one.
+        let stale = slot.feeds()[0].clone();
+        publish(&b, 2);
+        // The change: b joined at its tail, a left.
+        slot.add_feed(lone_feed(1, &slot.queue, &b));
+        slot.leave_feed_absorbing(&a);
+        publish(&a, 3);
+        publish(&b, 4);
+        let quick = look_lock_free(&slot.queue, &stale, &|| 4, Limits::ALL);
+        assert!(matches!(quick, Quick::Locked), "the queue holds a's entry: {quick:?}");
+        let locked = look_locked(&slot.queue, std::slice::from_ref(&stale), 4, Limits::ALL, None);
+        assert_eq!(numbers(&locked.expect("open")), [1], "a's entry, and nothing after the change");
+        assert_eq!(poll(&slot, 4, Limits::ALL), Ok((vec![4], 0)));
+        assert!(matches!(look_lock_free(&slot.queue, &stale, &|| 4, Limits::ALL), Quick::Nothing));
+    }
+
     #[test]
     fn two_rings_and_the_queue_merge_in_sequence_order() {
         let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));
@@ -848,5 +884,59 @@ mod tests {
         assert!(slot.feeds().is_empty());
         assert_eq!(poll(&slot, 4, Limits::ALL), Ok((vec![1, 2, 3], 0)));
         assert_eq!(poll(&slot, 4, Limits::ALL), Err(Stop::Ended(EndReason::Disconnected)));
+    }
+}
+
+impl Slot {
+    /// Stops reading `ring` while the stream goes on (a live change dropped its topic): the
+    /// feed leaves the slot's feeds, the topic's readers and the ring's parked list, and the
+    /// entries the ring still holds for the subscriber move into its queue, merged with its
+    /// own by sequence number, so the stream hands over everything published before the
+    /// change and nothing after. Called under the sequencer (no entry can be appended
+    /// meanwhile) and the registry's writer lock.
+    ///
+    /// The entries are claimed as a close claims them, by moving the cursor, here to
+    /// `u64::MAX`: a poll still holding this feed in its view loses its claim (or finds
+    /// nothing past the cursor) and looks again under the queue's lock, where the new feeds
+    /// version sends it to the slot's new list. No later publish to the ring can reach it.
+    pub(crate) fn leave_feed_absorbing(&self, ring: &Arc<Ring>) {
+        let reads = |f: &Feed| Arc::ptr_eq(&f.ring, ring);
+        let before =
+            self.feeds.rcu(|feeds| feeds.iter().filter(|f| !reads(f)).cloned().collect::<Vec<_>>());
+        self.queue.feeds_changed();
+        let Some(feed) = before.iter().find(|f| reads(f)) else {
+            return;
+        };
+        feed.readers.rcu(|set| set.remove(self.id));
+        ring.leave(&feed.member);
+        // Under the queue's lock, as a close: a look under that lock merges the ring's entries
+        // with the queue's, so it sees them all in one place or the other, never half.
+        let waker = {
+            let mut locked = self.queue.lock();
+            let (pending, skipped) = retire(feed);
+            locked.absorb_open(pending, skipped)
+        };
+        // Outside the lock, as a push wakes: the stream has entries to take.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Claims everything `feed`'s ring holds for the subscriber and retires the cursor (see
+/// [`Slot::leave_feed_absorbing`]); returns the entries and how many its bound skipped.
+fn retire(feed: &Feed) -> (Vec<(u64, Bytes)>, u64) {
+    loop {
+        let cursor = feed.member.cursor();
+        let mut list = Vec::new();
+        let taken = take(feed, cursor, u64::MAX, Limits::ALL, |seq, frame| {
+            list.push((seq, frame.clone()));
+        });
+        if taken.overflowed {
+            list.clear();
+        }
+        if feed.member.claim(cursor, u64::MAX) {
+            return (list, taken.skipped);
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::engine::history::{History, HistoryLimits};
 use crate::engine::idmap::IdMap;
 use crate::engine::reader::{Feed, Readers};
 use crate::engine::ring::{Member, Ring};
+use crate::engine::Names;
 use crate::sync::{arc_swap, lock, rank, Arc, ArcSwap, Guard, Mutex, SharedStr};
 
 /// A subscriber, as the registry holds it: defined with the reader that reads for it.
@@ -475,4 +476,209 @@ fn detach(state: &TopicState, id: u64) {
     } else {
         state.pushed.rcu(|set| set.remove(id));
     }
+}
+
+/// What a live change of a subscription did in the registry.
+#[derive(Debug, Default)]
+pub(crate) struct Changed {
+    /// Topics it receives now and did not before.
+    pub(crate) joined: Vec<Arc<TopicState>>,
+    /// Topics it no longer receives.
+    pub(crate) left: Vec<SharedStr>,
+    /// Topics it named before the change.
+    pub(crate) named_before: Vec<SharedStr>,
+    /// Topics it names after the change.
+    pub(crate) named_after: Vec<SharedStr>,
+}
+
+impl Registry {
+    /// Changes what live subscriber `slot` receives: first takes `remove` off it (topics it
+    /// named, patterns it asked for; names it did not ask for are ignored), then adds `add`
+    /// (names it asked for already are ignored), so a name in both ends up subscribed. A topic
+    /// it stops receiving hands the entries its ring still holds for it over to its queue
+    /// (`Slot::leave_feed_absorbing`); one it starts receiving is read from the ring's tail.
+    /// Called under the sequencer, so the change sits between two publishes. `Ok(None)` when
+    /// the subscriber is not registered (it ended); `Err` with the count when it would ask for
+    /// more than `max` topics and patterns afterwards (nothing changes then).
+    pub(crate) fn update(
+        &self,
+        slot: &Arc<Slot>,
+        add: Names,
+        remove: Names,
+        max: usize,
+    ) -> Result<Option<Changed>, usize> {
+        let mut writer = lock(&self.writer);
+        let Some(entry) = writer.subscribers.get(&slot.id) else {
+            return Ok(None);
+        };
+        let count = planned_count(entry, &add, &remove);
+        if count > max {
+            return Err(count);
+        }
+        let before = received(&writer, slot.id);
+        let named_before = entry.topics.clone();
+        for topic in &remove.topics {
+            self.drop_topic(&mut writer, slot, topic);
+        }
+        let mut patterns_changed = false;
+        for pattern in &remove.patterns {
+            patterns_changed |= self.drop_pattern(&mut writer, slot, pattern.as_str());
+        }
+        for topic in add.topics {
+            self.take_topic(&mut writer, slot, topic);
+        }
+        for pattern in add.patterns {
+            patterns_changed |= self.take_pattern(&mut writer, slot, pattern);
+        }
+        if patterns_changed {
+            self.publish_patterns(&writer);
+        }
+        let after = received(&writer, slot.id);
+        let joined = after
+            .iter()
+            .filter(|t| !before.contains(*t))
+            .filter_map(|t| writer.topics.get(t).map(|e| e.state.clone()))
+            .collect();
+        let left = before.into_iter().filter(|t| !after.contains(t)).collect();
+        let named_after = writer.subscribers.get(&slot.id).map(|e| e.topics.clone());
+        Ok(Some(Changed {
+            joined,
+            left,
+            named_before,
+            named_after: named_after.unwrap_or_default(),
+        }))
+    }
+
+    /// Stops `slot` naming `topic` (if it did).
+    fn drop_topic(&self, writer: &mut Writer, slot: &Arc<Slot>, topic: &SharedStr) {
+        let Some(entry) = writer.subscribers.get_mut(&slot.id) else { return };
+        let Some(at) = entry.topics.iter().position(|t| t == topic) else { return };
+        entry.topics.remove(at);
+        self.release(writer, slot, topic);
+    }
+
+    /// Stops `slot` asking for pattern `source` (if it did); returns whether the pattern is
+    /// gone from the registry (nobody asks for it any more).
+    fn drop_pattern(&self, writer: &mut Writer, slot: &Arc<Slot>, source: &str) -> bool {
+        let Some(entry) = writer.subscribers.get_mut(&slot.id) else { return false };
+        let Some(at) = entry.patterns.iter().position(|p| &**p == source) else { return false };
+        entry.patterns.remove(at);
+        let (matched, now_empty) = match writer.patterns.get_mut(source) {
+            Some(p) => {
+                p.subscribers.remove(&slot.id);
+                (p.topics.iter().cloned().collect::<Vec<_>>(), p.subscribers.is_empty())
+            }
+            None => return false,
+        };
+        if now_empty {
+            writer.patterns.remove(source);
+            for topic in &matched {
+                if let Some(t) = writer.topics.get_mut(topic) {
+                    t.patterns.retain(|p| &**p != source);
+                }
+            }
+        }
+        for topic in &matched {
+            self.release(writer, slot, topic);
+        }
+        now_empty
+    }
+
+    /// One reason less for `slot` to receive `topic`; on the last, the ring's entries it still
+    /// holds for the subscriber move into its queue before it leaves the ring.
+    fn release(&self, writer: &mut Writer, slot: &Arc<Slot>, topic: &SharedStr) {
+        let last = writer
+            .topics
+            .get(topic)
+            .is_some_and(|entry| entry.members.get(&slot.id).copied() == Some(1));
+        if last && slot.reads_rings() {
+            if let Some(entry) = writer.topics.get(topic) {
+                slot.leave_feed_absorbing(&entry.state.ring);
+            }
+        }
+        self.remove_member(writer, topic, slot.id);
+    }
+
+    /// Makes `slot` name `topic` (if it did not).
+    fn take_topic(&self, writer: &mut Writer, slot: &Arc<Slot>, topic: SharedStr) {
+        let Some(entry) = writer.subscribers.get_mut(&slot.id) else { return };
+        if entry.topics.contains(&topic) {
+            return;
+        }
+        entry.topics.push(topic.clone());
+        self.ensure_topic(writer, &topic);
+        Self::add_member(writer, &topic, slot);
+    }
+
+    /// Makes `slot` ask for `pattern` (if it did not); returns whether the pattern is new to
+    /// the registry.
+    fn take_pattern(&self, writer: &mut Writer, slot: &Arc<Slot>, pattern: Pattern) -> bool {
+        let source: Box<str> = pattern.as_str().into();
+        let Some(entry) = writer.subscribers.get_mut(&slot.id) else { return false };
+        if entry.patterns.contains(&source) {
+            return false;
+        }
+        entry.patterns.push(source.clone());
+        let new = !writer.patterns.contains_key(&source);
+        if new {
+            let matched: Set<SharedStr> =
+                writer.topics.keys().filter(|t| pattern.matches(t)).cloned().collect();
+            for topic in &matched {
+                if let Some(entry) = writer.topics.get_mut(topic) {
+                    entry.patterns.push(source.clone());
+                }
+            }
+            writer.patterns.insert(
+                source.clone(),
+                PatternEntry { pattern, subscribers: Set::new(), topics: matched },
+            );
+        }
+        let matched: Vec<SharedStr> = match writer.patterns.get_mut(&source) {
+            Some(entry) => {
+                entry.subscribers.insert(slot.id);
+                entry.topics.iter().cloned().collect()
+            }
+            None => Vec::new(),
+        };
+        for topic in &matched {
+            Self::add_member(writer, topic, slot);
+        }
+        new
+    }
+}
+
+/// How many topics and patterns `entry` asks for after removing `remove` and adding `add`.
+fn planned_count(entry: &SubscriberEntry, add: &Names, remove: &Names) -> usize {
+    let topics = entry
+        .topics
+        .iter()
+        .filter(|t| !remove.topics.contains(t))
+        .chain(add.topics.iter().filter(|t| !entry.topics.contains(t) || remove.topics.contains(t)))
+        .count();
+    let kept = |p: &str| !remove.patterns.iter().any(|r| r.as_str() == p);
+    let patterns = entry.patterns.iter().filter(|p| kept(p)).count()
+        + add
+            .patterns
+            .iter()
+            .filter(|a| {
+                let asked = entry.patterns.iter().any(|p| &**p == a.as_str());
+                let removed = remove.patterns.iter().any(|r| r.as_str() == a.as_str());
+                !asked || removed
+            })
+            .count();
+    topics + patterns
+}
+
+/// Every topic subscriber `id` receives: those it names and those its patterns match.
+fn received(writer: &Writer, id: u64) -> Set<SharedStr> {
+    let Some(entry) = writer.subscribers.get(&id) else {
+        return Set::new();
+    };
+    let mut topics: Set<SharedStr> = entry.topics.iter().cloned().collect();
+    for source in &entry.patterns {
+        if let Some(pattern) = writer.patterns.get(source) {
+            topics.extend(pattern.topics.iter().cloned());
+        }
+    }
+    topics
 }

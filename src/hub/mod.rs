@@ -1,12 +1,14 @@
 //! The `Hub`: publish, broadcast, targeted sends, subscribe, shutdown.
 
 mod builder;
+mod change;
 mod door;
 mod subscribe;
 pub(crate) mod subscription;
 
 pub(crate) use builder::Config;
 pub use builder::HubBuilder;
+pub use change::SubscriptionChange;
 pub use subscribe::Subscribe;
 
 mod shared;
@@ -18,7 +20,7 @@ use std::fmt;
 
 use crate::engine::stats::Stats;
 use crate::error::EndReason;
-use crate::error::{PublishError, SubscribeError};
+use crate::error::{PublishError, SubscribeError, UpdateError};
 use crate::frame::Event;
 use crate::hub::subscription::{SubscriberId, Subscription};
 use crate::services::heartbeat::Heartbeat;
@@ -373,6 +375,146 @@ impl Hub {
     /// ```
     pub fn send_to_session(&self, session: &str, event: Event) -> Result<Published, PublishError> {
         Shared::send_to_session(&self.shared, session, event)
+    }
+
+    /// Sends an event to every live subscription whose client id (see
+    /// [`Subscribe::with_client`]) matches `glob`, a [`Pattern`](crate::Pattern) over ids
+    /// (`execution:abc123` for one id, `execution:*` for all of them): once to each, in the
+    /// hub's one order with every other event. The event is encoded once for all of them. The
+    /// matching set is taken at the send: a subscription whose `subscribe` returned before the
+    /// call receives it. Sends are not kept for replay and go to this node's subscriptions only
+    /// (a backplane does not carry them); a session's buffer does not keep them either.
+    ///
+    /// The index is ordered by id, so a send visits only the ids that start with the glob's
+    /// text before its first `*`, each checked in time linear in its length.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::broadcast`], and [`PublishError::ClientPattern`] for an invalid glob (the
+    /// rules of a pattern, at most 256 bytes). No match is not an error: `receivers()` is 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, Subscribe};
+    ///
+    /// let hub = Hub::new();
+    /// let a = hub.subscribe(Subscribe::new().with_client("execution:a"))?;
+    /// let b = hub.subscribe(Subscribe::new().with_client("execution:b"))?;
+    /// let ann = hub.subscribe(Subscribe::from("news").with_client("user:ann"))?;
+    /// assert_eq!(hub.send_to_matching("execution:*", Event::new("step 2"))?.receivers(), 2);
+    /// assert_eq!(hub.send_to_matching("execution:b", Event::new("done"))?.receivers(), 1);
+    /// assert_eq!((a.queued(), b.queued(), ann.queued()), (1, 2, 0));
+    /// assert!(hub.send_to_matching("", Event::new("x")).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn send_to_matching(&self, glob: &str, event: Event) -> Result<Published, PublishError> {
+        Shared::send_to_matching(&self.shared, glob, event)
+    }
+
+    /// Changes what an open subscription receives, from the next event on: topics and
+    /// patterns are taken off, then added (see [`SubscriptionChange`]). The change sits at one
+    /// point in the hub's order of events: every event published before this call returns
+    /// was published either before it (delivered as the subscription stood, including on the
+    /// topics it leaves: nothing already published to it is lost) or after it; an event
+    /// published after the call returns reaches the stream if and only if its topic is
+    /// subscribed after the change. An added topic starts with its next event (no replay).
+    /// The subscription's session, if it has one, records the change, so a resume restores
+    /// it.
+    ///
+    /// Access control is the caller's: the `ssehub` server asks its resolver again for the
+    /// added names before calling this.
+    ///
+    /// # Errors
+    ///
+    /// [`UpdateError::Ended`] if the subscription is not live, [`UpdateError::Topic`] and
+    /// [`UpdateError::TooManyTopics`] for a bad change, [`UpdateError::Closed`] after shutdown.
+    /// Nothing changes when an error is returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, SubscriptionChange};
+    ///
+    /// let hub = Hub::new();
+    /// let mut sub = hub.subscribe("price:BTC")?;
+    /// hub.publish("price:BTC", Event::new("1"))?;
+    /// let change = SubscriptionChange::new().with_removed_topic("price:BTC").with_added_topic("price:ETH");
+    /// hub.update_subscription(sub.id(), change)?;
+    /// hub.publish("price:BTC", Event::new("2"))?;
+    /// hub.publish("price:ETH", Event::new("3"))?;
+    /// let mut seen = Vec::new();
+    /// while let Some(batch) = sub.try_recv()? {
+    ///     seen.extend(batch.frames().iter().map(|f| f.clone()));
+    /// }
+    /// assert_eq!(seen, ["data: 1\n\n", "data: 3\n\n"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn update_subscription(
+        &self,
+        id: SubscriberId,
+        change: SubscriptionChange,
+    ) -> Result<(), UpdateError> {
+        Shared::update_subscription(&self.shared, id, &change)
+    }
+
+    /// [`Hub::update_subscription`] for the open stream of the session whose token is `token`
+    /// (the `connected` event's `"session"`, see
+    /// [`HubBuilder::with_sessions`](crate::HubBuilder::with_sessions)), presented by
+    /// `principal`; returns the stream's subscriber id.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hub::update_subscription`], and [`UpdateError::UnknownSession`] for a token no
+    /// session has (or sessions off), [`UpdateError::SessionRefused`] when the session belongs
+    /// to another principal (counted as a hijack attempt), [`UpdateError::Ended`] when the
+    /// session has no open stream now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Hub, SessionLimits, Subscribe, SubscriptionChange, UpdateError};
+    ///
+    /// let hub = Hub::builder().with_sessions(Some(SessionLimits::new())).build();
+    /// let mut sub = hub.subscribe(Subscribe::from("a").with_principal("ann"))?;
+    /// let connected = sub.try_recv()?.expect("the connected event").into_bytes();
+    /// let text = std::str::from_utf8(&connected)?;
+    /// let token = text.split("\"session\":\"").nth(1).and_then(|t| t.split('"').next()).unwrap_or("");
+    /// let change = SubscriptionChange::new().with_added_topic("b");
+    /// assert_eq!(hub.update_session(token, Some("ann"), change.clone())?, sub.id());
+    /// assert_eq!(hub.topic_subscriber_count("b"), 1);
+    /// assert_eq!(hub.update_session(token, Some("bob"), change), Err(UpdateError::SessionRefused));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn update_session(
+        &self,
+        token: &str,
+        principal: Option<&str>,
+        change: SubscriptionChange,
+    ) -> Result<SubscriberId, UpdateError> {
+        Shared::update_session(&self.shared, token, principal, &change)
+    }
+
+    /// Every live subscription that has a client id, with its metadata, ordered by id (then
+    /// by subscriber). It copies the index under its lock: for admin pages, not hot paths.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Hub, Subscribe};
+    ///
+    /// let hub = Hub::new();
+    /// let _b = hub.subscribe(Subscribe::new().with_client("b").with_metadata("tab", "1"))?;
+    /// let _a = hub.subscribe(Subscribe::new().with_client("a"))?;
+    /// let _anonymous = hub.subscribe("t")?;
+    /// let clients = hub.clients();
+    /// let ids: Vec<&str> = clients.iter().map(|c| c.id()).collect();
+    /// assert_eq!(ids, ["a", "b"]);
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    #[must_use]
+    pub fn clients(&self) -> Vec<crate::ConnectedClient> {
+        self.shared.clients()
     }
 
     /// Ends one subscriber's stream (after what is already queued), as an application decision;

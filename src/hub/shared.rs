@@ -1,12 +1,12 @@
 //! `Shared`: the hub behind every `Hub` handle and `Subscription`: the engine plus the optional
 //! services (sessions, producers, presence, heartbeat), called around the engine's operations.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::{Pacing, Subscribe};
+use super::{Pacing, Subscribe, SubscriptionChange};
 use crate::engine::history::ResetReason;
 use crate::engine::queue::FrameKeys;
 use crate::engine::registry::Slot;
@@ -14,13 +14,14 @@ use crate::engine::stats::{FanOut, Stats};
 use crate::engine::{Engine, Entry, Number, Published, Replay, ReplaySource, Sequenced, Start};
 use crate::error::EndReason;
 use crate::error::ProducerError;
-use crate::error::{PublishError, SubscribeError};
+use crate::error::{PublishError, SubscribeError, UpdateError};
 use crate::frame::Event;
 use crate::hub::subscription::{SubscriberId, Subscription};
+use crate::services::clients::{self, Clients, ConnectedClient};
 use crate::services::expiry::Expiries;
 use crate::services::heartbeat::Heartbeat;
 use crate::services::producers::{Producer, Producers};
-use crate::services::sessions::{Hijack, SessionLimits, Sessions};
+use crate::services::sessions::{Hijack, Lookup, SessionLimits, Sessions};
 use crate::sync::{
     rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr,
 };
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     services: Services,
     /// Resumable sessions.
     sessions: Sessions,
+    /// Subscriptions by client id.
+    clients: Clients,
     /// On-demand producers.
     pub(crate) producers: Producers,
     /// Live `Hub` handles; the last one to go shuts the hub down.
@@ -93,6 +96,7 @@ impl Shared {
             engine: Engine::new(engine),
             services,
             sessions: Sessions::default(),
+            clients: Clients::default(),
             producers: Producers::default(),
             handles: AtomicUsize::new(1),
             jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
@@ -138,6 +142,7 @@ impl Shared {
         }
         // Check the request before touching any session, so a bad request changes nothing.
         this.engine.checked_names(&request.topics, &request.patterns)?;
+        clients::check(request.client.as_deref(), &request.metadata)?;
         let slot =
             this.engine.new_slot(request.capacity, request.policy, request.principal.as_deref());
         let (mut session, wanted) = this.open_session(&request, &slot)?;
@@ -158,6 +163,9 @@ impl Shared {
             .inspect_err(|_| this.leave_session(session.as_ref(), slot.id))?;
         let pending = this.opening_frames(&request, slot.id, session.as_mut(), joined.replay);
         Shared::joined(this, &slot, &joined.topics, &presence_topics);
+        if let Some(client) = &request.client {
+            this.watch_client(client, &request.metadata, &slot);
+        }
         if let Some(at) = request.expiry {
             Shared::watch_expiry(this, &slot, at);
         }
@@ -182,6 +190,16 @@ impl Shared {
             // No thread could be started: end it now rather than let it outlive its expiry.
             this.expiries.remove(slot.id);
             Shared::end_finally(this, slot, EndReason::Expired);
+        }
+    }
+
+    /// Enters a registered subscription in the index of client ids.
+    fn watch_client(&self, client: &str, metadata: &BTreeMap<String, String>, slot: &Arc<Slot>) {
+        self.clients.insert(client, metadata.clone(), slot);
+        // Every way out of the registry closes the queue before leaving the index (see
+        // `watch_expiry`), so one that left before this insert is seen closed here.
+        if slot.queue.is_closed() {
+            self.clients.remove(slot.id);
         }
     }
 
@@ -281,7 +299,7 @@ impl Shared {
         let connected = request.connected_event.unwrap_or(self.services.connected_event);
         if connected || self.services.retry.is_some() || session.is_some() {
             let ids = session.as_ref().map(|s| (&*s.id, s.token.as_str()));
-            pending.push_back(self.first_frame(id, connected || session.is_some(), ids));
+            pending.push_back(self.first_frame(id, connected || session.is_some(), ids, request));
         }
         if let Some(session) = session {
             pending.extend(std::mem::take(&mut session.missed));
@@ -407,6 +425,111 @@ impl Shared {
         .map(|sequenced| sequenced.published)
     }
 
+    /// See [`Hub::send_to_matching`](super::Hub::send_to_matching).
+    pub(crate) fn send_to_matching(
+        this: &Arc<Self>,
+        glob: &str,
+        event: Event,
+    ) -> Result<Published, PublishError> {
+        if this.is_closed() {
+            return Err(PublishError::Closed(Box::new(event)));
+        }
+        let glob = clients::pattern(glob).map_err(PublishError::ClientPattern)?;
+        Shared::sequenced(this, Number::Next, Some(event), |entry| {
+            let keys = FrameKeys::new(None, entry.event.event(), entry.event.key());
+            let mut fan = FanOut::default();
+            // The frame was encoded once by the pipeline; each match gets a reference to it.
+            this.clients.for_matching(&glob, |slot| {
+                let pushed = slot.queue.push_targeted(entry.seq, entry.frame, &keys);
+                crate::engine::count(&mut fan, pushed, Some(slot.id));
+            });
+            fan
+        })
+        .map(|sequenced| sequenced.published)
+    }
+
+    /// See [`Hub::update_subscription`](super::Hub::update_subscription).
+    pub(crate) fn update_subscription(
+        this: &Arc<Self>,
+        id: SubscriberId,
+        change: &SubscriptionChange,
+    ) -> Result<(), UpdateError> {
+        if this.is_closed() {
+            return Err(UpdateError::Closed);
+        }
+        let slot = this.engine.registry.subscribers().get(id.as_u64()).cloned();
+        let slot = slot.ok_or(UpdateError::Ended)?;
+        Shared::update_slot(this, &slot, change)
+    }
+
+    /// See [`Hub::update_session`](super::Hub::update_session).
+    pub(crate) fn update_session(
+        this: &Arc<Self>,
+        token: &str,
+        principal: Option<&str>,
+        change: &SubscriptionChange,
+    ) -> Result<SubscriberId, UpdateError> {
+        if this.is_closed() {
+            return Err(UpdateError::Closed);
+        }
+        let limits = this.services.sessions.as_ref().ok_or(UpdateError::UnknownSession)?;
+        let (_, slot) = match this.sessions.live(limits, token, principal, Instant::now()) {
+            Ok(live) => live,
+            Err(Lookup::Unknown) => return Err(UpdateError::UnknownSession),
+            Err(Lookup::Away) => return Err(UpdateError::Ended),
+            Err(Lookup::Hijack) => {
+                this.engine.counters.hijack();
+                return Err(UpdateError::SessionRefused);
+            }
+        };
+        Shared::update_slot(this, &slot, change)?;
+        Ok(SubscriberId(slot.id))
+    }
+
+    /// Changes what `slot` receives, then tells the services: producers, presence, sizes.
+    fn update_slot(
+        this: &Arc<Self>,
+        slot: &Arc<Slot>,
+        change: &SubscriptionChange,
+    ) -> Result<(), UpdateError> {
+        if slot.queue.is_closed() {
+            return Err(UpdateError::Ended);
+        }
+        let add = this.engine.checked_names(&change.add_topics, &change.add_patterns)?;
+        let remove = this.engine.checked_names(&change.remove_topics, &change.remove_patterns)?;
+        let changed = this
+            .engine
+            .update(slot, add, remove, || this.sessions.record_change(slot.id, change))?
+            .ok_or(UpdateError::Ended)?;
+        if this.producers.any() {
+            for topic in changed.joined.iter().map(|t| &t.name).chain(&changed.left) {
+                Producers::reconcile(this, topic);
+            }
+        }
+        if this.services.presence {
+            let gone: Vec<SharedStr> = changed
+                .named_before
+                .iter()
+                .filter(|t| !changed.named_after.contains(t))
+                .cloned()
+                .collect();
+            let new: Vec<SharedStr> = changed
+                .named_after
+                .iter()
+                .filter(|t| !changed.named_before.contains(t))
+                .cloned()
+                .collect();
+            Shared::presence(this, slot, &gone, "leave");
+            Shared::presence(this, slot, &new, "join");
+        }
+        Ok(())
+    }
+
+    /// See [`Hub::clients`](super::Hub::clients).
+    pub(crate) fn clients(&self) -> Vec<ConnectedClient> {
+        self.clients.list()
+    }
+
     /// Runs one event through the engine's pipeline, then takes the subscribers it dropped as
     /// slow out of the registry, telling the services.
     pub(super) fn sequenced(
@@ -445,19 +568,23 @@ impl Shared {
         }
     }
 
-    /// The first frame of a subscription: the `connected` event (with the session's id and
-    /// token, if any) and/or the `retry:` hint. No `id:` line, so it never moves a client's
-    /// resume point.
-    fn first_frame(&self, id: u64, connected: bool, session: Option<(&str, &str)>) -> Bytes {
-        let mut event = match (connected, session) {
-            (true, Some((sid, token))) => Event::new(format!(
-                "{{\"id\":{id},\"session\":{},\"token\":{}}}",
-                json_string(sid),
-                json_string(token)
-            ))
-            .with_event("connected"),
-            (true, None) => Event::new(format!("{{\"id\":{id}}}")).with_event("connected"),
-            (false, _) => Event::default(),
+    /// The first frame of a subscription: the `connected` event and/or the `retry:` hint. No
+    /// `id:` line, so it never moves a client's resume point. The event's data: the
+    /// subscriber's `id`; with a session, its token as `session` (what `POST /subscription`
+    /// and a resume present; also as `token`, its earlier name) and its id as `session_id`
+    /// (what [`Hub::send_to_session`](super::Hub::send_to_session) takes); the request's
+    /// `client` id and `metadata`, when it has them.
+    fn first_frame(
+        &self,
+        id: u64,
+        connected: bool,
+        session: Option<(&str, &str)>,
+        request: &Subscribe,
+    ) -> Bytes {
+        let mut event = if connected {
+            Event::new(connected_data(id, session, request)).with_event("connected")
+        } else {
+            Event::default()
         };
         if let Some((base, jitter)) = self.services.retry {
             event = event.with_retry(base + self.jitter(jitter));
@@ -497,6 +624,7 @@ impl Shared {
     /// what that changed: sizes, presence, producers.
     pub(crate) fn remove(this: &Arc<Self>, id: u64) {
         this.expiries.remove(id);
+        this.clients.remove(id);
         let Some(removed) = this.engine.remove(id) else {
             return;
         };
@@ -566,6 +694,31 @@ impl Shared {
 /// The `reset` frame: the client must resync; no `id:` line.
 fn reset_frame(reason: ResetReason) -> Bytes {
     Bytes::from(format!("event: reset\ndata: {{\"reason\":\"{reason}\"}}\n\n"))
+}
+
+/// The `connected` event's data (see `Shared::first_frame`).
+fn connected_data(id: u64, session: Option<(&str, &str)>, request: &Subscribe) -> String {
+    let mut data = format!("{{\"id\":{id}");
+    if let Some((sid, token)) = session {
+        let token = json_string(token);
+        data.push_str(&format!(
+            ",\"session\":{token},\"session_id\":{},\"token\":{token}",
+            json_string(sid)
+        ));
+    }
+    if let Some(client) = &request.client {
+        data.push_str(&format!(",\"client\":{}", json_string(client)));
+    }
+    if !request.metadata.is_empty() {
+        let entries: Vec<String> = request
+            .metadata
+            .iter()
+            .map(|(key, value)| format!("{}:{}", json_string(key), json_string(value)))
+            .collect();
+        data.push_str(&format!(",\"metadata\":{{{}}}", entries.join(",")));
+    }
+    data.push('}');
+    data
 }
 
 /// `s` as a JSON string literal.

@@ -1,5 +1,6 @@
 //! `Subscribe`: what a new subscription asks for.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use crate::engine::queue::SlowPolicy;
@@ -47,6 +48,10 @@ pub struct Subscribe {
     pub(crate) session_token: Option<String>,
     /// When the stream ends with `event: expired`.
     pub(crate) expiry: Option<SystemTime>,
+    /// The application's id for this subscription, for sends by pattern.
+    pub(crate) client: Option<String>,
+    /// String metadata that goes with the client id.
+    pub(crate) metadata: BTreeMap<String, String>,
 }
 
 impl Subscribe {
@@ -261,6 +266,60 @@ impl Subscribe {
     /// ```
     pub fn with_expiry(mut self, at: SystemTime) -> Self {
         self.expiry = Some(at);
+        self
+    }
+}
+
+impl Subscribe {
+    /// The application's id for this subscription (say `execution:abc123`): the `connected`
+    /// event carries it (as `"client"`), [`Hub::send_to_matching`](crate::Hub::send_to_matching)
+    /// sends to every live subscription whose id matches a glob, and
+    /// [`Hub::clients`](crate::Hub::clients) lists them. Several subscriptions may share an id
+    /// (a user's tabs). It follows the rules of a topic name: not empty, at most 256 bytes, no
+    /// control or invisible character, no `*`; the subscribe fails with
+    /// [`SubscribeError::Client`](crate::SubscribeError::Client) otherwise.
+    ///
+    /// Whoever sets it decides who receives the sends: an HTTP resolver takes it from a
+    /// verified credential, or from the query only where clients are trusted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, Subscribe};
+    ///
+    /// let hub = Hub::new();
+    /// let job = hub.subscribe(Subscribe::new().with_client("execution:abc123"))?;
+    /// let other = hub.subscribe(Subscribe::new().with_client("user:ann"))?;
+    /// assert_eq!(hub.send_to_matching("execution:*", Event::new("done"))?.receivers(), 1);
+    /// assert_eq!((job.queued(), other.queued()), (1, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_client(mut self, id: impl Into<String>) -> Self {
+        self.client = Some(id.into());
+        self
+    }
+
+    /// Adds one string entry of metadata (a later value for the same key replaces the earlier),
+    /// carried with the client id: in the `connected` event (as `"metadata"`, a JSON object)
+    /// and in [`Hub::clients`](crate::Hub::clients). At most 32 entries and 4,096 bytes of keys
+    /// and values together, no empty key; the subscribe fails with
+    /// [`SubscribeError::Client`](crate::SubscribeError::Client) otherwise.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Hub, Subscribe};
+    ///
+    /// let hub = Hub::new();
+    /// let _sub = hub.subscribe(
+    ///     Subscribe::new().with_client("execution:abc123").with_metadata("region", "eu"),
+    /// )?;
+    /// let clients = hub.clients();
+    /// assert_eq!(clients[0].metadata().get("region").map(String::as_str), Some("eu"));
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
         self
     }
 }

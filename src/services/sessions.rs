@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 use crate::engine::queue::{FrameKeys, Pushed};
 use crate::engine::registry::Slot;
+use crate::hub::SubscriptionChange;
 use crate::sync::{lock, rank, Arc, Mutex, SharedStr};
 
 /// Settings of resumable sessions.
@@ -181,6 +182,17 @@ pub(crate) struct Opened {
     pub(crate) patterns: Vec<String>,
 }
 
+/// Why no live connection was found for a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// No session has it (or it expired).
+    Unknown,
+    /// It belongs to another principal.
+    Hijack,
+    /// The session has no connection now.
+    Away,
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hijack;
@@ -199,6 +211,8 @@ struct Inner {
     by_id: HashMap<SharedStr, Session>,
     /// Session ids by token.
     by_token: HashMap<String, SharedStr>,
+    /// Session ids by the subscriber id of their live connection.
+    by_slot: HashMap<u64, SharedStr>,
 }
 
 /// `n` random bytes as lower-case hex, from the operating system's generator: tokens must be
@@ -225,7 +239,9 @@ impl Sessions {
         slot: &Arc<Slot>,
         now: Instant,
     ) -> Result<Option<Opened>, Hijack> {
-        let mut inner = lock(&self.inner);
+        let mut guard = lock(&self.inner);
+        // One `&mut`, so its fields can be borrowed apart.
+        let inner = &mut *guard;
         let known = token.and_then(|t| inner.by_token.get(t).cloned());
         if let Some(id) = known {
             let expired = inner.by_id.get(&id).is_some_and(|s| s.expired(limits, now));
@@ -240,7 +256,10 @@ impl Sessions {
                     State::Away { buffer, .. } => buffer.into(),
                     // Resumed while the old connection still looked alive: its queue is
                     // closed and its undelivered targeted frames move here.
-                    State::Live(old) => old.queue.close_taking_targeted().unwrap_or_default(),
+                    State::Live(old) => {
+                        inner.by_slot.remove(&old.id);
+                        old.queue.close_taking_targeted().unwrap_or_default()
+                    }
                 };
                 for topic in topics {
                     if !session.topics.contains(topic) {
@@ -252,6 +271,7 @@ impl Sessions {
                         session.patterns.push(pattern.clone());
                     }
                 }
+                inner.by_slot.insert(slot.id, id.clone());
                 return Ok(Some(Opened {
                     id,
                     token: session.token.clone(),
@@ -271,6 +291,7 @@ impl Sessions {
             _ => return Ok(None),
         };
         inner.by_token.insert(token.clone(), id.clone());
+        inner.by_slot.insert(slot.id, id.clone());
         inner.by_id.insert(
             id.clone(),
             Session {
@@ -292,9 +313,58 @@ impl Sessions {
 
     /// The connection with `slot_id` ended: session `id` starts waiting for its client.
     pub(crate) fn detach(&self, id: &SharedStr, slot_id: u64, now: Instant) {
-        if let Some(session) = lock(&self.inner).by_id.get_mut(id) {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        if let Some(session) = inner.by_id.get_mut(id) {
             if matches!(&session.state, State::Live(slot) if slot.id == slot_id) {
                 session.state = State::Away { since: now, buffer: VecDeque::new() };
+                inner.by_slot.remove(&slot_id);
+            }
+        }
+    }
+
+    /// The live connection of the session `token` names, for a live change of what it
+    /// receives: its slot and the session's id.
+    pub(crate) fn live(
+        &self,
+        limits: &SessionLimits,
+        token: &str,
+        principal: Option<&str>,
+        now: Instant,
+    ) -> Result<(SharedStr, Arc<Slot>), Lookup> {
+        let inner = lock(&self.inner);
+        let id = inner.by_token.get(token).ok_or(Lookup::Unknown)?;
+        let session = inner.by_id.get(id).ok_or(Lookup::Unknown)?;
+        if session.expired(limits, now) {
+            return Err(Lookup::Unknown);
+        }
+        if session.principal.as_deref() != principal {
+            return Err(Lookup::Hijack);
+        }
+        match &session.state {
+            State::Live(slot) => Ok((id.clone(), slot.clone())),
+            State::Away { .. } => Err(Lookup::Away),
+        }
+    }
+
+    /// Records a live change of the subscription whose connection is `slot_id` in its
+    /// session, if it has one, so a resume restores what it receives now. Called under the
+    /// sequencer, so changes are recorded in the order they were made.
+    pub(crate) fn record_change(&self, slot_id: u64, change: &SubscriptionChange) {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        let Some(id) = inner.by_slot.get(&slot_id) else { return };
+        let Some(session) = inner.by_id.get_mut(id) else { return };
+        session.topics.retain(|t| !change.remove_topics.contains(t));
+        session.patterns.retain(|p| !change.remove_patterns.contains(p));
+        for topic in &change.add_topics {
+            if !session.topics.contains(topic) {
+                session.topics.push(topic.clone());
+            }
+        }
+        for pattern in &change.add_patterns {
+            if !session.patterns.contains(pattern) {
+                session.patterns.push(pattern.clone());
             }
         }
     }
@@ -379,6 +449,9 @@ impl Inner {
     fn remove(&mut self, id: &SharedStr) {
         if let Some(session) = self.by_id.remove(id) {
             self.by_token.remove(&session.token);
+            if let State::Live(slot) = &session.state {
+                self.by_slot.remove(&slot.id);
+            }
         }
     }
 }

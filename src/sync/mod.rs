@@ -19,8 +19,9 @@
 //! | [`rank::Sequencer`] | `Engine::sequencer`: one publish (and each atomic subscribe, resume, end, shutdown) at a time | nothing |
 //! | [`rank::Writer`] | `Registry::writer`: topic and subscriber maps | the sequencer (a subscribe that must start atomically, a publish that creates a topic) |
 //! | [`rank::Sessions`] | `Sessions::inner` | the sequencer (`send_to` a session) |
+//! | [`rank::Clients`] | `Clients::inner`: subscriptions by client id | the sequencer (`send_to_matching`) |
 //! | [`rank::History`] | `TopicState::history` | the sequencer (publish, resume), the writer (sweep, topic removal) |
-//! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer (a publish's push, ending a stream), the writer (attach wakes it), sessions |
+//! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer (a publish's push, ending a stream), the writer (attach wakes it), sessions, clients |
 //! | [`rank::Parked`] | `Ring::parked`: a ring's parked readers | the sequencer (ending a stream leaves its rings), the writer (detach, clear) |
 //! | [`rank::ProducerSpecs`] | `Producers::specs` | nothing |
 //! | [`rank::Producers`] | `Lifecycle::inner`: the running instances | nothing |
@@ -81,6 +82,8 @@ pub(crate) mod rank {
         Writer = 20,
         /// The session store.
         Sessions = 30,
+        /// The index of client ids.
+        Clients = 35,
         /// One topic's history.
         History = 40,
         /// One subscriber's own queue.

@@ -15,6 +15,9 @@
 //!   "ssehub": {"subscribe": [...], "publish": [...]}}`, or Mercure's layout
 //! `{"mercure": {"subscribe": [...], "publish": [...]}}` (`ssehub` wins when both are there).
 //! `sub` and `exp` are required (a token without them is refused with 401), no leeway on `exp`.
+//! The stream's client id (for `POST /send?client=GLOB`) is `ssehub.client` when the claim has
+//! one, else `sub`; `ssehub.metadata`, an object of strings, is its metadata. Both go out in the
+//! `connected` event.
 //! Each entry is a topic name or one of the crate's glob patterns (`*` matches any run of
 //! characters, `:` included). A request is checked against the entries:
 //!
@@ -35,7 +38,7 @@
 //! revocation is remembered for [`REVOCATION_TTL`] (tokens are expected to live shorter), at
 //! most [`MAX_REVOCATIONS`] of them (the oldest go first).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -106,6 +109,10 @@ pub(crate) struct Grant {
     subscribe: Vec<String>,
     /// Topics and patterns it may publish to.
     publish: Vec<String>,
+    /// The client id its streams carry: the claim's, else `sub`.
+    pub(crate) client: String,
+    /// The metadata its streams carry.
+    pub(crate) metadata: BTreeMap<String, String>,
 }
 
 /// The claims read from a token.
@@ -135,6 +142,12 @@ struct Rights {
     /// Topics and patterns to publish to.
     #[serde(default)]
     publish: Vec<String>,
+    /// The client id of the token's streams (`sub` without it).
+    #[serde(default)]
+    client: Option<String>,
+    /// String metadata of the token's streams.
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
 }
 
 impl Auth {
@@ -236,6 +249,8 @@ impl Auth {
         }
         let rights = claims.ssehub.or(claims.mercure).unwrap_or_default();
         Ok(Grant {
+            client: rights.client.unwrap_or_else(|| claims.sub.clone()),
+            metadata: rights.metadata,
             sub: claims.sub,
             exp: claims.exp,
             subscribe: rights.subscribe,
@@ -378,6 +393,8 @@ mod tests {
             exp: 0,
             subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
             publish: publish.iter().map(|s| s.to_string()).collect(),
+            client: "ann".into(),
+            metadata: BTreeMap::new(),
         }
     }
 

@@ -33,6 +33,14 @@ Routes:
                                            {\"error\": \"line N: reason\"} and nothing is
                                            published
   POST /disconnect?topic=NAME              ends the streams of a topic (--allow-disconnect)
+  GET  /events?...&client=ID              the stream's client id (with JWT on, the token's)
+  POST /send?client=GLOB                   body as /publish; to every live stream whose
+                                           client id matches the glob; answers {\"id\": ...,
+                                           \"receivers\": N} (publish token or publish rights)
+  POST /subscription?session=TOKEN         body {\"add\": {\"topics\": [...], \"patterns\":
+                                           [...]}, \"remove\": {...}}: changes what the
+                                           session's open stream receives, from the next
+                                           event on (added names checked as for /events)
   POST /revoke?sub=PRINCIPAL               ends that principal's streams and, with JWT on,
                                            refuses its tokens issued until now; answers
                                            {\"revoked\": N} (publish token or publish rights)
@@ -84,6 +92,13 @@ pub struct Config {
         default_missing_value = "true", hide_possible_values = true,
         value_parser = BoolishValueParser::new())]
     pub allow_disconnect: bool,
+    /// Give each stream a resumable session (its token in the `connected` event, for
+    /// POST /subscription and resumes)
+    #[arg(long, env = "SSEHUB_SESSIONS", value_name = "BOOL", action = ArgAction::Set,
+        num_args = 0..=1, require_equals = true, default_value = "true",
+        default_missing_value = "true", hide_possible_values = true,
+        value_parser = BoolishValueParser::new())]
+    pub sessions: bool,
     /// Require `Authorization: Bearer TOKEN` on POST /publish and /disconnect
     #[arg(long, env = "SSEHUB_PUBLISH_TOKEN", value_name = "TOKEN", hide_env_values = true,
         value_parser = NonEmptyStringValueParser::new())]
@@ -472,6 +487,7 @@ mod tests {
         let config = load_with(&[], &[]).expect("defaults");
         assert_eq!(config.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert!(!config.demo && !config.allow_disconnect);
+        assert!(config.sessions);
         assert_eq!(config.demo_rate, 12.0);
         assert_eq!(config.heartbeat, Some(Duration::from_secs(15)));
         assert_eq!(config.publish_token, None);

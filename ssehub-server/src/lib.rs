@@ -16,6 +16,9 @@
 //! | `POST /publish`, `content-type: application/x-ndjson` | one `{"topic": string, "data": string, "id"?, "event"?, "retry"?}` per line; `200`, one `{"id": ...}` per line in order; a bad line: `400 {"error": "line N: ..."}` and nothing published (`"key"` is refused for now) |
 //! | any request with a body | `413` over `--max-body` (default 1 MiB), `408` when not received within `--body-timeout` (default 10 s); connections are kept alive and may pipeline |
 //! | `POST /disconnect?topic=NAME` | ends the topic's streams: `200 {"disconnected": N}`; `403` unless `--allow-disconnect` |
+//! | `GET /events?...&client=ID` | the stream's client id, carried in its `connected` event (with JWT on, the token's `ssehub.client` claim or `sub` decides; another `client=` is `403`) |
+//! | `POST /subscription?session=TOKEN` | body `{"add": {"topics": [...], "patterns": [...]}, "remove": {...}}`; changes what the session's open stream receives from the next event on (the session token is the `connected` event's `"session"`; sessions are on unless `--sessions=false`): `200 {"subscriber": N}`; the added names pass the `/events` checks with this request's credentials (`401`/`403`, nothing changes); `404` for an unknown session or one with no open stream |
+//! | `POST /send?client=GLOB` | body as `/publish`; to every live stream on this node whose client id matches the glob: `200 {"id": ..., "receivers": N}`; needs the `--publish-token` or a token with publish rights (`401`/`403`) |
 //! | `POST /revoke?sub=PRINCIPAL` | ends that principal's streams (final frame `event: revoked`) and, with JWT on, refuses its tokens issued until now: `200 {"revoked": N}`; needs the `--publish-token` or a token with publish rights (`401`/`403`) |
 //!
 //! With `--jwt-secret` (HS256) or `--jwt-public-key FILE` (RS256/ES256, repeatable for
@@ -55,7 +58,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ssehub::server::Server;
-use ssehub::{HistoryLimits, Hub, Pacing};
+use ssehub::{HistoryLimits, Hub, Pacing, SessionLimits};
 
 use crate::config::{Config, ConfigError};
 use crate::market::Market;
@@ -130,6 +133,7 @@ fn build_hub(config: &Config) -> Hub {
         .with_connected_event(true)
         .with_retry(Some((config.retry, config.retry_jitter)))
         .with_heartbeat(config.heartbeat)
+        .with_sessions(config.sessions.then(SessionLimits::new))
         .build()
 }
 

@@ -12,7 +12,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
 use ssehub::resolve::{query_params, QueryTopics, Rejection, Resolver};
-use ssehub::{Endpoint, Event, Hub, Pattern, Subscribe};
+use ssehub::{
+    Endpoint, Event, Hub, Pattern, PublishError, Subscribe, SubscriptionChange, UpdateError,
+};
 
 use crate::auth::{Auth, Denied, Grant};
 use crate::config::Config;
@@ -120,6 +122,8 @@ pub(crate) fn router(app: App) -> (Endpoint<Subscribers>, Router) {
         .route("/publish", post(publish))
         .route("/disconnect", post(disconnect))
         .route("/revoke", post(revoke))
+        .route("/send", post(send))
+        .route("/subscription", post(change_subscription))
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
         .route("/demo/market", get(market_snapshot))
@@ -317,6 +321,141 @@ async fn revoke(
     Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": ended })))
 }
 
+/// `POST /send?client=GLOB`, body as `/publish`: to every live stream on this node whose
+/// client id matches the glob. Needs the publish token or a token with publish rights, checked
+/// from the head before the body is read.
+async fn send(
+    Authorized(rights): Authorized,
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    if let PublishRights::Grant(grant) = &rights {
+        if !grant.publishes() {
+            return Err(error(StatusCode::FORBIDDEN, "sending needs publish rights"));
+        }
+    }
+    let mut globs = query_pairs(query.as_deref().unwrap_or("")).filter(|(k, _)| k == "client");
+    let glob = match (globs.next(), globs.next()) {
+        (Some((_, glob)), None) => glob,
+        _ => return Err(error(StatusCode::BAD_REQUEST, "give exactly one client")),
+    };
+    let body: PublishBody = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
+    let event = event(body.data, body.id, body.event, body.retry);
+    match app.hub.send_to_matching(&glob, event) {
+        Ok(sent) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "id": sent.id(), "receivers": sent.receivers() }),
+        )),
+        Err(PublishError::Closed(_)) => {
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
+        }
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+/// The body of `POST /subscription`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    /// What to add.
+    #[serde(default)]
+    add: Names,
+    /// What to take off.
+    #[serde(default)]
+    remove: Names,
+}
+
+/// Topics and patterns, in a `POST /subscription` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Names {
+    /// Exact topics.
+    #[serde(default)]
+    topics: Vec<String>,
+    /// Glob patterns.
+    #[serde(default)]
+    patterns: Vec<String>,
+}
+
+/// `POST /subscription?session=TOKEN`: changes what the session's open stream receives, from
+/// the next event on. The added names go through the `/events` resolver again, with this
+/// request's credentials (with JWT on: a valid token, `401`, whose principal owns the session
+/// and whose claim covers them, `403`); a refusal changes nothing.
+async fn change_subscription(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refusal> {
+    let mut tokens = query_pairs(query.as_deref().unwrap_or("")).filter(|(k, _)| k == "session");
+    let token = match (tokens.next(), tokens.next()) {
+        (Some((_, token)), None) if !token.is_empty() => token,
+        _ => return Err(error(StatusCode::BAD_REQUEST, "give exactly one session")),
+    };
+    let body: ChangeBody = serde_json::from_slice(&body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
+    // The resolver decides on the added names as it would for a new stream asking for them:
+    // the same checks, the same credentials, so a change can widen nothing a connect could
+    // not.
+    let mut target = String::from("/events?");
+    for (key, names) in [("topic", &body.add.topics), ("pattern", &body.add.patterns)] {
+        for name in names {
+            target.push_str(&format!("{key}={}&", encode_component(name)));
+        }
+    }
+    let mut asked = axum::http::Request::get(target.as_str())
+        .body(())
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "a name that cannot be asked for"))?;
+    *asked.headers_mut() = headers;
+    let (parts, ()) = asked.into_parts();
+    let resolver = Subscribers { auth: app.auth.clone() };
+    let principal = match resolver.decide(&parts) {
+        Ok(_) => {
+            app.auth.as_ref().and_then(|auth| auth.grant(&parts.headers, None).ok()).map(|g| g.sub)
+        }
+        Err(rejection) => return Err(error(rejection.status(), rejection.reason().to_string())),
+    };
+    let mut change = SubscriptionChange::new();
+    for topic in body.add.topics {
+        change = change.with_added_topic(topic);
+    }
+    for pattern in body.add.patterns {
+        change = change.with_added_pattern(pattern);
+    }
+    for topic in body.remove.topics {
+        change = change.with_removed_topic(topic);
+    }
+    for pattern in body.remove.patterns {
+        change = change.with_removed_pattern(pattern);
+    }
+    match app.hub.update_session(&token, principal.as_deref(), change) {
+        Ok(id) => Ok(json(StatusCode::OK, &serde_json::json!({ "subscriber": id.as_u64() }))),
+        Err(e @ (UpdateError::UnknownSession | UpdateError::Ended)) => {
+            Err(error(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ UpdateError::SessionRefused) => Err(error(StatusCode::FORBIDDEN, e.to_string())),
+        Err(UpdateError::Closed) => {
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
+        }
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+/// Percent-encodes a query component (every byte but the unreserved ones).
+fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// `GET /stats`.
 async fn stats_json(State(app): State<App>) -> Response {
     #[allow(unused_mut)]
@@ -445,9 +584,11 @@ impl From<Denied> for Refusal {
     }
 }
 
-/// The `/events` resolver: topics and patterns from the query; with JWT on, a valid token is
-/// required (401), every topic and pattern must be in its subscribe claim (403), and the
-/// subscription carries the token's `sub` as its principal and ends at its `exp`.
+/// The `/events` resolver: topics and patterns from the query, and the client id from
+/// `client=`; with JWT on, a valid token is required (401), every topic and pattern must be in
+/// its subscribe claim (403), and the subscription carries the token's `sub` as its principal,
+/// the token's client id (its `ssehub.client` claim, else `sub`; a `client=` naming another is
+/// 403) and metadata, and ends at its `exp`.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscribers {
     /// The keys, with JWT on.
@@ -457,10 +598,16 @@ pub(crate) struct Subscribers {
 impl Subscribers {
     /// What `request` subscribes to, or why not.
     fn decide(&self, request: &axum::http::request::Parts) -> Result<Subscribe, Rejection> {
-        let subscribe = QueryTopics::new().parse(request)?;
+        // Without JWT anyone may subscribe to anything, so a client may name itself too.
+        let subscribe = QueryTopics::new().with_client_param(true).parse(request)?;
         let Some(auth) = &self.auth else { return Ok(subscribe) };
         let grant = auth.grant(&request.headers, request.uri.query()).map_err(rejection)?;
         for (key, value) in query_params(request) {
+            // With JWT the token names the client: a `client=` asking for another id is
+            // refused, or a token could receive the sends meant for someone else.
+            if key == "client" && value != grant.client {
+                return Err(Rejection::Forbidden("the token is for another client id".into()));
+            }
             let allowed = match key.as_str() {
                 "topic" => grant.may_subscribe_topic(&value),
                 "pattern" => grant.may_subscribe_pattern(&value),
@@ -471,7 +618,10 @@ impl Subscribers {
             }
         }
         let expiry = grant.expiry();
-        let subscribe = subscribe.with_principal(grant.sub);
+        let mut subscribe = subscribe.with_client(grant.client).with_principal(grant.sub);
+        for (key, value) in grant.metadata {
+            subscribe = subscribe.with_metadata(key, value);
+        }
         Ok(match expiry {
             Some(at) => subscribe.with_expiry(at),
             None => subscribe,
