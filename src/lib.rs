@@ -127,6 +127,7 @@ pub use engine::history::{HistoryLimits, ResetReason};
 pub use engine::queue::{ConflateKey, SlowPolicy};
 #[cfg(feature = "metrics")]
 pub use engine::stats::describe_metrics;
+pub use engine::state::StateLimits;
 pub use engine::stats::Stats;
 pub use error::{EndReason, EventError, ProducerError, PublishError, SubscribeError, TopicError};
 pub use frame::parse;

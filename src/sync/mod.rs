@@ -20,6 +20,7 @@
 //! | [`rank::Writer`] | `Registry::writer`: topic and subscriber maps | the sequencer (a subscribe that must start atomically, a publish that creates a topic) |
 //! | [`rank::Sessions`] | `Sessions::inner` | the sequencer (`send_to` a session) |
 //! | [`rank::History`] | `TopicState::history` | the sequencer (publish, resume), the writer (sweep, topic removal) |
+//! | [`rank::State`] | `TopicState::state`: a topic's latest event per key | the sequencer (publish, a subscribe with a snapshot), the writer (sweep, topic removal) |
 //! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer (a publish's push, ending a stream), the writer (attach wakes it), sessions |
 //! | [`rank::Parked`] | `Ring::parked`: a ring's parked readers | the sequencer (ending a stream leaves its rings), the writer (detach, clear) |
 //! | [`rank::ProducerSpecs`] | `Producers::specs` | nothing |
@@ -83,6 +84,8 @@ pub(crate) mod rank {
         Sessions = 30,
         /// One topic's history.
         History = 40,
+        /// One topic's keyed state.
+        State = 45,
         /// One subscriber's own queue.
         Queue = 60,
         /// One ring's parked readers.
