@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::topic::Pattern;
 
 /// How much keyed state each topic keeps: the latest event of at most `max_keys` keys, at most
-/// `max_bytes` of encoded frames. Past either bound the key updated longest ago is evicted
+/// `max_bytes` of encoded frames and keys. Past either bound the key updated longest ago is evicted
 /// (and counted in [`Stats::state_evictions`](crate::Stats::state_evictions)).
 ///
 /// An event's key is [`Event::with_key`](crate::Event::with_key); events without one share one
@@ -71,8 +71,8 @@ impl StateLimits {
         self
     }
 
-    /// Most encoded bytes kept per topic. The latest event is kept even when it alone is
-    /// larger.
+    /// Most bytes (encoded frames and their keys) kept per topic. The latest event is kept
+    /// even when it alone is larger.
     ///
     /// # Examples
     ///
@@ -146,6 +146,14 @@ struct Value {
     frame: Bytes,
 }
 
+impl Value {
+    /// What it counts against the byte bound: its frame and its key (a long key on a short
+    /// event must not slip past the bound).
+    fn size(&self) -> usize {
+        self.frame.len() + self.key.as_ref().map_or(0, |key| key.len())
+    }
+}
+
 /// A value's place in publish order: its sequence number, then the order it was written in
 /// (an event a node publishes while an external clock is attached reuses the last number).
 type Order = (u64, u64);
@@ -160,7 +168,7 @@ pub(crate) struct State {
     values: BTreeMap<Order, Value>,
     /// Each key's place in `values`.
     keys: HashMap<Option<Box<str>>, Order>,
-    /// Encoded bytes held.
+    /// Bytes held: the frames and the keys.
     bytes: usize,
     /// Values written, for [`Order`]'s tie-break.
     written: u64,
@@ -195,11 +203,12 @@ impl State {
         let key: Option<Box<str>> = key.map(Box::from);
         if let Some(old) = self.keys.insert(key.clone(), order) {
             if let Some(old) = self.values.remove(&old) {
-                self.bytes -= old.frame.len();
+                self.bytes -= old.size();
             }
         }
-        self.bytes += frame.len();
-        self.values.insert(order, Value { key, frame: frame.clone() });
+        let value = Value { key, frame: frame.clone() };
+        self.bytes += value.size();
+        self.values.insert(order, value);
         let mut evicted = 0;
         // The value just written stays, even when it alone is over the byte bound.
         while self.values.len() > 1
@@ -208,7 +217,7 @@ impl State {
             let Some((_, oldest)) = self.values.pop_first() else {
                 break;
             };
-            self.bytes -= oldest.frame.len();
+            self.bytes -= oldest.size();
             self.keys.remove(&oldest.key);
             evicted += 1;
         }
@@ -259,15 +268,15 @@ mod tests {
     #[test]
     fn evicts_the_key_updated_longest_ago_at_either_bound() {
         let mut state = State::default();
-        let limits = StateLimits::new().with_max_keys(2).with_max_bytes(4);
+        let limits = StateLimits::new().with_max_keys(2).with_max_bytes(6);
         assert_eq!(state.put(Some("a"), 1, &frame("a1"), limits), 0);
         assert_eq!(state.put(Some("b"), 2, &frame("b2"), limits), 0);
         assert_eq!(state.put(Some("a"), 3, &frame("a3"), limits), 0);
         assert_eq!(state.put(Some("c"), 4, &frame("c4"), limits), 1);
         assert_eq!(frames(&state), [frame("a3"), frame("c4")]);
-        // Bytes: a value of 5 bytes evicts everything but itself.
+        // Bytes (frame and key): a value of 6 bytes evicts everything but itself.
         assert_eq!(state.put(Some("d"), 5, &frame("d5xyz"), limits), 2);
         assert_eq!(frames(&state), [frame("d5xyz")]);
-        assert_eq!(state.bytes, 5);
+        assert_eq!(state.bytes, 6);
     }
 }
