@@ -125,9 +125,9 @@ pub use adapters::{Cors, Endpoint};
 pub use engine::batch::Batch;
 pub use engine::history::{HistoryLimits, ResetReason};
 pub use engine::queue::{ConflateKey, SlowPolicy};
+pub use engine::state::StateLimits;
 #[cfg(feature = "metrics")]
 pub use engine::stats::describe_metrics;
-pub use engine::state::StateLimits;
 pub use engine::stats::Stats;
 pub use error::{EndReason, EventError, ProducerError, PublishError, SubscribeError, TopicError};
 pub use frame::parse;

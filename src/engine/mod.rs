@@ -41,8 +41,8 @@ pub(crate) use resolve::{Replay, Start};
 pub(crate) use pipeline::deliver_to_topic;
 
 use crate::engine::history::HistoryLimits;
-use crate::engine::queue::{Queue, SlowPolicy};
 use crate::engine::history::ResetReason;
+use crate::engine::queue::{Queue, SlowPolicy};
 use crate::engine::registry::{Refused, Registry, Removed, Slot, TopicState};
 use crate::engine::state::StateConfig;
 use crate::engine::stats::{Counters, Stats};

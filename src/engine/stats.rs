@@ -425,7 +425,10 @@ pub fn describe_metrics() {
         ("ssehub_producer_panics_total", "Producers (or their stop callbacks) that panicked."),
         ("ssehub_resolver_panics_total", "Request resolvers that panicked (answered 500)."),
         ("ssehub_state_evictions_total", "Keys evicted from a topic's keyed state at its bound."),
-        ("ssehub_snapshots_total", "Subscriptions that started with a snapshot of the keyed state."),
+        (
+            "ssehub_snapshots_total",
+            "Subscriptions that started with a snapshot of the keyed state.",
+        ),
         ("ssehub_connections_refused_total", "Connections refused at accept, by reason."),
         (STREAMS_ENDED, "Streams ended, by reason."),
     ];

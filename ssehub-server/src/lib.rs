@@ -101,7 +101,8 @@ pub fn main() {
 fn build_hub(config: &Config) -> Hub {
     let history =
         (config.history > 0).then(|| HistoryLimits::new().with_max_events(config.history));
-    let state = (config.state_keys > 0).then(|| StateLimits::new().with_max_keys(config.state_keys));
+    let state =
+        (config.state_keys > 0).then(|| StateLimits::new().with_max_keys(config.state_keys));
     Hub::builder()
         .with_history(history)
         .with_state(state)
