@@ -252,6 +252,6 @@ fn a_snapshot_racing_publishes_has_no_gap_and_no_duplicate() {
         .into_iter()
         .map(|e| (format!("k{}", e.data.parse::<u64>().expect("n") % KEYS), e.data))
         .collect();
-    assert_eq!(latest.len() as usize, KEYS as usize);
+    assert_eq!(latest.len() as u64, KEYS);
     assert!(latest.values().all(|v| v.parse::<u64>().expect("n") >= TOTAL - KEYS));
 }
