@@ -255,3 +255,54 @@ fn a_snapshot_racing_publishes_has_no_gap_and_no_duplicate() {
     assert_eq!(latest.len() as u64, KEYS);
     assert!(latest.values().all(|v| v.parse::<u64>().expect("n") >= TOTAL - KEYS));
 }
+
+/// The frames of a snapshot taken in-process, as their data, begin and end frames left out.
+fn snapshot_data(hub: &ssehub::Hub, request: ssehub::Subscribe) -> Vec<String> {
+    let mut sub = hub.subscribe(request.with_snapshot()).expect("open");
+    let mut frames = Vec::new();
+    while let Ok(Some(batch)) = sub.try_recv() {
+        frames.extend(batch.frames().iter().map(|f| String::from_utf8(f.to_vec()).expect("UTF-8")));
+    }
+    assert!(frames.first().is_some_and(|f| f.starts_with("event: snapshot\n")), "{frames:?}");
+    assert_eq!(
+        frames.last().map(String::as_str),
+        Some("event: snapshot\ndata: {\"state\":\"end\"}\n\n")
+    );
+    frames[1..frames.len() - 1]
+        .iter()
+        .map(|f| {
+            f.strip_prefix("data: ").and_then(|d| d.strip_suffix("\n\n")).expect("data").into()
+        })
+        .collect()
+}
+
+#[test]
+fn per_topic_settings_decide_what_each_topic_keeps_and_state_outlives_subscribers() {
+    use ssehub::{Event, Hub, Pattern, StateLimits, Subscribe};
+    let hub = Hub::builder()
+        .with_heartbeat(None)
+        .with_topic_state(
+            Pattern::new("book:*").expect("a pattern"),
+            StateLimits::new().with_max_keys(1),
+        )
+        .with_topic_state(
+            Pattern::new("chat:*").expect("a pattern"),
+            StateLimits::new().with_max_keys(0),
+        )
+        .with_state(Some(StateLimits::new().with_max_keys(2)))
+        .build();
+    for topic in ["book:x", "chat:y", "other"] {
+        for key in ["a", "b", "c"] {
+            hub.publish(topic, Event::new(format!("{topic} {key}")).with_key(key)).expect("open");
+        }
+    }
+    assert_eq!(snapshot_data(&hub, Subscribe::from("book:x")), ["book:x c"]);
+    assert_eq!(snapshot_data(&hub, Subscribe::from("chat:y")), Vec::<String>::new());
+    assert_eq!(snapshot_data(&hub, Subscribe::from("other")), ["other b", "other c"]);
+    // 2 evicted on book:x, 1 on other; chat:y keeps nothing, so it is not even a topic.
+    assert_eq!(hub.stats().state_evictions, 3);
+    let topics: Vec<String> = hub.topics().into_iter().map(|(t, _)| t).collect();
+    assert!(topics.contains(&"book:x".to_string()) && topics.contains(&"other".to_string()));
+    assert!(!topics.contains(&"chat:y".to_string()), "{topics:?}");
+    assert_eq!(hub.stats().topics, 2, "the topics holding state stay with no subscriber");
+}

@@ -34,7 +34,7 @@ pub struct Stats {
     /// Live subscriptions.
     pub subscribers: usize,
     /// Live topics: those with at least one subscriber, and, with history on, those whose
-    /// history still holds events.
+    /// history still holds events, and, with keyed state on, those whose state holds values.
     pub topics: usize,
     /// Events accepted by `publish`, `broadcast` and `send_to`.
     pub events_published: u64,
