@@ -13,6 +13,10 @@
 //! the start of the storm to each client's end frame (p50, p99, max); this process prints its
 //! own CPU time over the storm (the hub and the listener: connections accepted, snapshots
 //! taken, written). Numbers from one run on one machine.
+//!
+//! `snapshot_load publish-cost [EVENTS]` instead measures what keeping state adds to a publish:
+//! `EVENTS` publishes round-robin over `--keys` keys of one topic (history on, no subscriber),
+//! with state off and on, in CPU nanoseconds (of the publishing thread) per publish.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -32,6 +36,11 @@ fn main() -> Result<(), Error> {
         let addr = args.get(2).ok_or("client N ADDR KEYS")?.clone();
         let keys = args.get(3).and_then(|n| n.parse().ok()).ok_or("client N ADDR KEYS")?;
         return client(clients, &addr, keys);
+    }
+    if args.first().map(String::as_str) == Some("publish-cost") {
+        let events = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
+        publish_cost(events, 1000);
+        return Ok(());
     }
     let (mut keys, mut clients, mut payload) = (1000usize, 1000usize, 100usize);
     let mut it = args.iter();
@@ -67,7 +76,7 @@ fn serve(keys: usize, clients: usize, payload: usize) -> Result<(), Error> {
     let server = ssehub::server::Server::new(Endpoint::new(hub.clone())).with_path("/events");
     runtime.spawn(server.serve(listener));
     std::thread::sleep(Duration::from_millis(200));
-    let before = cpu_seconds()?;
+    let before = cpu_seconds("/proc/self/stat")?;
     let started = Instant::now();
     let mut child = Command::new(std::env::current_exe()?)
         .args(["client", &clients.to_string(), &addr.to_string(), &keys.to_string()])
@@ -76,7 +85,7 @@ fn serve(keys: usize, clients: usize, payload: usize) -> Result<(), Error> {
     let mut line = String::new();
     BufReader::new(child.stdout.take().ok_or("no child stdout")?).read_line(&mut line)?;
     let wall = started.elapsed();
-    let cpu = cpu_seconds()? - before;
+    let cpu = cpu_seconds("/proc/self/stat")? - before;
     child.wait()?;
     print!("keys={keys} clients={clients} payload={payload} {}", line);
     println!(
@@ -86,6 +95,31 @@ fn serve(keys: usize, clients: usize, payload: usize) -> Result<(), Error> {
         hub.stats().snapshots,
     );
     Ok(())
+}
+
+/// CPU nanoseconds per publish (this thread's, so other load on the machine does not count)
+/// over `keys` keys, state off then on (best of three runs each).
+fn publish_cost(events: usize, keys: usize) {
+    let names: Vec<String> = (0..keys).map(|k| format!("k{k}")).collect();
+    for state in [None, Some(StateLimits::new().with_max_keys(keys))] {
+        let best = (0..3)
+            .map(|_| {
+                let hub = Hub::builder()
+                    .with_heartbeat(None)
+                    .with_history(Some(ssehub::HistoryLimits::new()))
+                    .with_state(state)
+                    .build();
+                let before = cpu_seconds("/proc/thread-self/stat").unwrap_or(0.0);
+                for i in 0..events {
+                    let event = Event::new("x".repeat(100)).with_key(names[i % keys].as_str());
+                    let _ = hub.publish("t", event);
+                }
+                let after = cpu_seconds("/proc/thread-self/stat").unwrap_or(0.0);
+                (after - before) * 1e9 / events as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!("state={} ns_per_publish={best:.0}", if state.is_some() { "on" } else { "off" });
+    }
 }
 
 /// Opens `clients` streams at once and waits for each one's end frame; prints the times.
@@ -130,9 +164,10 @@ async fn one(addr: std::net::SocketAddr, keys: usize, start: Instant) -> Result<
     Ok(elapsed)
 }
 
-/// This process's user plus system CPU time, in seconds (Linux: `/proc/self/stat`).
-fn cpu_seconds() -> Result<f64, Error> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+/// User plus system CPU time, in seconds, of this process (`/proc/self/stat`) or this thread
+/// (`/proc/thread-self/stat`); Linux only.
+fn cpu_seconds(path: &str) -> Result<f64, Error> {
+    let stat = std::fs::read_to_string(path)?;
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.rsplit_once(')').ok_or("no ) in /proc/self/stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();

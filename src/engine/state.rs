@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
+use crate::sync::SharedStr;
 use crate::topic::Pattern;
 
 /// How much keyed state each topic keeps: the latest event of at most `max_keys` keys, at most
@@ -140,8 +141,8 @@ impl StateConfig {
 /// One kept value.
 #[derive(Debug)]
 struct Value {
-    /// Its key (`None`: the events published without one).
-    key: Option<Box<str>>,
+    /// Its key (`None`: the events published without one), shared with [`State::keys`].
+    key: Option<SharedStr>,
     /// Its frame, as the pipeline encoded it.
     frame: Bytes,
 }
@@ -166,8 +167,11 @@ pub(crate) struct State {
     limits: Option<Option<StateLimits>>,
     /// Every value by its place in publish order: the first is the one updated longest ago.
     values: BTreeMap<Order, Value>,
-    /// Each key's place in `values`.
-    keys: HashMap<Option<Box<str>>, Order>,
+    /// Each key's place in `values`. Looked up by `&str`, so updating a key already kept
+    /// allocates nothing for the key.
+    keys: HashMap<SharedStr, Order>,
+    /// The place of the value of the events without a key.
+    keyless: Option<Order>,
     /// Bytes held: the frames and the keys.
     bytes: usize,
     /// Values written, for [`Order`]'s tie-break.
@@ -200,17 +204,36 @@ impl State {
     ) -> u64 {
         self.written += 1;
         let order = (seq, self.written);
-        let key: Option<Box<str>> = key.map(Box::from);
-        if let Some(old) = self.keys.insert(key.clone(), order) {
-            if let Some(old) = self.values.remove(&old) {
+        let place = match key {
+            None => self.keyless.replace(order),
+            Some(key) => match self.keys.get_mut(key) {
+                Some(place) => Some(std::mem::replace(place, order)),
+                None => {
+                    self.keys.insert(SharedStr::from(key), order);
+                    None
+                }
+            },
+        };
+        let old = place.and_then(|place| self.values.remove(&place));
+        let key = match (old, key) {
+            (Some(old), _) => {
                 self.bytes -= old.size();
+                old.key
             }
-        }
+            (None, None) => None,
+            // Just inserted above: the map's copy is shared, not allocated again.
+            (None, Some(key)) => self.keys.get_key_value(key).map(|(shared, _)| shared.clone()),
+        };
         let value = Value { key, frame: frame.clone() };
         self.bytes += value.size();
         self.values.insert(order, value);
+        self.evict(limits)
+    }
+
+    /// Evicts the values updated longest ago until `limits` hold; the latest value stays even
+    /// when it alone is over the byte bound. Returns how many were evicted.
+    fn evict(&mut self, limits: StateLimits) -> u64 {
         let mut evicted = 0;
-        // The value just written stays, even when it alone is over the byte bound.
         while self.values.len() > 1
             && (self.values.len() > limits.max_keys || self.bytes > limits.max_bytes)
         {
@@ -218,7 +241,12 @@ impl State {
                 break;
             };
             self.bytes -= oldest.size();
-            self.keys.remove(&oldest.key);
+            match &oldest.key {
+                Some(key) => {
+                    self.keys.remove(&**key);
+                }
+                None => self.keyless = None,
+            }
             evicted += 1;
         }
         evicted
@@ -278,5 +306,19 @@ mod tests {
         assert_eq!(state.put(Some("d"), 5, &frame("d5xyz"), limits), 2);
         assert_eq!(frames(&state), [frame("d5xyz")]);
         assert_eq!(state.bytes, 6);
+    }
+
+    #[test]
+    fn the_keyless_value_is_evicted_and_written_again_like_a_key() {
+        let mut state = State::default();
+        let limits = StateLimits::new().with_max_keys(2);
+        state.put(None, 1, &frame("n1"), limits);
+        state.put(Some("a"), 2, &frame("a2"), limits);
+        assert_eq!(state.put(Some("b"), 3, &frame("b3"), limits), 1);
+        assert_eq!(state.keyless, None);
+        assert_eq!(state.put(None, 4, &frame("n4"), limits), 1);
+        assert_eq!(frames(&state), [frame("b3"), frame("n4")]);
+        assert_eq!(state.keys.len(), 1);
+        assert_eq!(state.bytes, 2 + 1 + 2);
     }
 }
