@@ -2,7 +2,8 @@
 //! the snapshot's end frame, and the CPU the serving process spends on it.
 //!
 //! ```sh
-//! cargo run --release --features server --example snapshot_load -- --keys 1000 --clients 1000
+//! cargo run --release --example snapshot_load -- --keys 1000 --clients 1000
+//! cargo run --release --example snapshot_load -- publish-cost 2000000
 //! ```
 //!
 //! This process builds a hub with keyed state, publishes `--keys` events (one per key, a
