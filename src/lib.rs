@@ -126,6 +126,7 @@ pub use adapters::{Cors, Endpoint};
 pub use engine::batch::Batch;
 pub use engine::history::{HistoryLimits, ResetReason};
 pub use engine::queue::{ConflateKey, SlowPolicy};
+pub use engine::state::StateLimits;
 #[cfg(feature = "metrics")]
 pub use engine::stats::describe_metrics;
 pub use engine::stats::Stats;

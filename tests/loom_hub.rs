@@ -21,8 +21,8 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use loom::thread;
 use ssehub::{
-    EndReason, Event, HistoryLimits, Hub, PublishError, SessionLimits, SlowPolicy, Subscribe,
-    SubscribeError, Subscription, SubscriptionChange,
+    EndReason, Event, HistoryLimits, Hub, PublishError, SessionLimits, SlowPolicy, StateLimits,
+    Subscribe, SubscribeError, Subscription, SubscriptionChange,
 };
 
 /// A hub with queues of `capacity` frames, `Disconnect` for slow clients, and no heartbeat.
@@ -508,6 +508,105 @@ fn loom_hub_resume_vs_publish_replay_seam() {
         assert_eq!(hub.subscriber_count(), 0);
     });
     OUTCOMES.assert_reached(&["live (0, 0)", "live (0, 1)", "live (1, 1)"]);
+}
+
+/// A client subscribes with a snapshot while a publisher updates key `a` (e1 -> e2) and then
+/// writes key `b` (e3): whatever the interleaving, the client gets the latest value of each key
+/// as of the point it joined, between the two snapshot frames, then exactly the later events
+/// live: each event once or superseded in the snapshot, never both, never neither.
+#[test]
+fn loom_hub_snapshot_vs_publish_seam() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let hub = Hub::builder()
+            .with_heartbeat(None)
+            .with_capacity(4)
+            .with_state(Some(StateLimits::new()))
+            .build();
+        hub.publish("t", Event::new("e1").with_key("a")).expect("open");
+        let h = hub.clone();
+        let publisher = thread::spawn(move || {
+            let e2 = h.publish("t", Event::new("e2").with_key("a")).expect("open").receivers();
+            let e3 = h.publish("t", Event::new("e3").with_key("b")).expect("open").receivers();
+            (e2, e3)
+        });
+        let mut sub = hub.subscribe(Subscribe::from("t").with_snapshot()).expect("open");
+        let live = publisher.join().unwrap();
+
+        let (seen, ended) = received(&mut sub);
+        assert_eq!(ended, None);
+        let expected: &[&str] = match live {
+            (1, 1) => &[
+                "snapshot:{\"state\":\"begin\",\"events\":1}",
+                "e1",
+                "snapshot:{\"state\":\"end\"}",
+                "e2",
+                "e3",
+            ],
+            (0, 1) => &[
+                "snapshot:{\"state\":\"begin\",\"events\":1}",
+                "e2",
+                "snapshot:{\"state\":\"end\"}",
+                "e3",
+            ],
+            (0, 0) => &[
+                "snapshot:{\"state\":\"begin\",\"events\":2}",
+                "e2",
+                "e3",
+                "snapshot:{\"state\":\"end\"}",
+            ],
+            other => panic!("receivers {other:?}: {seen:?}"),
+        };
+        assert_eq!(seen, expected, "live receivers {live:?}");
+        OUTCOMES.record(format!("live {live:?}"));
+        drop(sub);
+        assert_eq!(hub.subscriber_count(), 0);
+    });
+    OUTCOMES.assert_reached(&["live (0, 0)", "live (0, 1)", "live (1, 1)"]);
+}
+
+/// A pattern subscriber with a snapshot while a publisher writes a topic that does not exist
+/// yet: the event is in the snapshot (the topic was there when it joined) or arrives live (the
+/// pattern matched the topic when it appeared), exactly once.
+#[test]
+fn loom_hub_snapshot_vs_new_topic() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let hub = Hub::builder()
+            .with_heartbeat(None)
+            .with_capacity(4)
+            .with_state(Some(StateLimits::new()))
+            .build();
+        hub.publish("p:a", Event::new("a1")).expect("open");
+        let h = hub.clone();
+        let publisher = thread::spawn(move || publish(&h, "p:b", "b1"));
+        let mut sub =
+            hub.subscribe(Subscribe::new().with_pattern("p:*").with_snapshot()).expect("open");
+        let live = publisher.join().unwrap();
+
+        let (seen, ended) = received(&mut sub);
+        assert_eq!(ended, None);
+        let expected: &[&str] = match live {
+            1 => &[
+                "snapshot:{\"state\":\"begin\",\"events\":1}",
+                "a1",
+                "snapshot:{\"state\":\"end\"}",
+                "b1",
+            ],
+            0 => &[
+                "snapshot:{\"state\":\"begin\",\"events\":2}",
+                "a1",
+                "b1",
+                "snapshot:{\"state\":\"end\"}",
+            ],
+            other => panic!("receivers {other}: {seen:?}"),
+        };
+        assert_eq!(seen, expected);
+        OUTCOMES.record(format!("live {live}"));
+        drop(sub);
+        assert_eq!(hub.subscriber_count(), 0);
+    });
+    OUTCOMES.assert_reached(&["live 0", "live 1"]);
 }
 
 /// A session resumed on a new connection while the old one still reads and targeted sends

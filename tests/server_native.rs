@@ -263,3 +263,32 @@ async fn a_fixed_send_buffer_stops_writes_to_a_stalled_client_within_kibibytes()
     assert_eq!(hub.stats().slow_disconnects, 0, "the blocked write ended it, not the policy");
     until("unsubscribed", || hub.topic_subscriber_count("t") == 0).await;
 }
+
+#[tokio::test]
+async fn snapshot_1_starts_the_stream_with_the_keyed_state_then_live() {
+    let hub =
+        Hub::builder().with_heartbeat(None).with_state(Some(ssehub::StateLimits::new())).build();
+    hub.publish("p:a", Event::new("a-old").with_key("k").with_id("1")).unwrap();
+    hub.publish("p:b", Event::new("b").with_key("k").with_id("2")).unwrap();
+    hub.publish("p:a", Event::new("a-new").with_key("k").with_id("3")).unwrap();
+    hub.publish("q", Event::new("not matched").with_id("4")).unwrap();
+    let addr = start(Server::new(Endpoint::new(hub.clone())).with_path("/events")).await;
+    let (mut client, head) = open(addr, "/events?pattern=p:*&snapshot=1").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    until("subscribed", || hub.subscriber_count() == 1).await;
+    // A topic the pattern matches, created after the subscribe, arrives live.
+    hub.publish("p:c", Event::new("c").with_id("5")).unwrap();
+    let expected = "event: snapshot\ndata: {\"state\":\"begin\",\"events\":2}\n\n\
+                    id: 2\ndata: b\n\nid: 3\ndata: a-new\n\n\
+                    event: snapshot\ndata: {\"state\":\"end\"}\n\nid: 5\ndata: c\n\n";
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while got.len() < expected.len() {
+        let n = tokio::time::timeout(WAIT, client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the stream ended after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+    let (_, refused) = open(addr, "/events?pattern=p:*&snapshot=2").await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+}

@@ -20,7 +20,7 @@ use http::header::{
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
-use super::resolve::{last_event_id, QueryTopics, Rejection, Resolver};
+use super::resolve::{last_event_id, snapshot_requested, QueryTopics, Rejection, Resolver};
 use crate::engine::batch::Batch;
 use crate::engine::stats::{Sample, StreamEnd};
 use crate::error::EndReason;
@@ -60,7 +60,9 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// A stream answers 200 with `content-type: text/event-stream`, `cache-control: no-cache` and
 /// `x-accel-buffering: no` (so nginx does not buffer it). Its resume point is the
 /// `Last-Event-ID` header, else the `lastEventId` query parameter, else whatever the resolver
-/// set (see [`last_event_id`](crate::resolve::last_event_id)). The stream ends cleanly when the
+/// set (see [`last_event_id`](crate::resolve::last_event_id)); `snapshot=1` starts it with a
+/// snapshot of its topics' keyed state (see
+/// [`snapshot_requested`](crate::resolve::snapshot_requested)). The stream ends cleanly when the
 /// subscription ends (shutdown, [`Hub::disconnect`]); a subscriber dropped as slow
 /// ([`EndReason::Slow`]) has its connection aborted instead, since a client that does not read
 /// would not read a clean ending either: at once while the server still polls the body, else
@@ -374,6 +376,11 @@ impl<R: Resolver> Endpoint<R> {
         };
         if let Some(id) = last_event_id(request) {
             subscribe = subscribe.with_last_event_id(id);
+        }
+        match snapshot_requested(request) {
+            Ok(true) => subscribe = subscribe.with_snapshot(),
+            Ok(false) => {}
+            Err(rejection) => return rejected(&rejection),
         }
         if let Err(error) = self.limits.check(&subscribe) {
             return self.refused(&error);

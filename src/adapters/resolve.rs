@@ -60,6 +60,8 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// The query parameter that carries the resume point for clients that cannot set headers.
 const LAST_EVENT_ID_PARAM: &str = "lastEventId";
+/// The query parameter that asks for a snapshot of the keyed state first.
+const SNAPSHOT_PARAM: &str = "snapshot";
 
 /// The query parameter that carries a credential, when enabled.
 const ACCESS_TOKEN_PARAM: &str = "access_token";
@@ -303,6 +305,38 @@ pub fn last_event_id(request: &Parts) -> Option<String> {
         return Some(String::from_utf8_lossy(value.as_bytes()).into_owned());
     }
     query_param(request, LAST_EVENT_ID_PARAM).filter(|value| !value.is_empty())
+}
+
+/// Whether the client asked its stream to start with a snapshot of its topics' keyed state
+/// (see [`Subscribe::with_snapshot`]): the `snapshot` query parameter, `1` or `true` for yes,
+/// `0`, `false` or absent for no.
+///
+/// [`Endpoint`](crate::Endpoint) applies it to every request, whatever the resolver; this
+/// function is for servers built on other frameworks.
+///
+/// # Errors
+///
+/// [`Rejection::BadRequest`] for any other value.
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::resolve::snapshot_requested;
+///
+/// let (asked, ()) = http::Request::get("/events?topic=t&snapshot=1").body(())?.into_parts();
+/// assert_eq!(snapshot_requested(&asked), Ok(true));
+/// let (not, ()) = http::Request::get("/events?topic=t").body(())?.into_parts();
+/// assert_eq!(snapshot_requested(&not), Ok(false));
+/// let (bad, ()) = http::Request::get("/events?snapshot=yes").body(())?.into_parts();
+/// assert!(snapshot_requested(&bad).is_err());
+/// # Ok::<(), http::Error>(())
+/// ```
+pub fn snapshot_requested(request: &Parts) -> Result<bool, Rejection> {
+    match query_param(request, SNAPSHOT_PARAM).as_deref() {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(_) => Err(Rejection::BadRequest("snapshot must be 1 or 0".into())),
+    }
 }
 
 /// Percent-decodes `text`; with `plus`, `+` is a space (query strings, not paths). A `%` not

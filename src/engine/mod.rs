@@ -26,6 +26,7 @@ pub(crate) mod reader;
 pub(crate) mod registry;
 mod resolve;
 pub(crate) mod ring;
+pub(crate) mod state;
 pub(crate) mod stats;
 mod update;
 
@@ -41,8 +42,10 @@ pub(crate) use resolve::{Replay, Start};
 pub(crate) use pipeline::deliver_to_topic;
 
 use crate::engine::history::HistoryLimits;
+use crate::engine::history::ResetReason;
 use crate::engine::queue::{Queue, SlowPolicy};
 use crate::engine::registry::{Refused, Registry, Removed, Slot, TopicState};
+use crate::engine::state::StateConfig;
 use crate::engine::stats::{Counters, Stats};
 use crate::error::EndReason;
 use crate::error::{SubscribeError, TopicError};
@@ -76,6 +79,8 @@ pub(crate) struct Config {
     pub(crate) max_replay: usize,
     /// This engine's epoch, part of every id it assigns.
     pub(crate) epoch: u64,
+    /// Which topics keep their latest event per key, within what.
+    pub(crate) state: StateConfig,
 }
 
 /// What a publish did.
@@ -146,13 +151,35 @@ pub(crate) struct Names {
     pub(crate) patterns: Vec<Pattern>,
 }
 
+/// Whether a new subscription starts with a snapshot of its topics' keyed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Snapshot {
+    /// Live events only (or the replay of a resume).
+    Skip,
+    /// The latest event of every key of every topic it receives first; a resume that cannot
+    /// be exact gets it instead of a `reset`.
+    Take,
+}
+
+/// The keyed state a subscription starts with.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The latest event of every key of its topics, in publish order.
+    pub(crate) frames: Vec<Bytes>,
+    /// Why it replaces a resume, if it does.
+    pub(crate) reason: Option<ResetReason>,
+}
+
 /// What registering a subscriber did.
 #[derive(Debug)]
 pub(crate) struct Joined {
     /// The topics it now receives (those a producer or presence may care about).
     pub(crate) topics: Vec<Arc<TopicState>>,
-    /// For a resume: the frames it gets before live ones, or why that cannot be exact.
-    pub(crate) replay: Option<Result<Vec<Bytes>, crate::engine::history::ResetReason>>,
+    /// For a resume: the frames it gets before live ones, or why that cannot be exact (`None`
+    /// also when a snapshot replaced it).
+    pub(crate) replay: Option<Result<Vec<Bytes>, ResetReason>>,
+    /// For a subscription that asked for one (and did not resume exactly): its snapshot.
+    pub(crate) snapshot: Option<Taken>,
 }
 
 /// The fan-out core's state.
@@ -287,33 +314,60 @@ impl Engine {
     /// sequence, or an event on one topic could slip by while a later one on another arrives:
     /// registering under the sequencer makes the start atomic. One exact topic is a single
     /// snapshot swap, atomic by itself. A resume registers and reads its replay under the
-    /// sequencer: every event is either in the replay (published before) or queued live
-    /// (after), never both, never neither.
+    /// sequencer, and so does a snapshot: every event is either in the replay or the snapshot
+    /// (published before) or delivered live (after), never both, never neither.
     pub(crate) fn join(
         &self,
         slot: &Arc<Slot>,
         names: Names,
         start: Start<'_>,
+        snapshot: Snapshot,
     ) -> Result<Joined, SubscribeError> {
         let max = self.config.max_subscribers;
         let Names { topics, patterns } = names;
         let atomic_start = topics.len() + patterns.len() > 1 || !patterns.is_empty();
-        let registered = match start {
-            Start::Live if !atomic_start => self.registry.subscribe(slot, topics, patterns, max),
-            Start::Live => {
-                let _sequencer = lock(&self.sequencer);
-                self.registry.subscribe(slot, topics, patterns, max)
-            }
-            Start::After(_) | Start::Fetched(_) => {
-                let sequencer = lock(&self.sequencer);
+        let joined = |topics| Joined { topics, replay: None, snapshot: None };
+        match (&start, snapshot) {
+            (Start::Live, Snapshot::Skip) if !atomic_start => {
                 let registered = self.registry.subscribe(slot, topics, patterns, max);
-                let topics = registered.map_err(|refused| self.refusal(refused))?;
-                let replay = self.resolve_start(&start, *sequencer, &topics);
-                return Ok(Joined { topics, replay: Some(replay) });
+                return registered.map(joined).map_err(|refused| self.refusal(refused));
             }
-        };
+            (Start::Live, Snapshot::Skip) => {
+                let _sequencer = lock(&self.sequencer);
+                let registered = self.registry.subscribe(slot, topics, patterns, max);
+                return registered.map(joined).map_err(|refused| self.refusal(refused));
+            }
+            _ => {}
+        }
+        let sequencer = lock(&self.sequencer);
+        let registered = self.registry.subscribe(slot, topics, patterns, max);
         let topics = registered.map_err(|refused| self.refusal(refused))?;
-        Ok(Joined { topics, replay: None })
+        let replay = match start {
+            Start::Live => None,
+            _ => Some(self.resolve_start(&start, *sequencer, &topics)),
+        };
+        let (replay, snapshot) = match (replay, snapshot) {
+            (Some(Err(reason)), Snapshot::Take) => (None, Some(self.take(&topics, Some(reason)))),
+            (None, Snapshot::Take) => (None, Some(self.take(&topics, None))),
+            (replay, _) => (replay, None),
+        };
+        drop(sequencer);
+        if snapshot.is_some() {
+            self.counters.snapshot_taken();
+        }
+        Ok(Joined { topics, replay, snapshot })
+    }
+
+    /// The latest event of every key of `topics`, in publish order. Called under the
+    /// sequencer, right after the subscriber registered: each event published before is in
+    /// its topic's state (or replaced there by a later one), each one after reaches the
+    /// subscriber live. The frames are the ones the publishes encoded: nothing is encoded here.
+    fn take(&self, topics: &[Arc<TopicState>], reason: Option<ResetReason>) -> Taken {
+        let mut values = Vec::new();
+        for topic in topics {
+            lock(&topic.state).snapshot_into(&mut values);
+        }
+        Taken { frames: state::merged(values), reason }
     }
 
     /// Takes subscriber `id` out of the registry (once: later calls do nothing) and updates

@@ -246,11 +246,20 @@ impl Engine {
         }
     }
 
-    /// Delivers `entry` to `topic`: appended to its history when replayable, then an entry in
-    /// its ring and pushes to its conflating subscribers (see [`deliver_to_topic`]).
+    /// Delivers `entry` to `topic`: appended to its history when replayable, kept as its key's
+    /// latest value when the topic keeps state, then an entry in its ring and pushes to its
+    /// conflating subscribers (see [`deliver_to_topic`]).
     pub(crate) fn deliver_to_named(&self, topic: &str, entry: &Entry<'_>) -> FanOut {
         let history = self.config.history.filter(|_| entry.replayable);
-        let Some(state) = self.registry.topic_for_publish(topic, history.is_some()) else {
+        let states = &self.config.state;
+        // Only a topic that would keep this event needs to exist for it; the per-topic rules
+        // are looked at only for a topic that does not exist yet.
+        let keep = || history.is_some() || states.limits_for(topic).is_some();
+        let found = match self.registry.topic(topic) {
+            Some(found) => Some(found),
+            None => self.registry.topic_for_publish(topic, keep()),
+        };
+        let Some(state) = found else {
             return FanOut::default();
         };
         if let Some(limits) = &history {
@@ -261,6 +270,14 @@ impl Engine {
                 Instant::now(),
                 limits,
             );
+        }
+        if states.is_on() {
+            let mut values = lock(&state.state);
+            if let Some(limits) = values.limits(|| states.limits_for(topic)) {
+                let evicted = values.put(entry.event.key(), entry.seq, entry.frame, limits);
+                drop(values);
+                self.counters.state_evicted(evicted);
+            }
         }
         deliver_to_topic(&state, entry.seq, entry.event, entry.frame)
     }

@@ -16,6 +16,7 @@ use crate::engine::history::{History, HistoryLimits};
 use crate::engine::idmap::IdMap;
 use crate::engine::reader::{Feed, Readers};
 use crate::engine::ring::{Member, Ring};
+use crate::engine::state::State;
 use crate::engine::Names;
 use crate::sync::{arc_swap, lock, rank, Arc, ArcSwap, Guard, Mutex, SharedStr};
 
@@ -40,6 +41,17 @@ pub(crate) struct TopicState {
     /// The replay ring. Written and read only under the hub's sequencer, so its lock is never
     /// contended on the publish path.
     pub(crate) history: Mutex<History, rank::History>,
+    /// The latest event per key. Like the history, written and read only under the sequencer
+    /// (a publish, a subscribe that takes a snapshot).
+    pub(crate) state: Mutex<State, rank::State>,
+}
+
+impl TopicState {
+    /// Whether the topic remembers nothing (no history, no keyed state), so it may go once
+    /// nobody receives it.
+    fn remembers_nothing(&self) -> bool {
+        lock(&self.history).is_empty() && lock(&self.state).is_empty()
+    }
 }
 
 /// The read side of the topic map.
@@ -165,7 +177,7 @@ impl Registry {
     }
 
     /// The state a publish to `topic` goes through: the existing one (lock-free), or a new one
-    /// when `keep` is set (history is on, so the topic must remember the event) or a live
+    /// when `keep` is set (history or keyed state is on, so the topic must remember the event) or a live
     /// pattern matches (the new topic holds the pattern's subscribers). `None` when nobody can
     /// receive the event and nothing needs to remember it.
     pub(crate) fn topic_for_publish(&self, topic: &str, keep: bool) -> Option<Arc<TopicState>> {
@@ -198,9 +210,8 @@ impl Registry {
             .topics
             .iter()
             .filter(|(_, entry)| {
-                let mut history = lock(&entry.state.history);
-                history.prune(now, limits);
-                entry.members.is_empty() && history.is_empty()
+                lock(&entry.state.history).prune(now, limits);
+                entry.members.is_empty() && entry.state.remembers_nothing()
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -361,6 +372,7 @@ impl Registry {
             pushed: arc_swap(IdMap::new()),
             ring: Arc::new(Ring::new()),
             history: Mutex::new(History::default()),
+            state: Mutex::new(State::default()),
         });
         let mut members = Map::new();
         let mut patterns = Vec::new();
@@ -413,7 +425,7 @@ impl Registry {
         }
         entry.members.remove(&id);
         detach(&entry.state, id);
-        if entry.members.is_empty() && lock(&entry.state.history).is_empty() {
+        if entry.members.is_empty() && entry.state.remembers_nothing() {
             self.remove_topic(writer, topic);
         }
     }

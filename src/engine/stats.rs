@@ -34,7 +34,7 @@ pub struct Stats {
     /// Live subscriptions.
     pub subscribers: usize,
     /// Live topics: those with at least one subscriber, and, with history on, those whose
-    /// history still holds events.
+    /// history still holds events, and, with keyed state on, those whose state holds values.
     pub topics: usize,
     /// Events accepted by `publish`, `broadcast` and `send_to`.
     pub events_published: u64,
@@ -56,6 +56,11 @@ pub struct Stats {
     pub producer_panics: u64,
     /// Request resolvers that panicked (each such request was answered 500).
     pub resolver_panics: u64,
+    /// Keys evicted from a topic's keyed state at its bound (see
+    /// [`StateLimits`](crate::StateLimits)).
+    pub state_evictions: u64,
+    /// Subscriptions that started with a snapshot of the keyed state.
+    pub snapshots: u64,
 }
 
 /// The hub's counters.
@@ -82,6 +87,10 @@ pub(crate) struct Counters {
     producer_panics: CachePadded<AtomicU64>,
     /// See [`Stats::resolver_panics`].
     resolver_panics: CachePadded<AtomicU64>,
+    /// See [`Stats::state_evictions`].
+    state_evictions: CachePadded<AtomicU64>,
+    /// See [`Stats::snapshots`].
+    snapshots: CachePadded<AtomicU64>,
 }
 
 /// What one fan-out did.
@@ -164,6 +173,22 @@ impl Counters {
         metrics::counter!("ssehub_session_hijacks_total").increment(1);
     }
 
+    /// Records `n` keys evicted from a topic's keyed state.
+    pub(crate) fn state_evicted(&self, n: u64) {
+        add(&self.state_evictions, n);
+        #[cfg(feature = "metrics")]
+        if n > 0 {
+            metrics::counter!("ssehub_state_evictions_total").increment(n);
+        }
+    }
+
+    /// Records a subscription that started with a snapshot.
+    pub(crate) fn snapshot_taken(&self) {
+        add(&self.snapshots, 1);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("ssehub_snapshots_total").increment(1);
+    }
+
     /// Records a producer panic.
     pub(crate) fn producer_panic(&self) {
         add(&self.producer_panics, 1);
@@ -241,6 +266,8 @@ impl Counters {
             session_hijacks: self.session_hijacks.load(Ordering::Relaxed),
             producer_panics: self.producer_panics.load(Ordering::Relaxed),
             resolver_panics: self.resolver_panics.load(Ordering::Relaxed),
+            state_evictions: self.state_evictions.load(Ordering::Relaxed),
+            snapshots: self.snapshots.load(Ordering::Relaxed),
         }
     }
 }
@@ -358,6 +385,8 @@ impl Sample {
 /// | `ssehub_session_hijacks_total` | counter | session tokens presented by another principal |
 /// | `ssehub_producer_panics_total` | counter | producers that panicked |
 /// | `ssehub_resolver_panics_total` | counter | request resolvers that panicked |
+/// | `ssehub_state_evictions_total` | counter | keys evicted from a topic's keyed state at its bound |
+/// | `ssehub_snapshots_total` | counter | subscriptions that started with a snapshot of the keyed state |
 /// | `ssehub_connections_refused_total{reason}` | counter | connections refused at accept (`rate`, `per_ip`), or whose TLS handshake failed (`tls_handshake`) or did not finish within the head timeout (`tls_handshake_timeout`) |
 /// | `ssehub_streams_ended_total{reason}` | counter | streams ended: `slow`, `shutdown`, `disconnected`, `dropped`, `expired` (the token's `exp`), `revoked` (`Hub::revoke`), `client_gone`, `write_deadline`, `unexpected_input` |
 /// | `ssehub_subscribers` | gauge | live subscriptions |
@@ -385,7 +414,7 @@ impl Sample {
 #[cfg(feature = "metrics")]
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    let counters: [(&'static str, &'static str); 11] = [
+    let counters: [(&'static str, &'static str); 13] = [
         ("ssehub_events_published_total", "Events accepted by publish, broadcast and send_to."),
         ("ssehub_frames_delivered_total", "Frames queued to subscribers."),
         ("ssehub_frames_dropped_total", "Frames lost by full queues."),
@@ -395,6 +424,11 @@ pub fn describe_metrics() {
         ("ssehub_session_hijacks_total", "Session tokens presented by another principal."),
         ("ssehub_producer_panics_total", "Producers (or their stop callbacks) that panicked."),
         ("ssehub_resolver_panics_total", "Request resolvers that panicked (answered 500)."),
+        ("ssehub_state_evictions_total", "Keys evicted from a topic's keyed state at its bound."),
+        (
+            "ssehub_snapshots_total",
+            "Subscriptions that started with a snapshot of the keyed state.",
+        ),
         ("ssehub_connections_refused_total", "Connections refused at accept, by reason."),
         (STREAMS_ENDED, "Streams ended, by reason."),
     ];

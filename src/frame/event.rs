@@ -43,8 +43,8 @@ pub struct Event {
     pub(crate) retry: Option<u64>,
     /// Comment lines, written before the fields.
     pub(crate) comments: Vec<String>,
-    /// The conflation key used by [`ConflateKey::Explicit`](crate::ConflateKey::Explicit); never
-    /// written to the wire.
+    /// The key of the topic's keyed state, and the conflation key used by
+    /// [`ConflateKey::Explicit`](crate::ConflateKey::Explicit); never written to the wire.
     pub(crate) key: Option<String>,
 }
 
@@ -139,8 +139,12 @@ impl Event {
         self
     }
 
-    /// Sets the conflation key used by subscribers with
-    /// `SlowPolicy::Conflate { key: ConflateKey::Explicit }`. It is never sent to clients.
+    /// Sets the event's key: with keyed state on
+    /// ([`HubBuilder::with_state`](crate::HubBuilder::with_state)) the event becomes its topic's
+    /// latest value for that key, which a subscription made
+    /// [`with_snapshot`](crate::Subscribe::with_snapshot) starts with; it is also the
+    /// conflation key of subscribers with `SlowPolicy::Conflate { key: ConflateKey::Explicit }`.
+    /// It is never sent to clients.
     ///
     /// # Examples
     ///

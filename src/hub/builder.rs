@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::engine::history::HistoryLimits;
 use crate::engine::queue::SlowPolicy;
+use crate::engine::state::{StateConfig, StateLimits};
 use crate::hub::Hub;
 use crate::services::sessions::SessionLimits;
 
@@ -45,6 +46,8 @@ pub(crate) struct Config {
     pub(crate) sessions: Option<SessionLimits>,
     /// Whether subscribing to and leaving a topic publishes `join`/`leave` on `presence:TOPIC`.
     pub(crate) presence: bool,
+    /// Which topics keep their latest event per key, within what.
+    pub(crate) state: StateConfig,
 }
 
 impl Config {
@@ -63,6 +66,7 @@ impl Config {
             history: self.history,
             max_replay: self.max_replay,
             epoch: self.epoch,
+            state: self.state,
         };
         let services = super::Services {
             connected_event: self.connected_event,
@@ -101,6 +105,7 @@ impl Default for Config {
             retry: None,
             sessions: None,
             presence: false,
+            state: StateConfig::default(),
         }
     }
 }
@@ -305,6 +310,55 @@ impl HubBuilder {
     /// ```
     pub fn with_history(mut self, limits: Option<HistoryLimits>) -> Self {
         self.config.history = limits;
+        self
+    }
+
+    /// Keeps every topic's latest event per key (see [`Event::with_key`](crate::Event::with_key);
+    /// the events without a key share one), within `limits` (or none with `None`, the
+    /// default), for subscriptions that start with a snapshot
+    /// ([`Subscribe::with_snapshot`](crate::Subscribe::with_snapshot)). A topic that keeps state
+    /// stays when its last subscriber leaves.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, StateLimits, Subscribe};
+    /// let hub = Hub::builder().with_state(Some(StateLimits::new())).build();
+    /// hub.publish("price", Event::new("101").with_key("BTC"))?;
+    /// hub.publish("price", Event::new("102").with_key("BTC"))?;
+    /// hub.publish("price", Event::new("7").with_key("ETH"))?;
+    /// let mut sub = hub.subscribe(Subscribe::from("price").with_snapshot())?;
+    /// let batch = sub.try_recv()?.expect("the snapshot");
+    /// // The begin frame, BTC's 102, ETH's 7, the end frame.
+    /// assert_eq!(batch.frames()[1].as_ref(), b"data: 102\n\n");
+    /// assert_eq!(batch.frames()[2].as_ref(), b"data: 7\n\n");
+    /// assert_eq!(batch.len(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_state(mut self, limits: Option<StateLimits>) -> Self {
+        self.config.state.default = limits;
+        self
+    }
+
+    /// Keeps the state of the topics `pattern` matches within `limits`, whatever
+    /// [`with_state`](Self::with_state) says (the first of these that matches a topic decides;
+    /// `StateLimits::new().with_max_keys(0)` keeps none). A topic's limits are fixed when its
+    /// first event is delivered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Hub, Pattern, StateLimits};
+    /// let hub = Hub::builder()
+    ///     .with_topic_state(Pattern::new("book:*")?, StateLimits::new().with_max_keys(100))
+    ///     .with_topic_state(Pattern::new("chat:*")?, StateLimits::new().with_max_keys(0))
+    ///     .with_state(Some(StateLimits::new()))
+    ///     .build();
+    /// # drop(hub);
+    /// # Ok::<(), ssehub::TopicError>(())
+    /// ```
+    pub fn with_topic_state(mut self, pattern: crate::Pattern, limits: StateLimits) -> Self {
+        self.config.state.topics.push((pattern, limits));
         self
     }
 

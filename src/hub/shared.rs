@@ -11,7 +11,9 @@ use crate::engine::history::ResetReason;
 use crate::engine::queue::FrameKeys;
 use crate::engine::registry::Slot;
 use crate::engine::stats::{FanOut, Stats};
-use crate::engine::{Engine, Entry, Number, Published, Replay, ReplaySource, Sequenced, Start};
+use crate::engine::{
+    Engine, Entry, Number, Published, Replay, ReplaySource, Sequenced, Snapshot, Start, Taken,
+};
 use crate::error::EndReason;
 use crate::error::ProducerError;
 use crate::error::{PublishError, SubscribeError, UpdateError};
@@ -157,11 +159,15 @@ impl Shared {
             (Some(_), Some(replay)) => Start::Fetched(replay),
             (Some(last), None) => Start::After(last),
         };
+        let snapshot = if request.snapshot { Snapshot::Take } else { Snapshot::Skip };
         let joined = this
             .engine
-            .join(&slot, names, start)
+            .join(&slot, names, start, snapshot)
             .inspect_err(|_| this.leave_session(session.as_ref(), slot.id))?;
-        let pending = this.opening_frames(&request, slot.id, session.as_mut(), joined.replay);
+        let mut pending = this.opening_frames(&request, slot.id, session.as_mut(), joined.replay);
+        if let Some(taken) = joined.snapshot {
+            snapshot_frames(&mut pending, taken);
+        }
         Shared::joined(this, &slot, &joined.topics, &presence_topics);
         if let Some(client) = &request.client {
             this.watch_client(client, &request.metadata, &slot);
@@ -689,6 +695,22 @@ impl Shared {
         }
         true
     }
+}
+
+/// Adds a snapshot to a subscription's opening frames: the begin frame (with the reason it
+/// replaces a resume, if it does), the latest event of every key, the end frame. The two
+/// `snapshot` frames have no `id:` line, so they never move a client's resume point.
+fn snapshot_frames(pending: &mut VecDeque<Bytes>, taken: Taken) {
+    let reason = match taken.reason {
+        Some(reason) => format!(",\"reason\":\"{reason}\""),
+        None => String::new(),
+    };
+    let events = taken.frames.len();
+    pending.push_back(Bytes::from(format!(
+        "event: snapshot\ndata: {{\"state\":\"begin\",\"events\":{events}{reason}}}\n\n"
+    )));
+    pending.extend(taken.frames);
+    pending.push_back(Bytes::from_static(b"event: snapshot\ndata: {\"state\":\"end\"}\n\n"));
 }
 
 /// The `reset` frame: the client must resync; no `id:` line.

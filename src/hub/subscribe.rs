@@ -52,6 +52,8 @@ pub struct Subscribe {
     pub(crate) client: Option<String>,
     /// String metadata that goes with the client id.
     pub(crate) metadata: BTreeMap<String, String>,
+    /// Whether the stream starts with a snapshot of its topics' keyed state.
+    pub(crate) snapshot: bool,
 }
 
 impl Subscribe {
@@ -320,6 +322,42 @@ impl Subscribe {
     /// ```
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Starts the stream with a snapshot of the keyed state of every topic it receives (named
+    /// or matched by a pattern; see [`HubBuilder::with_state`](crate::HubBuilder::with_state)):
+    /// a frame `event: snapshot` with data `{"state":"begin","events":N}`, the latest event of
+    /// every key, in publish order, each with its id, a frame `event: snapshot` with data
+    /// `{"state":"end"}` (neither has an `id:` line, so they never move a resume point), then
+    /// live events, with no gap and no duplicate across the seam: the snapshot is taken at the
+    /// very point of the sequence where the subscription starts receiving. A topic that appears
+    /// later (a pattern matches it) arrives live.
+    ///
+    /// With [`with_last_event_id`](Self::with_last_event_id) the snapshot is only sent when the
+    /// resume cannot be exact: instead of the `reset` frame, and its begin frame carries the
+    /// reason (`{"state":"begin","events":N,"reason":"too-old"}`). An exact resume gets its
+    /// replay and no snapshot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, StateLimits, Subscribe};
+    ///
+    /// let hub = Hub::builder().with_state(Some(StateLimits::new())).build();
+    /// hub.publish("price:BTC", Event::new("64000").with_key("last"))?;
+    /// hub.publish("price:ETH", Event::new("3100").with_key("last"))?;
+    /// let mut sub = hub.subscribe(Subscribe::new().with_pattern("price:*").with_snapshot())?;
+    /// let batch = sub.try_recv()?.expect("the snapshot");
+    /// let frames = batch.frames();
+    /// assert_eq!(frames[0].as_ref(), b"event: snapshot\ndata: {\"state\":\"begin\",\"events\":2}\n\n");
+    /// assert_eq!(frames[1].as_ref(), b"data: 64000\n\n");
+    /// assert_eq!(frames[2].as_ref(), b"data: 3100\n\n");
+    /// assert_eq!(frames[3].as_ref(), b"event: snapshot\ndata: {\"state\":\"end\"}\n\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_snapshot(mut self) -> Self {
+        self.snapshot = true;
         self
     }
 }

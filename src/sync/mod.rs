@@ -21,6 +21,7 @@
 //! | [`rank::Sessions`] | `Sessions::inner` | the sequencer (`send_to` a session) |
 //! | [`rank::Clients`] | `Clients::inner`: subscriptions by client id | the sequencer (`send_to_matching`) |
 //! | [`rank::History`] | `TopicState::history` | the sequencer (publish, resume), the writer (sweep, topic removal) |
+//! | [`rank::State`] | `TopicState::state`: a topic's latest event per key | the sequencer (publish, a subscribe with a snapshot), the writer (sweep, topic removal) |
 //! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer (a publish's push, ending a stream), the writer (attach wakes it), sessions, clients |
 //! | [`rank::Parked`] | `Ring::parked`: a ring's parked readers | the sequencer (ending a stream leaves its rings), the writer (detach, clear) |
 //! | [`rank::ProducerSpecs`] | `Producers::specs` | nothing |
@@ -86,6 +87,8 @@ pub(crate) mod rank {
         Clients = 35,
         /// One topic's history.
         History = 40,
+        /// One topic's keyed state.
+        State = 45,
         /// One subscriber's own queue.
         Queue = 60,
         /// One ring's parked readers.

@@ -20,15 +20,20 @@ use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 const AFTER_HELP: &str = "\
 Routes:
   GET  /events?topic=A&topic=B&pattern=P   the event stream; resumes from the Last-Event-ID
-                                           header or a lastEventId query parameter
+                                           header or a lastEventId query parameter;
+                                           &snapshot=1 starts it with the latest event of
+                                           every key of its topics, between two
+                                           event: snapshot frames
   POST /publish?topic=NAME                 body {\"data\": string, \"id\"?: string,
-                                           \"event\"?: string, \"retry\"?: integer (ms)};
+                                           \"event\"?: string, \"retry\"?: integer (ms),
+                                           \"key\"?: string (the topic's latest value for
+                                           that key)};
                                            answers {\"id\": ..., \"receivers\": N}; bad input
                                            (unknown fields too) gets 400 {\"error\": reason},
                                            a missing token 401 (checked before the body)
   POST /publish                            content-type: application/x-ndjson: one
                                            {\"topic\", \"data\", \"id\"?, \"event\"?,
-                                           \"retry\"?} per line; answers one {\"id\": ...}
+                                           \"retry\"?, \"key\"?} per line; answers one {\"id\": ...}
                                            per line, in order; a bad line gets 400
                                            {\"error\": \"line N: reason\"} and nothing is
                                            published
@@ -106,6 +111,10 @@ pub struct Config {
     /// Events kept per topic for replay; 0 turns replay (and hub-assigned ids) off
     #[arg(long, env = "SSEHUB_HISTORY", value_name = "EVENTS", default_value = "1000")]
     pub history: usize,
+    /// Keys whose latest event each topic keeps, for streams opened with snapshot=1 (the
+    /// oldest key is evicted past it, or past 4 MiB); 0 turns keyed state off
+    #[arg(long, env = "SSEHUB_STATE_KEYS", value_name = "KEYS", default_value = "10000")]
+    pub state_keys: usize,
     /// Most open streams; more get 503 [default: unlimited]
     #[arg(long, env = "SSEHUB_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,

@@ -140,12 +140,16 @@ impl Market {
         Market { quotes, rng, last_id: None }
     }
 
-    /// Moves one random symbol; returns its topic and the event's JSON data.
-    fn tick(&mut self) -> (String, String) {
+    /// Moves one random symbol; returns its topic and the event (JSON data, `price`, keyed by
+    /// the symbol, so the topic's state holds its latest quote for a `snapshot=1` stream).
+    fn tick(&mut self) -> (String, Event) {
         let i = (self.rng.next() % self.quotes.len() as u64) as usize;
         let quote = &mut self.quotes[i];
         walk(&mut self.rng, quote);
-        (format!("price:{}", LISTINGS[quote.listing].0), quote_json(quote, false).to_string())
+        let symbol = LISTINGS[quote.listing].0;
+        let event =
+            Event::new(quote_json(quote, false).to_string()).with_event("price").with_key(symbol);
+        (format!("price:{symbol}"), event)
     }
 
     /// Every quote with its recent prices, for a page that just opened, and the id of the last
@@ -222,10 +226,10 @@ pub async fn run(publisher: Publisher, hub: Hub, market: Arc<Mutex<Market>>, rat
             #[allow(irrefutable_let_patterns)]
             if let Publisher::Local(hub) = &publisher {
                 let mut market = market.lock().unwrap_or_else(|e| e.into_inner());
-                let (topic, data) = market.tick();
+                let (topic, event) = market.tick();
                 // The hub assigns the id (history is on), so one Last-Event-ID resumes all
                 // symbols. Published under the lock, so a snapshot and its `last_id` agree.
-                match hub.publish(&topic, Event::new(data).with_event("price")) {
+                match hub.publish(&topic, event) {
                     Ok(published) => market.last_id = published.id().map(str::to_string),
                     Err(_) => return,
                 }
@@ -233,8 +237,8 @@ pub async fn run(publisher: Publisher, hub: Hub, market: Arc<Mutex<Market>>, rat
             }
             // Through a broker the id comes back asynchronously: the snapshot may run one
             // update ahead of its `last_id`, which a page then sees twice (a demo, not a feed).
-            let (topic, data) = market.lock().unwrap_or_else(|e| e.into_inner()).tick();
-            match publisher.publish(&topic, Event::new(data).with_event("price")).await {
+            let (topic, event) = market.lock().unwrap_or_else(|e| e.into_inner()).tick();
+            match publisher.publish(&topic, event).await {
                 Ok((id, _)) => market.lock().unwrap_or_else(|e| e.into_inner()).last_id = id,
                 // The broker is away: the feed skips this update and goes on.
                 Err(Refused::Unavailable(_)) => {}

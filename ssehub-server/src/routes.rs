@@ -51,6 +51,8 @@ struct PublishBody {
     event: Option<String>,
     /// The reconnect delay to hint, in milliseconds.
     retry: Option<u64>,
+    /// The key whose latest value this event becomes in the topic's keyed state.
+    key: Option<String>,
 }
 
 /// One line of a batch (`POST /publish`, `content-type: application/x-ndjson`).
@@ -67,9 +69,8 @@ struct BatchLine {
     event: Option<String>,
     /// The reconnect delay to hint, in milliseconds.
     retry: Option<u64>,
-    /// Keyed state (a later issue): refused until it is implemented, so nothing given is
-    /// silently dropped.
-    key: Option<serde::de::IgnoredAny>,
+    /// The key whose latest value this event becomes in the topic's keyed state.
+    key: Option<String>,
 }
 
 /// The longest topic name the hub takes (`HubBuilder::with_max_topic_len`'s default, which the
@@ -159,7 +160,7 @@ async fn publish(
     rights.check(&topic)?;
     let body: PublishBody = serde_json::from_slice(&body)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))?;
-    let event = event(body.data, body.id, body.event, body.retry);
+    let event = with_key(event(body.data, body.id, body.event, body.retry), body.key);
     match app.publisher.publish(&topic, event).await {
         Ok((id, receivers)) => {
             Ok(json(StatusCode::OK, &serde_json::json!({ "id": id, "receivers": receivers })))
@@ -236,11 +237,8 @@ fn parse_batch(body: &[u8]) -> Result<Vec<(String, Event)>, String> {
         let bad = |reason: String| format!("line {number}: {reason}");
         let line: BatchLine =
             serde_json::from_slice(line).map_err(|e| bad(format!("invalid event: {e}")))?;
-        if line.key.is_some() {
-            return Err(bad("\"key\" (keyed state) is not supported yet".into()));
-        }
         check_topic(&line.topic).map_err(|e| bad(format!("invalid topic: {e}")))?;
-        let event = event(line.data, line.id, line.event, line.retry);
+        let event = with_key(event(line.data, line.id, line.event, line.retry), line.key);
         event.validate().map_err(|e| bad(format!("invalid event: {e}")))?;
         events.push((line.topic, event));
     }
@@ -274,6 +272,14 @@ fn event(data: String, id: Option<String>, name: Option<String>, retry: Option<u
         event = event.with_retry(Duration::from_millis(ms));
     }
     event
+}
+
+/// `event` with its key, if it has one.
+fn with_key(event: Event, key: Option<String>) -> Event {
+    match key {
+        Some(key) => event.with_key(key),
+        None => event,
+    }
 }
 
 /// `POST /disconnect?topic=NAME`.

@@ -97,6 +97,8 @@ pub fn json(hub: &Hub, rates: &Rates, top: usize, demo: bool) -> Value {
         "frames_conflated": stats.frames_conflated,
         "slow_disconnects": stats.slow_disconnects,
         "heartbeats": stats.heartbeats,
+        "state_evictions": stats.state_evictions,
+        "snapshots": stats.snapshots,
         "events_per_second": round2(rate.events),
         "frames_per_second": round2(rate.frames),
         "uptime_seconds": round2(rates.uptime().as_secs_f64()),
@@ -193,6 +195,8 @@ fn describe() {
         "ssehub_frames_conflated_total",
         "ssehub_slow_disconnects_total",
         "ssehub_heartbeats_total",
+        "ssehub_state_evictions_total",
+        "ssehub_snapshots_total",
     ] {
         counter!(name).increment(0);
     }

@@ -729,6 +729,35 @@ pub async fn last_event_id(server: Server) {
     }
 }
 
+/// `snapshot=1`: the latest event of every key of every matched topic between the two
+/// `snapshot` frames, then live; a bad value is a 400.
+pub async fn snapshot(server: Server) {
+    let hub = quiet().with_state(Some(ssehub::StateLimits::new())).build();
+    let addr = spawn(server, Endpoint::new(hub.clone())).await;
+    hub.publish("p:a", Event::new("old").with_key("k").with_id("1")).expect("publish");
+    hub.publish("p:b", Event::new("b").with_key("k").with_id("2")).expect("publish");
+    hub.publish("p:a", Event::new("new").with_key("k").with_id("3")).expect("publish");
+    let mut client = get(addr, "/events?pattern=p:*&snapshot=1").await;
+    assert_eq!(client.status, 200);
+    let events = client.events(4).await;
+    let seen: Vec<(&str, &str, &str)> =
+        events.iter().map(|e| (e.event.as_str(), e.data.as_str(), e.id.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("snapshot", r#"{"state":"begin","events":2}"#, ""),
+            ("message", "b", "2"),
+            ("message", "new", "3"),
+            // The parser keeps the last id: the end frame has none of its own.
+            ("snapshot", r#"{"state":"end"}"#, "3"),
+        ]
+    );
+    hub.publish("p:c", Event::new("live").with_id("4")).expect("publish");
+    let live = client.events(1).await.remove(0);
+    assert_eq!((live.data.as_str(), live.id.as_str()), ("live", "4"));
+    assert_eq!(get(addr, "/events?topic=t&snapshot=maybe").await.status, 400);
+}
+
 /// A resume point over 256 bytes is passed to the hub, which answers with a `reset` event.
 pub async fn oversized_last_event_id_resets(server: Server) {
     let hub = quiet().with_history(Some(HistoryLimits::new())).build();
@@ -1022,6 +1051,11 @@ macro_rules! adapter_scenarios {
         #[tokio::test]
         async fn last_event_id_header_wins_over_query() {
             support::last_event_id($server).await;
+        }
+
+        #[tokio::test]
+        async fn snapshot_then_live() {
+            support::snapshot($server).await;
         }
 
         #[tokio::test]

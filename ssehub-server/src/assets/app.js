@@ -222,7 +222,10 @@
   }
 
   function connect() {
-    let url = "/events?pattern=" + encodeURIComponent("price:*");
+    // snapshot=1: the stream starts with every symbol's latest quote (each price is published
+    // keyed by its symbol), so the board fills at once; a resume the hub can serve exactly
+    // gets its replay instead, and one it cannot gets the snapshot rather than a reset.
+    let url = "/events?pattern=" + encodeURIComponent("price:*") + "&snapshot=1";
     // Only a brand-new EventSource needs the query parameter: the browser's own reconnects
     // send the Last-Event-ID header.
     if (lastId) url += "&lastEventId=" + encodeURIComponent(lastId);
@@ -251,6 +254,13 @@
       try { reason = JSON.parse(e.data).reason; } catch { /* keep it empty */ }
       toast(`Resynchronised with the hub${reason ? ` (${reason})` : ""}`);
       if (demo) loadSnapshot();
+    });
+    source.addEventListener("snapshot", (e) => {
+      let info = {};
+      try { info = JSON.parse(e.data); } catch { /* keep it empty */ }
+      if (info.state === "begin" && info.reason) {
+        toast(`Resynchronised from the hub's snapshot (${info.reason})`);
+      }
     });
     source.addEventListener("lagged", (e) => toast(`Fell behind: ${e.data} updates skipped`));
   }
