@@ -6,58 +6,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ssehub::parse::{ParsedEvent, Parser};
 use ssehub::server::Server;
 use ssehub::{Endpoint, Event, HistoryLimits, Hub, SessionLimits, SubscriptionChange, UpdateError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+#[path = "support/http.rs"]
+mod http_support;
 #[path = "support/seam.rs"]
 mod seam;
 
+use http_support::{get, Client};
 use seam::{check_seam, seq};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// An open stream and its parser.
-struct Client {
-    socket: TcpStream,
-    parser: Parser,
-    events: std::collections::VecDeque<ParsedEvent>,
-}
-
-impl Client {
-    async fn open(addr: SocketAddr, target: &str) -> Client {
-        let mut socket = TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {target} HTTP/1.1\r\nhost: t\r\n\r\n");
-        socket.write_all(request.as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            tokio::time::timeout(WAIT, socket.read_exact(&mut byte))
-                .await
-                .expect("a head")
-                .unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&head));
-        Client { socket, parser: Parser::new(), events: Default::default() }
-    }
-
-    async fn next(&mut self) -> ParsedEvent {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            if let Some(event) = self.events.pop_front() {
-                return event;
-            }
-            let read = tokio::time::timeout(WAIT, self.socket.read(&mut buf));
-            let n = read.await.expect("an event in time").unwrap();
-            assert!(n > 0, "the stream ended");
-            let mut parsed = Vec::new();
-            self.parser.feed(&buf[..n], &mut parsed).unwrap();
-            self.events.extend(parsed);
-        }
-    }
+/// Opens a stream on `target`, asserting 200.
+async fn open(addr: SocketAddr, target: &str) -> Client {
+    let client = get(addr, target).await;
+    assert_eq!(client.status, 200, "{target}");
+    client
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +36,7 @@ async fn a_change_racing_publishes_moves_the_stream_at_one_point_in_the_order() 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(Server::new(Endpoint::new(hub.clone())).with_path("/events").serve(listener));
-    let mut client = Client::open(addr, "/events?topic=a").await;
+    let mut client = open(addr, "/events?topic=a").await;
     let deadline = std::time::Instant::now() + WAIT;
     while hub.subscriber_count() == 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -279,20 +279,7 @@ impl Registry {
         let mut new_pattern = false;
         for pattern in patterns {
             let source: Box<str> = pattern.as_str().into();
-            if !writer.patterns.contains_key(&source) {
-                new_pattern = true;
-                let matched: Set<SharedStr> =
-                    writer.topics.keys().filter(|t| pattern.matches(t)).cloned().collect();
-                for topic in &matched {
-                    if let Some(entry) = writer.topics.get_mut(topic) {
-                        entry.patterns.push(source.clone());
-                    }
-                }
-                writer.patterns.insert(
-                    source.clone(),
-                    PatternEntry { pattern, subscribers: Set::new(), topics: matched },
-                );
-            }
+            new_pattern |= Self::register_pattern(&mut writer, &source, pattern);
             let matched: Vec<SharedStr> = match writer.patterns.get_mut(&source) {
                 Some(entry) => {
                     entry.subscribers.insert(id);
@@ -622,6 +609,26 @@ impl Registry {
         Self::add_member(writer, &topic, slot);
     }
 
+    /// Registers `pattern` (written `source`) with the topics it matches, if the registry does
+    /// not have it yet; returns whether it was new.
+    fn register_pattern(writer: &mut Writer, source: &str, pattern: Pattern) -> bool {
+        if writer.patterns.contains_key(source) {
+            return false;
+        }
+        let matched: Set<SharedStr> =
+            writer.topics.keys().filter(|t| pattern.matches(t)).cloned().collect();
+        for topic in &matched {
+            if let Some(entry) = writer.topics.get_mut(topic) {
+                entry.patterns.push(source.into());
+            }
+        }
+        writer.patterns.insert(
+            source.into(),
+            PatternEntry { pattern, subscribers: Set::new(), topics: matched },
+        );
+        true
+    }
+
     /// Makes `slot` ask for `pattern` (if it did not); returns whether the pattern is new to
     /// the registry.
     fn take_pattern(&self, writer: &mut Writer, slot: &Arc<Slot>, pattern: Pattern) -> bool {
@@ -631,20 +638,7 @@ impl Registry {
             return false;
         }
         entry.patterns.push(source.clone());
-        let new = !writer.patterns.contains_key(&source);
-        if new {
-            let matched: Set<SharedStr> =
-                writer.topics.keys().filter(|t| pattern.matches(t)).cloned().collect();
-            for topic in &matched {
-                if let Some(entry) = writer.topics.get_mut(topic) {
-                    entry.patterns.push(source.clone());
-                }
-            }
-            writer.patterns.insert(
-                source.clone(),
-                PatternEntry { pattern, subscribers: Set::new(), topics: matched },
-            );
-        }
+        let new = Self::register_pattern(writer, &source, pattern);
         let matched: Vec<SharedStr> = match writer.patterns.get_mut(&source) {
             Some(entry) => {
                 entry.subscribers.insert(slot.id);

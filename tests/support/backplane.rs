@@ -601,9 +601,10 @@ pub async fn broker_restart_without_a_storm(kind: Kind, config: Config, down: Du
             .push(tokio::spawn(async move { read_until(&mut client, &["end-0", "end-1"]).await }));
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut publishers = Vec::new();
     for (n, node) in [&a, &b].into_iter().enumerate() {
-        let (backplane, stop) = (node.backplane.clone(), stop.clone());
+        let (backplane, stop, acked) = (node.backplane.clone(), stop.clone(), acked.clone());
         publishers.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for i in 0..3000 {
@@ -615,13 +616,16 @@ pub async fn broker_restart_without_a_storm(kind: Kind, config: Config, down: Du
                     backplane.publish(topic, Event::new(format!("{n}-{i}"))).await
                 {
                     acknowledged.push(id(&published));
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             acknowledged
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Steady publishing first (counted, not timed: a loaded machine publishes slower).
+    let count = || acked.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("100 publishes before the kill", || count() >= 100).await;
     broker.kill();
     tokio::time::sleep(down).await;
     broker.restart();
@@ -632,8 +636,9 @@ pub async fn broker_restart_without_a_storm(kind: Kind, config: Config, down: Du
         })
         .await;
     }
-    // Publishing goes on across the rejoin, then a while after it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Publishing goes on across the rejoin, then for a while after it.
+    let rejoined = count();
+    eventually("50 publishes after the rejoin", || count() >= rejoined + 50).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acknowledged = Vec::new();
     for publisher in publishers {

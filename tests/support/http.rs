@@ -284,6 +284,11 @@ impl Client {
         String::from_utf8_lossy(&self.body).to_string()
     }
 
+    /// The next event, or fails the test.
+    pub async fn next(&mut self) -> ParsedEvent {
+        self.events(1).await.remove(0)
+    }
+
     /// The next `n` events, or fails the test.
     pub async fn events(&mut self, n: usize) -> Vec<ParsedEvent> {
         while self.events.len() < n {
