@@ -10,7 +10,6 @@ mod brokers;
 #[path = "../../tests/support/hub_process.rs"]
 mod hub_process;
 
-use std::process::Command;
 use std::sync::mpsc;
 
 use brokers::{Broker, Kind};
@@ -19,14 +18,9 @@ use serde_json::json;
 
 /// The binary joined to `broker`, with a publish window of `window`.
 fn node(broker: &Broker, window: &str) -> Server {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ssehub"));
+    let mut command = clean_command(env!("CARGO_BIN_EXE_ssehub"));
     command.args(["--addr", "127.0.0.1:0", "--redis", &broker.url()]);
     command.args(["--broker-max-in-flight", window]);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SSEHUB_") {
-            command.env_remove(name);
-        }
-    }
     Server::from_command(command)
 }
 

@@ -46,7 +46,13 @@ pub fn binary() -> &'static PathBuf {
 
 /// The example, with none of the caller's `SSEHUB_*` settings: only the flags count.
 pub fn hub_command() -> Command {
-    let mut command = Command::new(binary());
+    clean_command(binary())
+}
+
+/// `program` (the example or the `ssehub` binary) with none of the caller's `SSEHUB_*`
+/// settings: only the flags count.
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("SSEHUB_") {
             command.env_remove(name);
