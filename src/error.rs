@@ -127,6 +127,44 @@ pub enum SubscribeError {
     /// is invalid or over its size limits.
     #[error("invalid client: {0}")]
     Client(#[from] ClientError),
+    /// The rate tier's interval (see
+    /// [`Subscribe::with_interval`](crate::Subscribe::with_interval)) is refused.
+    #[error("invalid interval: {0}")]
+    Interval(#[from] IntervalError),
+}
+
+/// Why a rate tier's interval (see [`Subscribe::with_interval`](crate::Subscribe::with_interval))
+/// is refused.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use ssehub::{Hub, IntervalError, Subscribe, SubscribeError};
+///
+/// let hub = Hub::new();
+/// let fast = Subscribe::new().with_topic("t").with_interval(Duration::from_micros(500));
+/// assert!(matches!(
+///     hub.subscribe(fast),
+///     Err(SubscribeError::Interval(IntervalError::OutOfRange { .. }))
+/// ));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntervalError {
+    /// Not a whole number of milliseconds from 10 ms to 60 s (zero means every event).
+    #[error("{interval:?} is not a whole number of milliseconds from 10ms to 60s")]
+    OutOfRange {
+        /// The interval asked for.
+        interval: std::time::Duration,
+    },
+    /// The hub already ticks as many distinct intervals as it allows (see
+    /// [`HubBuilder::with_max_intervals`](crate::HubBuilder::with_max_intervals)).
+    #[error("the hub already runs {max} distinct intervals")]
+    TooMany {
+        /// The configured limit.
+        max: usize,
+    },
 }
 
 /// Why [`Hub::update_subscription`](crate::Hub::update_subscription) or
@@ -178,6 +216,9 @@ pub enum UpdateError {
         /// The configured limit.
         max: usize,
     },
+    /// The new interval is refused.
+    #[error("invalid interval: {0}")]
+    Interval(IntervalError),
 }
 
 impl From<SubscribeError> for UpdateError {
@@ -188,6 +229,7 @@ impl From<SubscribeError> for UpdateError {
                 UpdateError::TooManyTopics { count, max }
             }
             SubscribeError::SessionRefused => UpdateError::SessionRefused,
+            SubscribeError::Interval(error) => UpdateError::Interval(error),
             // Closed, and what a change never meets (a full hub, a replay, a client id).
             _ => UpdateError::Closed,
         }

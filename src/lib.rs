@@ -131,8 +131,8 @@ pub use engine::state::StateLimits;
 pub use engine::stats::describe_metrics;
 pub use engine::stats::Stats;
 pub use error::{
-    ClientError, EndReason, EventError, ProducerError, PublishError, SubscribeError, TopicError,
-    UpdateError,
+    ClientError, EndReason, EventError, IntervalError, ProducerError, PublishError, SubscribeError,
+    TopicError, UpdateError,
 };
 pub use frame::parse;
 pub use frame::Event;

@@ -20,7 +20,9 @@ use http::header::{
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
-use super::resolve::{last_event_id, snapshot_requested, QueryTopics, Rejection, Resolver};
+use super::resolve::{
+    interval_requested, last_event_id, snapshot_requested, QueryTopics, Rejection, Resolver,
+};
 use crate::engine::batch::Batch;
 use crate::engine::stats::{Sample, StreamEnd};
 use crate::error::EndReason;
@@ -62,7 +64,8 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// `Last-Event-ID` header, else the `lastEventId` query parameter, else whatever the resolver
 /// set (see [`last_event_id`](crate::resolve::last_event_id)); `snapshot=1` starts it with a
 /// snapshot of its topics' keyed state (see
-/// [`snapshot_requested`](crate::resolve::snapshot_requested)). The stream ends cleanly when the
+/// [`snapshot_requested`](crate::resolve::snapshot_requested)); `interval=250ms` reads them at
+/// a rate tier's pace (see [`interval_requested`](crate::resolve::interval_requested)). The stream ends cleanly when the
 /// subscription ends (shutdown, [`Hub::disconnect`]); a subscriber dropped as slow
 /// ([`EndReason::Slow`]) has its connection aborted instead, since a client that does not read
 /// would not read a clean ending either: at once while the server still polls the body, else
@@ -382,6 +385,11 @@ impl<R: Resolver> Endpoint<R> {
             Ok(false) => {}
             Err(rejection) => return rejected(&rejection),
         }
+        match interval_requested(request) {
+            Ok(Some(interval)) => subscribe = subscribe.with_interval(interval),
+            Ok(None) => {}
+            Err(rejection) => return rejected(&rejection),
+        }
         if let Err(error) = self.limits.check(&subscribe) {
             return self.refused(&error);
         }
@@ -418,7 +426,8 @@ impl<R: Resolver> Endpoint<R> {
         match error {
             SubscribeError::Topic { .. }
             | SubscribeError::TooManyTopics { .. }
-            | SubscribeError::Client(_) => text(StatusCode::BAD_REQUEST, error.to_string()),
+            | SubscribeError::Client(_)
+            | SubscribeError::Interval(_) => text(StatusCode::BAD_REQUEST, error.to_string()),
             SubscribeError::Full { .. } => self.busy("too many connections, retry later"),
             SubscribeError::Closed => self.busy("server is shutting down"),
             SubscribeError::Unavailable => self.busy("history unavailable, retry later"),

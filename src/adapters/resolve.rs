@@ -48,6 +48,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::future::{ready, Future};
+use std::time::Duration;
 
 use http::header::{HeaderName, AUTHORIZATION, COOKIE};
 use http::request::Parts;
@@ -62,6 +63,8 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 /// The query parameter that asks for a snapshot of the keyed state first.
 const SNAPSHOT_PARAM: &str = "snapshot";
+/// The query parameter that asks for a rate tier.
+const INTERVAL_PARAM: &str = "interval";
 
 /// The query parameter that carries a credential, when enabled.
 const ACCESS_TOKEN_PARAM: &str = "access_token";
@@ -337,6 +340,81 @@ pub fn snapshot_requested(request: &Parts) -> Result<bool, Rejection> {
         Some("1" | "true") => Ok(true),
         Some(_) => Err(Rejection::BadRequest("snapshot must be 1 or 0".into())),
     }
+}
+
+/// The rate tier the client asked for (see [`Subscribe::with_interval`]): the `interval` query
+/// parameter, as [`parse_interval`] reads it; `None` when absent.
+///
+/// [`Endpoint`](crate::Endpoint) applies it to every request, whatever the resolver; this
+/// function is for servers built on other frameworks.
+///
+/// # Errors
+///
+/// [`Rejection::BadRequest`] for a value [`parse_interval`] refuses. (Whether the hub accepts
+/// the interval is the hub's to say: see [`IntervalError`](crate::IntervalError).)
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use ssehub::resolve::interval_requested;
+///
+/// let (asked, ()) = http::Request::get("/events?topic=t&interval=250ms").body(())?.into_parts();
+/// assert_eq!(interval_requested(&asked), Ok(Some(Duration::from_millis(250))));
+/// let (not, ()) = http::Request::get("/events?topic=t").body(())?.into_parts();
+/// assert_eq!(interval_requested(&not), Ok(None));
+/// let (bad, ()) = http::Request::get("/events?interval=soon").body(())?.into_parts();
+/// assert!(interval_requested(&bad).is_err());
+/// # Ok::<(), http::Error>(())
+/// ```
+pub fn interval_requested(request: &Parts) -> Result<Option<Duration>, Rejection> {
+    match query_param(request, INTERVAL_PARAM) {
+        None => Ok(None),
+        Some(value) => parse_interval(&value).map(Some),
+    }
+}
+
+/// Reads an interval written as whole milliseconds (`250ms`), seconds (`1s`, `1.5s`, at most
+/// millisecond precision) or `0` (every event as it comes).
+///
+/// # Errors
+///
+/// [`Rejection::BadRequest`] for anything else.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use ssehub::resolve::parse_interval;
+///
+/// assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+/// assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+/// assert_eq!(parse_interval("0.25s"), Ok(Duration::from_millis(250)));
+/// assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+/// assert!(parse_interval("1.0001s").is_err());
+/// assert!(parse_interval("-1s").is_err());
+/// ```
+pub fn parse_interval(text: &str) -> Result<Duration, Rejection> {
+    let bad = || Rejection::BadRequest("interval must be like 250ms, 1s or 0".into());
+    let digits = |t: &str| !t.is_empty() && t.len() <= 9 && t.bytes().all(|b| b.is_ascii_digit());
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if let Some(ms) = text.strip_suffix("ms") {
+        return if digits(ms) {
+            ms.parse().map(Duration::from_millis).map_err(|_| bad())
+        } else {
+            Err(bad())
+        };
+    }
+    let seconds = text.strip_suffix('s').ok_or_else(bad)?;
+    let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    if !digits(whole) || !(fraction.is_empty() || digits(fraction) && fraction.len() <= 3) {
+        return Err(bad());
+    }
+    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    let millis: u64 = format!("{fraction:0<3}").parse().map_err(|_| bad())?;
+    Ok(Duration::from_secs(whole) + Duration::from_millis(millis))
 }
 
 /// Percent-decodes `text`; with `plus`, `+` is a space (query strings, not paths). A `%` not

@@ -28,6 +28,7 @@ mod resolve;
 pub(crate) mod ring;
 pub(crate) mod state;
 pub(crate) mod stats;
+pub(crate) mod tier;
 mod update;
 
 use std::collections::HashSet;
@@ -35,7 +36,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 pub(crate) use external::{Attached, ExternalClock, Fetched, ReplaySource};
-pub(crate) use pipeline::{count, fan_out, Entry, Number, Numbered, Sequenced};
+pub(crate) use pipeline::{append, count, fan_out, Entry, Number, Numbered, Sequenced};
 pub(crate) use resolve::{Replay, Start};
 // The loom registry models deliver through the real step.
 #[cfg(all(test, ssehub_loom))]
@@ -44,11 +45,12 @@ pub(crate) use pipeline::deliver_to_topic;
 use crate::engine::history::HistoryLimits;
 use crate::engine::history::ResetReason;
 use crate::engine::queue::{Queue, SlowPolicy};
+pub(crate) use crate::engine::registry::Pace;
 use crate::engine::registry::{Refused, Registry, Removed, Slot, TopicState};
 use crate::engine::state::StateConfig;
 use crate::engine::stats::{Counters, Stats};
 use crate::error::EndReason;
-use crate::error::{SubscribeError, TopicError};
+use crate::error::{IntervalError, SubscribeError, TopicError};
 use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, SharedStr};
 use crate::topic::{validate_topic, Pattern};
 
@@ -81,6 +83,8 @@ pub(crate) struct Config {
     pub(crate) epoch: u64,
     /// Which topics keep their latest event per key, within what.
     pub(crate) state: StateConfig,
+    /// Most distinct rate tier intervals at once.
+    pub(crate) max_intervals: usize,
 }
 
 /// What a publish did.
@@ -220,9 +224,10 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine with no subscriber, no topic and no external clock.
     pub(crate) fn new(config: Config) -> Engine {
+        let registry = Registry::new().with_max_intervals(config.max_intervals);
         Engine {
             config,
-            registry: Registry::new(),
+            registry,
             counters: Counters::default(),
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -313,34 +318,39 @@ impl Engine {
     /// (or a pattern, which may match several) must start on all of them at one point in the
     /// sequence, or an event on one topic could slip by while a later one on another arrives:
     /// registering under the sequencer makes the start atomic. One exact topic is a single
-    /// snapshot swap, atomic by itself. A resume registers and reads its replay under the
+    /// snapshot swap, atomic by itself (at `pace` `None`; a rate tier's reader registers under
+    /// the sequencer too). A resume registers and reads its replay under the
     /// sequencer, and so does a snapshot: every event is either in the replay or the snapshot
     /// (published before) or delivered live (after), never both, never neither.
     pub(crate) fn join(
         &self,
         slot: &Arc<Slot>,
         names: Names,
+        pace: Pace,
         start: Start<'_>,
         snapshot: Snapshot,
     ) -> Result<Joined, SubscribeError> {
         let max = self.config.max_subscribers;
         let Names { topics, patterns } = names;
-        let atomic_start = topics.len() + patterns.len() > 1 || !patterns.is_empty();
+        // A tier's reader starts at a point in the sequence too: the values pending in the tier
+        // are its only if published after that point.
+        let atomic_start =
+            topics.len() + patterns.len() > 1 || !patterns.is_empty() || pace.is_some();
         let joined = |topics| Joined { topics, replay: None, snapshot: None };
         match (&start, snapshot) {
             (Start::Live, Snapshot::Skip) if !atomic_start => {
-                let registered = self.registry.subscribe(slot, topics, patterns, max);
+                let registered = self.registry.subscribe(slot, topics, patterns, pace, max);
                 return registered.map(joined).map_err(|refused| self.refusal(refused));
             }
             (Start::Live, Snapshot::Skip) => {
                 let _sequencer = lock(&self.sequencer);
-                let registered = self.registry.subscribe(slot, topics, patterns, max);
+                let registered = self.registry.subscribe(slot, topics, patterns, pace, max);
                 return registered.map(joined).map_err(|refused| self.refusal(refused));
             }
             _ => {}
         }
         let sequencer = lock(&self.sequencer);
-        let registered = self.registry.subscribe(slot, topics, patterns, max);
+        let registered = self.registry.subscribe(slot, topics, patterns, pace, max);
         let topics = registered.map_err(|refused| self.refusal(refused))?;
         let replay = match start {
             Start::Live => None,
@@ -383,6 +393,9 @@ impl Engine {
         match refused {
             Refused::Closed => SubscribeError::Closed,
             Refused::Full => SubscribeError::Full { max: self.config.max_subscribers },
+            Refused::Intervals => {
+                SubscribeError::Interval(IntervalError::TooMany { max: self.config.max_intervals })
+            }
         }
     }
 

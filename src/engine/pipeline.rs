@@ -10,7 +10,9 @@ use super::{Engine, Published};
 use crate::engine::history::format_id;
 use crate::engine::idmap::IdMap;
 use crate::engine::queue::{FrameKeys, Pushed};
+use crate::engine::reader::Readers;
 use crate::engine::registry::{Slot, TopicState};
+use crate::engine::ring::Ring;
 use crate::engine::stats::FanOut;
 use crate::error::EndReason;
 use crate::error::{EventError, PublishError};
@@ -153,7 +155,7 @@ impl Engine {
         self.complete(seq);
         drop(sequencer);
         self.settle(&mut fan);
-        let receivers = usize::try_from(fan.delivered).unwrap_or(usize::MAX);
+        let receivers = usize::try_from(fan.delivered + fan.tiered).unwrap_or(usize::MAX);
         let published = Published::new(receivers, event.id);
         Ok(Sequenced { published, numbered, slow: std::mem::take(&mut fan.slow_ids) })
     }
@@ -312,28 +314,7 @@ pub(crate) fn deliver_to_topic(
     frame: &Bytes,
 ) -> FanOut {
     let mut fan = FanOut::default();
-    let readers = state.readers.load();
-    if !readers.is_empty() {
-        fan.delivered = readers.len() as u64;
-        if state.ring.push(seq, frame) {
-            let slow = state.ring.scan(&readers).slow;
-            for member in &slow {
-                // It did not get this event, whoever closes it (its owner may be dropping it
-                // right now).
-                fan.delivered = fan.delivered.saturating_sub(1);
-                if member.queue.close_discarding(EndReason::Slow) {
-                    fan.slow += 1;
-                    fan.slow_ids.push(member.id);
-                }
-            }
-            if !slow.is_empty() {
-                // Off the readers now, under the sequencer, so the next publish does not count
-                // them; the registry forgets them once this one is done.
-                state
-                    .readers
-                    .rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.id)));
-            }
-        }
+    if append(&state.ring, &state.readers, seq, frame, &mut fan) {
         fan.ring = Some(state.ring.clone());
     }
     let pushed = state.pushed.load();
@@ -341,7 +322,50 @@ pub(crate) fn deliver_to_topic(
         let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
         fan_out(&mut fan, &pushed, seq, frame, &keys);
     }
+    for derived in state.tiers.load().iter() {
+        let receivers = (derived.readers.load().len() + derived.pushed.load().len()) as u64;
+        fan.tiered += receivers;
+        if derived.put(seq, frame, event.key(), event.event()) {
+            fan.tier_saved += receivers;
+        }
+    }
     fan
+}
+
+/// Appends the frame of event `seq` to `ring` for its `readers` (nothing when it has none;
+/// returns whether it had), with a scan for readers it put over their bound, when due: those
+/// that disconnect are closed as slow, taken off the readers and listed in `fan.slow_ids`.
+/// Under the sequencer.
+pub(crate) fn append(
+    ring: &Ring,
+    readers: &Readers,
+    seq: u64,
+    frame: &Bytes,
+    fan: &mut FanOut,
+) -> bool {
+    let members = readers.load();
+    if members.is_empty() {
+        return false;
+    }
+    fan.delivered += members.len() as u64;
+    if ring.push(seq, frame) {
+        let slow = ring.scan(&members).slow;
+        for member in &slow {
+            // It did not get this event, whoever closes it (its owner may be dropping it
+            // right now).
+            fan.delivered = fan.delivered.saturating_sub(1);
+            if member.queue.close_discarding(EndReason::Slow) {
+                fan.slow += 1;
+                fan.slow_ids.push(member.id);
+            }
+        }
+        if !slow.is_empty() {
+            // Off the readers now, under the sequencer, so the next publish does not count
+            // them; the registry forgets them once this one is done.
+            readers.rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.id)));
+        }
+    }
+    true
 }
 
 /// Queues the frame of event `seq` for every subscriber in `subscribers`.

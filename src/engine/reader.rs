@@ -77,6 +77,7 @@ use bytes::Bytes;
 use crate::engine::idmap::IdMap;
 use crate::engine::queue::{Limits, Locked, Queue, SlowPolicy};
 use crate::engine::ring::{Member, Ring, Run, Taken};
+use crate::engine::tier::Tier;
 use crate::error::EndReason;
 use crate::sync::{Arc, ArcSwap, Guard, Ordering, SharedStr};
 
@@ -94,6 +95,30 @@ pub(crate) struct Feed {
     pub(crate) readers: Arc<Readers>,
     /// The subscriber's cursor in the ring.
     pub(crate) member: Arc<Member>,
+    /// The rate tier whose derived ring this is (`None`: the topic's own ring). Its readers
+    /// read up to the tier's mark instead of the watermark (see `tier.rs`).
+    pub(crate) tier: Option<Arc<Tier>>,
+}
+
+impl Feed {
+    /// How far this feed may be read: the engine's `watermark`, or its tier's mark.
+    fn upto(&self, watermark: &impl Fn() -> u64) -> u64 {
+        match &self.tier {
+            Some(tier) => tier.mark(),
+            None => watermark(),
+        }
+    }
+}
+
+/// How far a look at `feeds` (and the queue beside them) may go: the lowest of their limits
+/// (every feed of a subscription has the same pace but for the moment a live change swaps
+/// them), and the tier that sets it, if one does.
+fn horizon<'a>(feeds: &'a [Feed], watermark: &impl Fn() -> u64) -> (u64, Option<&'a Arc<Tier>>) {
+    let tier = feeds.iter().filter_map(|f| f.tier.as_ref()).min_by_key(|t| t.mark());
+    match tier {
+        Some(tier) => (tier.mark(), Some(tier)),
+        None => (watermark(), None),
+    }
 }
 
 /// One subscriber, as publishers and its own stream see it.
@@ -321,7 +346,7 @@ pub(crate) fn next_batch(
 /// in the ring and a lock-free second look. `None` when the feeds changed before it parked:
 /// the caller then goes the general way, which loads them.
 fn next_from_lone(
-    queue: &Queue,
+    queue: &Arc<Queue>,
     feed: &Feed,
     version: u64,
     watermark: &impl Fn() -> u64,
@@ -331,7 +356,7 @@ fn next_from_lone(
     if let Quick::Took(drained) = look_lock_free(queue, feed, watermark, limits) {
         return Ok(Some(drained));
     }
-    let drained = look_locked(queue, std::slice::from_ref(feed), watermark(), limits, waker)?;
+    let drained = look_locked(queue, std::slice::from_ref(feed), watermark, limits, waker)?;
     let Some(waker) = waker else {
         return Ok(Some(drained));
     };
@@ -356,7 +381,7 @@ fn next_from_lone(
         Quick::Nothing => Ok(Some(Drained::default())),
         Quick::Locked => {
             let second =
-                look_locked(queue, std::slice::from_ref(feed), watermark(), limits, Some(waker))?;
+                look_locked(queue, std::slice::from_ref(feed), watermark, limits, Some(waker))?;
             if second.retry {
                 waker.wake_by_ref();
             }
@@ -410,7 +435,7 @@ fn look(
             return Ok(drained);
         }
     }
-    look_locked(&slot.queue, feeds, watermark(), limits, waker)
+    look_locked(&slot.queue, feeds, watermark, limits, waker)
 }
 
 /// What a lock-free look found.
@@ -433,8 +458,8 @@ fn look_lock_free(
     watermark: &impl Fn() -> u64,
     limits: Limits,
 ) -> Quick {
-    // The watermark first, then the flag: see `Queue::empty`.
-    let upto = watermark();
+    // The watermark (or the tier's mark) first, then the flag: see `Queue::empty`.
+    let upto = feed.upto(watermark);
     if !queue.looks_empty() {
         return Quick::Locked;
     }
@@ -462,15 +487,17 @@ fn look_lock_free(
 }
 
 /// The look under the queue's lock: everything ready in `feeds` and the queue, merged, up to
-/// the `watermark` (or, once closed, up to where the close said), then the waker registered
-/// if nothing was.
+/// the `watermark` (a tier's mark for a tier's feeds; once closed, up to where the close
+/// said), then the waker registered if nothing was.
 fn look_locked(
-    queue: &Queue,
+    queue: &Arc<Queue>,
     feeds: &[Feed],
-    watermark: u64,
+    watermark: &impl Fn() -> u64,
     limits: Limits,
     waker: Option<&Waker>,
 ) -> Result<Drained, Stop> {
+    // Before the lock, as the lock-free look loads it before the flag.
+    let (watermark, tier) = horizon(feeds, watermark);
     let mut locked = queue.lock();
     // Once closed, the close fixed how far the rings go (the watermark read before this lock
     // may predate it); while open, the watermark does.
@@ -498,8 +525,13 @@ fn look_locked(
             }
         }
         // An entry past the watermark belongs to a publish still in progress: its wake may
-        // already have been spent on this poll, so ask to be polled again.
-        drained.retry = locked.len() > ready;
+        // already have been spent on this poll, so ask to be polled again. Past a tier's
+        // mark it waits for the next tick, which wakes the queue (asking now would spin).
+        let waiting = locked.len() > ready;
+        match tier {
+            Some(tier) if waiting => tier.wake_at_tick(queue),
+            _ => drained.retry = waiting,
+        }
         if let Some(waker) = waker {
             locked.register(waker);
         }
@@ -689,7 +721,7 @@ fn take_run(
 pub(crate) fn lone_feed(id: u64, queue: &Arc<Queue>, ring: &Arc<Ring>) -> Feed {
     let member = Arc::new(Member::new(id, queue.clone(), ring.join(queue.capacity())));
     let readers = crate::sync::arc_swap(IdMap::new().insert(id, member.clone()));
-    Feed { ring: ring.clone(), readers: Arc::new(readers), member }
+    Feed { ring: ring.clone(), readers: Arc::new(readers), member, tier: None }
 }
 
 #[cfg(all(test, not(ssehub_loom)))]
@@ -763,12 +795,13 @@ mod tests {
         publish(&b, 2);
         // The change: b joined at its tail, a left.
         slot.add_feed(lone_feed(1, &slot.queue, &b));
-        slot.leave_feed_absorbing(&a);
+        slot.leave_feed_absorbing(&a, Vec::new());
         publish(&a, 3);
         publish(&b, 4);
         let quick = look_lock_free(&slot.queue, &stale, &|| 4, Limits::ALL);
         assert!(matches!(quick, Quick::Locked), "the queue holds a's entry: {quick:?}");
-        let locked = look_locked(&slot.queue, std::slice::from_ref(&stale), 4, Limits::ALL, None);
+        let locked =
+            look_locked(&slot.queue, std::slice::from_ref(&stale), &|| 4, Limits::ALL, None);
         assert_eq!(numbers(&locked.expect("open")), [1], "a's entry, and nothing after the change");
         assert_eq!(poll(&slot, 4, Limits::ALL), Ok((vec![4], 0)));
         assert!(matches!(look_lock_free(&slot.queue, &stale, &|| 4, Limits::ALL), Quick::Nothing));
@@ -899,7 +932,7 @@ impl Slot {
     /// `u64::MAX`: a poll still holding this feed in its view loses its claim (or finds
     /// nothing past the cursor) and looks again under the queue's lock, where the new feeds
     /// version sends it to the slot's new list. No later publish to the ring can reach it.
-    pub(crate) fn leave_feed_absorbing(&self, ring: &Arc<Ring>) {
+    pub(crate) fn leave_feed_absorbing(&self, ring: &Arc<Ring>, pending: Vec<(u64, Bytes)>) {
         let reads = |f: &Feed| Arc::ptr_eq(&f.ring, ring);
         let before =
             self.feeds.rcu(|feeds| feeds.iter().filter(|f| !reads(f)).cloned().collect::<Vec<_>>());
@@ -913,10 +946,23 @@ impl Slot {
         // with the queue's, so it sees them all in one place or the other, never half.
         let waker = {
             let mut locked = self.queue.lock();
-            let (pending, skipped) = retire(feed);
-            locked.absorb_open(pending, skipped)
+            let (mut entries, skipped) = retire(feed);
+            // A tier's pending values were published after every entry its ring holds.
+            entries.extend(pending);
+            locked.absorb_open(entries, skipped)
         };
         // Outside the lock, as a push wakes: the stream has entries to take.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Slot {
+    /// Moves `pending` (a tier's values a conflating subscriber would have got at the next
+    /// tick, in sequence order) into its queue, as a live change moves it off the tier.
+    pub(crate) fn absorb_pending(&self, pending: Vec<(u64, Bytes)>) {
+        let waker = self.queue.lock().absorb_open(pending, 0);
         if let Some(waker) = waker {
             waker.wake();
         }

@@ -17,6 +17,7 @@ use crate::engine::idmap::IdMap;
 use crate::engine::reader::{Feed, Readers};
 use crate::engine::ring::{Member, Ring};
 use crate::engine::state::State;
+use crate::engine::tier::{Derived, Tier};
 use crate::engine::Names;
 use crate::sync::{arc_swap, lock, rank, Arc, ArcSwap, Guard, Mutex, SharedStr};
 
@@ -44,6 +45,9 @@ pub(crate) struct TopicState {
     /// The latest event per key. Like the history, written and read only under the sequencer
     /// (a publish, a subscribe that takes a snapshot).
     pub(crate) state: Mutex<State, rank::State>,
+    /// The rate tiers someone reads the topic at (see `tier.rs`): a publish keeps its frame
+    /// as its key's pending value in each. Swapped under the writer lock.
+    pub(crate) tiers: ArcSwap<Vec<Arc<Derived>>>,
 }
 
 impl TopicState {
@@ -108,7 +112,12 @@ struct SubscriberEntry {
     topics: Vec<SharedStr>,
     /// The patterns it asked for (distinct).
     patterns: Vec<Box<str>>,
+    /// Its rate tier's interval (`None`: every event as it comes).
+    pace: Pace,
 }
+
+/// A subscription's pace: `None` for every event as it comes, or a rate tier's interval.
+pub(crate) type Pace = Option<std::time::Duration>;
 
 /// Everything writers share, under one lock.
 #[derive(Debug, Default)]
@@ -124,6 +133,8 @@ struct Writer {
     /// The highest sequence number evicted from the history of a topic that no longer exists: a
     /// resume point below it may have missed events nobody can replay.
     floor: u64,
+    /// The live rate tiers, by interval.
+    tiers: Map<std::time::Duration, Arc<Tier>>,
 }
 
 /// A subscriber taken out of the registry.
@@ -144,6 +155,17 @@ pub(crate) enum Refused {
     Closed,
     /// At the subscriber limit.
     Full,
+    /// At the limit of distinct rate tier intervals, and its interval is a new one.
+    Intervals,
+}
+
+/// Why a live change was refused (nothing changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unchanged {
+    /// It would ask for this many topics and patterns, over the limit.
+    TooManyTopics(usize),
+    /// Its new interval is a new one and the hub is at its limit of intervals.
+    Intervals,
 }
 
 /// The registry.
@@ -156,6 +178,10 @@ pub(crate) struct Registry {
     /// Every live pattern, so a publish to a topic nobody named can tell cheaply whether a
     /// pattern wants it.
     patterns: ArcSwap<Vec<Pattern>>,
+    /// The live rate tiers, for the hub's tier clock (a copy of the writers' map).
+    tiers: ArcSwap<Vec<Arc<Tier>>>,
+    /// Most distinct intervals at once (each is ticked by the hub's clock).
+    max_intervals: usize,
     /// The writers' lock and bookkeeping.
     writer: Mutex<Writer, rank::Writer>,
 }
@@ -167,8 +193,23 @@ impl Registry {
             topics: arc_swap(TopicMap::new()),
             subscribers: arc_swap(IdMap::new()),
             patterns: arc_swap(Vec::new()),
+            tiers: arc_swap(Vec::new()),
+            max_intervals: usize::MAX,
             writer: Mutex::new(Writer::default()),
         }
+    }
+
+    /// This registry, allowing at most `max` distinct rate tier intervals at once.
+    pub(crate) fn with_max_intervals(mut self, max: usize) -> Registry {
+        self.max_intervals = max;
+        self
+    }
+
+    /// Whether `pace` is refused: a new interval when `max_intervals` are live.
+    fn over_intervals(&self, writer: &Writer, pace: Pace) -> bool {
+        pace.is_some_and(|i| {
+            !writer.tiers.contains_key(&i) && writer.tiers.len() >= self.max_intervals
+        })
     }
 
     /// The state of `topic` if it exists (lock-free).
@@ -251,6 +292,7 @@ impl Registry {
         slot: &Arc<Slot>,
         topics: Vec<SharedStr>,
         patterns: Vec<Pattern>,
+        pace: Pace,
         max_subscribers: usize,
     ) -> Result<Vec<Arc<TopicState>>, Refused> {
         let mut writer = lock(&self.writer);
@@ -260,6 +302,9 @@ impl Registry {
         if writer.subscribers.len() >= max_subscribers {
             return Err(Refused::Full);
         }
+        if self.over_intervals(&writer, pace) {
+            return Err(Refused::Intervals);
+        }
         let id = slot.id;
         writer.subscribers.insert(
             id,
@@ -267,13 +312,14 @@ impl Registry {
                 slot: slot.clone(),
                 topics: topics.clone(),
                 patterns: patterns.iter().map(|p| Box::from(p.as_str())).collect(),
+                pace,
             },
         );
         self.subscribers.rcu(|all| all.insert(id, slot.clone()));
         let mut received: Set<SharedStr> = Set::new();
         for topic in &topics {
             self.ensure_topic(&mut writer, topic);
-            Self::add_member(&mut writer, topic, slot);
+            self.add_member(&mut writer, topic, slot);
             received.insert(topic.clone());
         }
         let mut new_pattern = false;
@@ -288,7 +334,7 @@ impl Registry {
                 None => Vec::new(),
             };
             for topic in &matched {
-                Self::add_member(&mut writer, topic, slot);
+                self.add_member(&mut writer, topic, slot);
                 received.insert(topic.clone());
             }
         }
@@ -360,10 +406,12 @@ impl Registry {
             ring: Arc::new(Ring::new()),
             history: Mutex::new(History::default()),
             state: Mutex::new(State::default()),
+            tiers: arc_swap(Vec::new()),
         });
         let mut members = Map::new();
         let mut patterns = Vec::new();
-        for (source, pattern) in writer.patterns.iter_mut() {
+        let Writer { patterns: live, subscribers, tiers, .. } = writer;
+        for (source, pattern) in live.iter_mut() {
             if !pattern.pattern.matches(name) {
                 continue;
             }
@@ -372,8 +420,8 @@ impl Registry {
             for id in &pattern.subscribers {
                 let count = members.entry(*id).or_insert(0u32);
                 if *count == 0 {
-                    if let Some(sub) = writer.subscribers.get(id) {
-                        attach(&state, &sub.slot);
+                    if let Some(sub) = subscribers.get(id) {
+                        self.attach(tiers, &state, &sub.slot, sub.pace);
                     }
                 }
                 *count += 1;
@@ -386,13 +434,15 @@ impl Registry {
     }
 
     /// Counts one more reason for `slot` to be on `topic`, adding it on the first.
-    fn add_member(writer: &mut Writer, topic: &SharedStr, slot: &Arc<Slot>) {
-        let Some(entry) = writer.topics.get_mut(topic) else {
+    fn add_member(&self, writer: &mut Writer, topic: &SharedStr, slot: &Arc<Slot>) {
+        let pace = writer.subscribers.get(&slot.id).and_then(|e| e.pace);
+        let Writer { topics, tiers, .. } = writer;
+        let Some(entry) = topics.get_mut(topic) else {
             return;
         };
         let count = entry.members.entry(slot.id).or_insert(0);
         if *count == 0 {
-            attach(&entry.state, slot);
+            self.attach(tiers, &entry.state, slot, pace);
         }
         *count += 1;
     }
@@ -411,7 +461,11 @@ impl Registry {
             return;
         }
         entry.members.remove(&id);
-        detach(&entry.state, id);
+        let state = entry.state.clone();
+        self.detach(&mut writer.tiers, &state, id);
+        let Some(entry) = writer.topics.get(topic) else {
+            return;
+        };
         if entry.members.is_empty() && entry.state.remembers_nothing() {
             self.remove_topic(writer, topic);
         }
@@ -438,42 +492,158 @@ impl Registry {
     }
 }
 
-/// Puts `slot` on `state`: on its ring (starting at the tail) or its push list, and on its
-/// subscriber set. Called with the writer lock held.
-fn attach(state: &Arc<TopicState>, slot: &Arc<Slot>) {
-    if slot.queue.is_closed() {
-        // Ended, waiting for its owner to drop it (a pattern matched a new topic meanwhile):
-        // nothing more to receive.
-    } else if slot.reads_rings() {
-        let cursor = state.ring.join(slot.queue.capacity());
-        let member = Arc::new(Member::new(slot.id, slot.queue.clone(), cursor));
-        let readers = state.readers.clone();
-        slot.add_feed(Feed { ring: state.ring.clone(), readers, member: member.clone() });
-        state.readers.rcu(|set| set.insert(slot.id, member.clone()));
-        // A subscriber parked on its other rings is not parked on this one yet (a pattern
-        // just matched a new topic): wake it, so its next poll parks here too.
-        slot.queue.wake();
-    } else {
-        state.pushed.rcu(|set| set.insert(slot.id, slot.clone()));
+impl Registry {
+    /// Puts `slot` on `state` at `pace`: on its ring (starting at the tail), or its derived
+    /// ring at that pace, or the push list of either, and on its subscriber set. Called with
+    /// the writer lock held (`tiers` is the writer's), and under the sequencer when `pace` is
+    /// a tier's (the values pending in the tier are the subscriber's only from its start).
+    fn attach(
+        &self,
+        tiers: &mut Map<std::time::Duration, Arc<Tier>>,
+        state: &Arc<TopicState>,
+        slot: &Arc<Slot>,
+        pace: Pace,
+    ) {
+        if slot.queue.is_closed() {
+            // Ended, waiting for its owner to drop it (a pattern matched a new topic meanwhile):
+            // nothing more to receive.
+        } else if let Some(interval) = pace {
+            let derived = self.derived(tiers, state, interval);
+            attach_to(slot, &derived.ring, &derived.readers, &derived.pushed, Some(&derived.tier));
+            derived.joined(slot.id);
+        } else {
+            attach_to(slot, &state.ring, &state.readers, &state.pushed, None);
+        }
+        state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
     }
-    state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
+
+    /// `state`'s derived ring at `interval`, made (with its tier, if new) when nobody reads the
+    /// topic at that interval yet.
+    fn derived(
+        &self,
+        tiers: &mut Map<std::time::Duration, Arc<Tier>>,
+        state: &Arc<TopicState>,
+        interval: std::time::Duration,
+    ) -> Arc<Derived> {
+        if let Some(found) = state.tiers.load().iter().find(|d| d.tier.interval == interval) {
+            return found.clone();
+        }
+        let tier = match tiers.get(&interval) {
+            Some(tier) => tier.clone(),
+            None => {
+                let tier = Arc::new(Tier::new(interval));
+                tiers.insert(interval, tier.clone());
+                self.tiers.store(Arc::new(tiers.values().cloned().collect()));
+                tier
+            }
+        };
+        let derived = Arc::new(Derived::new(tier.clone(), state.name.clone()));
+        state.tiers.rcu(|list| with(list, &derived));
+        tier.derived.rcu(|list| with(list, &derived));
+        derived
+    }
+
+    /// Takes subscriber `id` off `state` (its ring or the derived ring it reads, or a push
+    /// list) and drops a derived ring nobody reads any more. Called with the writer lock held.
+    fn detach(&self, tiers: &mut Map<std::time::Duration, Arc<Tier>>, state: &TopicState, id: u64) {
+        let slot = state.subscribers.load().get(id).cloned();
+        state.subscribers.rcu(|set| set.remove(id));
+        let Some(slot) = slot else {
+            return;
+        };
+        detach_from(&slot, &state.ring, &state.readers, &state.pushed);
+        for derived in state.tiers.load().iter() {
+            detach_from(&slot, &derived.ring, &derived.readers, &derived.pushed);
+            if derived.is_unread() {
+                self.drop_derived(tiers, state, derived);
+            }
+        }
+    }
+
+    /// Forgets a derived ring nobody reads, and its tier when it was the tier's last.
+    fn drop_derived(
+        &self,
+        tiers: &mut Map<std::time::Duration, Arc<Tier>>,
+        state: &TopicState,
+        derived: &Arc<Derived>,
+    ) {
+        state.tiers.rcu(|list| without(list, derived));
+        let tier = &derived.tier;
+        tier.derived.rcu(|list| without(list, derived));
+        if tier.derived.load().is_empty() {
+            tiers.remove(&tier.interval);
+            self.tiers.store(Arc::new(tiers.values().cloned().collect()));
+        }
+    }
+
+    /// The live rate tiers (lock-free snapshot), for the hub's tier clock.
+    pub(crate) fn tiers(&self) -> Guard<Vec<Arc<Tier>>> {
+        self.tiers.load()
+    }
 }
 
-/// Takes subscriber `id` off `state`. Called with the writer lock held.
-fn detach(state: &TopicState, id: u64) {
-    let slot = state.subscribers.load().get(id).cloned();
-    state.subscribers.rcu(|set| set.remove(id));
-    let Some(slot) = slot else {
+/// `list` with `item` added.
+fn with<T>(list: &[Arc<T>], item: &Arc<T>) -> Vec<Arc<T>> {
+    let mut list = list.to_vec();
+    list.push(item.clone());
+    list
+}
+
+/// `list` without `item`.
+fn without<T>(list: &[Arc<T>], item: &Arc<T>) -> Vec<Arc<T>> {
+    list.iter().filter(|i| !Arc::ptr_eq(i, item)).cloned().collect()
+}
+
+/// Puts `slot` on `ring` (at its tail) and its `readers`, or on `pushed` if it conflates.
+fn attach_to(
+    slot: &Arc<Slot>,
+    ring: &Arc<Ring>,
+    readers: &Arc<Readers>,
+    pushed: &ArcSwap<IdMap<Arc<Slot>>>,
+    tier: Option<&Arc<Tier>>,
+) {
+    if !slot.reads_rings() {
+        pushed.rcu(|set| set.insert(slot.id, slot.clone()));
         return;
+    }
+    let cursor = ring.join(slot.queue.capacity());
+    let member = Arc::new(Member::new(slot.id, slot.queue.clone(), cursor));
+    let feed = Feed {
+        ring: ring.clone(),
+        readers: readers.clone(),
+        member: member.clone(),
+        tier: tier.cloned(),
     };
-    if slot.reads_rings() {
-        state.readers.rcu(|set| set.remove(id));
-        slot.remove_feed(&state.ring);
-        if state.readers.load().is_empty() {
-            state.ring.clear();
+    slot.add_feed(feed);
+    readers.rcu(|set| set.insert(slot.id, member.clone()));
+    // A subscriber parked on its other rings is not parked on this one yet (a pattern just
+    // matched a new topic): wake it, so its next poll parks here too.
+    slot.queue.wake();
+}
+
+/// Takes `slot` off `ring` and its `readers`, or off `pushed`, if it is there; a ring nobody
+/// reads any more lets go of its entries.
+fn detach_from(
+    slot: &Slot,
+    ring: &Arc<Ring>,
+    readers: &Readers,
+    pushed: &ArcSwap<IdMap<Arc<Slot>>>,
+) {
+    if !slot.reads_rings() {
+        if pushed.load().get(slot.id).is_some() {
+            pushed.rcu(|set| set.remove(slot.id));
         }
-    } else {
-        state.pushed.rcu(|set| set.remove(id));
+        return;
+    }
+    if readers.load().get(slot.id).is_some() {
+        readers.rcu(|set| set.remove(slot.id));
+    }
+    // Also when it already left the readers (a live change took its entries first).
+    if slot.feeds().iter().any(|f| Arc::ptr_eq(&f.ring, ring)) {
+        slot.remove_feed(ring);
+    }
+    if readers.load().is_empty() {
+        ring.clear();
     }
 }
 
@@ -504,15 +674,19 @@ impl Registry {
         slot: &Arc<Slot>,
         add: Names,
         remove: Names,
+        pace: Option<Pace>,
         max: usize,
-    ) -> Result<Option<Changed>, usize> {
+    ) -> Result<Option<Changed>, Unchanged> {
         let mut writer = lock(&self.writer);
         let Some(entry) = writer.subscribers.get(&slot.id) else {
             return Ok(None);
         };
         let count = planned_count(entry, &add, &remove);
         if count > max {
-            return Err(count);
+            return Err(Unchanged::TooManyTopics(count));
+        }
+        if pace.is_some_and(|pace| pace != entry.pace && self.over_intervals(&writer, pace)) {
+            return Err(Unchanged::Intervals);
         }
         let before = received(&writer, slot.id);
         let named_before = entry.topics.clone();
@@ -522,6 +696,9 @@ impl Registry {
         let mut patterns_changed = false;
         for pattern in &remove.patterns {
             patterns_changed |= self.drop_pattern(&mut writer, slot, pattern.as_str());
+        }
+        if let Some(pace) = pace {
+            self.change_pace(&mut writer, slot, pace);
         }
         for topic in add.topics {
             self.take_topic(&mut writer, slot, topic);
@@ -590,12 +767,30 @@ impl Registry {
             .topics
             .get(topic)
             .is_some_and(|entry| entry.members.get(&slot.id).copied() == Some(1));
-        if last && slot.reads_rings() {
+        if last {
             if let Some(entry) = writer.topics.get(topic) {
-                slot.leave_feed_absorbing(&entry.state.ring);
+                hand_over(&entry.state, slot);
             }
         }
         self.remove_member(writer, topic, slot.id);
+    }
+
+    /// Moves `slot` to `pace` on every topic it receives: what it was owed where it read (the
+    /// ring's entries and, in a tier, the values pending for the next tick) moves into its
+    /// queue, and it reads on from the tail of the ring of its new pace. Under the sequencer.
+    fn change_pace(&self, writer: &mut Writer, slot: &Arc<Slot>, pace: Pace) {
+        let Some(entry) = writer.subscribers.get_mut(&slot.id) else { return };
+        if entry.pace == pace {
+            return;
+        }
+        entry.pace = pace;
+        let topics: Vec<SharedStr> = received(writer, slot.id).into_iter().collect();
+        for topic in topics {
+            let Some(state) = writer.topics.get(&topic).map(|e| e.state.clone()) else { continue };
+            hand_over(&state, slot);
+            self.detach(&mut writer.tiers, &state, slot.id);
+            self.attach(&mut writer.tiers, &state, slot, pace);
+        }
     }
 
     /// Makes `slot` name `topic` (if it did not).
@@ -606,7 +801,7 @@ impl Registry {
         }
         entry.topics.push(topic.clone());
         self.ensure_topic(writer, &topic);
-        Self::add_member(writer, &topic, slot);
+        self.add_member(writer, &topic, slot);
     }
 
     /// Registers `pattern` (written `source`) with the topics it matches, if the registry does
@@ -647,9 +842,27 @@ impl Registry {
             None => Vec::new(),
         };
         for topic in &matched {
-            Self::add_member(writer, topic, slot);
+            self.add_member(writer, topic, slot);
         }
         new
+    }
+}
+
+/// What `slot` was owed on `state` (the entries the ring it reads still holds for it and, if
+/// it reads the topic at a tier, the tier's values pending for it) moves into its queue before
+/// it stops reading there while its stream goes on (a live change). Under the sequencer and
+/// the writer lock.
+fn hand_over(state: &TopicState, slot: &Arc<Slot>) {
+    let tiers = state.tiers.load();
+    let derived = tiers.iter().find(|d| {
+        d.readers.load().get(slot.id).is_some() || d.pushed.load().get(slot.id).is_some()
+    });
+    let pending = derived.map(|d| d.pending_for(slot.id)).unwrap_or_default();
+    let ring = derived.map_or(&state.ring, |d| &d.ring);
+    if slot.reads_rings() {
+        slot.leave_feed_absorbing(ring, pending);
+    } else {
+        slot.absorb_pending(pending);
     }
 }
 

@@ -61,6 +61,12 @@ pub struct Stats {
     pub state_evictions: u64,
     /// Subscriptions that started with a snapshot of the keyed state.
     pub snapshots: u64,
+    /// Ticks of rate tiers (see [`Subscribe::with_interval`](crate::Subscribe::with_interval))
+    /// that delivered at least one value.
+    pub tier_ticks: u64,
+    /// Deliveries rate tiers saved: for each value a newer one of its key replaced before its
+    /// tick, one per subscriber of the tier.
+    pub tier_saved: u64,
 }
 
 /// The hub's counters.
@@ -91,6 +97,10 @@ pub(crate) struct Counters {
     state_evictions: CachePadded<AtomicU64>,
     /// See [`Stats::snapshots`].
     snapshots: CachePadded<AtomicU64>,
+    /// See [`Stats::tier_ticks`].
+    tier_ticks: CachePadded<AtomicU64>,
+    /// See [`Stats::tier_saved`].
+    tier_saved: CachePadded<AtomicU64>,
 }
 
 /// What one fan-out did.
@@ -102,6 +112,11 @@ pub(crate) struct FanOut {
     pub(crate) dropped: u64,
     /// Frames replaced by a same-key frame.
     pub(crate) conflated: u64,
+    /// Subscribers of rate tiers the event is pending for (receivers, delivered at a tick).
+    pub(crate) tiered: u64,
+    /// Deliveries a rate tier saved: the subscribers of each tier where this event replaced a
+    /// pending value.
+    pub(crate) tier_saved: u64,
     /// Subscribers closed as slow.
     pub(crate) slow: u64,
     /// Their ids, to take them out of the registry once the publish is done (allocates only
@@ -127,9 +142,13 @@ impl Counters {
         add(&self.frames_dropped, fan.dropped);
         add(&self.frames_conflated, fan.conflated);
         add(&self.slow_disconnects, fan.slow);
+        add(&self.tier_saved, fan.tier_saved);
         #[cfg(feature = "metrics")]
         {
             metrics::counter!("ssehub_events_published_total").increment(1);
+            if fan.tier_saved > 0 {
+                metrics::counter!("ssehub_tier_saved_total").increment(fan.tier_saved);
+            }
             metrics::counter!("ssehub_frames_delivered_total").increment(fan.delivered);
             if fan.dropped > 0 {
                 metrics::counter!("ssehub_frames_dropped_total").increment(fan.dropped);
@@ -137,6 +156,24 @@ impl Counters {
             if fan.conflated > 0 {
                 metrics::counter!("ssehub_frames_conflated_total").increment(fan.conflated);
             }
+            if fan.slow > 0 {
+                metrics::counter!("ssehub_slow_disconnects_total").increment(fan.slow);
+            }
+        }
+    }
+
+    /// Records one tick of a rate tier and what its fan-out did (its deliveries are frames
+    /// delivered; it publishes no event).
+    pub(crate) fn ticked(&self, fan: &FanOut) {
+        add(&self.tier_ticks, 1);
+        add(&self.frames_delivered, fan.delivered);
+        add(&self.frames_dropped, fan.dropped);
+        add(&self.frames_conflated, fan.conflated);
+        add(&self.slow_disconnects, fan.slow);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("ssehub_tier_ticks_total").increment(1);
+            metrics::counter!("ssehub_frames_delivered_total").increment(fan.delivered);
             if fan.slow > 0 {
                 metrics::counter!("ssehub_slow_disconnects_total").increment(fan.slow);
             }
@@ -268,6 +305,8 @@ impl Counters {
             resolver_panics: self.resolver_panics.load(Ordering::Relaxed),
             state_evictions: self.state_evictions.load(Ordering::Relaxed),
             snapshots: self.snapshots.load(Ordering::Relaxed),
+            tier_ticks: self.tier_ticks.load(Ordering::Relaxed),
+            tier_saved: self.tier_saved.load(Ordering::Relaxed),
         }
     }
 }
@@ -387,6 +426,8 @@ impl Sample {
 /// | `ssehub_resolver_panics_total` | counter | request resolvers that panicked |
 /// | `ssehub_state_evictions_total` | counter | keys evicted from a topic's keyed state at its bound |
 /// | `ssehub_snapshots_total` | counter | subscriptions that started with a snapshot of the keyed state |
+/// | `ssehub_tier_ticks_total` | counter | ticks of rate tiers that delivered at least one value |
+/// | `ssehub_tier_saved_total` | counter | deliveries rate tiers saved (a value replaced before its tick, once per subscriber of the tier) |
 /// | `ssehub_connections_refused_total{reason}` | counter | connections refused at accept (`rate`, `per_ip`), or whose TLS handshake failed (`tls_handshake`) or did not finish within the head timeout (`tls_handshake_timeout`) |
 /// | `ssehub_streams_ended_total{reason}` | counter | streams ended: `slow`, `shutdown`, `disconnected`, `dropped`, `expired` (the token's `exp`), `revoked` (`Hub::revoke`), `client_gone`, `write_deadline`, `unexpected_input` |
 /// | `ssehub_subscribers` | gauge | live subscriptions |
@@ -414,7 +455,7 @@ impl Sample {
 #[cfg(feature = "metrics")]
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    let counters: [(&'static str, &'static str); 13] = [
+    let counters: [(&'static str, &'static str); 15] = [
         ("ssehub_events_published_total", "Events accepted by publish, broadcast and send_to."),
         ("ssehub_frames_delivered_total", "Frames queued to subscribers."),
         ("ssehub_frames_dropped_total", "Frames lost by full queues."),
@@ -428,6 +469,11 @@ pub fn describe_metrics() {
         (
             "ssehub_snapshots_total",
             "Subscriptions that started with a snapshot of the keyed state.",
+        ),
+        ("ssehub_tier_ticks_total", "Ticks of rate tiers that delivered at least one value."),
+        (
+            "ssehub_tier_saved_total",
+            "Deliveries rate tiers saved: values replaced before their tick, per subscriber.",
         ),
         ("ssehub_connections_refused_total", "Connections refused at accept, by reason."),
         (STREAMS_ENDED, "Streams ended, by reason."),

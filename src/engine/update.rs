@@ -1,13 +1,14 @@
 //! A live change of a subscription: topics and patterns added to and taken off an open stream,
 //! at one point in the sequence.
 
-use crate::engine::registry::{Changed, Slot};
-use crate::engine::{Engine, Names};
-use crate::error::SubscribeError;
+use crate::engine::registry::{Changed, Slot, Unchanged};
+use crate::engine::{Engine, Names, Pace};
+use crate::error::{IntervalError, SubscribeError};
 use crate::sync::{lock, Arc};
 
 impl Engine {
-    /// Changes what `slot` receives (see `Registry::update`) under the sequencer: every
+    /// Changes what `slot` receives, and at what pace when `pace` says (see
+    /// `Registry::update`), under the sequencer: every
     /// publish is wholly before the change (delivered as the subscription stood, including on
     /// the topics it leaves) or wholly after (delivered as it stands now). `None` when the
     /// subscriber has ended. `applied` runs under the sequencer once the change is made (the
@@ -23,6 +24,7 @@ impl Engine {
         slot: &Arc<Slot>,
         add: Names,
         remove: Names,
+        pace: Option<Pace>,
         applied: impl FnOnce(),
     ) -> Result<Option<Changed>, SubscribeError> {
         let max = self.config.max_topics_per_subscription;
@@ -30,10 +32,16 @@ impl Engine {
         if self.is_closed() {
             return Err(SubscribeError::Closed);
         }
-        let changed = self
-            .registry
-            .update(slot, add, remove, max)
-            .map_err(|count| SubscribeError::TooManyTopics { count, max })?;
+        let changed =
+            self.registry.update(slot, add, remove, pace, max).map_err(
+                |unchanged| match unchanged {
+                    Unchanged::TooManyTopics(count) => SubscribeError::TooManyTopics { count, max },
+                    Unchanged::Intervals => {
+                        let max = self.config.max_intervals;
+                        SubscribeError::Interval(IntervalError::TooMany { max })
+                    }
+                },
+            )?;
         if changed.is_some() {
             applied();
         }

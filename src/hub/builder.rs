@@ -37,6 +37,8 @@ pub(crate) struct Config {
     pub(crate) history: Option<HistoryLimits>,
     /// Most events one reconnect replays.
     pub(crate) max_replay: usize,
+    /// Most distinct rate tier intervals at once.
+    pub(crate) max_intervals: usize,
     /// This hub's epoch, part of every id it assigns.
     pub(crate) epoch: u64,
     /// The `retry:` hint each subscription starts with: a base and a random extra up to a
@@ -65,6 +67,7 @@ impl Config {
             lag_event: self.lag_event,
             history: self.history,
             max_replay: self.max_replay,
+            max_intervals: self.max_intervals,
             epoch: self.epoch,
             state: self.state,
         };
@@ -101,6 +104,7 @@ impl Default for Config {
             lag_event: true,
             history: None,
             max_replay: 1000,
+            max_intervals: 16,
             epoch: default_epoch(),
             retry: None,
             sessions: None,
@@ -228,6 +232,30 @@ impl HubBuilder {
     /// ```
     pub fn with_max_topics_per_subscription(mut self, count: usize) -> Self {
         self.config.max_topics_per_subscription = count;
+        self
+    }
+
+    /// The most distinct rate tier intervals live at once (default 16): each is ticked by the
+    /// hub's clock whatever its number of subscribers, so a client may not make the hub tick
+    /// at a thousand different paces. A subscription or live change asking for one more is
+    /// refused with [`IntervalError::TooMany`](crate::IntervalError::TooMany); intervals in
+    /// use are always accepted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ssehub::Subscribe;
+    ///
+    /// let hub = ssehub::Hub::builder().with_max_intervals(1).build();
+    /// let at = |ms| Subscribe::new().with_topic("t").with_interval(Duration::from_millis(ms));
+    /// let _quarter = hub.subscribe(at(250))?;
+    /// let _also = hub.subscribe(at(250))?;
+    /// assert!(hub.subscribe(at(1000)).is_err());
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    pub fn with_max_intervals(mut self, count: usize) -> Self {
+        self.config.max_intervals = count;
         self
     }
 

@@ -27,6 +27,8 @@ pub struct SubscriptionChange {
     pub(crate) remove_topics: Vec<String>,
     /// Patterns to take off.
     pub(crate) remove_patterns: Vec<String>,
+    /// The new interval, if it changes (zero: every event as it comes).
+    pub(crate) interval: Option<std::time::Duration>,
 }
 
 impl SubscriptionChange {
@@ -92,6 +94,36 @@ impl SubscriptionChange {
     pub fn with_removed_pattern(mut self, pattern: impl Into<String>) -> Self {
         self.remove_patterns.push(pattern.into());
         self
+    }
+
+    /// Switches the stream's pace to `interval` (zero: every event as it comes; see
+    /// [`Subscribe::with_interval`](crate::Subscribe::with_interval)). Every event published
+    /// before the change that the old pace still owed the stream (a tier's values waiting for
+    /// its tick) is handed over first, so the stream misses nothing; from the change on, it
+    /// receives at the new pace.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let change = ssehub::SubscriptionChange::new().with_interval(Duration::from_millis(250));
+    /// assert_eq!(change.interval(), Some(Duration::from_millis(250)));
+    /// ```
+    pub fn with_interval(mut self, interval: std::time::Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// The interval it switches to, if it does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(ssehub::SubscriptionChange::new().interval(), None);
+    /// ```
+    #[must_use]
+    pub fn interval(&self) -> Option<std::time::Duration> {
+        self.interval
     }
 
     /// The topics it adds.

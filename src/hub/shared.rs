@@ -11,6 +11,7 @@ use crate::engine::history::ResetReason;
 use crate::engine::queue::FrameKeys;
 use crate::engine::registry::Slot;
 use crate::engine::stats::{FanOut, Stats};
+use crate::engine::tier::{checked_pace, Tier};
 use crate::engine::{
     Engine, Entry, Number, Published, Replay, ReplaySource, Sequenced, Snapshot, Start, Taken,
 };
@@ -24,6 +25,7 @@ use crate::services::expiry::Expiries;
 use crate::services::heartbeat::Heartbeat;
 use crate::services::producers::{Producer, Producers};
 use crate::services::sessions::{Hijack, Lookup, SessionLimits, Sessions};
+use crate::services::tier_clock::TierClock;
 use crate::sync::{
     rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr,
 };
@@ -61,6 +63,8 @@ pub(crate) struct Shared {
     jitter: AtomicU64,
     /// The heartbeat timer.
     pub(crate) heartbeat: Heartbeat,
+    /// The rate tiers' timer.
+    pub(crate) tier_clock: TierClock,
     /// Subscriptions that end at a set time, and the one thread that ends them.
     pub(crate) expiries: Expiries,
     /// Set while something outside (a backplane) holds the engine's external clock.
@@ -88,6 +92,9 @@ struct Wanted {
     topics: Vec<String>,
     /// Patterns, unchecked.
     patterns: Vec<String>,
+    /// The interval, unchecked: the session's when a live change set it, the request's
+    /// otherwise.
+    interval: Duration,
 }
 
 impl Shared {
@@ -103,6 +110,7 @@ impl Shared {
             handles: AtomicUsize::new(1),
             jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             heartbeat: Heartbeat::default(),
+            tier_clock: TierClock::default(),
             expiries: Expiries::default(),
             claimed: AtomicBool::new(false),
             source: Mutex::new(None),
@@ -144,6 +152,7 @@ impl Shared {
         }
         // Check the request before touching any session, so a bad request changes nothing.
         this.engine.checked_names(&request.topics, &request.patterns)?;
+        checked_pace(request.interval)?;
         clients::check(request.client.as_deref(), &request.metadata)?;
         let slot =
             this.engine.new_slot(request.capacity, request.policy, request.principal.as_deref());
@@ -151,6 +160,9 @@ impl Shared {
         let names = this
             .engine
             .checked_names(&wanted.topics, &wanted.patterns)
+            .inspect_err(|_| this.leave_session(session.as_ref(), slot.id))?;
+        let pace = checked_pace(wanted.interval)
+            .map_err(SubscribeError::from)
             .inspect_err(|_| this.leave_session(session.as_ref(), slot.id))?;
         let presence_topics =
             if this.services.presence { names.topics.clone() } else { Vec::new() };
@@ -162,8 +174,11 @@ impl Shared {
         let snapshot = if request.snapshot { Snapshot::Take } else { Snapshot::Skip };
         let joined = this
             .engine
-            .join(&slot, names, start, snapshot)
+            .join(&slot, names, pace, start, snapshot)
             .inspect_err(|_| this.leave_session(session.as_ref(), slot.id))?;
+        if pace.is_some() {
+            TierClock::start(this);
+        }
         let mut pending = this.opening_frames(&request, slot.id, session.as_mut(), joined.replay);
         if let Some(taken) = joined.snapshot {
             snapshot_frames(&mut pending, taken);
@@ -257,8 +272,11 @@ impl Shared {
         request: &Subscribe,
         slot: &Arc<Slot>,
     ) -> Result<(Option<Session>, Wanted), SubscribeError> {
-        let asked =
-            || Wanted { topics: request.topics.clone(), patterns: request.patterns.clone() };
+        let asked = || Wanted {
+            topics: request.topics.clone(),
+            patterns: request.patterns.clone(),
+            interval: request.interval,
+        };
         let Some(limits) = &self.services.sessions else {
             return Ok((None, asked()));
         };
@@ -273,7 +291,11 @@ impl Shared {
         );
         match opened {
             Ok(Some(opened)) => {
-                let wanted = Wanted { topics: opened.topics, patterns: opened.patterns };
+                let wanted = Wanted {
+                    topics: opened.topics,
+                    patterns: opened.patterns,
+                    interval: opened.interval.unwrap_or(request.interval),
+                };
                 let session = Session { id: opened.id, token: opened.token, missed: opened.missed };
                 Ok((Some(session), wanted))
             }
@@ -503,10 +525,14 @@ impl Shared {
         }
         let add = this.engine.checked_names(&change.add_topics, &change.add_patterns)?;
         let remove = this.engine.checked_names(&change.remove_topics, &change.remove_patterns)?;
+        let pace = change.interval.map(checked_pace).transpose().map_err(UpdateError::Interval)?;
         let changed = this
             .engine
-            .update(slot, add, remove, || this.sessions.record_change(slot.id, change))?
+            .update(slot, add, remove, pace, || this.sessions.record_change(slot.id, change))?
             .ok_or(UpdateError::Ended)?;
+        if pace.flatten().is_some() {
+            TierClock::start(this);
+        }
         if this.producers.any() {
             for topic in changed.joined.iter().map(|t| &t.name).chain(&changed.left) {
                 Producers::reconcile(this, topic);
@@ -555,6 +581,15 @@ impl Shared {
             Shared::remove(this, *id);
         }
         Ok(sequenced)
+    }
+
+    /// One tick of a rate tier (see `Engine::tick`), then the subscribers it dropped as slow
+    /// leave the registry, as after a publish.
+    #[cfg_attr(ssehub_loom, allow(dead_code))]
+    pub(crate) fn tick(this: &Arc<Self>, tier: &Tier) {
+        for id in this.engine.tick(tier) {
+            Shared::remove(this, id);
+        }
     }
 
     /// Publishes a presence event (`join` or `leave`) for each of `topics` to its
@@ -668,6 +703,7 @@ impl Shared {
         let first = self.engine.shutdown(last);
         self.producers.stop_all();
         self.heartbeat.stop();
+        self.tier_clock.stop();
         self.expiries.stop();
         first
     }
@@ -680,6 +716,7 @@ impl Shared {
         // Closed to new subscribers and publishes at once; streams end batch by batch.
         self.producers.stop_all();
         self.heartbeat.stop();
+        self.tier_clock.stop();
         self.expiries.stop();
         let mut batches = closing.slots.chunks(pacing.batch.max(1)).peekable();
         while let Some(batch) = batches.next() {

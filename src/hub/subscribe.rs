@@ -54,6 +54,8 @@ pub struct Subscribe {
     pub(crate) metadata: BTreeMap<String, String>,
     /// Whether the stream starts with a snapshot of its topics' keyed state.
     pub(crate) snapshot: bool,
+    /// The rate tier's interval; zero for every event as it comes.
+    pub(crate) interval: std::time::Duration,
 }
 
 impl Subscribe {
@@ -358,6 +360,45 @@ impl Subscribe {
     /// ```
     pub fn with_snapshot(mut self) -> Self {
         self.snapshot = true;
+        self
+    }
+
+    /// Receives its topics at a pace: per key (per topic for events without a key) at most one
+    /// event per `interval`, always the latest, and the last one of a burst at the end of its
+    /// interval. Every subscriber of a topic at one interval reads the same derived stream,
+    /// chosen and encoded once, on one hub-wide timer per interval (ticks fall on multiples of
+    /// the interval since the hub started). Ids are the events' own, so a resume is exact; a
+    /// resume replays every event it missed, then goes on at the pace. The subscription's own
+    /// frames (targeted sends, broadcasts) go out with the next tick, in order. Zero (the
+    /// default) is every event as it comes; otherwise a whole number of milliseconds from 10 ms
+    /// to 60 s, or the subscribe fails with [`SubscribeError::Interval`]. A live change can
+    /// switch it ([`SubscriptionChange::with_interval`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ssehub::{Event, Hub, Subscribe};
+    ///
+    /// let hub = Hub::new();
+    /// let mut sub = hub.subscribe(
+    ///     Subscribe::new().with_topic("price:BTC").with_interval(Duration::from_millis(50)),
+    /// )?;
+    /// for price in ["64000", "64001", "64002"] {
+    ///     hub.publish("price:BTC", Event::new(price))?;
+    /// }
+    /// let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    /// let batch = rt.block_on(sub.recv()).expect("the tick");
+    /// // The burst's last value, once, at the end of the interval.
+    /// assert_eq!(batch.frames().len(), 1);
+    /// assert_eq!(batch.frames()[0].as_ref(), b"data: 64002\n\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// [`SubscribeError::Interval`]: crate::SubscribeError::Interval
+    /// [`SubscriptionChange::with_interval`]: crate::SubscriptionChange::with_interval
+    pub fn with_interval(mut self, interval: std::time::Duration) -> Self {
+        self.interval = interval;
         self
     }
 }

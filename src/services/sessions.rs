@@ -163,6 +163,8 @@ struct Session {
     topics: Vec<String>,
     /// See `topics`.
     patterns: Vec<String>,
+    /// The interval a live change set, to restore on resume (`None`: the request's).
+    interval: Option<std::time::Duration>,
     /// Where targeted sends go.
     state: State,
 }
@@ -180,6 +182,8 @@ pub(crate) struct Opened {
     pub(crate) topics: Vec<String>,
     /// Patterns to restore.
     pub(crate) patterns: Vec<String>,
+    /// The interval to restore, if a live change set one.
+    pub(crate) interval: Option<std::time::Duration>,
 }
 
 /// Why no live connection was found for a token.
@@ -278,6 +282,7 @@ impl Sessions {
                     missed,
                     topics: session.topics.clone(),
                     patterns: session.patterns.clone(),
+                    interval: session.interval,
                 }));
             }
         }
@@ -299,6 +304,7 @@ impl Sessions {
                 principal: principal.map(str::to_string),
                 topics: topics.to_vec(),
                 patterns: patterns.to_vec(),
+                interval: None,
                 state: State::Live(slot.clone()),
             },
         );
@@ -308,6 +314,7 @@ impl Sessions {
             missed: Vec::new(),
             topics: topics.to_vec(),
             patterns: patterns.to_vec(),
+            interval: None,
         }))
     }
 
@@ -355,6 +362,9 @@ impl Sessions {
         let inner = &mut *guard;
         let Some(id) = inner.by_slot.get(&slot_id) else { return };
         let Some(session) = inner.by_id.get_mut(id) else { return };
+        if let Some(interval) = change.interval {
+            session.interval = Some(interval);
+        }
         session.topics.retain(|t| !change.remove_topics.contains(t));
         session.patterns.retain(|p| !change.remove_patterns.contains(p));
         for topic in &change.add_topics {

@@ -22,7 +22,9 @@
 //! | [`rank::Clients`] | `Clients::inner`: subscriptions by client id | the sequencer (`send_to_matching`) |
 //! | [`rank::History`] | `TopicState::history` | the sequencer (publish, resume), the writer (sweep, topic removal) |
 //! | [`rank::State`] | `TopicState::state`: a topic's latest event per key | the sequencer (publish, a subscribe with a snapshot), the writer (sweep, topic removal) |
+//! | [`rank::Pending`] | `Derived::pending`: a rate tier's values for its next tick | the sequencer (publish, tick, a subscribe or live change that joins or leaves a tier), the writer (join, leave) |
 //! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer (a publish's push, ending a stream), the writer (attach wakes it), sessions, clients |
+//! | [`rank::TierWaiting`] | `Tier::waiting`: readers to wake at the next tick | a reader's queue (a tier reader whose own frames wait for the mark), nothing (the tick takes it) |
 //! | [`rank::Parked`] | `Ring::parked`: a ring's parked readers | the sequencer (ending a stream leaves its rings), the writer (detach, clear) |
 //! | [`rank::ProducerSpecs`] | `Producers::specs` | nothing |
 //! | [`rank::Producers`] | `Lifecycle::inner`: the running instances | nothing |
@@ -32,6 +34,7 @@
 //! | [`rank::BackplaneTask`] | a backplane's task handle | nothing |
 //! | [`rank::Expiries`] | `Expiries::index`: subscriptions by expiry time | nothing |
 //! | [`rank::ExpiryThread`] | `Expiries::thread` | nothing |
+//! | [`rank::TierThread`] | `TierClock::thread` | nothing |
 //!
 //! A topic ring's readers take none of these to read: entries are write-once slots below a tail
 //! published with `Release` (see `src/engine/ring.rs`). A subscriber's feeds (the rings it
@@ -89,8 +92,12 @@ pub(crate) mod rank {
         History = 40,
         /// One topic's keyed state.
         State = 45,
+        /// One rate tier's pending values for a topic.
+        Pending = 50,
         /// One subscriber's own queue.
         Queue = 60,
+        /// One interval's queues to wake at its next tick.
+        TierWaiting = 65,
         /// One ring's parked readers.
         Parked = 70,
         /// The registered producers: taken with nothing else held.
@@ -114,5 +121,8 @@ pub(crate) mod rank {
         // Declared under loom too (where there is no thread), so the order is one list.
         #[allow(dead_code)]
         ExpiryThread = 87,
+        /// The tier clock's thread handle: taken with nothing else held.
+        #[allow(dead_code)]
+        TierThread = 88,
     }
 }
