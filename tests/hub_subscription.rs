@@ -149,3 +149,50 @@ fn with_jwt_added_topics_need_the_claim_and_the_session_its_principal() {
     assert_eq!(stream.next_message().map(|e| e.data), Some("on b".into()));
     assert_eq!(stream.next_message().map(|e| e.data), Some("on a".into()));
 }
+
+#[test]
+fn the_interval_of_an_open_stream_changes_and_a_bad_one_is_400() {
+    let server = Server::start(&["--heartbeat", "0"]);
+    let addr = server.addr;
+    let (mut stream, token) = open(addr, "/events?topic=px&interval=1s", &[]);
+    for n in 0..5 {
+        publish(addr, "px", &json!({ "data": format!("slow {n}"), "key": "k" }));
+    }
+    // The 1 s tier owes the stream its last value: the switch to every event hands it over.
+    let to_live = change(addr, &token, &json!({ "interval": "0" }), &[]);
+    assert_eq!(to_live.status, 200, "{}", to_live.body);
+    for n in 0..3 {
+        publish(addr, "px", &json!({ "data": format!("live {n}"), "key": "k" }));
+    }
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("live 2") {
+        got.push(stream.next().expect("an event").data);
+    }
+    // A tick may have sent an earlier value before the switch; the last one always comes.
+    assert_eq!(got[got.len() - 4..], ["slow 4", "live 0", "live 1", "live 2"], "{got:?}");
+
+    let to_tier = change(addr, &token, &json!({ "interval": "250ms" }), &[]);
+    assert_eq!(to_tier.status, 200, "{}", to_tier.body);
+    for n in 0..50 {
+        publish(addr, "px", &json!({ "data": format!("tier {n}"), "key": "k" }));
+    }
+    publish(addr, "px", &json!({ "data": "end", "key": "k" }));
+    let mut tiered = Vec::new();
+    loop {
+        let event = stream.next().expect("an event");
+        if event.data == "end" {
+            break;
+        }
+        tiered.push(event.data);
+    }
+    assert!(tiered.len() < 50, "conflated at 250 ms: {tiered:?}");
+
+    for bad in
+        [json!({ "interval": "soon" }), json!({ "interval": "5ms" }), json!({ "interval": 250 })]
+    {
+        let refused = change(addr, &token, &bad, &[]);
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.body);
+    }
+    let refused = Stream::open(addr, "/events?topic=px&interval=90s", &[]);
+    assert_eq!(refused.status, 400);
+}

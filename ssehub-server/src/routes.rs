@@ -371,6 +371,9 @@ struct ChangeBody {
     /// What to take off.
     #[serde(default)]
     remove: Names,
+    /// The new pace: `"250ms"`, `"1s"`, `"0"` for every event (absent: unchanged).
+    #[serde(default)]
+    interval: Option<String>,
 }
 
 /// Topics and patterns, in a `POST /subscription` body.
@@ -386,7 +389,7 @@ struct Names {
 }
 
 /// `POST /subscription?session=TOKEN`: changes what the session's open stream receives, from
-/// the next event on. The added names go through the `/events` resolver again, with this
+/// the next event on, and at what pace (`"interval"`). The added names go through the `/events` resolver again, with this
 /// request's credentials (with JWT on: a valid token, `401`, whose principal owns the session
 /// and whose claim covers them, `403`); a refusal changes nothing.
 async fn change_subscription(
@@ -423,6 +426,23 @@ async fn change_subscription(
         }
         Err(rejection) => return Err(error(rejection.status(), rejection.reason().to_string())),
     };
+    let change = change_of(body)?;
+    match app.hub.update_session(&token, principal.as_deref(), change) {
+        Ok(id) => Ok(json(StatusCode::OK, &serde_json::json!({ "subscriber": id.as_u64() }))),
+        Err(e @ (UpdateError::UnknownSession | UpdateError::Ended)) => {
+            Err(error(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ UpdateError::SessionRefused) => Err(error(StatusCode::FORBIDDEN, e.to_string())),
+        Err(UpdateError::Closed) => {
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
+        }
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+    }
+}
+
+/// The live change a `POST /subscription` body asks for; `400` for an interval that cannot be
+/// read (one the hub refuses is its `400` later).
+fn change_of(body: ChangeBody) -> Result<SubscriptionChange, Refusal> {
     let mut change = SubscriptionChange::new();
     for topic in body.add.topics {
         change = change.with_added_topic(topic);
@@ -436,17 +456,12 @@ async fn change_subscription(
     for pattern in body.remove.patterns {
         change = change.with_removed_pattern(pattern);
     }
-    match app.hub.update_session(&token, principal.as_deref(), change) {
-        Ok(id) => Ok(json(StatusCode::OK, &serde_json::json!({ "subscriber": id.as_u64() }))),
-        Err(e @ (UpdateError::UnknownSession | UpdateError::Ended)) => {
-            Err(error(StatusCode::NOT_FOUND, e.to_string()))
-        }
-        Err(e @ UpdateError::SessionRefused) => Err(error(StatusCode::FORBIDDEN, e.to_string())),
-        Err(UpdateError::Closed) => {
-            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
-        }
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, e.to_string())),
+    if let Some(interval) = body.interval {
+        let interval = ssehub::resolve::parse_interval(&interval)
+            .map_err(|rejection| error(StatusCode::BAD_REQUEST, rejection.reason().to_string()))?;
+        change = change.with_interval(interval);
     }
+    Ok(change)
 }
 
 /// Percent-encodes a query component (every byte but the unreserved ones).

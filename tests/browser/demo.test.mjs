@@ -3,7 +3,9 @@
 //   HUB_URL=http://127.0.0.1:PORT CHROMIUM=/usr/bin/chromium node demo.test.mjs
 //
 // The server must run with `--demo --allow-disconnect` (`.ci/browser` starts it). Checks:
-//   1. the demo page fills with prices and they change, and the hub's stats show up;
+//   1. the demo page fills with prices and they change, and the hub's stats show up; its pace
+//      control switches its one stream between real-time, 250 ms and 1 s (per symbol at most
+//      one update per tick; real-time gets every one) without reconnecting;
 //   2. an EventSource on a test topic receives multi-line and unicode data exactly; after
 //      POST /disconnect, events published while it is away arrive once it reconnects by itself
 //      (Last-Event-ID), with no gap and no duplicate;
@@ -81,6 +83,35 @@ try {
     await page.waitForFunction(() => Number(document.getElementById("s-subscribers").textContent) >= 1);
     await page.waitForFunction(() => parseFloat(document.getElementById("s-eps").textContent) > 0);
     assert.equal(await page.isHidden("#empty"), true, "no 'no feed' state with --demo");
+  });
+
+  await step("the pace control switches the page's one stream between real-time, 250 ms and 1 s", async () => {
+    const opens = await page.evaluate(() => window.ssehubDemo.opens());
+    // Updates per symbol over 3 s at a pace, after what the old pace still owed has arrived.
+    const measure = async (pace) => {
+      await page.click(`button[data-pace="${pace}"]`);
+      await page.waitForFunction((p) => window.ssehubDemo.pace() === p, pace);
+      await page.waitForTimeout(700);
+      const before = await page.evaluate(() => window.ssehubDemo.perSymbol());
+      await page.waitForTimeout(3000);
+      const after = await page.evaluate(() => window.ssehubDemo.perSymbol());
+      const counts = Object.keys(after).map((s) => after[s] - (before[s] || 0));
+      return { total: counts.reduce((a, b) => a + b, 0), max: Math.max(0, ...counts) };
+    };
+    const second = await measure("1s");
+    const quarter = await measure("250ms");
+    const live = await measure("0");
+    console.log(`     updates in 3 s: 1 s ${JSON.stringify(second)}, 250 ms ${JSON.stringify(quarter)}, ` +
+      `real-time ${JSON.stringify(live)}`);
+    // At most one update per symbol per tick: 3 s hold at most 4 ticks of 1 s and 13 of
+    // 250 ms (one more for an arrival at the window's edge).
+    assert.ok(second.total > 0 && second.max <= 5, JSON.stringify(second));
+    assert.ok(quarter.total > second.total && quarter.max <= 14, JSON.stringify(quarter));
+    // Real-time is every update: at the demo rate the CI runs (400/s), more per symbol than
+    // any tier allows.
+    assert.ok(live.max > 14 && live.total > quarter.total, JSON.stringify(live));
+    assert.equal(await page.evaluate(() => window.ssehubDemo.opens()), opens, "one connection throughout");
+    assert.equal(await page.evaluate(() => window.ssehubDemo.resets()), 0);
   });
 
   await step("an EventSource gets exact data and resumes after /disconnect with no gap or duplicate", async () => {

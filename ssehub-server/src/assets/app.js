@@ -13,6 +13,10 @@
   let demo = null; // from /stats: whether the server runs the demo feed
   let opens = 0;
   let received = 0;
+  const perSymbol = new Map(); // symbol -> updates received
+  let pace = "0"; // this page's pace: "0" (every update), "250ms" or "1s"
+  let session = ""; // the stream's session token, from its `connected` event
+  let paceOfStream = "0"; // the pace the open stream was last set to
   let resets = 0;
   let lastId = "";
   let source = null;
@@ -148,10 +152,10 @@
     const text = `${q.symbol} ${q.name}`.toLowerCase();
     q.card.hidden = !(kindOk && (!search || text.includes(search)));
   }
-  document.querySelectorAll(".segmented button").forEach((button) => {
+  document.querySelectorAll("button[data-filter]").forEach((button) => {
     button.addEventListener("click", () => {
       filter = button.dataset.filter;
-      document.querySelectorAll(".segmented button").forEach((b) => {
+      document.querySelectorAll("button[data-filter]").forEach((b) => {
         b.classList.toggle("on", b === button);
         b.setAttribute("aria-selected", String(b === button));
       });
@@ -213,12 +217,55 @@
     try { info = JSON.parse(e.data); } catch { return; }
     if (!info || typeof info.symbol !== "string" || !info.symbol) return;
     received++;
+    perSymbol.set(info.symbol, (perSymbol.get(info.symbol) || 0) + 1);
     if (e.lastEventId) {
       lastId = e.lastEventId;
       $("last-id").textContent = lastId;
       $("last-id").title = lastId;
     }
     update(ensure(info), info, true);
+  }
+
+  // ---- the pace ---------------------------------------------------------------------------
+  // One connection for every pace: a change goes to POST /subscription with the stream's
+  // session token, and the hub switches the open stream (a rate tier: per symbol at most one
+  // update per interval, the latest). A stream that reconnected by itself resumes its session,
+  // which remembers the pace; one opened anew is set again once it says it is connected.
+  let setting = false;
+  async function setPace() {
+    if (setting || !session || pace === paceOfStream) return;
+    setting = true;
+    const wanted = pace;
+    const token = session;
+    let ok = false;
+    try {
+      const response = await fetch("/subscription?session=" + encodeURIComponent(token), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ interval: wanted }),
+      });
+      ok = response.ok;
+      if (ok && token === session) paceOfStream = wanted;
+      if (!ok) toast(`The hub refused the pace: ${response.status} ${await response.text()}`);
+    } catch { /* the stream's reconnect sets it again */ }
+    setting = false;
+    // Clicked again meanwhile, or a new session since: once more.
+    if (ok && pace !== paceOfStream) setPace();
+  }
+  document.querySelectorAll("button[data-pace]").forEach((button) => {
+    button.addEventListener("click", () => {
+      pace = button.dataset.pace;
+      document.querySelectorAll("button[data-pace]").forEach((b) => {
+        b.classList.toggle("on", b === button);
+        b.setAttribute("aria-checked", String(b === button));
+      });
+      setPace();
+    });
+  });
+  let receivedAtLastSecond = 0;
+  function tickPageRate() {
+    $("page-rate").textContent = fmtCount(received - receivedAtLastSecond);
+    receivedAtLastSecond = received;
   }
 
   function connect() {
@@ -246,6 +293,14 @@
         setState("connecting", "Reconnecting");
       }
     };
+    source.addEventListener("connected", (e) => {
+      let info = {};
+      try { info = JSON.parse(e.data); } catch { /* keep it empty */ }
+      // A new session starts at the URL's pace; a resumed one keeps the pace it was set to.
+      if (info.session && info.session !== session) paceOfStream = "0";
+      session = info.session || "";
+      setPace();
+    });
     source.addEventListener("price", onPrice);
     source.addEventListener("message", onPrice); // prices published without an event name
     source.addEventListener("reset", (e) => {
@@ -338,7 +393,9 @@
   tickClock();
   setInterval(pollStats, 1000);
   setInterval(tickClock, 1000);
+  setInterval(tickPageRate, 1000);
   window.ssehubDemo = {
     received: () => received, opens: () => opens, lastId: () => lastId, resets: () => resets,
+    perSymbol: () => Object.fromEntries(perSymbol), pace: () => paceOfStream,
   };
 })();
