@@ -114,9 +114,20 @@ impl Feed {
 /// (every feed of a subscription has the same pace but for the moment a live change swaps
 /// them), and the tier that sets it, if one does.
 fn horizon<'a>(feeds: &'a [Feed], watermark: &impl Fn() -> u64) -> (u64, Option<&'a Arc<Tier>>) {
-    let tier = feeds.iter().filter_map(|f| f.tier.as_ref()).min_by_key(|t| t.mark());
-    match tier {
-        Some(tier) => (tier.mark(), Some(tier)),
+    // Each tier's mark loaded once: a tier's mark never passes the watermark (both are the
+    // sequencer's value once it is free), so the lowest mark bounds everything.
+    let mut lowest: Option<(u64, &Arc<Tier>)> = None;
+    for tier in feeds.iter().filter_map(|f| f.tier.as_ref()) {
+        if lowest.is_some_and(|(_, seen)| Arc::ptr_eq(seen, tier)) {
+            continue;
+        }
+        let mark = tier.mark();
+        if lowest.is_none_or(|(low, _)| mark < low) {
+            lowest = Some((mark, tier));
+        }
+    }
+    match lowest {
+        Some((mark, tier)) => (mark, Some(tier)),
         None => (watermark(), None),
     }
 }

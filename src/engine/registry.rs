@@ -577,6 +577,8 @@ impl Registry {
     }
 
     /// The live rate tiers (lock-free snapshot), for the hub's tier clock.
+    // Under loom there is no clock thread: only the models call it.
+    #[cfg_attr(all(ssehub_loom, not(test)), allow(dead_code))]
     pub(crate) fn tiers(&self) -> Guard<Vec<Arc<Tier>>> {
         self.tiers.load()
     }

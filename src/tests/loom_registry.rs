@@ -234,7 +234,7 @@ fn loom_registry_pattern_subscribe_vs_publish_to_new_topic() {
         let (r, s, d) = (registry.clone(), a.clone(), done.clone());
         let subscriber = thread::spawn(move || {
             let patterns = vec![Pattern::new("price:*").unwrap()];
-            r.subscribe(&s, Vec::new(), patterns, usize::MAX).unwrap();
+            r.subscribe(&s, Vec::new(), patterns, None, usize::MAX).unwrap();
             // SeqCst: the publisher reads it before it starts; the flag only records "returned
             // before", the registry's own synchronisation must do the rest.
             d.store(true, Ordering::SeqCst);

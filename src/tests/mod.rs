@@ -28,6 +28,7 @@ mod loom_producer;
 mod loom_queue;
 mod loom_registry;
 mod loom_ring;
+mod loom_tier;
 
 use std::collections::BTreeSet;
 use std::future::Future;
