@@ -61,6 +61,10 @@ pub struct Stats {
     pub state_evictions: u64,
     /// Subscriptions that started with a snapshot of the keyed state.
     pub snapshots: u64,
+    /// Topics whose keyed state was dropped, nobody receiving them, at the hub's bound on the
+    /// topics holding state (see
+    /// [`HubBuilder::with_max_state_topics`](crate::HubBuilder::with_max_state_topics)).
+    pub state_topics_dropped: u64,
 }
 
 /// The hub's counters.
@@ -91,6 +95,8 @@ pub(crate) struct Counters {
     state_evictions: CachePadded<AtomicU64>,
     /// See [`Stats::snapshots`].
     snapshots: CachePadded<AtomicU64>,
+    /// See [`Stats::state_topics_dropped`].
+    state_topics_dropped: CachePadded<AtomicU64>,
 }
 
 /// What one fan-out did.
@@ -182,6 +188,13 @@ impl Counters {
         }
     }
 
+    /// Records a topic whose keyed state was dropped at the hub's bound.
+    pub(crate) fn state_topic_dropped(&self) {
+        add(&self.state_topics_dropped, 1);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("ssehub_state_topics_dropped_total").increment(1);
+    }
+
     /// Records a subscription that started with a snapshot.
     pub(crate) fn snapshot_taken(&self) {
         add(&self.snapshots, 1);
@@ -268,6 +281,7 @@ impl Counters {
             resolver_panics: self.resolver_panics.load(Ordering::Relaxed),
             state_evictions: self.state_evictions.load(Ordering::Relaxed),
             snapshots: self.snapshots.load(Ordering::Relaxed),
+            state_topics_dropped: self.state_topics_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -387,6 +401,7 @@ impl Sample {
 /// | `ssehub_resolver_panics_total` | counter | request resolvers that panicked |
 /// | `ssehub_state_evictions_total` | counter | keys evicted from a topic's keyed state at its bound |
 /// | `ssehub_snapshots_total` | counter | subscriptions that started with a snapshot of the keyed state |
+/// | `ssehub_state_topics_dropped_total` | counter | topics whose keyed state was dropped at the hub's bound on the topics holding state |
 /// | `ssehub_connections_refused_total{reason}` | counter | connections refused at accept (`rate`, `per_ip`), or whose TLS handshake failed (`tls_handshake`) or did not finish within the head timeout (`tls_handshake_timeout`) |
 /// | `ssehub_streams_ended_total{reason}` | counter | streams ended: `slow`, `shutdown`, `disconnected`, `dropped`, `expired` (the token's `exp`), `revoked` (`Hub::revoke`), `client_gone`, `write_deadline`, `unexpected_input` |
 /// | `ssehub_subscribers` | gauge | live subscriptions |
@@ -414,7 +429,7 @@ impl Sample {
 #[cfg(feature = "metrics")]
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    let counters: [(&'static str, &'static str); 13] = [
+    let counters: [(&'static str, &'static str); 14] = [
         ("ssehub_events_published_total", "Events accepted by publish, broadcast and send_to."),
         ("ssehub_frames_delivered_total", "Frames queued to subscribers."),
         ("ssehub_frames_dropped_total", "Frames lost by full queues."),
@@ -428,6 +443,10 @@ pub fn describe_metrics() {
         (
             "ssehub_snapshots_total",
             "Subscriptions that started with a snapshot of the keyed state.",
+        ),
+        (
+            "ssehub_state_topics_dropped_total",
+            "Topics whose keyed state was dropped at the hub's bound on topics holding state.",
         ),
         ("ssehub_connections_refused_total", "Connections refused at accept, by reason."),
         (STREAMS_ENDED, "Streams ended, by reason."),

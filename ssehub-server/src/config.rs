@@ -118,6 +118,11 @@ pub struct Config {
     /// oldest key is evicted past it, or past 4 MiB); 0 turns keyed state off
     #[arg(long, env = "SSEHUB_STATE_KEYS", value_name = "KEYS", default_value = "10000")]
     pub state_keys: usize,
+    /// Topics keeping keyed state; past it, the one published to longest ago that no stream
+    /// receives loses its state (counted in state_topics_dropped), so publishing to ever-new
+    /// topics (one per order id) stays bounded; 0 keeps state only on topics streams receive
+    #[arg(long, env = "SSEHUB_STATE_TOPICS", value_name = "TOPICS", default_value = "100000")]
+    pub state_topics: usize,
     /// Most open streams; more get 503 [default: unlimited]
     #[arg(long, env = "SSEHUB_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -241,6 +246,7 @@ impl std::fmt::Debug for Config {
             publish_token,
             history,
             state_keys,
+            state_topics,
             max_connections,
             send_buffer,
             max_body,
@@ -273,6 +279,7 @@ impl std::fmt::Debug for Config {
             .field("publish_token", &publish_token.as_ref().map(|_| Redacted))
             .field("history", history)
             .field("state_keys", state_keys)
+            .field("state_topics", state_topics)
             .field("max_connections", max_connections)
             .field("send_buffer", send_buffer)
             .field("max_body", max_body)
@@ -614,6 +621,7 @@ mod tests {
         assert_eq!(config.heartbeat, Some(Duration::from_secs(15)));
         assert_eq!(config.publish_token, None);
         assert_eq!((config.history, config.stats_top, config.backlog), (1000, 20, 4096));
+        assert_eq!((config.state_keys, config.state_topics), (10_000, 100_000));
         assert_eq!((config.publish_nice, config.fanout_nice), (-10, 0));
         assert_eq!((config.max_connections, config.send_buffer), (None, None));
         assert_eq!(
