@@ -21,8 +21,8 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use loom::thread;
 use ssehub::{
-    EndReason, Event, HistoryLimits, Hub, PublishError, SessionLimits, SlowPolicy, StateLimits,
-    Subscribe, SubscribeError, Subscription, SubscriptionChange,
+    EndReason, Event, HistoryLimits, Hub, HubBuilder, PublishError, SessionLimits, SlowPolicy,
+    StateLimits, Subscribe, SubscribeError, Subscription, SubscriptionChange,
 };
 
 /// A hub with queues of `capacity` frames, `Disconnect` for slow clients, and no heartbeat.
@@ -32,6 +32,11 @@ fn hub(capacity: usize) -> Hub {
         .with_capacity(capacity)
         .with_slow_policy(SlowPolicy::Disconnect)
         .build()
+}
+
+/// A hub keeping keyed state, with queues of 4 frames and no heartbeat.
+fn state_hub() -> HubBuilder {
+    Hub::builder().with_heartbeat(None).with_capacity(4).with_state(Some(StateLimits::new()))
 }
 
 /// Publishes `data` to `topic` on a hub that is not shut down; how many received it.
@@ -518,11 +523,7 @@ fn loom_hub_resume_vs_publish_replay_seam() {
 fn loom_hub_snapshot_vs_publish_seam() {
     static OUTCOMES: Outcomes = Outcomes::new();
     loom::model(|| {
-        let hub = Hub::builder()
-            .with_heartbeat(None)
-            .with_capacity(4)
-            .with_state(Some(StateLimits::new()))
-            .build();
+        let hub = state_hub().build();
         hub.publish("t", Event::new("e1").with_key("a")).expect("open");
         let h = hub.clone();
         let publisher = thread::spawn(move || {
@@ -572,11 +573,7 @@ fn loom_hub_snapshot_vs_publish_seam() {
 fn loom_hub_snapshot_vs_new_topic() {
     static OUTCOMES: Outcomes = Outcomes::new();
     loom::model(|| {
-        let hub = Hub::builder()
-            .with_heartbeat(None)
-            .with_capacity(4)
-            .with_state(Some(StateLimits::new()))
-            .build();
+        let hub = state_hub().build();
         hub.publish("p:a", Event::new("a1")).expect("open");
         let h = hub.clone();
         let publisher = thread::spawn(move || publish(&h, "p:b", "b1"));
@@ -617,12 +614,7 @@ fn loom_hub_snapshot_vs_new_topic() {
 fn loom_hub_state_bound_vs_subscribe() {
     static OUTCOMES: Outcomes = Outcomes::new();
     loom::model(|| {
-        let hub = Hub::builder()
-            .with_heartbeat(None)
-            .with_capacity(4)
-            .with_state(Some(StateLimits::new()))
-            .with_max_state_topics(1)
-            .build();
+        let hub = state_hub().with_max_state_topics(1).build();
         hub.publish("a", Event::new("a1").with_key("k")).expect("open");
         let h = hub.clone();
         let publisher = thread::spawn(move || publish(&h, "b", "b1"));
