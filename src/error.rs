@@ -115,6 +115,14 @@ pub enum SubscribeError {
         /// The configured limit.
         max: usize,
     },
+    /// A new session was needed, but the hub already remembers as many as
+    /// [`SessionLimits::max_sessions`](crate::SessionLimits::max_sessions) allows and every one
+    /// of them has a live connection (a disconnected one would have been forgotten to make room).
+    #[error("hub is full ({max} sessions)")]
+    SessionsFull {
+        /// The configured limit.
+        max: usize,
+    },
     /// A session resume token was presented by a principal other than the session's owner.
     /// The attempt is counted in [`Stats::session_hijacks`](crate::Stats::session_hijacks).
     #[error("session token belongs to another principal")]

@@ -140,3 +140,56 @@ fn presence_events_follow_joins_and_leaves() {
     assert_eq!(left["subscribers"], 1);
     drop(bob);
 }
+
+#[test]
+fn sessions_past_the_limit_are_refused_while_all_are_live() {
+    let hub = session_hub(SessionLimits::new().with_max_sessions(2));
+    let (a, _, _) = connect(&hub, Subscribe::from("t"));
+    let (_b, _, _) = connect(&hub, Subscribe::from("t"));
+    // Every path to a new session: none, an unknown token, another fresh connection.
+    let refused = [
+        hub.subscribe(Subscribe::from("t")).unwrap_err(),
+        hub.subscribe(Subscribe::from("t").with_session_token("not-a-token")).unwrap_err(),
+    ];
+    assert_eq!(
+        refused,
+        [SubscribeError::SessionsFull { max: 2 }, SubscribeError::SessionsFull { max: 2 }]
+    );
+    assert_eq!(hub.stats().sessions, 2);
+    assert_eq!(hub.stats().subscribers, 2, "a refused subscribe leaves no subscriber behind");
+    // A disconnected session is forgotten to make room for a new one.
+    drop(a);
+    let (_c, _, _) = connect(&hub, Subscribe::from("t"));
+    assert_eq!(hub.stats().sessions, 2);
+    assert_eq!(
+        hub.subscribe(Subscribe::from("t")).unwrap_err(),
+        SubscribeError::SessionsFull { max: 2 }
+    );
+}
+
+#[test]
+fn an_expired_token_past_the_limit_does_not_grow_the_store() {
+    let hub =
+        session_hub(SessionLimits::new().with_max_sessions(2).with_ttl(Duration::from_millis(20)));
+    let (a, _, token) = connect(&hub, Subscribe::from("t"));
+    let (_b, _, _) = connect(&hub, Subscribe::from("t"));
+    drop(a);
+    std::thread::sleep(Duration::from_millis(60));
+    // The expired session is forgotten and its place taken by the fresh one.
+    let (_c, _, fresh) = connect(&hub, Subscribe::from("t").with_session_token(&token));
+    assert_ne!(fresh, token);
+    assert_eq!(hub.stats().sessions, 2);
+    let err = hub.subscribe(Subscribe::from("t").with_session_token(&token)).unwrap_err();
+    assert_eq!(err, SubscribeError::SessionsFull { max: 2 });
+    assert_eq!(hub.stats().sessions, 2);
+}
+
+#[test]
+fn a_resume_at_the_limit_takes_no_new_place() {
+    let hub = session_hub(SessionLimits::new().with_max_sessions(1));
+    let (_old, session, token) = connect(&hub, Subscribe::from("t"));
+    // Resumed while its old connection still lives: the same session, no second one.
+    let back = hub.subscribe(Subscribe::from("t").with_session_token(&token)).unwrap();
+    assert_eq!(back.session_id(), Some(session.as_str()));
+    assert_eq!(hub.stats().sessions, 1);
+}

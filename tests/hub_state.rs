@@ -306,3 +306,123 @@ fn per_topic_settings_decide_what_each_topic_keeps_and_state_outlives_subscriber
     assert!(!topics.contains(&"chat:y".to_string()), "{topics:?}");
     assert_eq!(hub.stats().topics, 2, "the topics holding state stay with no subscriber");
 }
+
+#[test]
+fn topics_past_the_state_bound_lose_their_state_published_to_longest_ago_first() {
+    let server = Server::start(&["--heartbeat", "0", "--history", "0", "--state-topics", "2"]);
+    // Without history an event has no id: `put` would want one.
+    let events = [
+        ("order:1", "filled 1"),
+        ("order:2", "filled 2"),
+        ("order:1", "cancelled 1"),
+        ("order:3", "filled 3"),
+    ];
+    for (topic, data) in events {
+        let body = json!({ "data": data, "key": "status" }).to_string();
+        let response = post(server.addr, &format!("/publish?topic={topic}"), &body);
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+    // order:1 was published to after order:2, so order:2 went; and with it the topic.
+    let stats = get(server.addr, "/stats").json();
+    assert_eq!(
+        (stats["state_topics_dropped"].clone(), stats["topics"].clone()),
+        (1.into(), 2.into())
+    );
+    let metrics = get(server.addr, "/metrics").body;
+    assert!(metrics.lines().any(|l| l == "ssehub_state_topics_dropped_total 1"), "{metrics}");
+    for (topic, expected) in
+        [("order:1", vec!["cancelled 1"]), ("order:2", vec![]), ("order:3", vec!["filled 3"])]
+    {
+        let target = format!("/events?topic={topic}&snapshot=1");
+        let mut stream = Stream::connected(server.addr, &target, &[]);
+        let data: Vec<String> = snapshot(&mut stream).1.into_iter().map(|e| e.data).collect();
+        assert_eq!(data, expected, "{topic}");
+    }
+}
+
+/// A hub keeping state on at most `max` topics, with no history (so a topic without state or
+/// subscribers goes).
+fn bounded_hub(max: usize) -> ssehub::Hub {
+    ssehub::Hub::builder()
+        .with_heartbeat(None)
+        .with_state(Some(ssehub::StateLimits::new()))
+        .with_max_state_topics(max)
+        .build()
+}
+
+#[test]
+fn the_state_bound_holds_over_ever_new_topics_and_counts_what_it_drops() {
+    use ssehub::{Event, Subscribe};
+    let hub = bounded_hub(3);
+    for n in 0..1_000 {
+        let topic = format!("order:{n}");
+        hub.publish(&topic, Event::new(format!("new {n}")).with_key("status")).expect("open");
+        hub.publish(&topic, Event::new(format!("filled {n}")).with_key("status")).expect("open");
+        assert!(hub.stats().topics <= 3, "after order:{n}: {}", hub.stats().topics);
+    }
+    assert_eq!(hub.stats().state_topics_dropped, 997);
+    assert_eq!(snapshot_data(&hub, Subscribe::from("order:999")), ["filled 999"]);
+    assert_eq!(snapshot_data(&hub, Subscribe::from("order:997")), ["filled 997"]);
+    assert_eq!(snapshot_data(&hub, Subscribe::from("order:996")), Vec::<String>::new());
+}
+
+#[test]
+fn a_received_topic_keeps_its_state_past_the_bound_until_it_is_left() {
+    use ssehub::{Event, Subscribe};
+    let hub = bounded_hub(1);
+    let named = hub.subscribe("held").expect("open");
+    let matched = hub.subscribe(Subscribe::new().with_pattern("book:*")).expect("open");
+    hub.publish("held", Event::new("held 1").with_key("k")).expect("open");
+    hub.publish("book:x", Event::new("book 1").with_key("k")).expect("open");
+    for n in 0..10 {
+        hub.publish(&format!("order:{n}"), Event::new("x").with_key("k")).expect("open");
+    }
+    // Each order's state went at once: the received topics were never the ones to go.
+    assert_eq!(hub.stats().state_topics_dropped, 10);
+    assert_eq!(snapshot_data(&hub, Subscribe::from("held")), ["held 1"]);
+    assert_eq!(snapshot_data(&hub, Subscribe::from("book:x")), ["book 1"]);
+    assert_eq!(snapshot_data(&hub, Subscribe::from("order:9")), Vec::<String>::new());
+    // Left, they go too, the next time a topic's state arrives.
+    drop((named, matched));
+    hub.publish("order:new", Event::new("kept").with_key("k")).expect("open");
+    assert_eq!(hub.stats().state_topics_dropped, 12);
+    assert_eq!(snapshot_data(&hub, Subscribe::from("held")), Vec::<String>::new());
+    assert_eq!(snapshot_data(&hub, Subscribe::from("book:x")), Vec::<String>::new());
+    assert_eq!(snapshot_data(&hub, Subscribe::from("order:new")), ["kept"]);
+}
+
+#[test]
+fn a_topic_whose_state_went_keeps_its_history() {
+    use ssehub::{Event, HistoryLimits, Hub, StateLimits, Subscribe};
+    let hub = Hub::builder()
+        .with_heartbeat(None)
+        .with_history(Some(HistoryLimits::new()))
+        .with_state(Some(StateLimits::new()))
+        .with_max_state_topics(1)
+        .build();
+    let first = hub.publish("a", Event::new("a1").with_key("k")).expect("open");
+    hub.publish("a", Event::new("a2").with_key("k")).expect("open");
+    hub.publish("b", Event::new("b1").with_key("k")).expect("open");
+    assert_eq!(hub.stats().state_topics_dropped, 1);
+    assert_eq!(hub.stats().topics, 2, "a stays for its history");
+    // With history the frames carry ids: only how many the snapshot holds is compared.
+    let snapshot_len = |topic: &str| {
+        let mut sub = hub.subscribe(Subscribe::from(topic).with_snapshot()).expect("open");
+        let batch = sub.try_recv().expect("open").expect("the snapshot");
+        let frames: Vec<String> =
+            batch.frames().iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        assert!(frames.last().is_some_and(|f| f.contains("{\"state\":\"end\"}")), "{frames:?}");
+        frames.len() - 2
+    };
+    assert_eq!(snapshot_len("a"), 0);
+    // Its history still replays, and a new event gives it state again (b's goes then).
+    let mut resumed = hub
+        .subscribe(Subscribe::from("a").with_last_event_id(first.id().expect("an id")))
+        .expect("open");
+    let batch = resumed.try_recv().expect("open").expect("the replay");
+    assert!(batch.frames().iter().any(|f| f.ends_with(b"data: a2\n\n")), "{batch:?}");
+    hub.publish("a", Event::new("a3").with_key("k")).expect("open");
+    assert_eq!(hub.stats().state_topics_dropped, 2);
+    assert_eq!((snapshot_len("a"), snapshot_len("b")), (1, 0));
+    drop(resumed);
+}

@@ -21,8 +21,8 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use loom::thread;
 use ssehub::{
-    EndReason, Event, HistoryLimits, Hub, PublishError, SessionLimits, SlowPolicy, StateLimits,
-    Subscribe, SubscribeError, Subscription, SubscriptionChange,
+    EndReason, Event, HistoryLimits, Hub, HubBuilder, PublishError, SessionLimits, SlowPolicy,
+    StateLimits, Subscribe, SubscribeError, Subscription, SubscriptionChange,
 };
 
 /// A hub with queues of `capacity` frames, `Disconnect` for slow clients, and no heartbeat.
@@ -32,6 +32,11 @@ fn hub(capacity: usize) -> Hub {
         .with_capacity(capacity)
         .with_slow_policy(SlowPolicy::Disconnect)
         .build()
+}
+
+/// A hub keeping keyed state, with queues of 4 frames and no heartbeat.
+fn state_hub() -> HubBuilder {
+    Hub::builder().with_heartbeat(None).with_capacity(4).with_state(Some(StateLimits::new()))
 }
 
 /// Publishes `data` to `topic` on a hub that is not shut down; how many received it.
@@ -518,11 +523,7 @@ fn loom_hub_resume_vs_publish_replay_seam() {
 fn loom_hub_snapshot_vs_publish_seam() {
     static OUTCOMES: Outcomes = Outcomes::new();
     loom::model(|| {
-        let hub = Hub::builder()
-            .with_heartbeat(None)
-            .with_capacity(4)
-            .with_state(Some(StateLimits::new()))
-            .build();
+        let hub = state_hub().build();
         hub.publish("t", Event::new("e1").with_key("a")).expect("open");
         let h = hub.clone();
         let publisher = thread::spawn(move || {
@@ -572,11 +573,7 @@ fn loom_hub_snapshot_vs_publish_seam() {
 fn loom_hub_snapshot_vs_new_topic() {
     static OUTCOMES: Outcomes = Outcomes::new();
     loom::model(|| {
-        let hub = Hub::builder()
-            .with_heartbeat(None)
-            .with_capacity(4)
-            .with_state(Some(StateLimits::new()))
-            .build();
+        let hub = state_hub().build();
         hub.publish("p:a", Event::new("a1")).expect("open");
         let h = hub.clone();
         let publisher = thread::spawn(move || publish(&h, "p:b", "b1"));
@@ -607,6 +604,39 @@ fn loom_hub_snapshot_vs_new_topic() {
         assert_eq!(hub.subscriber_count(), 0);
     });
     OUTCOMES.assert_reached(&["live 0", "live 1"]);
+}
+
+/// A publish to a new topic, at the bound on topics holding state, while a client subscribes
+/// to the one topic that holds state: that state is kept (the client was there first, and the
+/// new topic's goes instead) or dropped, and either way the client is on the live topic and
+/// receives its next event; the topic is never removed from under it.
+#[test]
+fn loom_hub_state_bound_vs_subscribe() {
+    static OUTCOMES: Outcomes = Outcomes::new();
+    loom::model(|| {
+        let hub = state_hub().with_max_state_topics(1).build();
+        hub.publish("a", Event::new("a1").with_key("k")).expect("open");
+        let h = hub.clone();
+        let publisher = thread::spawn(move || publish(&h, "b", "b1"));
+        let mut sub = hub.subscribe("a").expect("open");
+        publisher.join().unwrap();
+
+        // One state went: b's own (a was received when looked at, so b was the one published
+        // to longest ago that nobody received; b then goes whole), or a's (b keeps its state).
+        let stats = hub.stats();
+        assert_eq!(stats.state_topics_dropped, 1);
+        let went = match stats.topics {
+            1 => "b",
+            2 => "a",
+            other => panic!("{other} topics"),
+        };
+        assert_eq!(publish(&hub, "a", "a2"), 1, "the subscriber is on the live topic");
+        assert_eq!(received(&mut sub), (vec!["a2".to_string()], None));
+        OUTCOMES.record(format!("{went} went"));
+        drop(sub);
+        assert_eq!(hub.subscriber_count(), 0);
+    });
+    OUTCOMES.assert_reached(&["a went", "b went"]);
 }
 
 /// A session resumed on a new connection while the old one still reads and targeted sends

@@ -1,6 +1,7 @@
 //! Client ids through the library's native listener over real TCP: a resolver sets the id and
 //! metadata, the `connected` event carries them, `Hub::clients` lists the live ones, and
-//! `Hub::send_to_matching` reaches exactly the matching streams.
+//! `Hub::send_to_matching` reaches exactly the matching streams; a stream that needs a session
+//! past the hub's session limit is refused as one past its subscriber limit is.
 
 #[path = "support/http.rs"]
 mod http_support;
@@ -87,4 +88,29 @@ async fn ids_reach_the_connected_event_and_sends_reach_exactly_the_matches() {
     drop(b);
     eventually("b gone", || hub.clients().len() == 2).await;
     assert_eq!(hub.send_to_matching("execution:*", Event::new("x")).unwrap().receivers(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_past_the_session_limit_gets_a_503_while_all_sessions_are_live() {
+    let limits = SessionLimits::new().with_max_sessions(2);
+    let hub = Hub::builder().with_heartbeat(None).with_sessions(Some(limits)).build();
+    let endpoint = Endpoint::new(hub.clone()).with_resolver(resolve);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Server::new(endpoint).with_path("/events").serve(listener));
+
+    let mut a = open(addr, "/events?topic=t").await;
+    let mut b = open(addr, "/events?topic=t").await;
+    connected(&mut a).await;
+    connected(&mut b).await;
+    let refused = get(addr, "/events?topic=t").await;
+    assert_eq!(refused.status, 503);
+    assert!(refused.headers.iter().any(|(name, _)| name == "retry-after"));
+    assert_eq!(hub.stats().sessions, 2);
+    // A closed stream's session is the one forgotten to make room.
+    drop(a);
+    eventually("a detached", || hub.subscriber_count() == 1).await;
+    let mut c = open(addr, "/events?topic=t").await;
+    connected(&mut c).await;
+    assert_eq!(hub.stats().sessions, 2);
 }

@@ -53,7 +53,7 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// | at most [`with_max_topics`](Endpoint::with_max_topics) topics and patterns, each at most [`with_max_topic_len`](Endpoint::with_max_topic_len) bytes | 400 |
 /// | fewer than [`with_max_connections`](Endpoint::with_max_connections) streams open | 503 with `Retry-After` |
 /// | [`Hub::subscribe`]: [`SubscribeError::Topic`], [`TooManyTopics`](SubscribeError::TooManyTopics), [`Client`](SubscribeError::Client) | 400 |
-/// | [`SubscribeError::Full`], [`Closed`](SubscribeError::Closed) | 503 with `Retry-After` |
+/// | [`SubscribeError::Full`], [`SessionsFull`](SubscribeError::SessionsFull), [`Closed`](SubscribeError::Closed) | 503 with `Retry-After` |
 /// | [`SubscribeError::SessionRefused`] | 403 |
 ///
 /// Refusals have a short `text/plain` body saying why, which never contains a credential.
@@ -429,6 +429,7 @@ impl<R: Resolver> Endpoint<R> {
             | SubscribeError::Client(_)
             | SubscribeError::Interval(_) => text(StatusCode::BAD_REQUEST, error.to_string()),
             SubscribeError::Full { .. } => self.busy("too many connections, retry later"),
+            SubscribeError::SessionsFull { .. } => self.busy("too many sessions, retry later"),
             SubscribeError::Closed => self.busy("server is shutting down"),
             SubscribeError::Unavailable => self.busy("history unavailable, retry later"),
             SubscribeError::SessionRefused => {

@@ -47,7 +47,7 @@ use crate::engine::history::ResetReason;
 use crate::engine::queue::{Queue, SlowPolicy};
 pub(crate) use crate::engine::registry::Pace;
 use crate::engine::registry::{Refused, Registry, Removed, Slot, TopicState};
-use crate::engine::state::StateConfig;
+use crate::engine::state::{StateConfig, StateTopics};
 use crate::engine::stats::{Counters, Stats};
 use crate::error::EndReason;
 use crate::error::{IntervalError, SubscribeError, TopicError};
@@ -210,6 +210,8 @@ pub(crate) struct Engine {
     watermark: AtomicU64,
     /// Numbers from elsewhere (a broker), while something outside attached it.
     pub(crate) clock: ExternalClock,
+    /// The topics holding keyed state, for the hub-wide bound; taken only under the sequencer.
+    pub(crate) state_topics: Mutex<StateTopics, rank::StateTopics>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -234,6 +236,7 @@ impl Engine {
             sequencer: Mutex::new(0),
             watermark: AtomicU64::new(0),
             clock: ExternalClock::default(),
+            state_topics: Mutex::new(StateTopics::default()),
         }
     }
 

@@ -276,9 +276,13 @@ impl Engine {
         if states.is_on() {
             let mut values = lock(&state.state);
             if let Some(limits) = values.limits(|| states.limits_for(topic)) {
+                let added = values.is_empty();
                 let evicted = values.put(entry.event.key(), entry.seq, entry.frame, limits);
                 drop(values);
                 self.counters.state_evicted(evicted);
+                if added {
+                    self.state_added(&state, entry.seq);
+                }
             }
         }
         deliver_to_topic(&state, entry.seq, entry.event, entry.frame)

@@ -261,6 +261,16 @@ impl Registry {
         }
     }
 
+    /// Removes `topic` if nobody receives it and it remembers nothing (its keyed state was
+    /// just dropped).
+    pub(crate) fn remove_if_idle(&self, topic: &SharedStr) {
+        let mut writer = lock(&self.writer);
+        let entry = writer.topics.get(topic);
+        if entry.is_some_and(|e| e.members.is_empty() && e.state.remembers_nothing()) {
+            self.remove_topic(&mut writer, topic);
+        }
+    }
+
     /// See [`Writer::floor`].
     pub(crate) fn floor(&self) -> u64 {
         lock(&self.writer).floor

@@ -12,8 +12,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use crate::sync::SharedStr;
+use crate::engine::registry::TopicState;
+use crate::engine::Engine;
+use crate::sync::{lock, SharedStr};
 use crate::topic::Pattern;
+
+/// The default of [`HubBuilder::with_max_state_topics`](crate::HubBuilder::with_max_state_topics):
+/// more than the instruments of any one market, far fewer than a topic per order id makes in
+/// a day.
+pub(crate) const MAX_STATE_TOPICS: usize = 100_000;
 
 /// How much keyed state each topic keeps: the latest event of at most `max_keys` keys, at most
 /// `max_bytes` of encoded frames and keys. Past either bound the key updated longest ago is evicted
@@ -22,7 +29,9 @@ use crate::topic::Pattern;
 /// An event's key is [`Event::with_key`](crate::Event::with_key); events without one share one
 /// slot, so a topic that never uses keys keeps its latest event. State is off by default; turn
 /// it on with [`HubBuilder::with_state`](crate::HubBuilder::with_state) (and per topic with
-/// [`HubBuilder::with_topic_state`](crate::HubBuilder::with_topic_state)).
+/// [`HubBuilder::with_topic_state`](crate::HubBuilder::with_topic_state)). How many topics hold
+/// state is bounded hub-wide, by
+/// [`HubBuilder::with_max_state_topics`](crate::HubBuilder::with_max_state_topics).
 ///
 /// # Examples
 ///
@@ -110,14 +119,23 @@ impl StateLimits {
     }
 }
 
-/// The state settings of a hub: the limits for every topic, and overrides for the topics that
-/// match a pattern (the first matching one wins).
-#[derive(Debug, Clone, Default)]
+/// The state settings of a hub: the limits for every topic, overrides for the topics that
+/// match a pattern (the first matching one wins), and the bound on the topics holding state.
+#[derive(Debug, Clone)]
 pub(crate) struct StateConfig {
     /// The limits of a topic no override matches; `None`: such topics keep no state.
     pub(crate) default: Option<StateLimits>,
     /// Per-topic overrides, in the order they were given.
     pub(crate) topics: Vec<(Pattern, StateLimits)>,
+    /// Most topics holding state; past it, the state of the topic published to longest ago
+    /// that nobody receives is dropped (see [`Engine::state_added`]).
+    pub(crate) max_topics: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { default: None, topics: Vec::new(), max_topics: MAX_STATE_TOPICS }
+    }
 }
 
 impl StateConfig {
@@ -182,6 +200,19 @@ impl State {
     /// Whether nothing is kept.
     pub(crate) fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+
+    /// The sequence number of the latest value kept, if any.
+    fn latest(&self) -> Option<u64> {
+        self.values.last_key_value().map(|((seq, _), _)| *seq)
+    }
+
+    /// Drops every value; the limits stay, as the topic's settings have not changed.
+    fn clear(&mut self) {
+        self.values.clear();
+        self.keys.clear();
+        self.keyless = None;
+        self.bytes = 0;
     }
 
     /// The limits this topic keeps its state within (`None`: it keeps none), looked up with
@@ -255,6 +286,76 @@ impl State {
     /// Adds every kept value to `out` as `(sequence number, frame)`, in publish order.
     pub(crate) fn snapshot_into(&self, out: &mut Vec<(Order, Bytes)>) {
         out.extend(self.values.iter().map(|(order, value)| (*order, value.frame.clone())));
+    }
+}
+
+/// The topics holding keyed state, oldest first, for the hub-wide bound
+/// ([`StateConfig::max_topics`]). Written only under the sequencer, like the states.
+///
+/// A topic's place is the sequence number it had when it was entered, which a later publish to
+/// it leaves stale (so that a publish costs nothing here): [`Engine::state_added`] corrects a
+/// stale place when it meets it at the front. Every place is at most the topic's true latest
+/// number, so a front entry whose place is current is the topic published to longest ago.
+#[derive(Debug, Default)]
+pub(crate) struct StateTopics {
+    /// Topic names by place: (sequence number, entries made before, as the tie-break).
+    order: BTreeMap<Order, SharedStr>,
+    /// Entries made, for the tie-break.
+    entered: u64,
+}
+
+/// How many entries of [`StateTopics`] one new topic's state may look at.
+const LOOKS_PER_TOPIC: usize = 64;
+
+impl StateTopics {
+    /// Enters `name` at sequence number `seq`.
+    fn enter(&mut self, name: SharedStr, seq: u64) {
+        self.entered += 1;
+        self.order.insert((seq, self.entered), name);
+    }
+}
+
+impl Engine {
+    /// `topic` started holding keyed state with event `seq`; past the hub's bound on the
+    /// topics holding state, the state of the topic published to longest ago that nobody
+    /// receives is dropped (and the topic with it, when nothing else keeps it), counted in
+    /// `Stats::state_topics_dropped`. A topic somebody receives keeps its state and goes to
+    /// the back, as if published to now, so the bound may stay exceeded by the topics being
+    /// received until they are left and the next topic's state arrives. Called under the
+    /// sequencer with no topic's state locked.
+    pub(crate) fn state_added(&self, topic: &TopicState, seq: u64) {
+        let mut topics = lock(&self.state_topics);
+        topics.enter(topic.name.clone(), seq);
+        // At most this many entries are looked at per new topic, so a publish never waits for
+        // a walk of them all (every topic received, or many published to since they were
+        // entered); what one leaves over the bound, the next ones take. A stale entry is
+        // corrected once per publish to it at most, so the walk keeps up with the publishes.
+        let mut budget = LOOKS_PER_TOPIC;
+        while topics.order.len() > self.config.state.max_topics && budget > 0 {
+            budget -= 1;
+            let Some(((place, _), name)) = topics.order.pop_first() else { break };
+            // Gone, or holding nothing: an entry left over, nothing to drop.
+            let Some(found) = self.registry.topic(&name) else { continue };
+            let mut state = lock(&found.state);
+            let Some(latest) = state.latest() else { continue };
+            if latest > place {
+                drop(state);
+                topics.enter(name, latest);
+            } else if !found.subscribers.load().is_empty() {
+                drop(state);
+                topics.enter(name, seq);
+                if place == seq {
+                    // Entered by this call, after the new topic: so is every entry left in
+                    // front, and each is received. Nothing more can go now.
+                    break;
+                }
+            } else {
+                state.clear();
+                drop(state);
+                self.counters.state_topic_dropped();
+                self.registry.remove_if_idle(&name);
+            }
+        }
     }
 }
 

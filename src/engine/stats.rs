@@ -67,6 +67,10 @@ pub struct Stats {
     /// Deliveries rate tiers saved: for each value a newer one of its key replaced before its
     /// tick, one per subscriber of the tier.
     pub tier_saved: u64,
+    /// Topics whose keyed state was dropped, nobody receiving them, at the hub's bound on the
+    /// topics holding state (see
+    /// [`HubBuilder::with_max_state_topics`](crate::HubBuilder::with_max_state_topics)).
+    pub state_topics_dropped: u64,
 }
 
 /// The hub's counters.
@@ -101,6 +105,8 @@ pub(crate) struct Counters {
     tier_ticks: CachePadded<AtomicU64>,
     /// See [`Stats::tier_saved`].
     tier_saved: CachePadded<AtomicU64>,
+    /// See [`Stats::state_topics_dropped`].
+    state_topics_dropped: CachePadded<AtomicU64>,
 }
 
 /// What one fan-out did.
@@ -219,6 +225,13 @@ impl Counters {
         }
     }
 
+    /// Records a topic whose keyed state was dropped at the hub's bound.
+    pub(crate) fn state_topic_dropped(&self) {
+        add(&self.state_topics_dropped, 1);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("ssehub_state_topics_dropped_total").increment(1);
+    }
+
     /// Records a subscription that started with a snapshot.
     pub(crate) fn snapshot_taken(&self) {
         add(&self.snapshots, 1);
@@ -307,6 +320,7 @@ impl Counters {
             snapshots: self.snapshots.load(Ordering::Relaxed),
             tier_ticks: self.tier_ticks.load(Ordering::Relaxed),
             tier_saved: self.tier_saved.load(Ordering::Relaxed),
+            state_topics_dropped: self.state_topics_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -428,6 +442,7 @@ impl Sample {
 /// | `ssehub_snapshots_total` | counter | subscriptions that started with a snapshot of the keyed state |
 /// | `ssehub_tier_ticks_total` | counter | ticks of rate tiers that delivered at least one value |
 /// | `ssehub_tier_saved_total` | counter | deliveries rate tiers saved (a value replaced before its tick, once per subscriber of the tier) |
+/// | `ssehub_state_topics_dropped_total` | counter | topics whose keyed state was dropped at the hub's bound on the topics holding state |
 /// | `ssehub_connections_refused_total{reason}` | counter | connections refused at accept (`rate`, `per_ip`), or whose TLS handshake failed (`tls_handshake`) or did not finish within the head timeout (`tls_handshake_timeout`) |
 /// | `ssehub_streams_ended_total{reason}` | counter | streams ended: `slow`, `shutdown`, `disconnected`, `dropped`, `expired` (the token's `exp`), `revoked` (`Hub::revoke`), `client_gone`, `write_deadline`, `unexpected_input` |
 /// | `ssehub_subscribers` | gauge | live subscriptions |
@@ -455,7 +470,7 @@ impl Sample {
 #[cfg(feature = "metrics")]
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    let counters: [(&'static str, &'static str); 15] = [
+    let counters: [(&'static str, &'static str); 16] = [
         ("ssehub_events_published_total", "Events accepted by publish, broadcast and send_to."),
         ("ssehub_frames_delivered_total", "Frames queued to subscribers."),
         ("ssehub_frames_dropped_total", "Frames lost by full queues."),
@@ -474,6 +489,10 @@ pub fn describe_metrics() {
         (
             "ssehub_tier_saved_total",
             "Deliveries rate tiers saved: values replaced before their tick, per subscriber.",
+        ),
+        (
+            "ssehub_state_topics_dropped_total",
+            "Topics whose keyed state was dropped at the hub's bound on topics holding state.",
         ),
         ("ssehub_connections_refused_total", "Connections refused at accept, by reason."),
         (STREAMS_ENDED, "Streams ended, by reason."),

@@ -390,6 +390,35 @@ impl HubBuilder {
         self
     }
 
+    /// The most topics holding keyed state (100,000 by default). Past it, the topic published to
+    /// longest ago that nobody receives loses its state (and goes, when no history keeps it),
+    /// counted in [`Stats::state_topics_dropped`](crate::Stats::state_topics_dropped), so a
+    /// server publishing to ever-new topics (one per order id) stays bounded. A topic someone
+    /// receives (named or through a pattern) keeps its state: it counts as published to now,
+    /// and the hub may hold more than `count` while more than `count` topics are received.
+    /// 0 keeps state only on topics being received.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Event, Hub, StateLimits};
+    /// let hub = Hub::builder()
+    ///     .with_state(Some(StateLimits::new()))
+    ///     .with_max_state_topics(2)
+    ///     .build();
+    /// for order in ["order:1", "order:2", "order:3"] {
+    ///     hub.publish(order, Event::new("filled"))?;
+    /// }
+    /// // order:1 was published to longest ago: its state went.
+    /// assert_eq!(hub.stats().state_topics_dropped, 1);
+    /// assert_eq!(hub.stats().topics, 2);
+    /// # Ok::<(), ssehub::PublishError>(())
+    /// ```
+    pub fn with_max_state_topics(mut self, count: usize) -> Self {
+        self.config.state.max_topics = count;
+        self
+    }
+
     /// The most events one reconnect replays (1,000 by default); a client that missed more
     /// gets a `reset` event instead.
     ///

@@ -24,7 +24,7 @@ use crate::services::clients::{self, Clients, ConnectedClient};
 use crate::services::expiry::Expiries;
 use crate::services::heartbeat::Heartbeat;
 use crate::services::producers::{Producer, Producers};
-use crate::services::sessions::{Hijack, Lookup, SessionLimits, Sessions};
+use crate::services::sessions::{Lookup, Refused, SessionLimits, Sessions};
 use crate::services::tier_clock::TierClock;
 use crate::sync::{
     rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr,
@@ -280,16 +280,7 @@ impl Shared {
         let Some(limits) = &self.services.sessions else {
             return Ok((None, asked()));
         };
-        let opened = self.sessions.open(
-            limits,
-            request.session_token.as_deref(),
-            request.principal.as_deref(),
-            &request.topics,
-            &request.patterns,
-            slot,
-            Instant::now(),
-        );
-        match opened {
+        match self.sessions.open(limits, request, slot, Instant::now()) {
             Ok(Some(opened)) => {
                 let wanted = Wanted {
                     topics: opened.topics,
@@ -300,10 +291,11 @@ impl Shared {
                 Ok((Some(session), wanted))
             }
             Ok(None) => Ok((None, asked())),
-            Err(Hijack) => {
+            Err(Refused::Hijack) => {
                 self.engine.counters.hijack();
                 Err(SubscribeError::SessionRefused)
             }
+            Err(Refused::Full) => Err(SubscribeError::SessionsFull { max: limits.max_sessions() }),
         }
     }
 

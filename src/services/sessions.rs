@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crate::engine::queue::{FrameKeys, Pushed};
 use crate::engine::registry::Slot;
-use crate::hub::SubscriptionChange;
+use crate::hub::{Subscribe, SubscriptionChange};
 use crate::sync::{lock, rank, Arc, Mutex, SharedStr};
 
 /// Settings of resumable sessions.
@@ -41,7 +41,8 @@ pub struct SessionLimits {
     ttl: Duration,
     /// Most targeted frames buffered while disconnected.
     buffer: usize,
-    /// Most sessions remembered; past it, the longest-disconnected one is forgotten.
+    /// Most sessions remembered; past it, the longest-disconnected one is forgotten, and with
+    /// none disconnected a new one is refused.
     max_sessions: usize,
 }
 
@@ -89,7 +90,9 @@ impl SessionLimits {
         self
     }
 
-    /// Most sessions remembered; past it, the longest-disconnected one is forgotten.
+    /// Most sessions remembered; past it, the longest-disconnected one is forgotten. When every
+    /// remembered session has a live connection, a subscription that needs a new session is
+    /// refused with [`SubscribeError::SessionsFull`](crate::SubscribeError::SessionsFull).
     ///
     /// # Examples
     ///
@@ -197,9 +200,15 @@ pub(crate) enum Lookup {
     Away,
 }
 
-/// Why a token was refused.
+/// Why no session could be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Hijack;
+pub(crate) enum Refused {
+    /// The token belongs to another principal.
+    Hijack,
+    /// As many sessions as allowed are remembered and all of them have a live connection, so
+    /// none can be forgotten to make room.
+    Full,
+}
 
 /// All sessions.
 #[derive(Debug, Default)]
@@ -228,21 +237,24 @@ fn random_hex(n: usize) -> Result<String, getrandom::Error> {
 }
 
 impl Sessions {
-    /// Opens a session for the connection with `slot`: resumes the one `token` names if it is
-    /// live or within its TTL and belongs to `principal`, else issues a new one. The slot becomes
-    /// the session's target at once. `None` when no session can be issued (no OS randomness
-    /// for an unguessable token): the connection simply gets none.
-    #[allow(clippy::too_many_arguments)]
+    /// Opens a session for the connection with `slot`: resumes the one the request's token
+    /// names if it is live or within its TTL and belongs to the request's principal, else
+    /// issues a new one for the request's topics and patterns. The slot becomes the session's
+    /// target at once. `None` when no session can be issued (no OS randomness for an
+    /// unguessable token): the connection simply gets none.
+    ///
+    /// A new session past [`SessionLimits::max_sessions`] makes room by forgetting the session
+    /// disconnected the longest; with none disconnected it is refused ([`Refused::Full`]), so
+    /// the store never holds more than the limit.
     pub(crate) fn open(
         &self,
         limits: &SessionLimits,
-        token: Option<&str>,
-        principal: Option<&str>,
-        topics: &[String],
-        patterns: &[String],
+        request: &Subscribe,
         slot: &Arc<Slot>,
         now: Instant,
-    ) -> Result<Option<Opened>, Hijack> {
+    ) -> Result<Option<Opened>, Refused> {
+        let (token, principal) = (request.session_token.as_deref(), request.principal.as_deref());
+        let (topics, patterns) = (&request.topics, &request.patterns);
         let mut guard = lock(&self.inner);
         // One `&mut`, so its fields can be borrowed apart.
         let inner = &mut *guard;
@@ -253,7 +265,7 @@ impl Sessions {
                 inner.remove(&id);
             } else if let Some(session) = inner.by_id.get_mut(&id) {
                 if session.principal.as_deref() != principal {
-                    return Err(Hijack);
+                    return Err(Refused::Hijack);
                 }
                 let missed = match std::mem::replace(&mut session.state, State::Live(slot.clone()))
                 {
@@ -286,8 +298,12 @@ impl Sessions {
                 }));
             }
         }
-        if inner.by_id.len() >= limits.max_sessions {
-            inner.forget_oldest_away();
+        // Only a disconnected session may be forgotten: one with a live connection is in use,
+        // so when every remembered session is live the new one is refused instead.
+        while inner.by_id.len() >= limits.max_sessions {
+            if !inner.forget_oldest_away() {
+                return Err(Refused::Full);
+            }
         }
         let (id, token) = match (random_hex(8), random_hex(16)) {
             (Ok(id), Ok(token)) => (SharedStr::from(id), token),
@@ -439,8 +455,8 @@ impl Inner {
         }
     }
 
-    /// Forgets the session disconnected the longest.
-    fn forget_oldest_away(&mut self) {
+    /// Forgets the session disconnected the longest; `false` when none is disconnected.
+    fn forget_oldest_away(&mut self) -> bool {
         let oldest = self
             .by_id
             .iter()
@@ -450,9 +466,9 @@ impl Inner {
             })
             .min_by_key(|(since, _)| *since)
             .map(|(_, id)| id);
-        if let Some(id) = oldest {
-            self.remove(&id);
-        }
+        let Some(id) = oldest else { return false };
+        self.remove(&id);
+        true
     }
 
     /// Removes one session.

@@ -17,6 +17,7 @@
 //! | rank | lock | taken inside |
 //! |---|---|---|
 //! | [`rank::Sequencer`] | `Engine::sequencer`: one publish (and each atomic subscribe, resume, end, shutdown) at a time | nothing |
+//! | [`rank::StateTopics`] | `Engine::state_topics`: the topics holding keyed state, for the hub-wide bound | the sequencer (a publish that gives a topic its first state) |
 //! | [`rank::Writer`] | `Registry::writer`: topic and subscriber maps | the sequencer (a subscribe that must start atomically, a publish that creates a topic) |
 //! | [`rank::Sessions`] | `Sessions::inner` | the sequencer (`send_to` a session) |
 //! | [`rank::Clients`] | `Clients::inner`: subscriptions by client id | the sequencer (`send_to_matching`) |
@@ -82,6 +83,9 @@ pub(crate) mod rank {
     ranks! {
         /// The hub's sequencer: outermost.
         Sequencer = 10,
+        /// The topics holding keyed state: taken under the sequencer, and takes the writer
+        /// lock and topics' state locks inside.
+        StateTopics = 15,
         /// The registry's writer lock.
         Writer = 20,
         /// The session store.

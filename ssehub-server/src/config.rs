@@ -3,7 +3,9 @@
 //!
 //! Adding a setting is one field of [`Config`]: its `///` comment is its `--help` line, its
 //! `#[arg(long, env = "SSEHUB_…")]` names the flag and the variable, and the file's key is the
-//! flag's long name, found from the field by [`Config::load`]; nothing else lists the settings.
+//! flag's long name, found from the field by [`Config::load`]. The one other list is `Config`'s
+//! hand-written `Debug`, which redacts the secrets and names every field by destructuring, so a
+//! new field does not compile until it is printed (or redacted) there.
 //! A switch copies `demo`'s attributes (so `--x`, `--x=false`, `SSEHUB_X=1` and `x = true` all
 //! work); a repeatable flag is a `Vec<T>` field, and its key takes a TOML array.
 //! Documented for operators in `docs/operating.md` (keep its table in step).
@@ -61,8 +63,9 @@ environment and in the file. See docs/operating.md.
 Ctrl-C or SIGTERM shuts down gracefully: every stream gets a final retry hint and ends, then
 the process exits (at most 5 seconds later, however many streams were open).";
 
-/// The server's settings.
-#[derive(Debug, Clone, Parser)]
+/// The server's settings. Its `Debug` prints the publish token and the JWT secret only as
+/// present or absent, and a broker URL without its credentials or query.
+#[derive(Clone, Parser)]
 #[command(
     name = "ssehub",
     version,
@@ -115,6 +118,11 @@ pub struct Config {
     /// oldest key is evicted past it, or past 4 MiB); 0 turns keyed state off
     #[arg(long, env = "SSEHUB_STATE_KEYS", value_name = "KEYS", default_value = "10000")]
     pub state_keys: usize,
+    /// Topics keeping keyed state; past it, the one published to longest ago that no stream
+    /// receives loses its state (counted in state_topics_dropped), so publishing to ever-new
+    /// topics (one per order id) stays bounded; 0 keeps state only on topics streams receive
+    #[arg(long, env = "SSEHUB_STATE_TOPICS", value_name = "TOPICS", default_value = "100000")]
+    pub state_topics: usize,
     /// Most open streams; more get 503 [default: unlimited]
     #[arg(long, env = "SSEHUB_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
@@ -214,13 +222,125 @@ pub struct Config {
     pub broker: Option<Broker>,
 }
 
-/// A backplane broker's URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A backplane broker's URL. Its `Debug` hides the URL's credentials and query, as
+/// [`Config`]'s does.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Broker {
     /// `--redis redis://HOST:PORT`.
     Redis(String),
     /// `--nats nats://HOST:PORT`.
     Nats(String),
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a field added to `Config` fails to compile here until it is
+        // printed or redacted: a secret cannot reach a log through a forgotten field.
+        let Config {
+            addr,
+            demo,
+            demo_rate,
+            heartbeat,
+            allow_disconnect,
+            sessions,
+            publish_token,
+            history,
+            state_keys,
+            state_topics,
+            max_connections,
+            send_buffer,
+            max_body,
+            body_timeout,
+            retry,
+            retry_jitter,
+            stats_top,
+            backlog,
+            publish_nice,
+            fanout_nice,
+            redis,
+            nats,
+            broker_max_in_flight,
+            jwt_secret,
+            jwt_public_keys,
+            jwt_query_token,
+            tls_cert,
+            tls_key,
+            tls_self_signed,
+            config,
+            broker,
+        } = self;
+        f.debug_struct("Config")
+            .field("addr", addr)
+            .field("demo", demo)
+            .field("demo_rate", demo_rate)
+            .field("heartbeat", heartbeat)
+            .field("allow_disconnect", allow_disconnect)
+            .field("sessions", sessions)
+            .field("publish_token", &publish_token.as_ref().map(|_| Redacted))
+            .field("history", history)
+            .field("state_keys", state_keys)
+            .field("state_topics", state_topics)
+            .field("max_connections", max_connections)
+            .field("send_buffer", send_buffer)
+            .field("max_body", max_body)
+            .field("body_timeout", body_timeout)
+            .field("retry", retry)
+            .field("retry_jitter", retry_jitter)
+            .field("stats_top", stats_top)
+            .field("backlog", backlog)
+            .field("publish_nice", publish_nice)
+            .field("fanout_nice", fanout_nice)
+            .field("redis", &redis.as_deref().map(Url))
+            .field("nats", &nats.as_deref().map(Url))
+            .field("broker_max_in_flight", broker_max_in_flight)
+            .field("jwt_secret", &jwt_secret.as_ref().map(|_| Redacted))
+            .field("jwt_public_keys", jwt_public_keys)
+            .field("jwt_query_token", jwt_query_token)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("tls_self_signed", tls_self_signed)
+            .field("config", config)
+            .field("broker", broker)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broker::Redis(url) => f.debug_tuple("Redis").field(&Url(url)).finish(),
+            Broker::Nats(url) => f.debug_tuple("Nats").field(&Url(url)).finish(),
+        }
+    }
+}
+
+/// A secret in a `Debug` output: only that there is one.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// A URL in a `Debug` output: scheme, host, port and path, with any user, password and query
+/// (where Redis and NATS URLs carry credentials) replaced by `<redacted>`.
+struct Url<'a>(&'a str);
+
+impl std::fmt::Debug for Url<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", self.0));
+        let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+        let host = match authority.rsplit_once('@') {
+            Some((_, host)) => format!("<redacted>@{host}"),
+            None => authority.to_string(),
+        };
+        let path = match tail.split_once(['?', '#']) {
+            Some((path, _)) => format!("{path}?<redacted>"),
+            None => tail.to_string(),
+        };
+        write!(f, "\"{scheme}://{host}{path}\"")
+    }
 }
 
 /// Why the settings could not be read. Every variant is a usage error (exit status 2).
@@ -501,6 +621,7 @@ mod tests {
         assert_eq!(config.heartbeat, Some(Duration::from_secs(15)));
         assert_eq!(config.publish_token, None);
         assert_eq!((config.history, config.stats_top, config.backlog), (1000, 20, 4096));
+        assert_eq!((config.state_keys, config.state_topics), (10_000, 100_000));
         assert_eq!((config.publish_nice, config.fanout_nice), (-10, 0));
         assert_eq!((config.max_connections, config.send_buffer), (None, None));
         assert_eq!(
@@ -611,6 +732,38 @@ mod tests {
         let matches = command.try_get_matches_from(["t", "--key", "c"]).expect("a flag");
         let values: Vec<&String> = matches.get_many("key").expect("values").collect();
         assert_eq!(values, ["c"]);
+    }
+
+    #[test]
+    fn debug_shows_no_secret_only_that_it_is_set() {
+        let args = [
+            "--publish-token=pub-SECRET-1",
+            "--jwt-secret=jwt-SECRET-2-long-enough-for-hs256-xxxxx",
+            "--redis=redis://user:redis-SECRET-3@r:6379/0?password=redis-SECRET-4",
+            "--nats=nats://nats-SECRET-5@n:4222",
+            "--history=7",
+        ];
+        let config = load_with(&args, &[]).expect("load");
+        let printed = format!("{config:?}");
+        let pretty = format!("{config:#?}");
+        for shown in [&printed, &pretty] {
+            assert!(!shown.contains("SECRET"), "{shown}");
+        }
+        for part in [
+            "publish_token: Some(\"<redacted>\")",
+            "jwt_secret: Some(\"<redacted>\")",
+            "redis: Some(\"redis://<redacted>@r:6379/0?<redacted>\")",
+            "nats: Some(\"nats://<redacted>@n:4222\")",
+            "broker: Some(Nats(\"nats://<redacted>@n:4222\"))",
+            "history: 7",
+        ] {
+            assert!(printed.contains(part), "{part} in {printed}");
+        }
+        // Unset secrets print as unset, and a URL without credentials whole.
+        let config = load_with(&["--redis=redis://r:6379"], &[]).expect("load");
+        let printed = format!("{config:?}");
+        assert!(printed.contains("publish_token: None") && printed.contains("jwt_secret: None"));
+        assert!(printed.contains("broker: Some(Redis(\"redis://r:6379\"))"), "{printed}");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `GET /events?topic=A&topic=B&pattern=P` | the stream; `Last-Event-ID` (header, or `lastEventId` query parameter) resumes; `&snapshot=1` starts it with `event: snapshot` data `{"state":"begin","events":N}`, the latest event of every key of every topic it receives (ids intact), `event: snapshot` data `{"state":"end"}`, then live events (a resume that cannot be exact gets the snapshot instead of a `reset`, its begin frame with `"reason"`) |
-//! | `POST /publish?topic=NAME` | body `{"data": string, "id"?: string, "event"?: string, "retry"?: integer, "key"?: string}` (the event becomes the topic's latest value for `key`; events without one share one value; `--state-keys` keys per topic, 10,000 by default, the oldest evicted) (unknown fields are refused); `200 {"id": ..., "receivers": N}`, `400 {"error": ...}`, `401` without the `--publish-token` (checked from the head, before the body is read) |
+//! | `POST /publish?topic=NAME` | body `{"data": string, "id"?: string, "event"?: string, "retry"?: integer, "key"?: string}` (the event becomes the topic's latest value for `key`; events without one share one value; `--state-keys` keys per topic, 10,000 by default, the oldest evicted; `--state-topics` topics holding state, 100,000 by default, the one published to longest ago that no stream receives losing its state) (unknown fields are refused); `200 {"id": ..., "receivers": N}`, `400 {"error": ...}`, `401` without the `--publish-token` (checked from the head, before the body is read) |
 //! | `POST /publish`, `content-type: application/x-ndjson` | one `{"topic": string, "data": string, "id"?, "event"?, "retry"?, "key"?}` per line; `200`, one `{"id": ...}` per line in order; a bad line: `400 {"error": "line N: ..."}` and nothing published |
 //! | any request with a body | `413` over `--max-body` (default 1 MiB), `408` when not received within `--body-timeout` (default 10 s); connections are kept alive and may pipeline |
 //! | `POST /disconnect?topic=NAME` | ends the topic's streams: `200 {"disconnected": N}`; `403` unless `--allow-disconnect` |
@@ -134,6 +134,7 @@ fn build_hub(config: &Config) -> Hub {
     Hub::builder()
         .with_history(history)
         .with_state(state)
+        .with_max_state_topics(config.state_topics)
         .with_connected_event(true)
         .with_retry(Some((config.retry, config.retry_jitter)))
         .with_heartbeat(config.heartbeat)

@@ -99,6 +99,7 @@ pub fn json(hub: &Hub, rates: &Rates, top: usize, demo: bool) -> Value {
         "heartbeats": stats.heartbeats,
         "state_evictions": stats.state_evictions,
         "snapshots": stats.snapshots,
+        "state_topics_dropped": stats.state_topics_dropped,
         "events_per_second": round2(rate.events),
         "frames_per_second": round2(rate.frames),
         "uptime_seconds": round2(rates.uptime().as_secs_f64()),
@@ -197,6 +198,7 @@ fn describe() {
         "ssehub_heartbeats_total",
         "ssehub_state_evictions_total",
         "ssehub_snapshots_total",
+        "ssehub_state_topics_dropped_total",
     ] {
         counter!(name).increment(0);
     }
