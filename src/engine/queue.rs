@@ -316,8 +316,8 @@ impl Queue {
         self.push_kind(seq, bytes, keys, Kind::Targeted)
     }
 
-    /// Wakes the consumer if it is parked (it has a new ring to park in; a ring's own publishes
-    /// wake the waker listed in the ring, see `Ring::park`).
+    /// Wakes the consumer if it is parked (a rate tier's tick moved the mark its own frames
+    /// wait for; a ring's own publishes wake the waker listed in the ring, see `Ring::park`).
     pub(crate) fn wake(&self) {
         // The lock alone, not `Locked`: taking the waker changes neither the entries nor
         // `ended`, so the `empty` flag needs no store (which would pull in the line a reader's
@@ -326,6 +326,13 @@ impl Queue {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+
+    /// The waker the consumer registered when it last found nothing (a copy; it stays
+    /// registered), if any: a consumer parked now, or about to load its feeds and park.
+    pub(crate) fn registered_waker(&self) -> Option<Waker> {
+        // The lock alone, as `wake` takes it: nothing readers check changes.
+        lock(&self.inner).waker.clone()
     }
 
     /// Pushes a frame of `kind`, applying the slow-client policy when full.

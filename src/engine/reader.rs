@@ -28,11 +28,13 @@
 //!    finds nothing registers the waker in the queue under that same lock, so a push either
 //!    came before the look (and is seen) or finds the waker.
 //! 2. **Park** (`next_batch`). With a waker and nothing found, the reader loads its feeds
-//!    again (a pattern may have added a ring since, and adding one wakes the queue: a reader
-//!    whose waker was registered after that wake sees the new feed here; a reader that kept
-//!    its one feed loads the feeds version instead, and goes this general way if it moved)
-//!    and parks in every ring, with its waker, under each ring's `parked` lock (a publish
-//!    wakes the waker listed there, not the queue's).
+//!    again (a pattern may have added a ring since: the registry's writer adds the feed, then
+//!    parks the reader in the new ring with the waker its queue holds, if any; so a reader
+//!    whose waker was registered before that is parked there by the writer, and one
+//!    registered after sees the new feed in this load; a reader that kept its one feed loads
+//!    the feeds version instead, and goes this general way if it moved) and parks in every
+//!    ring, with its waker, under each ring's `parked` lock (a publish wakes the waker listed
+//!    there, not the queue's).
 //! 3. **Second look.** It reads its rings once more: a publish between the first look and the
 //!    parking would otherwise go unnoticed. For one ring and an empty queue this is the
 //!    lock-free look again, and when it finds nothing the poll is done: its own queue needs no
@@ -379,8 +381,9 @@ fn next_from_lone(
         return Ok(Some(drained));
     }
     // The look registered the waker; the version is loaded after it, as the general way loads
-    // the feeds after it (a feed added since then woke the queue, so either this load sees it
-    // or that wake finds the waker).
+    // the feeds after it: a feed added before the waker was registered moved the version
+    // first (this load sees it), one added after finds the waker and parks the reader in the
+    // new ring with it.
     if queue.feeds_version() != version {
         return Ok(None);
     }

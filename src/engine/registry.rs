@@ -629,8 +629,14 @@ fn attach_to(
     slot.add_feed(feed);
     readers.rcu(|set| set.insert(slot.id, member.clone()));
     // A subscriber parked on its other rings is not parked on this one yet (a pattern just
-    // matched a new topic): wake it, so its next poll parks here too.
-    slot.queue.wake();
+    // matched a new topic): park it here with the waker it registered, rather than wake it to
+    // come and park itself (a new topic matched by 10,000 pattern subscribers would wake
+    // 10,000 tasks that find nothing, each parking again on all its rings). One that has no
+    // waker registered is not parked: it registers one before it loads its feeds (see
+    // `reader.rs`), and that load sees this feed, added before.
+    if let Some(waker) = slot.queue.registered_waker() {
+        ring.park(&member, &waker);
+    }
 }
 
 /// Takes `slot` off `ring` and its `readers`, or off `pushed`, if it is there; a ring nobody
