@@ -140,11 +140,43 @@ impl Batch {
             }
             return self.frames.swap_remove(self.next);
         }
+        if let Some(run) = self.run.take() {
+            let mut spans = 0;
+            run.spans(self.next, |_| {
+                spans += 1;
+                spans < 2
+            });
+            if spans == 1 {
+                // One slice of the chunk's arena: shared, not copied.
+                return Bytes::from_owner(Span { run, skip: self.next });
+            }
+            self.run = Some(run);
+        }
         let mut out = BytesMut::with_capacity(self.remaining);
         for frame in self.frames() {
             out.extend_from_slice(frame);
         }
         out.freeze()
+    }
+}
+
+/// The bytes of a run's frames from the `skip`th on, when they are one slice of their chunk's
+/// arena: the owner of the `Bytes` [`Batch::into_bytes`] hands out for them.
+struct Span {
+    /// The run, which keeps the chunk alive.
+    run: Run,
+    /// The frames of it already consumed.
+    skip: usize,
+}
+
+impl AsRef<[u8]> for Span {
+    fn as_ref(&self) -> &[u8] {
+        let mut first: &[u8] = &[];
+        self.run.spans(self.skip, |span| {
+            first = span;
+            false
+        });
+        first
     }
 }
 
@@ -199,6 +231,19 @@ impl Buf for Batch {
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
+        if let Some(run) = &self.run {
+            // A run's frames lie back to back in their chunk's arena: one slice for all of
+            // them (more only around a frame that did not fit there).
+            run.spans(self.next, |span| match dst.get_mut(n) {
+                Some(slot) => {
+                    *slot = IoSlice::new(span);
+                    n += 1;
+                    true
+                }
+                None => false,
+            });
+            return n;
+        }
         for (slot, frame) in dst.iter_mut().zip(self.frames()) {
             *slot = IoSlice::new(frame);
             n += 1;
@@ -297,7 +342,12 @@ mod tests {
         one.advance(5);
         assert_eq!(one.into_bytes().as_ref(), b"fgh");
         let slices = &mut [IoSlice::new(&[]); 4];
-        assert_eq!(shared().chunks_vectored(slices), 3);
+        let whole = shared();
+        assert_eq!(whole.chunks_vectored(slices), 1, "one chunk's frames are one slice");
+        assert_eq!(&*slices[0], b"abcdefgh");
+        // Concatenating a run that is one slice shares that slice rather than copying it.
+        let at = slices[0].as_ptr();
+        assert_eq!(whole.into_bytes().as_ptr(), at);
     }
 
     #[test]

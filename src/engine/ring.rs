@@ -61,6 +61,7 @@
 //! park order keeps each reader's place from one event to the next (the order they drained in),
 //! so a reader's latency does not depend on where a hash put it.
 
+use std::ops::Range;
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -68,7 +69,7 @@ use bytes::Bytes;
 use crate::engine::idmap::IdMap;
 use crate::engine::queue::{Limits, Queue, SlowPolicy};
 use crate::sync::{
-    lock, rank, AppendOnly, Arc, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
+    lock, rank, AppendOnly, Arc, Arena, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
 };
 
 /// Scans come at least this often (in publishes), so a quiet topic's log stays short.
@@ -137,6 +138,11 @@ pub(crate) const CHUNK: usize = 2;
 /// a reference to a chunk and a range in it as their batch (one refcount for the whole batch
 /// instead of one per frame); the publisher goes on writing the chunk's later slots meanwhile,
 /// which the batch never looks at.
+///
+/// Each frame is also copied into the chunk's [`Arena`] when it fits, so a run of consecutive
+/// frames reaches the socket as one slice, not one per frame ([`Chunk::spans`]). The frames'
+/// own `Bytes` stay in `frames`: they are what [`Run::frames`] and merged batches hand out, and
+/// what serves a frame that did not fit.
 #[derive(Debug)]
 pub(crate) struct Chunk {
     /// The position of its first slot.
@@ -144,20 +150,44 @@ pub(crate) struct Chunk {
     /// Each entry's sequence number, stored before its frame; read only for written frames,
     /// so the frame's publication orders it.
     seqs: [AtomicU64; CHUNK],
+    /// Each entry's index in `arena` plus one, or 0 when its frame did not fit there; stored
+    /// before its frame, read only for written frames, like `seqs`.
+    placed: [AtomicUsize; CHUNK],
     /// Each entry's frame.
     frames: AppendOnly<Bytes, CHUNK>,
+    /// The frames that fitted, back to back, in slot order.
+    arena: Arena<CHUNK>,
 }
 
+/// The fewest bytes a chunk's arena holds.
+const MIN_ARENA: usize = 256;
+/// The most bytes a chunk's arena holds: frames past it are served from their own `Bytes`.
+const MAX_ARENA: usize = 128 * 1024;
+/// A first chunk's arena (no chunk before it to size it by) has room for this many frames of
+/// its first frame's size: a quiet topic's lone chunk stays small, and a busy topic's next
+/// chunks are sized by what the one before held.
+const FIRST_ARENA_FRAMES: usize = 4;
+
 impl Chunk {
-    /// A chunk starting at position `base`, holding `frame` (sequence number `seq`) there.
-    fn starting(base: u64, seq: u64, frame: &Bytes) -> Chunk {
+    /// A chunk starting at position `base`, holding `frame` (sequence number `seq`) there, with
+    /// an arena of about `room` bytes.
+    fn starting(base: u64, seq: u64, frame: &Bytes, room: usize) -> Chunk {
         let chunk = Chunk {
             base,
             seqs: std::array::from_fn(|_| AtomicU64::new(0)),
+            placed: std::array::from_fn(|_| AtomicUsize::new(0)),
             frames: AppendOnly::new(),
+            arena: Arena::with_capacity(room.clamp(MIN_ARENA, MAX_ARENA)),
         };
         let _ = chunk.append(base, seq, frame);
         chunk
+    }
+
+    /// The arena room for the chunk after this one: what this one's frames took, and half
+    /// again, so a topic whose frames grow a little still fits. Publisher only.
+    fn next_room(&self) -> usize {
+        let bytes: usize = self.frames.get(0..self.frames.len()).iter().map(Bytes::len).sum();
+        bytes + bytes / 2
     }
 
     /// One past its last position.
@@ -172,8 +202,11 @@ impl Chunk {
         if at != next || at >= self.end() {
             return false;
         }
-        // Relaxed: the frame's push below publishes it (Release).
-        self.seqs[(at - self.base) as usize].store(seq, Ordering::Relaxed);
+        let slot = (at - self.base) as usize;
+        // Relaxed, both: the frame's push below publishes them (Release).
+        self.seqs[slot].store(seq, Ordering::Relaxed);
+        let placed = self.arena.push(frame).map_or(0, |index| index + 1);
+        self.placed[slot].store(placed, Ordering::Relaxed);
         self.frames.push(frame.clone()).is_ok()
     }
 
@@ -182,6 +215,40 @@ impl Chunk {
         // Relaxed: callers read only written slots, which they learned of through an Acquire
         // (the ring's tail, or the frames' count) that the publisher's Release paired with.
         self.seqs[i].load(Ordering::Relaxed)
+    }
+
+    /// Where slot `i`'s frame is in the arena, if it fitted there (slot written).
+    fn placed(&self, i: usize) -> Option<usize> {
+        // Relaxed: as for `seq`.
+        self.placed[i].load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// Hands the bytes of the written slots `slots`, in order, to `each` in as few slices as
+    /// they lie in: consecutive frames that fitted in the arena as one slice, a frame that did
+    /// not as its own. Stops early when `each` returns `false`.
+    pub(crate) fn spans<'a>(&'a self, slots: Range<usize>, mut each: impl FnMut(&'a [u8]) -> bool) {
+        let frames = self.frames.get(slots.clone());
+        let mut i = 0;
+        while let Some(frame) = frames.get(i) {
+            let slot = slots.start + i;
+            let Some(first) = self.placed(slot) else {
+                if !each(frame) {
+                    return;
+                }
+                i += 1;
+                continue;
+            };
+            // Frames that fitted go in slot order, so a run of them is a run of entries.
+            let mut last = first;
+            i += 1;
+            while i < frames.len() && self.placed(slots.start + i) == Some(last + 1) {
+                last += 1;
+                i += 1;
+            }
+            if !each(self.arena.get(first..last + 1)) {
+                return;
+            }
+        }
     }
 }
 
@@ -200,6 +267,12 @@ impl Run {
     /// The frames.
     pub(crate) fn frames(&self) -> &[Bytes] {
         self.chunk.frames.get(self.start..self.end)
+    }
+
+    /// The bytes of its frames from the `skip`th on, in as few slices as they lie in (one when
+    /// they all fitted in the chunk's arena), each handed to `each` until it returns `false`.
+    pub(crate) fn spans<'a>(&'a self, skip: usize, each: impl FnMut(&'a [u8]) -> bool) {
+        self.chunk.spans((self.start + skip).min(self.end)..self.end, each);
     }
 
     /// The sequence number of its first frame (for the `metrics` feature's latency).
@@ -454,7 +527,8 @@ impl Ring {
             // The last chunk is full, or there is none (never was, trimmed, or cleared).
             // Acquire pairs with `clear`: a new chunk starts past the one it dropped.
             let base = at.max(self.start.load(Ordering::Acquire));
-            let chunk = Arc::new(Chunk::starting(base, seq, frame));
+            let room = last.map_or(frame.len() * FIRST_ARENA_FRAMES, |chunk| chunk.next_room());
+            let chunk = Arc::new(Chunk::starting(base, seq, frame, room));
             drop(log);
             // rcu, not store: a clear may swap the snapshot out meanwhile, and its chunks
             // must not come back.
@@ -859,6 +933,68 @@ mod tests {
         assert_eq!(next.frames(), [frame(2)]);
         assert!(Arc::ptr_eq(&run.chunk, &next.chunk), "the publisher wrote into the same chunk");
         assert!(out.is_empty());
+    }
+
+    /// The slices `run` reaches the socket as.
+    fn spans_of(run: &Run, skip: usize) -> Vec<Vec<u8>> {
+        let mut spans = Vec::new();
+        run.spans(skip, |span| {
+            spans.push(span.to_vec());
+            true
+        });
+        spans
+    }
+
+    #[test]
+    fn a_run_of_one_chunk_is_one_slice_and_a_frame_that_did_not_fit_is_a_slice_of_its_own() {
+        let ring = Ring::new();
+        let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
+        // A first chunk with an arena of its minimum: the fifth frame overruns what is left,
+        // the sixth is bigger than any arena, the seventh fits again.
+        let big = Bytes::from(vec![b'x'; MIN_ARENA]);
+        let huge = Bytes::from(vec![b'y'; MAX_ARENA + 1]);
+        let frames = [frame(1), frame(2), frame(3), frame(4), big, huge, frame(7)];
+        for (seq, f) in (1..).zip(&frames) {
+            ring.push(seq, f);
+        }
+        let (taken, run) = run_at(&ring, &member, &mut Vec::new());
+        let run = run.expect("one chunk");
+        assert_eq!((taken.count, run.frames()), (7, &frames[..]));
+        let joined = |fs: &[Bytes]| fs.iter().flat_map(|f| f.to_vec()).collect::<Vec<u8>>();
+        let expected = vec![
+            joined(&frames[..4]),
+            frames[4].to_vec(),
+            frames[5].to_vec(),
+            frames[6].to_vec(),
+        ];
+        assert_eq!(spans_of(&run, 0), expected);
+        assert_eq!(spans_of(&run, 2), [&[joined(&frames[2..4])][..], &expected[1..]].concat());
+        assert_eq!(spans_of(&run, 7), Vec::<Vec<u8>>::new());
+        // Stopping early hands over no more.
+        let mut seen = 0;
+        run.spans(0, |_| {
+            seen += 1;
+            false
+        });
+        assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn a_full_chunk_sizes_the_next_ones_arena_so_a_busy_topics_runs_are_one_slice() {
+        let ring = Ring::new();
+        let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
+        let total = 2 * CHUNK as u64;
+        for seq in 1..=total {
+            ring.push(seq, &frame(seq));
+        }
+        member.advance(CHUNK as u64);
+        let limits = Limits { frames: CHUNK, bytes: 1 << 20 };
+        let bound = Bound { capacity: 1024, policy: SlowPolicy::Disconnect };
+        let (taken, run) = ring.take_run(member.cursor(), bound, u64::MAX, limits, &mut Vec::new());
+        let run = run.expect("the second chunk");
+        assert_eq!(taken.count, CHUNK);
+        let all: Vec<u8> = (CHUNK as u64 + 1..=total).flat_map(|n| frame(n).to_vec()).collect();
+        assert_eq!(spans_of(&run, 0), [all]);
     }
 
     #[test]
