@@ -15,7 +15,11 @@
 //! `Acquire`, then the snapshot of the chunk list (an [`ArcSwapOption`], loaded without a
 //! lock), and reads only slots below that tail, which are written and never written again. Its
 //! batch, when the entries lie in one chunk, is a [`Run`]: the chunk's `Arc` and a range, so
-//! the publisher goes on writing the chunk's later slots without copying anything. The list is
+//! the publisher goes on writing the chunk's later slots without copying anything. Each chunk
+//! also copies its frames back to back into an [`Arena`] (written and published the same way:
+//! bytes below a `Release` count, never written again), so a run reaches the socket as one
+//! slice however many frames it holds ([`Chunk::spans`]); a frame that does not fit is served
+//! from its own `Bytes`, which the slots keep for every frame. The list is
 //! swapped whole: a new list every [`CHUNK`] publishes (a chunk appended), and trimming (whole
 //! chunks from the front) by `rcu`. A trimmed chunk is freed when the last batch holding it is
 //! dropped, so no reader ever reads a freed slot. The publisher takes no lock either: publishes
@@ -69,7 +73,8 @@ use bytes::Bytes;
 use crate::engine::idmap::IdMap;
 use crate::engine::queue::{Limits, Queue, SlowPolicy};
 use crate::sync::{
-    lock, rank, AppendOnly, Arc, Arena, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
+    lock, rank, AppendOnly, Arc, ArcSwapOption, Arena, AtomicBool, AtomicU64, AtomicUsize, Mutex,
+    Ordering,
 };
 
 /// Scans come at least this often (in publishes), so a quiet topic's log stays short.
@@ -279,6 +284,112 @@ impl Run {
     #[cfg(all(feature = "metrics", any(feature = "server", feature = "axum", feature = "hyper")))]
     pub(crate) fn first_seq(&self) -> u64 {
         self.chunk.seq(self.start)
+    }
+}
+
+/// A batch's frames where they lie: one chunk's [`Run`] (a one-topic batch), or frames merged
+/// from several rings and the subscriber's own queue ([`Merged`]). Either way a writer gets
+/// them in as few slices as they lie in ([`Slices::spans`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Slices {
+    /// A range of one chunk.
+    Run(Run),
+    /// A merge, in sequence order.
+    Merged(Merged),
+}
+
+impl Slices {
+    /// The frames.
+    pub(crate) fn frames(&self) -> &[Bytes] {
+        match self {
+            Slices::Run(run) => run.frames(),
+            Slices::Merged(merged) => &merged.frames,
+        }
+    }
+
+    /// The bytes of its frames from the `skip`th on, in as few slices as they lie in: one per
+    /// run of consecutive frames of one chunk that fitted in its arena, one per other frame;
+    /// each handed to `each` until it returns `false`.
+    pub(crate) fn spans<'a>(&'a self, skip: usize, mut each: impl FnMut(&'a [u8]) -> bool) {
+        let merged = match self {
+            Slices::Run(run) => return run.spans(skip, each),
+            Slices::Merged(merged) => merged,
+        };
+        // The index in `frames` of the piece's first frame.
+        let mut at = 0;
+        for piece in &merged.pieces {
+            let len = piece.slots.len();
+            if at + len > skip {
+                let mut going = true;
+                match &piece.chunk {
+                    Some(chunk) => {
+                        let from = piece.slots.start + skip.saturating_sub(at);
+                        chunk.spans(from..piece.slots.end, |span| {
+                            going = each(span);
+                            going
+                        });
+                    }
+                    None => going = each(&merged.frames[at]),
+                }
+                if !going {
+                    return;
+                }
+            }
+            at += len;
+        }
+    }
+
+    /// The sequence number of its first frame, when it is one chunk's run (for the `metrics`
+    /// feature's latency).
+    #[cfg(all(feature = "metrics", any(feature = "server", feature = "axum", feature = "hyper")))]
+    pub(crate) fn first_seq(&self) -> Option<u64> {
+        match self {
+            Slices::Run(run) => Some(run.first_seq()),
+            Slices::Merged(_) => None,
+        }
+    }
+}
+
+/// Frames merged from several rings and a subscriber's own queue, with where each lies, so
+/// consecutive frames of one chunk still reach the socket as one slice.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Merged {
+    /// Every frame, in order (refcounts: what [`Slices::frames`] hands out).
+    frames: Vec<Bytes>,
+    /// Where they lie: consecutive pieces covering `frames` in order.
+    pieces: Vec<Piece>,
+}
+
+/// Consecutive frames of a [`Merged`] batch that lie together.
+#[derive(Debug, Clone)]
+struct Piece {
+    /// The chunk whose slots hold them, or `None` for one frame that is no ring's.
+    chunk: Option<Arc<Chunk>>,
+    /// The slots in `chunk` (`0..1` for a frame that is no ring's).
+    slots: Range<usize>,
+}
+
+impl Merged {
+    /// Appends `frame`, read from slot `slot` of `chunk` when `at` says so (one refcount of
+    /// the chunk per run of its slots), or no ring's.
+    pub(crate) fn push(&mut self, frame: &Bytes, at: Option<(&Arc<Chunk>, usize)>) {
+        self.frames.push(frame.clone());
+        let Some((chunk, slot)) = at else {
+            self.pieces.push(Piece { chunk: None, slots: 0..1 });
+            return;
+        };
+        if let Some(Piece { chunk: Some(last), slots }) = self.pieces.last_mut() {
+            if Arc::ptr_eq(last, chunk) && slots.end == slot {
+                slots.end += 1;
+                return;
+            }
+        }
+        self.pieces.push(Piece { chunk: Some(chunk.clone()), slots: slot..slot + 1 });
+    }
+
+    /// How many frames it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.frames.len()
     }
 }
 
@@ -626,10 +737,23 @@ impl Ring {
         limits: Limits,
         mut sink: impl FnMut(u64, &Bytes),
     ) -> Taken {
+        self.take_located(cursor, bound, upto, limits, |seq, frame, _| sink(seq, frame))
+    }
+
+    /// [`Ring::take`], handing `sink` each entry's chunk and slot too (for a merged batch,
+    /// which keeps consecutive frames of one chunk as one slice).
+    pub(crate) fn take_located(
+        &self,
+        cursor: u64,
+        bound: Bound,
+        upto: u64,
+        limits: Limits,
+        mut sink: impl FnMut(u64, &Bytes, (&Arc<Chunk>, usize)),
+    ) -> Taken {
         self.take_with(cursor, bound, upto, limits, |log, taken| {
             log.slices(taken.from, taken.from + taken.count as u64, |chunk, start, frames| {
                 for (i, frame) in frames.iter().enumerate() {
-                    sink(chunk.seq(start + i), frame);
+                    sink(chunk.seq(start + i), frame, (chunk, start + i));
                 }
             });
         })
@@ -961,12 +1085,8 @@ mod tests {
         let run = run.expect("one chunk");
         assert_eq!((taken.count, run.frames()), (7, &frames[..]));
         let joined = |fs: &[Bytes]| fs.iter().flat_map(|f| f.to_vec()).collect::<Vec<u8>>();
-        let expected = vec![
-            joined(&frames[..4]),
-            frames[4].to_vec(),
-            frames[5].to_vec(),
-            frames[6].to_vec(),
-        ];
+        let expected =
+            vec![joined(&frames[..4]), frames[4].to_vec(), frames[5].to_vec(), frames[6].to_vec()];
         assert_eq!(spans_of(&run, 0), expected);
         assert_eq!(spans_of(&run, 2), [&[joined(&frames[2..4])][..], &expected[1..]].concat());
         assert_eq!(spans_of(&run, 7), Vec::<Vec<u8>>::new());

@@ -101,7 +101,11 @@ impl<const N: usize> Arena<N> {
         // entries); the claim makes this the only writer, and `filled` moves past these bytes
         // right after this one write. `bytes` is another allocation (the caller's frame).
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.buf.as_ptr().add(start), bytes.len());
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.buf.as_ptr().add(start),
+                bytes.len(),
+            );
         }
         // Relaxed: the Release on `filled` below publishes it with the bytes.
         self.ends[index].store(end, Ordering::Relaxed);
@@ -144,7 +148,10 @@ impl<const N: usize> Arena<N> {
 
 impl<const N: usize> Drop for Arena<N> {
     fn drop(&mut self) {
-        for access in &self.access[..*self.filled.get_mut()] {
+        // Acquire: `&mut self` already orders every push before this (the last owner's `Arc`
+        // drop synchronises); the ordering only spells that out.
+        let filled = self.filled.load(Ordering::Acquire);
+        for access in &self.access[..filled] {
             access.write();
         }
         // SAFETY: `buf` and `capacity` are those of the `Vec<u8>` `with_capacity` made and
@@ -156,10 +163,7 @@ impl<const N: usize> Drop for Arena<N> {
 
 impl<const N: usize> std::fmt::Debug for Arena<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Arena")
-            .field("len", &self.len())
-            .field("capacity", &self.capacity)
-            .finish()
+        f.debug_struct("Arena").field("len", &self.len()).field("capacity", &self.capacity).finish()
     }
 }
 
