@@ -11,9 +11,9 @@ use crate::engine::ring::Slices;
 ///
 /// `Batch` implements [`bytes::Buf`] with [`chunks_vectored`](Buf::chunks_vectored), so a
 /// writer sends a burst in one vectored write: a one-topic batch as one slice (its frames lie
-/// back to back in the topic's ring), a batch merged from several sources as one slice per
-/// frame. [`Batch::into_bytes`] gives one chunk for sinks that want one (without a copy when the
-/// batch is one slice).
+/// back to back in the topic's ring), a batch merged from several sources as one slice per run
+/// of one ring chunk's frames and one per other frame. [`Batch::into_bytes`] gives one chunk
+/// for sinks that want one (without a copy when the batch is one slice).
 ///
 /// # Examples
 ///
