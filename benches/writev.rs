@@ -29,9 +29,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 const BATCHES: [usize; 3] = [1, 8, 64];
 /// The most batches written before they are read back: each small write is one segment, and
 /// the receive buffer counts each segment's overhead, so a round stays well under it.
-const ROUND_WRITES: u64 = 32;
+const ROUND_WRITES: u64 = 8;
 /// The most bytes written before they are read back.
-const ROUND_BYTES: u64 = 32 * 1024;
+const ROUND_BYTES: u64 = 16 * 1024;
 
 /// The frames of a batch of `k`: sizes cycle through 60 to 200 bytes.
 fn frames(k: usize) -> Vec<Vec<u8>> {
