@@ -76,7 +76,7 @@ use bytes::Bytes;
 
 use crate::engine::idmap::IdMap;
 use crate::engine::queue::{Limits, Locked, Queue, SlowPolicy};
-use crate::engine::ring::{Chunk, Member, Merged, Ring, Run, Slices, Taken};
+use crate::engine::ring::{Chunk, Member, Merged, Ring, Slices, Taken};
 use crate::error::EndReason;
 use crate::sync::{Arc, ArcSwap, Guard, Ordering, SharedStr};
 
@@ -442,7 +442,7 @@ fn look_lock_free(
     }
     let cursor = feed.member.cursor();
     let mut drained = Drained::default();
-    let (taken, run) = take_run(feed, cursor, upto, limits, &mut drained.frames);
+    let (taken, run) = take_slices(feed, cursor, upto, limits);
     // Overflowed: the locked look closes the queue as slow.
     if taken.overflowed {
         return Quick::Locked;
@@ -456,7 +456,7 @@ fn look_lock_free(
     if taken.count > 0 {
         queue.note_taken();
     }
-    drained.run = run.map(Slices::Run);
+    drained.run = run;
     // An empty queue has no lag of its own: a drain takes its lag with its last entry.
     drained.skipped = taken.skipped;
     drained.lagged = taken.skipped;
@@ -524,7 +524,7 @@ fn take_own(locked: &mut Locked<'_>, ready: usize, limits: Limits) -> Drained {
 fn take_one(feed: &Feed, queue: &Queue, upto: u64, limits: Limits) -> Result<Drained, Overflowed> {
     let cursor = feed.member.cursor();
     let mut drained = Drained::default();
-    let (taken, run) = take_run(feed, cursor, upto, limits, &mut drained.frames);
+    let (taken, run) = take_slices(feed, cursor, upto, limits);
     if taken.overflowed {
         return Err(Overflowed);
     }
@@ -534,7 +534,7 @@ fn take_one(feed: &Feed, queue: &Queue, upto: u64, limits: Limits) -> Result<Dra
     if taken.count > 0 {
         queue.note_taken();
     }
-    drained.run = run.map(Slices::Run);
+    drained.run = run;
     drained.skipped = taken.skipped;
     Ok(drained)
 }
@@ -688,15 +688,10 @@ fn take(
     feed.ring.take(cursor, feed.member.bound(), upto, limits, sink)
 }
 
-/// [`take`] as a batch: a run of one chunk when it can be, the frames in `out` otherwise.
-fn take_run(
-    feed: &Feed,
-    cursor: u64,
-    upto: u64,
-    limits: Limits,
-    out: &mut Vec<Bytes>,
-) -> (Taken, Option<Run>) {
-    feed.ring.take_run(cursor, feed.member.bound(), upto, limits, out)
+/// [`take`] as a batch: a run of one chunk when it can be, the frames with the chunks they lie
+/// in otherwise.
+fn take_slices(feed: &Feed, cursor: u64, upto: u64, limits: Limits) -> (Taken, Option<Slices>) {
+    feed.ring.take_slices(cursor, feed.member.bound(), upto, limits)
 }
 
 /// A feed of `ring` for subscriber `id` with `queue`, joining it at its tail, on a reader set
@@ -802,6 +797,35 @@ mod tests {
         publish(&b, 6);
         assert_eq!(poll(&slot, 6, Limits::ALL), Ok((vec![1, 2, 3, 4, 5, 6], 0)));
         assert_eq!(poll(&slot, 6, Limits::ALL), Ok((vec![], 0)));
+    }
+
+    #[test]
+    fn a_batch_across_two_chunks_is_one_slice_per_chunk() {
+        use crate::engine::ring::CHUNK;
+        let a = Arc::new(Ring::new());
+        let slot = subscriber(&[&a], 1024, SlowPolicy::Disconnect);
+        let total = 2 * CHUNK as u64 + 10;
+        for seq in 1..=total {
+            publish(&a, seq);
+        }
+        // The first chunk and five more, so the next batch starts mid-chunk and ends in the
+        // next one (chunks after the first have arenas sized for all their frames).
+        let first = Limits { frames: CHUNK + 5, bytes: usize::MAX };
+        assert_eq!(poll(&slot, total, first), Ok(((1..=CHUNK as u64 + 5).collect(), 0)));
+        let drained =
+            next_batch(&slot, &mut View::new(&slot), || total, Limits::ALL, None).expect("open");
+        assert_eq!(numbers(&drained), (CHUNK as u64 + 6..=total).collect::<Vec<_>>());
+        let run = drained.run.expect("the frames with the chunks they lie in");
+        let mut spans = Vec::new();
+        run.spans(0, |span| {
+            spans.push(span.to_vec());
+            true
+        });
+        let text = |seqs: std::ops::RangeInclusive<u64>| -> Vec<u8> {
+            seqs.flat_map(|n| frame(n).to_vec()).collect()
+        };
+        let boundary = 2 * CHUNK as u64;
+        assert_eq!(spans, [text(CHUNK as u64 + 6..=boundary), text(boundary + 1..=total)]);
     }
 
     #[test]

@@ -387,6 +387,17 @@ impl Merged {
         self.pieces.push(Piece { chunk: Some(chunk.clone()), slots: slot..slot + 1 });
     }
 
+    /// Room for `frames` frames.
+    fn with_capacity(frames: usize) -> Merged {
+        Merged { frames: Vec::with_capacity(frames), pieces: Vec::new() }
+    }
+
+    /// Appends `frames`, read from slots `start..` of `chunk`: one piece.
+    fn extend(&mut self, chunk: &Arc<Chunk>, start: usize, frames: &[Bytes]) {
+        self.frames.extend_from_slice(frames);
+        self.pieces.push(Piece { chunk: Some(chunk.clone()), slots: start..start + frames.len() });
+    }
+
     /// How many frames it holds.
     pub(crate) fn len(&self) -> usize {
         self.frames.len()
@@ -760,7 +771,39 @@ impl Ring {
     }
 
     /// [`Ring::take`] for a subscriber's whole batch: a [`Run`] of one chunk when the entries
-    /// lie in one (one refcount for the batch), otherwise the frames appended to `out`.
+    /// lie in one (one refcount for the batch), otherwise the frames (refcounts) with the
+    /// chunks they lie in, so the batch is still one slice per chunk. `None` when nothing was
+    /// taken.
+    pub(crate) fn take_slices(
+        &self,
+        cursor: u64,
+        bound: Bound,
+        upto: u64,
+        limits: Limits,
+    ) -> (Taken, Option<Slices>) {
+        let mut slices = None;
+        let taken = self.take_with(cursor, bound, upto, limits, |log, taken| {
+            let end = taken.from + taken.count as u64;
+            slices = Some(match log.chunk(taken.from) {
+                Some(chunk) if end <= chunk.end() => {
+                    let start = (taken.from - chunk.base) as usize;
+                    Slices::Run(Run { chunk: chunk.clone(), start, end: start + taken.count })
+                }
+                _ => {
+                    let mut merged = Merged::with_capacity(taken.count);
+                    log.slices(taken.from, end, |chunk, start, frames| {
+                        merged.extend(chunk, start, frames);
+                    });
+                    Slices::Merged(merged)
+                }
+            });
+        });
+        (taken, slices)
+    }
+
+    /// [`Ring::take_slices`] with the frames of a batch across chunks appended to `out`
+    /// instead (for tests that tell the two cases apart).
+    #[cfg(test)]
     pub(crate) fn take_run(
         &self,
         cursor: u64,
@@ -769,21 +812,14 @@ impl Ring {
         limits: Limits,
         out: &mut Vec<Bytes>,
     ) -> (Taken, Option<Run>) {
-        let mut run = None;
-        let taken = self.take_with(cursor, bound, upto, limits, |log, taken| {
-            let end = taken.from + taken.count as u64;
-            match log.chunk(taken.from) {
-                Some(chunk) if end <= chunk.end() => {
-                    let start = (taken.from - chunk.base) as usize;
-                    run = Some(Run { chunk: chunk.clone(), start, end: start + taken.count });
-                }
-                _ => {
-                    out.reserve(taken.count);
-                    log.slices(taken.from, end, |_, _, frames| out.extend_from_slice(frames));
-                }
+        match self.take_slices(cursor, bound, upto, limits) {
+            (taken, Some(Slices::Run(run))) => (taken, Some(run)),
+            (taken, Some(Slices::Merged(merged))) => {
+                out.extend(merged.frames);
+                (taken, None)
             }
-        });
-        (taken, run)
+            (taken, None) => (taken, None),
+        }
     }
 
     /// Works out what a reader takes (see [`Ring::take`]), then has `copy` copy that run of
