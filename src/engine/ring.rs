@@ -1,7 +1,7 @@
 //! The per-topic shared log that every reading subscriber of a topic takes its frames from.
 //!
-//! A publish appends one entry (a sequence number and a refcount of the frame) to the topic's
-//! ring, whatever the number of subscribers; each subscriber keeps only a cursor into it, a
+//! A publish appends one entry (a sequence number, a refcount of the frame and a copy of its
+//! bytes, see below) to the topic's ring, whatever the number of subscribers; each subscriber keeps only a cursor into it, a
 //! position it advances when it drains. So the publisher's work per event is O(1) plus a wake
 //! for each subscriber actually parked, and the memory a burst costs is one entry per event per
 //! topic rather than one per event per subscriber: at 10,000 subscribers the per-subscriber
