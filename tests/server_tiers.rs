@@ -299,3 +299,52 @@ async fn intervals_out_of_range_or_malformed_are_400_and_the_count_is_bounded() 
     assert!(text.contains("2 distinct intervals"), "{text}");
     let _zero = open(&hub, addr, "/events?topic=t&interval=0", 4).await;
 }
+
+/// The data of the frames `sub` hands over until it has `count` or `wait` passed.
+async fn frames(sub: &mut ssehub::Subscription, count: usize, wait: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + wait;
+    while got.len() < count && Instant::now() < deadline {
+        let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await
+        else {
+            continue;
+        };
+        for frame in batch.frames() {
+            let text = String::from_utf8_lossy(frame).to_string();
+            got.extend(text.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn conflating_subscribers_at_an_interval_get_each_tick_in_publish_order_from_their_start() {
+    use ssehub::{ConflateKey, SlowPolicy, Subscribe};
+    let hub = Hub::builder().with_heartbeat(None).build();
+    let conflating = || {
+        Subscribe::new()
+            .with_topics(["x", "y"])
+            .with_interval(Duration::from_millis(50))
+            .with_slow_policy(SlowPolicy::Conflate { key: ConflateKey::Explicit })
+    };
+    let mut first = hub.subscribe(conflating()).expect("subscribe");
+    let publish = |topic: &str, key: &str, data: &str| {
+        hub.publish(topic, Event::new(data).with_key(key)).expect("publish");
+    };
+    // The queue conflates by explicit key across topics: each topic has keys of its own here.
+    publish("x", "xa", "x1");
+    publish("y", "ya", "y1");
+    publish("x", "xa", "x2");
+    publish("y", "yb", "y2");
+    // Pushed by the tick, the two topics' values merged in publish order; x1 was replaced.
+    assert_eq!(frames(&mut first, 3, WAIT).await, ["y1", "x2", "y2"]);
+
+    publish("x", "xa", "x3");
+    let mut second = hub.subscribe(conflating()).expect("subscribe");
+    publish("y", "ya", "y3");
+    assert_eq!(frames(&mut first, 2, WAIT).await, ["x3", "y3"]);
+    // x3 was published before it started: the tick does not push it there.
+    assert_eq!(frames(&mut second, 1, WAIT).await, ["y3"]);
+    let later = frames(&mut second, 1, Duration::from_millis(300)).await;
+    assert!(later.is_empty(), "nothing else: {later:?}");
+}

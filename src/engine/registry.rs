@@ -518,8 +518,8 @@ impl Registry {
             // Ended, waiting for its owner to drop it (a pattern matched a new topic meanwhile):
             // nothing more to receive.
         } else if let Some(interval) = pace {
-            let derived = self.derived(tiers, state, interval);
-            attach_to(slot, &derived.ring, &derived.readers, &derived.pushed, Some(&derived.tier));
+            let (derived, tier) = self.derived(tiers, state, interval);
+            attach_to(slot, &derived.ring, &derived.readers, &derived.pushed, Some(&tier));
             derived.joined(slot.id);
         } else {
             attach_to(slot, &state.ring, &state.readers, &state.pushed, None);
@@ -527,17 +527,14 @@ impl Registry {
         state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
     }
 
-    /// `state`'s derived ring at `interval`, made (with its tier, if new) when nobody reads the
-    /// topic at that interval yet.
+    /// `state`'s derived ring at `interval` and its tier, made when nobody reads the topic
+    /// (the tier: any topic) at that interval yet.
     fn derived(
         &self,
         tiers: &mut Map<std::time::Duration, Arc<Tier>>,
         state: &Arc<TopicState>,
         interval: std::time::Duration,
-    ) -> Arc<Derived> {
-        if let Some(found) = state.tiers.load().iter().find(|d| d.tier.interval == interval) {
-            return found.clone();
-        }
+    ) -> (Arc<Derived>, Arc<Tier>) {
         let tier = match tiers.get(&interval) {
             Some(tier) => tier.clone(),
             None => {
@@ -547,10 +544,13 @@ impl Registry {
                 tier
             }
         };
-        let derived = Arc::new(Derived::new(tier.clone(), state.name.clone()));
+        if let Some(found) = state.tiers.load().iter().find(|d| d.interval == interval) {
+            return (found.clone(), tier);
+        }
+        let derived = Arc::new(Derived::new(interval, state.name.clone()));
         state.tiers.rcu(|list| with(list, &derived));
         tier.derived.rcu(|list| with(list, &derived));
-        derived
+        (derived, tier)
     }
 
     /// Takes subscriber `id` off `state` (its ring or the derived ring it reads, or a push
@@ -578,10 +578,10 @@ impl Registry {
         derived: &Arc<Derived>,
     ) {
         state.tiers.rcu(|list| without(list, derived));
-        let tier = &derived.tier;
+        let Some(tier) = tiers.get(&derived.interval) else { return };
         tier.derived.rcu(|list| without(list, derived));
         if tier.derived.load().is_empty() {
-            tiers.remove(&tier.interval);
+            tiers.remove(&derived.interval);
             self.tiers.store(Arc::new(tiers.values().cloned().collect()));
         }
     }
@@ -684,9 +684,11 @@ impl Registry {
     /// (names it asked for already are ignored), so a name in both ends up subscribed. A topic
     /// it stops receiving hands the entries its ring still holds for it over to its queue
     /// (`Slot::leave_feed_absorbing`); one it starts receiving is read from the ring's tail.
+    /// With `pace`, every topic it receives moves to the ring of that pace (`change_pace`).
     /// Called under the sequencer, so the change sits between two publishes. `Ok(None)` when
-    /// the subscriber is not registered (it ended); `Err` with the count when it would ask for
-    /// more than `max` topics and patterns afterwards (nothing changes then).
+    /// the subscriber is not registered (it ended); `Err` when it would ask for more than `max`
+    /// topics and patterns afterwards, or for a new interval past the limit (nothing changes
+    /// then).
     pub(crate) fn update(
         &self,
         slot: &Arc<Slot>,

@@ -54,7 +54,8 @@ pub(crate) fn checked_pace(interval: Duration) -> Result<Pace, IntervalError> {
 /// Every derived ring of one interval, and the mark their readers read up to.
 #[derive(Debug)]
 pub(crate) struct Tier {
-    /// The pace.
+    /// The pace, read by the hub's clock (there is none under loom).
+    #[cfg_attr(ssehub_loom, allow(dead_code))]
     pub(crate) interval: Duration,
     /// The sequencer's value at the end of the last tick (stored with `Release` under the
     /// sequencer once every derived ring of the interval has its values): nothing past it is
@@ -111,8 +112,9 @@ impl Tier {
 /// the next tick.
 #[derive(Debug)]
 pub(crate) struct Derived {
-    /// The interval it is read at.
-    pub(crate) tier: Arc<Tier>,
+    /// The interval it is read at (its [`Tier`] is the registry's, by interval: the tier lists
+    /// its derived rings, so a ring holding its tier would make a cycle).
+    pub(crate) interval: Duration,
     /// The topic's name (the conflation key of `ConflateKey::Topic` for pushed subscribers).
     pub(crate) topic: SharedStr,
     /// What the ticks appended.
@@ -126,8 +128,8 @@ pub(crate) struct Derived {
     pending: Mutex<Pending, rank::Pending>,
 }
 
-/// One pending value: the latest event of its key since the last tick.
-#[derive(Debug, Clone)]
+/// One pending value, as a tick hands it over: the latest event of its key since the last tick.
+#[derive(Debug)]
 pub(crate) struct Value {
     /// Its publish's sequence number.
     pub(crate) seq: u64,
@@ -139,13 +141,31 @@ pub(crate) struct Value {
     pub(crate) event: Option<SharedStr>,
 }
 
+/// A key's latest event since the last tick, as kept (its key is the map's).
+#[derive(Debug, Clone)]
+struct Latest {
+    /// Its publish's sequence number.
+    seq: u64,
+    /// Its frame, as the publish encoded it.
+    frame: Bytes,
+    /// Its `event` name, kept only while the tier has conflating subscribers.
+    event: Option<SharedStr>,
+}
+
+impl Latest {
+    /// This value as a tick hands it over, under `key`.
+    fn value(self, key: Option<SharedStr>) -> Value {
+        Value { seq: self.seq, frame: self.frame, key, event: self.event }
+    }
+}
+
 /// The values waiting for the next tick, and the readers that joined since the last one.
 #[derive(Debug, Default)]
 struct Pending {
     /// The latest value of events without a key.
-    keyless: Option<Value>,
+    keyless: Option<Latest>,
     /// The latest value per key.
-    keyed: HashMap<SharedStr, Value>,
+    keyed: HashMap<SharedStr, Latest>,
     /// Subscribers that joined since the last tick, each with the highest sequence number
     /// pending when it joined: the values it must not get from the next tick (published before
     /// it started; a snapshot or a replay already gave them, or it started after them).
@@ -159,10 +179,11 @@ impl Pending {
         self.keyless.as_ref().map_or(0, |v| v.seq).max(keyed)
     }
 
-    /// Every pending value, in publish order.
-    fn values(&self) -> Vec<Value> {
-        let mut values: Vec<Value> =
-            self.keyless.iter().chain(self.keyed.values()).cloned().collect();
+    /// Takes every pending value, in publish order.
+    fn take(&mut self) -> Vec<Value> {
+        let keyless = self.keyless.take().map(|latest| latest.value(None));
+        let keyed = self.keyed.drain().map(|(key, latest)| latest.value(Some(key)));
+        let mut values: Vec<Value> = keyless.into_iter().chain(keyed).collect();
         values.sort_unstable_by_key(|v| v.seq);
         values
     }
@@ -179,10 +200,10 @@ pub(crate) struct Flushed {
 }
 
 impl Derived {
-    /// `topic` read at `tier`, with no reader yet.
-    pub(crate) fn new(tier: Arc<Tier>, topic: SharedStr) -> Derived {
+    /// `topic` read at `interval`, with no reader yet.
+    pub(crate) fn new(interval: Duration, topic: SharedStr) -> Derived {
         Derived {
-            tier,
+            interval,
             topic,
             ring: Arc::new(Ring::new()),
             readers: Arc::new(arc_swap(IdMap::new())),
@@ -204,30 +225,22 @@ impl Derived {
         // allocate nothing here (a key's string once per tick, when the key is new to it).
         let event = if self.pushed.load().is_empty() { None } else { event.map(SharedStr::from) };
         let mut pending = lock(&self.pending);
+        let latest = Latest { seq, frame: frame.clone(), event };
         let Some(key) = key else {
-            let value = Value { seq, frame: frame.clone(), key: None, event };
-            return pending.keyless.replace(value).is_some();
+            return pending.keyless.replace(latest).is_some();
         };
-        if let Some(value) = pending.keyed.get_mut(key) {
-            value.seq = seq;
-            value.frame = frame.clone();
-            value.event = event;
+        if let Some(kept) = pending.keyed.get_mut(key) {
+            *kept = latest;
             return true;
         }
-        let key = SharedStr::from(key);
-        pending
-            .keyed
-            .insert(key.clone(), Value { seq, frame: frame.clone(), key: Some(key), event });
+        pending.keyed.insert(SharedStr::from(key), latest);
         false
     }
 
     /// Takes the pending values and joiners for a tick. Under the sequencer.
     pub(crate) fn flush(&self) -> Flushed {
         let mut pending = lock(&self.pending);
-        let values = pending.values();
-        pending.keyless = None;
-        pending.keyed.clear();
-        Flushed { values, joiners: std::mem::take(&mut pending.joiners) }
+        Flushed { values: pending.take(), joiners: std::mem::take(&mut pending.joiners) }
     }
 
     /// Records that subscriber `id` starts receiving now: the values pending now are not its
@@ -246,7 +259,15 @@ impl Derived {
     pub(crate) fn pending_for(&self, id: u64) -> Vec<(u64, Bytes)> {
         let pending = lock(&self.pending);
         let skip = pending.joiners.iter().find(|(j, _)| *j == id).map_or(0, |(_, last)| *last);
-        pending.values().into_iter().filter(|v| v.seq > skip).map(|v| (v.seq, v.frame)).collect()
+        let mut owed: Vec<(u64, Bytes)> = pending
+            .keyless
+            .iter()
+            .chain(pending.keyed.values())
+            .filter(|latest| latest.seq > skip)
+            .map(|latest| (latest.seq, latest.frame.clone()))
+            .collect();
+        owed.sort_unstable_by_key(|(seq, _)| *seq);
+        owed
     }
 
     /// Whether nobody reads it any more.
@@ -268,6 +289,9 @@ impl Engine {
         }
         let mut fan = FanOut::default();
         let mut woken = Vec::new();
+        // For the conflating subscribers: each derived ring that has some, with its joiners,
+        // and its values tagged with its place in that list, pushed in publish order below.
+        let mut conflating = Vec::new();
         let mut pushes = Vec::new();
         for derived in tier.derived.load().iter() {
             let Flushed { values, joiners } = derived.flush();
@@ -280,11 +304,14 @@ impl Engine {
             }
             woken.push(derived.ring.clone());
             if !derived.pushed.load().is_empty() {
-                pushes.extend(values.into_iter().map(|v| (v, derived.clone(), joiners.clone())));
+                let at = conflating.len();
+                pushes.extend(values.into_iter().map(|value| (value, at)));
+                conflating.push((derived.clone(), joiners));
             }
         }
-        pushes.sort_unstable_by_key(|(value, _, _)| value.seq);
-        for (value, derived, joiners) in &pushes {
+        pushes.sort_unstable_by_key(|(value, _)| value.seq);
+        for (value, at) in &pushes {
+            let (derived, joiners) = &conflating[*at];
             push_value(&mut fan, derived, value, joiners);
         }
         tier.complete(*sequencer);
@@ -343,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_flush_holds_the_latest_value_of_each_key_in_publish_order() {
-        let derived = Derived::new(Arc::new(Tier::new(Duration::from_millis(250))), "t".into());
+        let derived = Derived::new(Duration::from_millis(250), "t".into());
         assert!(!derived.put(1, &frame(1), Some("a"), None));
         assert!(!derived.put(2, &frame(2), Some("b"), None));
         assert!(derived.put(3, &frame(3), Some("a"), None), "a's first value is replaced");

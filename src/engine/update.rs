@@ -18,7 +18,8 @@ impl Engine {
     /// # Errors
     ///
     /// [`SubscribeError::TooManyTopics`] when it would ask for more topics and patterns than
-    /// allowed, [`SubscribeError::Closed`] after shutdown; nothing changes then.
+    /// allowed, [`SubscribeError::Interval`] for a new interval past the hub's limit,
+    /// [`SubscribeError::Closed`] after shutdown; nothing changes then.
     pub(crate) fn update(
         &self,
         slot: &Arc<Slot>,

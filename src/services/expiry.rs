@@ -157,15 +157,7 @@ impl Expiries {
 
     /// Stops the thread and waits for it, unless called from it.
     pub(crate) fn stop(&self) {
-        let Some(handle) = lock(&self.thread).take() else {
-            return;
-        };
-        handle.thread().unpark();
-        if handle.thread().id() != std::thread::current().id() {
-            // The thread only ends streams and parks, so it ends promptly; a panic in it is
-            // not ours.
-            let _ = handle.join();
-        }
+        super::stop_thread(&self.thread);
     }
 }
 

@@ -10,3 +10,20 @@ pub(crate) mod heartbeat;
 pub(crate) mod producers;
 pub(crate) mod sessions;
 pub(crate) mod tier_clock;
+
+/// Stops a service's thread held in `handle` (unparks it, so it sees the hub closed) and waits
+/// for it, unless called from that thread itself (its last `Hub` handle dropped there). The
+/// heartbeat, the tier clock and the expiry thread only work briefly and park, so each ends
+/// promptly; a panic in one is not the caller's to report.
+#[cfg(not(ssehub_loom))]
+pub(crate) fn stop_thread<R: crate::sync::Rank>(
+    handle: &crate::sync::Mutex<Option<std::thread::JoinHandle<()>>, R>,
+) {
+    let Some(handle) = crate::sync::lock(handle).take() else {
+        return;
+    };
+    handle.thread().unpark();
+    if handle.thread().id() != std::thread::current().id() {
+        let _ = handle.join();
+    }
+}

@@ -68,14 +68,7 @@ impl TierClock {
 
     /// Stops the thread and waits for it, unless called from it.
     pub(crate) fn stop(&self) {
-        let Some(handle) = crate::sync::lock(&self.thread).take() else {
-            return;
-        };
-        handle.thread().unpark();
-        if handle.thread().id() != std::thread::current().id() {
-            // The thread only ticks and parks, so it ends promptly; a panic in it is not ours.
-            let _ = handle.join();
-        }
+        super::stop_thread(&self.thread);
     }
 }
 

@@ -299,6 +299,28 @@ fn loom_ring_publish_racing_take_run_on_a_chunk_boundary() {
     OUTCOMES.assert_reached(&["e2", "e2 e3", "e2 e3 e4"]);
 }
 
+/// A ring holding e1 for one reader with `bound`, and a publisher thread appending e2 and e3
+/// to it (which fills the first two-entry chunk and starts the next); the frames' liveness
+/// tokens, for `assert_released`.
+fn e1_then_a_publisher(
+    bound: Bound,
+) -> (Arc<Ring>, Arc<Member>, Bound, thread::JoinHandle<()>, Vec<Arc<()>>) {
+    let ring = Arc::new(Ring::new());
+    let member = ring_reader(&ring, bound.capacity, bound.policy);
+    let (frames, tokens): (Vec<_>, Vec<_>) = ["e1", "e2", "e3"].into_iter().map(frame).unzip();
+    ring.push(1, &frames[0]);
+    let later: Vec<Bytes> = frames[1..].to_vec();
+    drop(frames);
+    let publisher = {
+        let ring = ring.clone();
+        thread::spawn(move || {
+            ring.push(2, &later[0]);
+            ring.push(3, &later[1]);
+        })
+    };
+    (ring, member, bound, publisher, tokens)
+}
+
 /// A `DropOldest` reader with a bound of one takes a batch while the publisher appends e2 and
 /// e3, which trims the first chunk: the reader's batch never points into freed slots (loom
 /// tracks the drop of each slot), and it gets exactly the newest entry at the tail it saw,
@@ -307,20 +329,8 @@ fn loom_ring_publish_racing_take_run_on_a_chunk_boundary() {
 fn loom_ring_trim_racing_a_reader() {
     static OUTCOMES: Outcomes = Outcomes::new();
     loom::model(|| {
-        let ring = Arc::new(Ring::new());
-        let member = ring_reader(&ring, 1, SlowPolicy::DropOldest);
-        let bound = Bound { capacity: 1, policy: SlowPolicy::DropOldest };
-        let (frames, tokens): (Vec<_>, Vec<_>) = ["e1", "e2", "e3"].into_iter().map(frame).unzip();
-        ring.push(1, &frames[0]);
-        let later: Vec<Bytes> = frames[1..].to_vec();
-        drop(frames);
-        let publisher = {
-            let ring = ring.clone();
-            thread::spawn(move || {
-                ring.push(2, &later[0]);
-                ring.push(3, &later[1]);
-            })
-        };
+        let (ring, member, bound, publisher, tokens) =
+            e1_then_a_publisher(Bound { capacity: 1, policy: SlowPolicy::DropOldest });
         thread::yield_now();
         let mut out = Vec::new();
         let (taken, run) = ring.take_run(member.cursor(), bound, u64::MAX, ALL_OF_IT, &mut out);
@@ -345,20 +355,8 @@ fn loom_ring_trim_racing_a_reader() {
 #[test]
 fn loom_ring_a_readers_last_chunk_handoff() {
     loom::model(|| {
-        let ring = Arc::new(Ring::new());
-        let member = ring_reader(&ring, 8, SlowPolicy::Disconnect);
-        let bound = Bound { capacity: 8, policy: SlowPolicy::Disconnect };
-        let (frames, tokens): (Vec<_>, Vec<_>) = ["e1", "e2", "e3"].into_iter().map(frame).unzip();
-        ring.push(1, &frames[0]);
-        let later: Vec<Bytes> = frames[1..].to_vec();
-        drop(frames);
-        let publisher = {
-            let ring = ring.clone();
-            thread::spawn(move || {
-                ring.push(2, &later[0]);
-                ring.push(3, &later[1]);
-            })
-        };
+        let (ring, member, bound, publisher, tokens) =
+            e1_then_a_publisher(Bound { capacity: 8, policy: SlowPolicy::Disconnect });
         thread::yield_now();
         let mut out = Vec::new();
         // At most the first chunk's two entries: a run of the chunk the publisher writes.
@@ -391,20 +389,8 @@ fn loom_ring_a_readers_last_chunk_handoff() {
 fn loom_ring_a_runs_one_slice_read_while_the_publisher_appends_to_its_arena() {
     static OUTCOMES: Outcomes = Outcomes::new();
     loom::model(|| {
-        let ring = Arc::new(Ring::new());
-        let member = ring_reader(&ring, 8, SlowPolicy::Disconnect);
-        let bound = Bound { capacity: 8, policy: SlowPolicy::Disconnect };
-        let (frames, tokens): (Vec<_>, Vec<_>) = ["e1", "e2", "e3"].into_iter().map(frame).unzip();
-        ring.push(1, &frames[0]);
-        let later: Vec<Bytes> = frames[1..].to_vec();
-        drop(frames);
-        let publisher = {
-            let ring = ring.clone();
-            thread::spawn(move || {
-                ring.push(2, &later[0]);
-                ring.push(3, &later[1]);
-            })
-        };
+        let (ring, member, bound, publisher, tokens) =
+            e1_then_a_publisher(Bound { capacity: 8, policy: SlowPolicy::Disconnect });
         thread::yield_now();
         let two = Limits { frames: 2, ..ALL_OF_IT };
         let (_, run) = ring.take_run(member.cursor(), bound, u64::MAX, two, &mut Vec::new());
