@@ -21,7 +21,7 @@ PORT=$((18100 + RANDOM % 500))
 EVENTS='/events?pattern=t*'
 if [ "$MODE" = tier ]; then EVENTS='/events?pattern=t*&interval=250ms'; fi
 LOG="$(mktemp)"
-taskset -c 0 target/release/ssehub --addr "127.0.0.1:$PORT" --heartbeat 0 >"$LOG" 2>&1 &
+taskset -c 0 "${SSEHUB:-target/release/ssehub}" --addr "127.0.0.1:$PORT" --heartbeat 0 >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill -INT "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
 for _ in $(seq 1 50); do

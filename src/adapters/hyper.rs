@@ -1,9 +1,8 @@
 //! The hyper 1 adapter: an [`Endpoint`] as a hyper service, a body whose data is a whole
 //! [`Batch`], and a ready accept loop.
 //!
-//! [`Body`] yields one [`Batch`] per wake-up; hyper writes it with one vectored write (its
-//! `IoSlice`s: one for a one-topic batch, whose frames lie back to back in the ring; no copy
-//! into a buffer). [`serve`] speaks HTTP/1.1 and HTTP/2 (h2c with
+//! [`Body`] yields one [`Batch`] per wake-up; hyper writes it with one vectored write (one
+//! `IoSlice` per frame, no copy into a buffer). [`serve`] speaks HTTP/1.1 and HTTP/2 (h2c with
 //! prior knowledge) on one port.
 //!
 //! # Examples

@@ -4,16 +4,14 @@ use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::engine::ring::Slices;
+use crate::engine::ring::Run;
 
 /// The frames a subscription yields in one poll: everything that was queued, up to the hub's
 /// batch cap, as shared [`Bytes`] (no copy).
 ///
 /// `Batch` implements [`bytes::Buf`] with [`chunks_vectored`](Buf::chunks_vectored), so a
-/// writer sends a burst in one vectored write: a one-topic batch as one slice (its frames lie
-/// back to back in the topic's ring), a batch merged from several sources as one slice per run
-/// of one ring chunk's frames and one per other frame. [`Batch::into_bytes`] gives one chunk
-/// for sinks that want one (without a copy when the batch is one slice).
+/// writer sends a burst in one vectored write; [`Batch::into_bytes`] concatenates for sinks that
+/// want one chunk.
 ///
 /// # Examples
 ///
@@ -38,9 +36,8 @@ pub struct Batch {
     /// `Buf`.
     frames: Vec<Bytes>,
     /// The frames, when they are a range of a topic ring's chunk (then `frames` is empty):
-    /// one refcount for the whole batch; or a merge that knows where its frames lie. Turned
-    /// into `frames` if a write ends mid-frame.
-    run: Option<Slices>,
+    /// one refcount for the whole batch. Turned into `frames` if a write ends mid-frame.
+    run: Option<Run>,
     /// The first frame not yet fully consumed.
     next: usize,
     /// Bytes left across `frames[next..]`.
@@ -57,7 +54,7 @@ impl Batch {
     }
 
     /// A batch of the frames of `run`, preceded by a loss of `lagged` frames.
-    pub(crate) fn from_run(run: Slices, lagged: u64) -> Batch {
+    pub(crate) fn from_run(run: Run, lagged: u64) -> Batch {
         let remaining = run.frames().iter().map(Bytes::len).sum();
         Batch { frames: Vec::new(), run: Some(run), next: 0, remaining, lagged }
     }
@@ -124,7 +121,7 @@ impl Batch {
     /// ring (for the `metrics` feature's latency; a batch of owned frames does not know it).
     #[cfg(all(feature = "metrics", any(feature = "server", feature = "axum", feature = "hyper")))]
     pub(crate) fn first_seq(&self) -> Option<u64> {
-        self.run.as_ref().filter(|_| self.next == 0).and_then(Slices::first_seq)
+        self.run.as_ref().filter(|_| self.next == 0).map(|run| run.first_seq())
     }
 
     /// The remaining bytes as one chunk: the frame itself when there is one (no copy), one
@@ -143,43 +140,11 @@ impl Batch {
             }
             return self.frames.swap_remove(self.next);
         }
-        if let Some(run) = self.run.take() {
-            let mut spans = 0;
-            run.spans(self.next, |_| {
-                spans += 1;
-                spans < 2
-            });
-            if spans == 1 {
-                // One slice of the chunk's arena: shared, not copied.
-                return Bytes::from_owner(Span { run, skip: self.next });
-            }
-            self.run = Some(run);
-        }
         let mut out = BytesMut::with_capacity(self.remaining);
         for frame in self.frames() {
             out.extend_from_slice(frame);
         }
         out.freeze()
-    }
-}
-
-/// The bytes of a run's frames from the `skip`th on, when they are one slice of their chunk's
-/// arena: the owner of the `Bytes` [`Batch::into_bytes`] hands out for them.
-struct Span {
-    /// The run, which keeps the chunk alive.
-    run: Slices,
-    /// The frames of it already consumed.
-    skip: usize,
-}
-
-impl AsRef<[u8]> for Span {
-    fn as_ref(&self) -> &[u8] {
-        let mut first: &[u8] = &[];
-        self.run.spans(self.skip, |span| {
-            first = span;
-            false
-        });
-        first
     }
 }
 
@@ -234,20 +199,6 @@ impl Buf for Batch {
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        if let Some(run) = &self.run {
-            // A run's frames lie back to back in their chunk's arena: one slice for all of
-            // them (more only around a frame that did not fit there, and in a merge, one per
-            // run of one chunk's frames and one per other frame).
-            run.spans(self.next, |span| match dst.get_mut(n) {
-                Some(slot) => {
-                    *slot = IoSlice::new(span);
-                    n += 1;
-                    true
-                }
-                None => false,
-            });
-            return n;
-        }
         for (slot, frame) in dst.iter_mut().zip(self.frames()) {
             *slot = IoSlice::new(frame);
             n += 1;
@@ -346,12 +297,7 @@ mod tests {
         one.advance(5);
         assert_eq!(one.into_bytes().as_ref(), b"fgh");
         let slices = &mut [IoSlice::new(&[]); 4];
-        let whole = shared();
-        assert_eq!(whole.chunks_vectored(slices), 1, "one chunk's frames are one slice");
-        assert_eq!(&*slices[0], b"abcdefgh");
-        // Concatenating a run that is one slice shares that slice rather than copying it.
-        let at = slices[0].as_ptr();
-        assert_eq!(whole.into_bytes().as_ptr(), at);
+        assert_eq!(shared().chunks_vectored(slices), 3);
     }
 
     #[test]

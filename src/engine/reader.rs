@@ -78,7 +78,7 @@ use bytes::Bytes;
 
 use crate::engine::idmap::IdMap;
 use crate::engine::queue::{Limits, Locked, Queue, SlowPolicy};
-use crate::engine::ring::{Chunk, Member, Merged, Ring, Slices, Taken};
+use crate::engine::ring::{Member, Ring, Run, Taken};
 use crate::engine::tier::Tier;
 use crate::error::EndReason;
 use crate::sync::{Arc, ArcSwap, Guard, Ordering, SharedStr};
@@ -162,10 +162,8 @@ pub(crate) struct Drained {
     /// Nothing was ready but an entry of a publish still in progress is queued: poll again.
     pub(crate) retry: bool,
     /// The frames as one run of a ring's chunk instead of `frames` (then empty): the usual
-    /// case of a one-topic subscriber, one refcount for the whole batch; or, for a merge of
-    /// several rings, the frames with where they lie (consecutive frames of one chunk are one
-    /// slice for the writer).
-    pub(crate) run: Option<Slices>,
+    /// case of a one-topic subscriber, one refcount for the whole batch.
+    pub(crate) run: Option<Run>,
 }
 
 impl Drained {
@@ -481,7 +479,7 @@ fn look_lock_free(
     }
     let cursor = feed.member.cursor();
     let mut drained = Drained::default();
-    let (taken, run) = take_slices(feed, cursor, upto, limits);
+    let (taken, run) = take_run(feed, cursor, upto, limits, &mut drained.frames);
     // Overflowed: the locked look closes the queue as slow.
     if taken.overflowed {
         return Quick::Locked;
@@ -570,7 +568,7 @@ fn take_own(locked: &mut Locked<'_>, ready: usize, limits: Limits) -> Drained {
 fn take_one(feed: &Feed, queue: &Queue, upto: u64, limits: Limits) -> Result<Drained, Overflowed> {
     let cursor = feed.member.cursor();
     let mut drained = Drained::default();
-    let (taken, run) = take_slices(feed, cursor, upto, limits);
+    let (taken, run) = take_run(feed, cursor, upto, limits, &mut drained.frames);
     if taken.overflowed {
         return Err(Overflowed);
     }
@@ -588,11 +586,8 @@ fn take_one(feed: &Feed, queue: &Queue, upto: u64, limits: Limits) -> Result<Dra
 /// One ring's candidates in a merge.
 #[derive(Debug)]
 struct Candidates {
-    /// What the ring handed over, in sequence order: each entry's sequence number, frame,
-    /// chunk (an index in `chunks`) and slot.
-    list: Vec<(u64, Bytes, usize, usize)>,
-    /// The chunks `list` lies in (one refcount each, not one per entry).
-    chunks: Vec<Arc<Chunk>>,
+    /// What the ring handed over, in sequence order.
+    list: Vec<(u64, Bytes)>,
     /// How many of `list` went into the batch.
     head: usize,
     /// The cursor they were read at.
@@ -615,23 +610,15 @@ fn take_merged(
     let mut rings = Vec::with_capacity(feeds.len());
     for feed in feeds {
         let cursor = feed.member.cursor();
-        let (mut list, mut chunks) = (Vec::new(), Vec::<Arc<Chunk>>::new());
-        let bound = feed.member.bound();
-        let taken = feed.ring.take_located(cursor, bound, upto, limits, |seq, f, (chunk, slot)| {
-            if !chunks.last().is_some_and(|last| Arc::ptr_eq(last, chunk)) {
-                chunks.push(chunk.clone());
-            }
-            list.push((seq, f.clone(), chunks.len() - 1, slot));
-        });
+        let mut list = Vec::new();
+        let taken = take(feed, cursor, upto, limits, |seq, f| list.push((seq, f.clone())));
         if taken.overflowed {
             return Err(Overflowed);
         }
         drained.skipped += taken.skipped;
-        rings.push(Candidates { list, chunks, head: 0, cursor, taken });
+        rings.push(Candidates { list, head: 0, cursor, taken });
     }
-    let mut merged = Merged::default();
-    let from_queue = merge(&mut rings, locked, ready, limits, &mut merged);
-    drained.run = (merged.len() > 0).then_some(Slices::Merged(merged));
+    let from_queue = merge(&mut rings, locked, ready, limits, &mut drained.frames);
     let mut from_rings = 0;
     for (feed, ring) in feeds.iter().zip(&rings) {
         if (ring.head > 0 || ring.taken.skipped > 0)
@@ -656,7 +643,7 @@ fn merge(
     locked: &Locked<'_>,
     ready: usize,
     limits: Limits,
-    out: &mut Merged,
+    out: &mut Vec<Bytes>,
 ) -> usize {
     let mut from_queue = 0;
     let mut bytes = 0;
@@ -664,7 +651,7 @@ fn merge(
         let ring = rings
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| r.list.get(r.head).map(|(seq, ..)| (*seq, i)))
+            .filter_map(|(i, r)| r.list.get(r.head).map(|(seq, _)| (*seq, i)))
             .min();
         let queued = (from_queue < ready).then(|| locked.entry(from_queue).0);
         let source = match (ring, queued) {
@@ -673,18 +660,15 @@ fn merge(
             (None, Some(_)) => None,
             (None, None) => break,
         };
-        let (frame, at) = match source {
-            Some(i) => {
-                let (_, frame, chunk, slot) = &rings[i].list[rings[i].head];
-                (frame, Some((&rings[i].chunks[*chunk], *slot)))
-            }
-            None => (locked.entry(from_queue).1, None),
+        let frame = match source {
+            Some(i) => &rings[i].list[rings[i].head].1,
+            None => locked.entry(from_queue).1,
         };
         if !limits.fits(out.len(), bytes, frame.len()) {
             break;
         }
         bytes += frame.len();
-        out.push(frame, at);
+        out.push(frame.clone());
         match source {
             Some(i) => rings[i].head += 1,
             None => from_queue += 1,
@@ -734,10 +718,15 @@ fn take(
     feed.ring.take(cursor, feed.member.bound(), upto, limits, sink)
 }
 
-/// [`take`] as a batch: a run of one chunk when it can be, the frames with the chunks they lie
-/// in otherwise.
-fn take_slices(feed: &Feed, cursor: u64, upto: u64, limits: Limits) -> (Taken, Option<Slices>) {
-    feed.ring.take_slices(cursor, feed.member.bound(), upto, limits)
+/// [`take`] as a batch: a run of one chunk when it can be, the frames in `out` otherwise.
+fn take_run(
+    feed: &Feed,
+    cursor: u64,
+    upto: u64,
+    limits: Limits,
+    out: &mut Vec<Bytes>,
+) -> (Taken, Option<Run>) {
+    feed.ring.take_run(cursor, feed.member.bound(), upto, limits, out)
 }
 
 /// A feed of `ring` for subscriber `id` with `queue`, joining it at its tail, on a reader set
@@ -844,66 +833,6 @@ mod tests {
         publish(&b, 6);
         assert_eq!(poll(&slot, 6, Limits::ALL), Ok((vec![1, 2, 3, 4, 5, 6], 0)));
         assert_eq!(poll(&slot, 6, Limits::ALL), Ok((vec![], 0)));
-    }
-
-    #[test]
-    fn a_batch_across_two_chunks_is_one_slice_per_chunk() {
-        use crate::engine::ring::CHUNK;
-        let a = Arc::new(Ring::new());
-        let slot = subscriber(&[&a], 1024, SlowPolicy::Disconnect);
-        let total = 2 * CHUNK as u64 + 10;
-        for seq in 1..=total {
-            publish(&a, seq);
-        }
-        // The first chunk and five more, so the next batch starts mid-chunk and ends in the
-        // next one (chunks after the first have arenas sized for all their frames).
-        let first = Limits { frames: CHUNK + 5, bytes: usize::MAX };
-        assert_eq!(poll(&slot, total, first), Ok(((1..=CHUNK as u64 + 5).collect(), 0)));
-        let drained =
-            next_batch(&slot, &mut View::new(&slot), || total, Limits::ALL, None).expect("open");
-        assert_eq!(numbers(&drained), (CHUNK as u64 + 6..=total).collect::<Vec<_>>());
-        let run = drained.run.expect("the frames with the chunks they lie in");
-        let mut spans = Vec::new();
-        run.spans(0, |span| {
-            spans.push(span.to_vec());
-            true
-        });
-        let text = |seqs: std::ops::RangeInclusive<u64>| -> Vec<u8> {
-            seqs.flat_map(|n| frame(n).to_vec()).collect()
-        };
-        let boundary = 2 * CHUNK as u64;
-        assert_eq!(spans, [text(CHUNK as u64 + 6..=boundary), text(boundary + 1..=total)]);
-    }
-
-    #[test]
-    fn a_merged_batch_is_one_slice_per_run_of_one_chunk_and_one_per_other_frame() {
-        let (a, b) = (Arc::new(Ring::new()), Arc::new(Ring::new()));
-        let slot = subscriber(&[&a, &b], 16, SlowPolicy::Disconnect);
-        for seq in 1..=3 {
-            publish(&a, seq);
-        }
-        publish(&b, 4);
-        send(&slot, 5);
-        publish(&a, 6);
-        publish(&a, 7);
-        let drained =
-            next_batch(&slot, &mut View::new(&slot), || 7, Limits::ALL, None).expect("open");
-        assert_eq!(numbers(&drained), [1, 2, 3, 4, 5, 6, 7]);
-        let run = drained.run.expect("a merge keeps where its frames lie");
-        let spans = |skip: usize| {
-            let mut spans = Vec::new();
-            run.spans(skip, |span| {
-                spans.push(String::from_utf8(span.to_vec()).expect("UTF-8"));
-                true
-            });
-            spans
-        };
-        let text = |seqs: &[u64]| seqs.iter().map(|n| format!("data: {n}\n\n")).collect::<String>();
-        assert_eq!(spans(0), [text(&[1, 2, 3]), text(&[4]), text(&[5]), text(&[6, 7])]);
-        // What is left after a write that took the first two frames, and the first five.
-        assert_eq!(spans(2), [text(&[3]), text(&[4]), text(&[5]), text(&[6, 7])]);
-        assert_eq!(spans(5), [text(&[6, 7])]);
-        assert_eq!(spans(7), Vec::<String>::new());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The per-topic shared log that every reading subscriber of a topic takes its frames from.
 //!
-//! A publish appends one entry (a sequence number, a refcount of the frame and a copy of its
-//! bytes, see below) to the topic's ring, whatever the number of subscribers; each subscriber keeps only a cursor into it, a
+//! A publish appends one entry (a sequence number and a refcount of the frame) to the topic's
+//! ring, whatever the number of subscribers; each subscriber keeps only a cursor into it, a
 //! position it advances when it drains. So the publisher's work per event is O(1) plus a wake
 //! for each subscriber actually parked, and the memory a burst costs is one entry per event per
 //! topic rather than one per event per subscriber: at 10,000 subscribers the per-subscriber
@@ -15,11 +15,7 @@
 //! `Acquire`, then the snapshot of the chunk list (an [`ArcSwapOption`], loaded without a
 //! lock), and reads only slots below that tail, which are written and never written again. Its
 //! batch, when the entries lie in one chunk, is a [`Run`]: the chunk's `Arc` and a range, so
-//! the publisher goes on writing the chunk's later slots without copying anything. Each chunk
-//! also copies its frames back to back into an [`Arena`] (written and published the same way:
-//! bytes below a `Release` count, never written again), so a run reaches the socket as one
-//! slice however many frames it holds ([`Chunk::spans`]); a frame that does not fit is served
-//! from its own `Bytes`, which the slots keep for every frame. The list is
+//! the publisher goes on writing the chunk's later slots without copying anything. The list is
 //! swapped whole: a new list every [`CHUNK`] publishes (a chunk appended), and trimming (whole
 //! chunks from the front) by `rcu`. A trimmed chunk is freed when the last batch holding it is
 //! dropped, so no reader ever reads a freed slot. The publisher takes no lock either: publishes
@@ -65,7 +61,6 @@
 //! park order keeps each reader's place from one event to the next (the order they drained in),
 //! so a reader's latency does not depend on where a hash put it.
 
-use std::ops::Range;
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -73,8 +68,7 @@ use bytes::Bytes;
 use crate::engine::idmap::IdMap;
 use crate::engine::queue::{Limits, Queue, SlowPolicy};
 use crate::sync::{
-    lock, rank, AppendOnly, Arc, ArcSwapOption, Arena, AtomicBool, AtomicU64, AtomicUsize, Mutex,
-    Ordering,
+    lock, rank, AppendOnly, Arc, ArcSwapOption, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering,
 };
 
 /// Scans come at least this often (in publishes), so a quiet topic's log stays short.
@@ -143,11 +137,6 @@ pub(crate) const CHUNK: usize = 2;
 /// a reference to a chunk and a range in it as their batch (one refcount for the whole batch
 /// instead of one per frame); the publisher goes on writing the chunk's later slots meanwhile,
 /// which the batch never looks at.
-///
-/// Each frame is also copied into the chunk's [`Arena`] when it fits, so a run of consecutive
-/// frames reaches the socket as one slice, not one per frame ([`Chunk::spans`]). The frames'
-/// own `Bytes` stay in `frames`: they are what [`Run::frames`] and merged batches hand out, and
-/// what serves a frame that did not fit.
 #[derive(Debug)]
 pub(crate) struct Chunk {
     /// The position of its first slot.
@@ -155,44 +144,20 @@ pub(crate) struct Chunk {
     /// Each entry's sequence number, stored before its frame; read only for written frames,
     /// so the frame's publication orders it.
     seqs: [AtomicU64; CHUNK],
-    /// Each entry's index in `arena` plus one, or 0 when its frame did not fit there; stored
-    /// before its frame, read only for written frames, like `seqs`.
-    placed: [AtomicUsize; CHUNK],
     /// Each entry's frame.
     frames: AppendOnly<Bytes, CHUNK>,
-    /// The frames that fitted, back to back, in slot order.
-    arena: Arena<CHUNK>,
 }
 
-/// The fewest bytes a chunk's arena holds.
-const MIN_ARENA: usize = 256;
-/// The most bytes a chunk's arena holds: frames past it are served from their own `Bytes`.
-const MAX_ARENA: usize = 128 * 1024;
-/// A first chunk's arena (no chunk before it to size it by) has room for this many frames of
-/// its first frame's size: a quiet topic's lone chunk stays small, and a busy topic's next
-/// chunks are sized by what the one before held.
-const FIRST_ARENA_FRAMES: usize = 4;
-
 impl Chunk {
-    /// A chunk starting at position `base`, holding `frame` (sequence number `seq`) there, with
-    /// an arena of about `room` bytes.
-    fn starting(base: u64, seq: u64, frame: &Bytes, room: usize) -> Chunk {
+    /// A chunk starting at position `base`, holding `frame` (sequence number `seq`) there.
+    fn starting(base: u64, seq: u64, frame: &Bytes) -> Chunk {
         let chunk = Chunk {
             base,
             seqs: std::array::from_fn(|_| AtomicU64::new(0)),
-            placed: std::array::from_fn(|_| AtomicUsize::new(0)),
             frames: AppendOnly::new(),
-            arena: Arena::with_capacity(room.clamp(MIN_ARENA, MAX_ARENA)),
         };
         let _ = chunk.append(base, seq, frame);
         chunk
-    }
-
-    /// The arena room for the chunk after this one: what this one's frames took, and half
-    /// again, so a topic whose frames grow a little still fits. Publisher only.
-    fn next_room(&self) -> usize {
-        let bytes: usize = self.frames.get(0..self.frames.len()).iter().map(Bytes::len).sum();
-        bytes + bytes / 2
     }
 
     /// One past its last position.
@@ -207,11 +172,8 @@ impl Chunk {
         if at != next || at >= self.end() {
             return false;
         }
-        let slot = (at - self.base) as usize;
-        // Relaxed, both: the frame's push below publishes them (Release).
-        self.seqs[slot].store(seq, Ordering::Relaxed);
-        let placed = self.arena.push(frame).map_or(0, |index| index + 1);
-        self.placed[slot].store(placed, Ordering::Relaxed);
+        // Relaxed: the frame's push below publishes it (Release).
+        self.seqs[(at - self.base) as usize].store(seq, Ordering::Relaxed);
         self.frames.push(frame.clone()).is_ok()
     }
 
@@ -220,40 +182,6 @@ impl Chunk {
         // Relaxed: callers read only written slots, which they learned of through an Acquire
         // (the ring's tail, or the frames' count) that the publisher's Release paired with.
         self.seqs[i].load(Ordering::Relaxed)
-    }
-
-    /// Where slot `i`'s frame is in the arena, if it fitted there (slot written).
-    fn placed(&self, i: usize) -> Option<usize> {
-        // Relaxed: as for `seq`.
-        self.placed[i].load(Ordering::Relaxed).checked_sub(1)
-    }
-
-    /// Hands the bytes of the written slots `slots`, in order, to `each` in as few slices as
-    /// they lie in: consecutive frames that fitted in the arena as one slice, a frame that did
-    /// not as its own. Stops early when `each` returns `false`.
-    pub(crate) fn spans<'a>(&'a self, slots: Range<usize>, mut each: impl FnMut(&'a [u8]) -> bool) {
-        let frames = self.frames.get(slots.clone());
-        let mut i = 0;
-        while let Some(frame) = frames.get(i) {
-            let slot = slots.start + i;
-            let Some(first) = self.placed(slot) else {
-                if !each(frame) {
-                    return;
-                }
-                i += 1;
-                continue;
-            };
-            // Frames that fitted go in slot order, so a run of them is a run of entries.
-            let mut last = first;
-            i += 1;
-            while i < frames.len() && self.placed(slots.start + i) == Some(last + 1) {
-                last += 1;
-                i += 1;
-            }
-            if !each(self.arena.get(first..last + 1)) {
-                return;
-            }
-        }
     }
 }
 
@@ -274,133 +202,10 @@ impl Run {
         self.chunk.frames.get(self.start..self.end)
     }
 
-    /// The bytes of its frames from the `skip`th on, in as few slices as they lie in (one when
-    /// they all fitted in the chunk's arena), each handed to `each` until it returns `false`.
-    pub(crate) fn spans<'a>(&'a self, skip: usize, each: impl FnMut(&'a [u8]) -> bool) {
-        self.chunk.spans((self.start + skip).min(self.end)..self.end, each);
-    }
-
     /// The sequence number of its first frame (for the `metrics` feature's latency).
     #[cfg(all(feature = "metrics", any(feature = "server", feature = "axum", feature = "hyper")))]
     pub(crate) fn first_seq(&self) -> u64 {
         self.chunk.seq(self.start)
-    }
-}
-
-/// A batch's frames where they lie: one chunk's [`Run`] (a one-topic batch), or frames merged
-/// from several rings and the subscriber's own queue ([`Merged`]). Either way a writer gets
-/// them in as few slices as they lie in ([`Slices::spans`]).
-#[derive(Debug, Clone)]
-pub(crate) enum Slices {
-    /// A range of one chunk.
-    Run(Run),
-    /// A merge, in sequence order.
-    Merged(Merged),
-}
-
-impl Slices {
-    /// The frames.
-    pub(crate) fn frames(&self) -> &[Bytes] {
-        match self {
-            Slices::Run(run) => run.frames(),
-            Slices::Merged(merged) => &merged.frames,
-        }
-    }
-
-    /// The bytes of its frames from the `skip`th on, in as few slices as they lie in: one per
-    /// run of consecutive frames of one chunk that fitted in its arena, one per other frame;
-    /// each handed to `each` until it returns `false`.
-    pub(crate) fn spans<'a>(&'a self, skip: usize, mut each: impl FnMut(&'a [u8]) -> bool) {
-        let merged = match self {
-            Slices::Run(run) => return run.spans(skip, each),
-            Slices::Merged(merged) => merged,
-        };
-        // The index in `frames` of the piece's first frame.
-        let mut at = 0;
-        for piece in &merged.pieces {
-            let len = piece.slots.len();
-            if at + len > skip {
-                let mut going = true;
-                match &piece.chunk {
-                    Some(chunk) => {
-                        let from = piece.slots.start + skip.saturating_sub(at);
-                        chunk.spans(from..piece.slots.end, |span| {
-                            going = each(span);
-                            going
-                        });
-                    }
-                    None => going = each(&merged.frames[at]),
-                }
-                if !going {
-                    return;
-                }
-            }
-            at += len;
-        }
-    }
-
-    /// The sequence number of its first frame, when it is one chunk's run (for the `metrics`
-    /// feature's latency).
-    #[cfg(all(feature = "metrics", any(feature = "server", feature = "axum", feature = "hyper")))]
-    pub(crate) fn first_seq(&self) -> Option<u64> {
-        match self {
-            Slices::Run(run) => Some(run.first_seq()),
-            Slices::Merged(_) => None,
-        }
-    }
-}
-
-/// Frames merged from several rings and a subscriber's own queue, with where each lies, so
-/// consecutive frames of one chunk still reach the socket as one slice.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Merged {
-    /// Every frame, in order (refcounts: what [`Slices::frames`] hands out).
-    frames: Vec<Bytes>,
-    /// Where they lie: consecutive pieces covering `frames` in order.
-    pieces: Vec<Piece>,
-}
-
-/// Consecutive frames of a [`Merged`] batch that lie together.
-#[derive(Debug, Clone)]
-struct Piece {
-    /// The chunk whose slots hold them, or `None` for one frame that is no ring's.
-    chunk: Option<Arc<Chunk>>,
-    /// The slots in `chunk` (`0..1` for a frame that is no ring's).
-    slots: Range<usize>,
-}
-
-impl Merged {
-    /// Appends `frame`, read from slot `slot` of `chunk` when `at` says so (one refcount of
-    /// the chunk per run of its slots), or no ring's.
-    pub(crate) fn push(&mut self, frame: &Bytes, at: Option<(&Arc<Chunk>, usize)>) {
-        self.frames.push(frame.clone());
-        let Some((chunk, slot)) = at else {
-            self.pieces.push(Piece { chunk: None, slots: 0..1 });
-            return;
-        };
-        if let Some(Piece { chunk: Some(last), slots }) = self.pieces.last_mut() {
-            if Arc::ptr_eq(last, chunk) && slots.end == slot {
-                slots.end += 1;
-                return;
-            }
-        }
-        self.pieces.push(Piece { chunk: Some(chunk.clone()), slots: slot..slot + 1 });
-    }
-
-    /// Room for `frames` frames.
-    fn with_capacity(frames: usize) -> Merged {
-        Merged { frames: Vec::with_capacity(frames), pieces: Vec::new() }
-    }
-
-    /// Appends `frames`, read from slots `start..` of `chunk`: one piece.
-    fn extend(&mut self, chunk: &Arc<Chunk>, start: usize, frames: &[Bytes]) {
-        self.frames.extend_from_slice(frames);
-        self.pieces.push(Piece { chunk: Some(chunk.clone()), slots: start..start + frames.len() });
-    }
-
-    /// How many frames it holds.
-    pub(crate) fn len(&self) -> usize {
-        self.frames.len()
     }
 }
 
@@ -649,8 +454,7 @@ impl Ring {
             // The last chunk is full, or there is none (never was, trimmed, or cleared).
             // Acquire pairs with `clear`: a new chunk starts past the one it dropped.
             let base = at.max(self.start.load(Ordering::Acquire));
-            let room = last.map_or(frame.len() * FIRST_ARENA_FRAMES, |chunk| chunk.next_room());
-            let chunk = Arc::new(Chunk::starting(base, seq, frame, room));
+            let chunk = Arc::new(Chunk::starting(base, seq, frame));
             drop(log);
             // rcu, not store: a clear may swap the snapshot out meanwhile, and its chunks
             // must not come back.
@@ -748,62 +552,17 @@ impl Ring {
         limits: Limits,
         mut sink: impl FnMut(u64, &Bytes),
     ) -> Taken {
-        self.take_located(cursor, bound, upto, limits, |seq, frame, _| sink(seq, frame))
-    }
-
-    /// [`Ring::take`], handing `sink` each entry's chunk and slot too (for a merged batch,
-    /// which keeps consecutive frames of one chunk as one slice).
-    pub(crate) fn take_located(
-        &self,
-        cursor: u64,
-        bound: Bound,
-        upto: u64,
-        limits: Limits,
-        mut sink: impl FnMut(u64, &Bytes, (&Arc<Chunk>, usize)),
-    ) -> Taken {
         self.take_with(cursor, bound, upto, limits, |log, taken| {
             log.slices(taken.from, taken.from + taken.count as u64, |chunk, start, frames| {
                 for (i, frame) in frames.iter().enumerate() {
-                    sink(chunk.seq(start + i), frame, (chunk, start + i));
+                    sink(chunk.seq(start + i), frame);
                 }
             });
         })
     }
 
     /// [`Ring::take`] for a subscriber's whole batch: a [`Run`] of one chunk when the entries
-    /// lie in one (one refcount for the batch), otherwise the frames (refcounts) with the
-    /// chunks they lie in, so the batch is still one slice per chunk. `None` when nothing was
-    /// taken.
-    pub(crate) fn take_slices(
-        &self,
-        cursor: u64,
-        bound: Bound,
-        upto: u64,
-        limits: Limits,
-    ) -> (Taken, Option<Slices>) {
-        let mut slices = None;
-        let taken = self.take_with(cursor, bound, upto, limits, |log, taken| {
-            let end = taken.from + taken.count as u64;
-            slices = Some(match log.chunk(taken.from) {
-                Some(chunk) if end <= chunk.end() => {
-                    let start = (taken.from - chunk.base) as usize;
-                    Slices::Run(Run { chunk: chunk.clone(), start, end: start + taken.count })
-                }
-                _ => {
-                    let mut merged = Merged::with_capacity(taken.count);
-                    log.slices(taken.from, end, |chunk, start, frames| {
-                        merged.extend(chunk, start, frames);
-                    });
-                    Slices::Merged(merged)
-                }
-            });
-        });
-        (taken, slices)
-    }
-
-    /// [`Ring::take_slices`] with the frames of a batch across chunks appended to `out`
-    /// instead (for tests that tell the two cases apart).
-    #[cfg(test)]
+    /// lie in one (one refcount for the batch), otherwise the frames appended to `out`.
     pub(crate) fn take_run(
         &self,
         cursor: u64,
@@ -812,14 +571,21 @@ impl Ring {
         limits: Limits,
         out: &mut Vec<Bytes>,
     ) -> (Taken, Option<Run>) {
-        match self.take_slices(cursor, bound, upto, limits) {
-            (taken, Some(Slices::Run(run))) => (taken, Some(run)),
-            (taken, Some(Slices::Merged(merged))) => {
-                out.extend(merged.frames);
-                (taken, None)
+        let mut run = None;
+        let taken = self.take_with(cursor, bound, upto, limits, |log, taken| {
+            let end = taken.from + taken.count as u64;
+            match log.chunk(taken.from) {
+                Some(chunk) if end <= chunk.end() => {
+                    let start = (taken.from - chunk.base) as usize;
+                    run = Some(Run { chunk: chunk.clone(), start, end: start + taken.count });
+                }
+                _ => {
+                    out.reserve(taken.count);
+                    log.slices(taken.from, end, |_, _, frames| out.extend_from_slice(frames));
+                }
             }
-            (taken, None) => (taken, None),
-        }
+        });
+        (taken, run)
     }
 
     /// Works out what a reader takes (see [`Ring::take`]), then has `copy` copy that run of
@@ -1093,64 +859,6 @@ mod tests {
         assert_eq!(next.frames(), [frame(2)]);
         assert!(Arc::ptr_eq(&run.chunk, &next.chunk), "the publisher wrote into the same chunk");
         assert!(out.is_empty());
-    }
-
-    /// The slices `run` reaches the socket as.
-    fn spans_of(run: &Run, skip: usize) -> Vec<Vec<u8>> {
-        let mut spans = Vec::new();
-        run.spans(skip, |span| {
-            spans.push(span.to_vec());
-            true
-        });
-        spans
-    }
-
-    #[test]
-    fn a_run_of_one_chunk_is_one_slice_and_a_frame_that_did_not_fit_is_a_slice_of_its_own() {
-        let ring = Ring::new();
-        let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
-        // A first chunk with an arena of its minimum: the fifth frame overruns what is left,
-        // the sixth is bigger than any arena, the seventh fits again.
-        let big = Bytes::from(vec![b'x'; MIN_ARENA]);
-        let huge = Bytes::from(vec![b'y'; MAX_ARENA + 1]);
-        let frames = [frame(1), frame(2), frame(3), frame(4), big, huge, frame(7)];
-        for (seq, f) in (1..).zip(&frames) {
-            ring.push(seq, f);
-        }
-        let (taken, run) = run_at(&ring, &member, &mut Vec::new());
-        let run = run.expect("one chunk");
-        assert_eq!((taken.count, run.frames()), (7, &frames[..]));
-        let joined = |fs: &[Bytes]| fs.iter().flat_map(|f| f.to_vec()).collect::<Vec<u8>>();
-        let expected =
-            vec![joined(&frames[..4]), frames[4].to_vec(), frames[5].to_vec(), frames[6].to_vec()];
-        assert_eq!(spans_of(&run, 0), expected);
-        assert_eq!(spans_of(&run, 2), [&[joined(&frames[2..4])][..], &expected[1..]].concat());
-        assert_eq!(spans_of(&run, 7), Vec::<Vec<u8>>::new());
-        // Stopping early hands over no more.
-        let mut seen = 0;
-        run.spans(0, |_| {
-            seen += 1;
-            false
-        });
-        assert_eq!(seen, 1);
-    }
-
-    #[test]
-    fn a_full_chunk_sizes_the_next_ones_arena_so_a_busy_topics_runs_are_one_slice() {
-        let ring = Ring::new();
-        let member = reader(1, 1024, SlowPolicy::Disconnect, &ring);
-        let total = 2 * CHUNK as u64;
-        for seq in 1..=total {
-            ring.push(seq, &frame(seq));
-        }
-        member.advance(CHUNK as u64);
-        let limits = Limits { frames: CHUNK, bytes: 1 << 20 };
-        let bound = Bound { capacity: 1024, policy: SlowPolicy::Disconnect };
-        let (taken, run) = ring.take_run(member.cursor(), bound, u64::MAX, limits, &mut Vec::new());
-        let run = run.expect("the second chunk");
-        assert_eq!(taken.count, CHUNK);
-        let all: Vec<u8> = (CHUNK as u64 + 1..=total).flat_map(|n| frame(n).to_vec()).collect();
-        assert_eq!(spans_of(&run, 0), [all]);
     }
 
     #[test]

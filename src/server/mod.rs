@@ -4,9 +4,8 @@
 //! for bad requests), asks the same [`Endpoint`] as the axum and hyper adapters (resolver,
 //! limits, CORS), answers the SSE response head, and then owns the socket: no HTTP library state
 //! stays behind. Each connection's task waits for its subscription's next batch and writes it
-//! with one vectored write (one `IoSlice` per run of a ring chunk's frames, which lie back to
-//! back: one for a one-topic batch; up to the hub's batch cap), so a burst costs one system
-//! call, and it watches the socket for the peer closing. Requests for
+//! with one vectored write (one `IoSlice` per shared frame, up to the hub's batch cap), so a
+//! burst costs one system call, and it watches the socket for the peer closing. Requests for
 //! other paths go to an optional fallback (an axum `Router`, served by hyper on the same
 //! connection, one request at a time, kept alive and pipelined, each body read within a
 //! deadline and a size limit) or get 404; the listener reads every request head itself, so a

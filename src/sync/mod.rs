@@ -58,9 +58,6 @@ pub(crate) use mocked::*;
 mod append_only;
 pub(crate) use append_only::AppendOnly;
 
-mod arena;
-pub(crate) use arena::Arena;
-
 mod ranked;
 pub(crate) use ranked::{lock, Mutex, MutexGuard, Rank};
 

@@ -379,34 +379,3 @@ fn loom_ring_a_readers_last_chunk_handoff() {
         assert_released(&tokens.iter().collect::<Vec<_>>());
     });
 }
-
-/// A reader takes a run of the first chunk (e1, perhaps e2) and reads it the way a writer
-/// does, through the chunk's arena, while the publisher copies e2 into that arena and starts
-/// the next chunk with e3: the run is one slice holding exactly its frames back to back (loom
-/// tracks each arena entry's bytes, so a read not ordered after its write fails the model),
-/// and every frame is released at the end.
-#[test]
-fn loom_ring_a_runs_one_slice_read_while_the_publisher_appends_to_its_arena() {
-    static OUTCOMES: Outcomes = Outcomes::new();
-    loom::model(|| {
-        let (ring, member, bound, publisher, tokens) =
-            e1_then_a_publisher(Bound { capacity: 8, policy: SlowPolicy::Disconnect });
-        thread::yield_now();
-        let two = Limits { frames: 2, ..ALL_OF_IT };
-        let (_, run) = ring.take_run(member.cursor(), bound, u64::MAX, two, &mut Vec::new());
-        let run = run.expect("the first chunk's entries");
-        let mut spans = Vec::new();
-        run.spans(0, |span| {
-            spans.push(String::from_utf8(span.to_vec()).expect("UTF-8"));
-            true
-        });
-        let joined = labels(run.frames()).concat();
-        assert_eq!(spans, [joined.clone()], "one slice, exactly the run's frames");
-        publisher.join().unwrap();
-        OUTCOMES.record(joined);
-        drop(run);
-        drop(ring);
-        assert_released(&tokens.iter().collect::<Vec<_>>());
-    });
-    OUTCOMES.assert_reached(&["e1", "e1e2"]);
-}
