@@ -83,7 +83,7 @@
 //! | `hyper` | [`hyper::serve`] and a hyper 1 service over an [`Endpoint`]; [`hyper::Body`]: one vectored write per [`Batch`] |
 //! | `server` | [`server::Server`]: the native listener, which owns each socket after the request |
 //! | `rustls` | `server::TlsConfig`: HTTPS on the native listener, ALPN `h2` (hyper's HTTP/2) and `http/1.1` (the native path), reloadable |
-//! | `client` | [`client::EventSource`]: a reconnecting SSE client over HTTP and HTTPS (rustls, HTTP/2 by ALPN) yielding parsed events |
+//! | `client` | [`client::EventSource`]: a reconnecting SSE client over HTTP and HTTPS (rustls, HTTP/2 by ALPN), decoding zstd and gzip streams, yielding parsed events |
 //! | `tracing` | logs (target `ssehub`) of streams dropped as slow or at the write deadline, refusals at accept and resolver panics |
 //! | `redis` | [`backplane::Redis`]: several nodes share one Redis (pub/sub fan-out, replay history in Streams) |
 //! | `nats` | [`backplane::Nats`]: several nodes share one NATS (subjects fan-out, replay history in JetStream) |

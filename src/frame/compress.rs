@@ -66,14 +66,6 @@ pub(crate) enum CompressError {
 }
 
 impl Codec {
-    /// The `Content-Encoding` value.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Codec::Zstd => "zstd",
-            Codec::Gzip => "gzip",
-        }
-    }
-
     /// What a stream starts with, before any block.
     pub(crate) fn preamble(self) -> &'static [u8] {
         match self {
@@ -435,10 +427,14 @@ mod tests {
                         if i == 5 {
                             stream.extend_from_slice(codec.leave());
                             let own = Bytes::from_static(b"event: own\ndata: x\n\n");
-                            stream.extend_from_slice(&solo(codec, 3, &[own.clone()]).expect("own"));
+                            stream.extend_from_slice(
+                                &solo(codec, 3, std::slice::from_ref(&own)).expect("own"),
+                            );
                             identity.extend_from_slice(&own);
                         }
-                        stream.extend_from_slice(&solo(codec, 3, &[frame.clone()]).expect("solo"));
+                        stream.extend_from_slice(
+                            &solo(codec, 3, std::slice::from_ref(&frame)).expect("solo"),
+                        );
                     }
                 }
                 identity.extend_from_slice(&frame);

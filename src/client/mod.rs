@@ -16,6 +16,12 @@
 //! [`EventSource::with_root_certificate`] (a private CA, a self-signed server). ALPN offers `h2`
 //! and `http/1.1`: a server that speaks HTTP/2 gets one, so many streams to one host share a
 //! connection. Plain `http://` URLs use HTTP/1.1.
+//!
+//! Compressed streams are decoded as they arrive: the client asks for `zstd` and `gzip`
+//! (`Accept-Encoding: zstd, gzip`; [`EventSource::with_compression`] turns that off) and
+//! decodes whichever the server answers with (a zstd stream of many frames, gzip members with
+//! or without their trailer), in pieces of at most 64 KiB, so the parser's caps bound what a
+//! small compressed body can make it hold.
 
 use std::fmt;
 use std::pin::Pin;
@@ -24,7 +30,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream;
-use http::header::{HeaderName, HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{
+    HeaderName, HeaderValue, ACCEPT, ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING,
+    CONTENT_TYPE, RETRY_AFTER,
+};
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -36,7 +45,10 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::parse::{ParseError, ParsedEvent, Parser};
+
+mod decode;
 use crate::sync::PlainArc;
+use decode::Decoder;
 
 /// The HTTP client every attempt of one [`EventSource`] uses.
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -64,6 +76,14 @@ pub enum ClientError {
     /// The response is not `text/event-stream`.
     #[error("response content type is {0:?}, not text/event-stream")]
     ContentType(String),
+    /// The response's `Content-Encoding` is one the client does not decode (it decodes
+    /// `zstd` and `gzip`).
+    #[error("response content encoding {0:?} is not zstd, gzip or identity")]
+    ContentEncoding(String),
+    /// The compressed body is not valid in its coding (or decodes to more than the caps
+    /// allow one piece at a time: it is decoded in pieces of at most 64 KiB).
+    #[error("body does not decode: {0}")]
+    Decode(String),
     /// The stream broke the caps (a line or an event too large).
     #[error("stream rejected: {0}")]
     Parse(#[from] ParseError),
@@ -197,6 +217,8 @@ pub struct EventSource {
     connect_timeout: Duration,
     /// Where trust in a server's certificate comes from.
     roots: Roots,
+    /// Whether to ask for compressed streams.
+    compression: bool,
 }
 
 /// The certificates an [`EventSource`] trusts for `https://`.
@@ -236,6 +258,7 @@ impl EventSource {
             last_event_id: None,
             max_retries: None,
             idle_timeout: None,
+            compression: true,
             connect_timeout: Duration::from_secs(10),
             roots: Roots::default(),
         })
@@ -390,6 +413,25 @@ impl EventSource {
         self
     }
 
+    /// Whether to ask the server for a compressed stream (`Accept-Encoding: zstd, gzip`, the
+    /// default) or not (`Accept-Encoding: identity`). Either way a response in `zstd` or
+    /// `gzip` is decoded; an `Accept-Encoding` given with [`EventSource::with_header`] is sent
+    /// instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let source = ssehub::client::EventSource::new("http://127.0.0.1/events")?
+    ///     .with_compression(false);
+    /// # drop(source);
+    /// # Ok::<(), ssehub::client::ClientError>(())
+    /// ```
+    #[must_use]
+    pub fn with_compression(mut self, enabled: bool) -> Self {
+        self.compression = enabled;
+        self
+    }
+
     /// Treats an open connection that delivers nothing (not even a heartbeat) for this long as
     /// dead and reconnects (`None`, the default: wait for the server or the network).
     ///
@@ -507,6 +549,11 @@ impl EventSource {
         let headers = request.headers_mut();
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let asked = if self.compression { "zstd, gzip" } else { "identity" };
+        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static(asked));
+        for name in self.headers.keys() {
+            headers.remove(name);
+        }
         for (name, value) in &self.headers {
             headers.append(name, value.clone());
         }
@@ -548,11 +595,17 @@ impl EventSource {
         if !essence.eq_ignore_ascii_case("text/event-stream") {
             return stop(ClientError::ContentType(content_type.to_string())).await;
         }
+        let encoding = response.headers().get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?"));
+        let mut decoder = match Decoder::for_encoding(encoding) {
+            Ok(decoder) => decoder,
+            Err(error) => return stop(error).await,
+        };
         if tx.send(Ok(ClientEvent::Open)).await.is_err() {
             return Attempt::Stop;
         }
         let mut body = response.into_body();
         let mut events = Vec::new();
+        let mut piece = Vec::new();
         loop {
             let next = match self.idle_timeout {
                 Some(limit) => match tokio::time::timeout(limit, body.frame()).await {
@@ -569,20 +622,50 @@ impl EventSource {
                     Err(_) => continue,
                 },
             };
-            if let Err(error) = parser.feed(&chunk, &mut events) {
-                // Hostile or broken input: stop rather than grow or loop.
-                for event in events.drain(..) {
-                    if tx.send(Ok(ClientEvent::Message(event))).await.is_err() {
-                        return Attempt::Stop;
-                    }
+            if decoder.is_identity() {
+                if let Some(stop_now) = feed(parser, &chunk, &mut events, tx).await {
+                    return stop_now;
                 }
-                return stop(ClientError::Parse(error)).await;
+                continue;
             }
-            for event in events.drain(..) {
-                if tx.send(Ok(ClientEvent::Message(event))).await.is_err() {
-                    return Attempt::Stop;
+            let mut at = 0;
+            loop {
+                let more = match decoder.next_piece(&chunk, &mut at, &mut piece) {
+                    Ok(more) => more,
+                    Err(error) => return stop(error).await,
+                };
+                if let Some(stop_now) = feed(parser, &piece, &mut events, tx).await {
+                    return stop_now;
+                }
+                if !more {
+                    break;
                 }
             }
+        }
+    }
+}
+
+/// Parses `bytes` and sends the events; `Some` when the attempt is over (the receiver is
+/// gone, or the input broke the parser's caps: then the events before the fault are sent, and
+/// the error).
+async fn feed(
+    parser: &mut Parser,
+    bytes: &[u8],
+    events: &mut Vec<ParsedEvent>,
+    tx: &mpsc::Sender<Result<ClientEvent, ClientError>>,
+) -> Option<Attempt> {
+    let parsed = parser.feed(bytes, events);
+    for event in events.drain(..) {
+        if tx.send(Ok(ClientEvent::Message(event))).await.is_err() {
+            return Some(Attempt::Stop);
+        }
+    }
+    match parsed {
+        Ok(()) => None,
+        Err(error) => {
+            // Hostile or broken input: stop rather than grow or loop.
+            let _ = tx.send(Err(ClientError::Parse(error))).await;
+            Some(Attempt::Stop)
         }
     }
 }
