@@ -227,6 +227,10 @@ pub enum UpdateError {
     /// The new interval is refused.
     #[error("invalid interval: {0}")]
     Interval(IntervalError),
+    /// The stream is compressed: its stream class (its topics, patterns and pace) is fixed
+    /// for its life. Open a new stream instead.
+    #[error("a compressed stream's subscription cannot change")]
+    Compressed,
 }
 
 impl From<SubscribeError> for UpdateError {

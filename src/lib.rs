@@ -124,6 +124,7 @@ pub use adapters::resolve::{self, PathTopic, QueryTopics, Rejection, Resolver};
 #[cfg(any(feature = "axum", feature = "hyper"))]
 pub use adapters::{Cors, Endpoint};
 pub use engine::batch::Batch;
+pub use engine::class::Compression;
 pub use engine::history::{HistoryLimits, ResetReason};
 pub use engine::queue::{ConflateKey, SlowPolicy};
 pub use engine::state::StateLimits;
@@ -135,7 +136,7 @@ pub use error::{
     TopicError, UpdateError,
 };
 pub use frame::parse;
-pub use frame::Event;
+pub use frame::{Encoding, Event};
 pub use hub::subscription::{SubscriberId, Subscription};
 pub use hub::{Hub, HubBuilder, Pacing, Published, Subscribe, SubscriptionChange};
 pub use services::clients::ConnectedClient;

@@ -17,6 +17,7 @@
 //! and a [`ReplaySource`] (which fetches what a resume needs from elsewhere).
 
 pub(crate) mod batch;
+pub(crate) mod class;
 pub(crate) mod external;
 pub(crate) mod history;
 pub(crate) mod idmap;
@@ -43,6 +44,7 @@ pub(crate) use resolve::{Replay, Start};
 pub(crate) use pipeline::deliver_to_topic;
 
 use crate::engine::history::HistoryLimits;
+use crate::frame::compress::Codec;
 use crate::engine::history::ResetReason;
 use crate::engine::queue::{Queue, SlowPolicy};
 pub(crate) use crate::engine::registry::Pace;
@@ -85,6 +87,8 @@ pub(crate) struct Config {
     pub(crate) state: StateConfig,
     /// Most distinct rate tier intervals at once.
     pub(crate) max_intervals: usize,
+    /// Compression settings: `None`, no stream is compressed.
+    pub(crate) framing: Option<class::Framing>,
 }
 
 /// What a publish did.
@@ -332,8 +336,12 @@ impl Engine {
         pace: Pace,
         start: Start<'_>,
         snapshot: Snapshot,
+        codec: Option<Codec>,
     ) -> Result<Joined, SubscribeError> {
         let max = self.config.max_subscribers;
+        let class = codec.zip(self.config.framing).map(|(codec, framing)| {
+            (class::ClassKey::new(codec, &names.topics, &names.patterns), framing)
+        });
         let Names { topics, patterns } = names;
         // A tier's reader starts at a point in the sequence too: the values pending in the tier
         // are its only if published after that point.
@@ -342,18 +350,18 @@ impl Engine {
         let joined = |topics| Joined { topics, replay: None, snapshot: None };
         match (&start, snapshot) {
             (Start::Live, Snapshot::Skip) if !atomic_start => {
-                let registered = self.registry.subscribe(slot, topics, patterns, pace, max);
+                let registered = self.registry.subscribe(slot, topics, patterns, pace, class.clone(), max);
                 return registered.map(joined).map_err(|refused| self.refusal(refused));
             }
             (Start::Live, Snapshot::Skip) => {
                 let _sequencer = lock(&self.sequencer);
-                let registered = self.registry.subscribe(slot, topics, patterns, pace, max);
+                let registered = self.registry.subscribe(slot, topics, patterns, pace, class.clone(), max);
                 return registered.map(joined).map_err(|refused| self.refusal(refused));
             }
             _ => {}
         }
         let sequencer = lock(&self.sequencer);
-        let registered = self.registry.subscribe(slot, topics, patterns, pace, max);
+        let registered = self.registry.subscribe(slot, topics, patterns, pace, class.clone(), max);
         let topics = registered.map_err(|refused| self.refusal(refused))?;
         let replay = match start {
             Start::Live => None,
@@ -475,4 +483,23 @@ fn topic_error(name: &str, error: TopicError) -> SubscribeError {
         end -= 1;
     }
     SubscribeError::Topic { name: name[..end].to_string(), error }
+}
+
+impl Engine {
+    /// Ends every stream class's compression frame that has been open for the frame time (the
+    /// class went quiet), under the sequencer, and wakes the members: the frame clock's work.
+    pub(crate) fn close_idle_frames(&self) {
+        let classes = self.registry.classes().clone();
+        if classes.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let sequencer = lock(&self.sequencer);
+        let closed: Vec<&Arc<class::Class>> =
+            classes.iter().filter(|class| class.close_if_idle(*sequencer, now)).collect();
+        drop(sequencer);
+        for class in closed {
+            class.ring.wake_parked();
+        }
+    }
 }

@@ -296,6 +296,9 @@ impl Engine {
         if let Some(ring) = fan.ring.take() {
             ring.wake_parked();
         }
+        for ring in fan.classes.drain(..) {
+            ring.wake_parked();
+        }
         self.counters.published(fan);
     }
 }
@@ -325,6 +328,9 @@ pub(crate) fn deliver_to_topic(
     if !pushed.is_empty() {
         let keys = FrameKeys::new(Some(&state.name), event.event(), event.key());
         fan_out(&mut fan, &pushed, seq, frame, &keys);
+    }
+    for class in state.classes.load().iter() {
+        class.deliver(seq, frame, &mut fan);
     }
     for derived in state.tiers.load().iter() {
         let receivers = (derived.readers.load().len() + derived.pushed.load().len()) as u64;

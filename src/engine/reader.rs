@@ -76,12 +76,14 @@ use std::task::Waker;
 
 use bytes::Bytes;
 
+use crate::engine::class::{ClassView, Item, Start};
 use crate::engine::idmap::IdMap;
 use crate::engine::queue::{Limits, Locked, Queue, SlowPolicy};
 use crate::engine::ring::{Member, Ring, Run, Taken};
 use crate::engine::tier::Tier;
 use crate::error::EndReason;
-use crate::sync::{Arc, ArcSwap, Guard, Ordering, SharedStr};
+use crate::frame::compress::Codec;
+use crate::sync::{Arc, ArcSwap, ArcSwapOption, Guard, Ordering, SharedStr};
 
 /// The subscribers that read a topic's ring, with their cursors: the set a publish counts and
 /// scans. Shared by the topic and by each of its readers' feeds, so a subscriber that ends can
@@ -147,6 +149,20 @@ pub(crate) struct Slot {
     /// topic events in its queue). Swapped by the registry's writers (under their lock) and by
     /// [`Slot::close_absorbing`]; loaded, never locked, by the subscriber's polls.
     pub(crate) feeds: ArcSwap<Vec<Feed>>,
+    /// Its stream class, when its stream is compressed (`class.rs`): set once by the
+    /// registry when it joins the class, read when its stream starts.
+    pub(crate) class: ArcSwapOption<Joined>,
+}
+
+/// How a subscriber joined its stream class.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Joined {
+    /// The encoding.
+    pub(crate) codec: Codec,
+    /// The level of its solo blocks.
+    pub(crate) level: i32,
+    /// Where in the class's frames it starts.
+    pub(crate) start: Start,
 }
 
 /// What the consumer took in one poll.
@@ -164,12 +180,14 @@ pub(crate) struct Drained {
     /// The frames as one run of a ring's chunk instead of `frames` (then empty): the usual
     /// case of a one-topic subscriber, one refcount for the whole batch.
     pub(crate) run: Option<Run>,
+    /// A compressed stream's take instead of `frames` (`class.rs` turns it into bytes).
+    pub(crate) items: Vec<Item>,
 }
 
 impl Drained {
     /// Whether no frame was taken.
     pub(crate) fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.run.is_none()
+        self.frames.is_empty() && self.run.is_none() && self.items.is_empty()
     }
 
     /// Whether the poll has nothing to report: no frame and no loss.
@@ -191,7 +209,13 @@ pub(crate) enum Stop {
 impl Slot {
     /// A subscriber with this id, queue and principal, on no topic yet.
     pub(crate) fn new(id: u64, queue: Queue, principal: Option<SharedStr>) -> Slot {
-        Slot { id, queue: Arc::new(queue), principal, feeds: crate::sync::arc_swap(Vec::new()) }
+        Slot {
+            id,
+            queue: Arc::new(queue),
+            principal,
+            feeds: crate::sync::arc_swap(Vec::new()),
+            class: ArcSwapOption::empty(),
+        }
     }
 
     /// Whether it takes topic events from rings (every policy but `Conflate`).
@@ -294,6 +318,8 @@ pub(crate) struct View {
     version: u64,
     /// The one feed, when the subscriber has exactly one.
     lone: Option<Feed>,
+    /// Where its compressed stream stands in its class's frames, when it is compressed.
+    pub(crate) class: Option<ClassView>,
 }
 
 impl View {
@@ -304,6 +330,11 @@ impl View {
             reads_rings: slot.reads_rings(),
             version: u64::MAX,
             lone: None,
+            class: slot
+                .class
+                .load()
+                .as_ref()
+                .map(|joined| ClassView::new(joined.codec, joined.level, joined.start)),
         }
     }
 
@@ -335,6 +366,9 @@ pub(crate) fn next_batch(
     limits: Limits,
     waker: Option<&Waker>,
 ) -> Result<Drained, Stop> {
+    if view.class.is_some() {
+        return next_compressed(slot, view, &watermark, limits, waker);
+    }
     if !view.reads_rings {
         return match view.queue.drain(limits, waker) {
             Ok(popped) => {
@@ -685,6 +719,181 @@ fn claim_locked(feed: &Feed, cursor: u64, taken: &Taken, count: usize) -> bool {
     let claimed = feed.member.claim(cursor, taken.from + count as u64);
     debug_assert!(claimed, "a cursor moved under the queue's lock");
     claimed
+}
+
+/// [`next_batch`] for a compressed stream: its class's ring (while it reads it) and its own
+/// queue. A stream inside the class's frames with nothing of its own queued takes a run of
+/// blocks without a lock; anything else is taken under the queue's lock as [`Item`]s, which
+/// the stream's [`ClassView`] turns into bytes.
+fn next_compressed(
+    slot: &Slot,
+    view: &mut View,
+    watermark: &impl Fn() -> u64,
+    limits: Limits,
+    waker: Option<&Waker>,
+) -> Result<Drained, Stop> {
+    view.refresh(slot);
+    let feed = view.lone.clone();
+    let blocks = view.class.as_ref().is_some_and(ClassView::takes_blocks);
+    if let (Some(feed), true) = (&feed, blocks) {
+        if let Some(drained) = look_blocks(&view.queue, feed, watermark, limits) {
+            return Ok(drained);
+        }
+    }
+    let drained = look_class_locked(&view.queue, feed.as_ref(), watermark, limits, waker)?;
+    let Some(waker) = waker else {
+        return Ok(drained);
+    };
+    if !drained.is_nothing() || drained.retry {
+        if drained.retry {
+            waker.wake_by_ref();
+        }
+        return Ok(drained);
+    }
+    let Some(feed) = feed else {
+        return Ok(drained);
+    };
+    if view.queue.feeds_version() != view.version {
+        // Its feed went (a disconnect took its entries in): look again, at the queue.
+        waker.wake_by_ref();
+        return Ok(drained);
+    }
+    feed.ring.park(&feed.member, waker);
+    let second = look_class_locked(&view.queue, Some(&feed), watermark, limits, Some(waker))?;
+    if second.retry {
+        waker.wake_by_ref();
+    }
+    Ok(second)
+}
+
+/// The lock-free look of a compressed stream inside its class's frames with nothing of its
+/// own queued: a run of one chunk's blocks, sent as they are. `None` when that does not apply
+/// (something queued, a skip, an overflow, entries across two chunks, nothing there).
+fn look_blocks(
+    queue: &Queue,
+    feed: &Feed,
+    watermark: &impl Fn() -> u64,
+    limits: Limits,
+) -> Option<Drained> {
+    // The watermark first, then the flag: see `Queue::empty`.
+    let upto = watermark();
+    if !queue.looks_empty() {
+        return None;
+    }
+    let cursor = feed.member.cursor();
+    let mut spill = Vec::new();
+    let (taken, run) = take_run(feed, cursor, upto, limits, &mut spill);
+    let run = run.filter(|_| !taken.overflowed && taken.skipped == 0 && taken.count > 0)?;
+    if !feed.member.claim(cursor, taken.from + taken.count as u64) {
+        return None;
+    }
+    queue.note_taken();
+    Some(Drained { run: Some(run), ..Drained::default() })
+}
+
+/// The look of a compressed stream under its queue's lock: the class ring's entries (while it
+/// reads it) and its own queue's, merged by sequence number (a ring entry first on a tie), up
+/// to the watermark, as [`Item`]s; the waker registered when nothing is ready.
+fn look_class_locked(
+    queue: &Arc<Queue>,
+    feed: Option<&Feed>,
+    watermark: &impl Fn() -> u64,
+    limits: Limits,
+    waker: Option<&Waker>,
+) -> Result<Drained, Stop> {
+    let watermark = watermark();
+    let mut locked = queue.lock();
+    let upto = if locked.ended().is_some() { locked.rings_upto() } else { watermark };
+    let feed = feed.filter(|_| locked.rings_upto() != 0);
+    if locked.heartbeat_waiting() && feed.is_some_and(|f| f.ring.tail() > f.member.cursor()) {
+        locked.drop_heartbeat();
+    }
+    let ready = locked.ready(watermark);
+    let mut ring: Vec<(Arc<crate::engine::ring::Chunk>, usize)> = Vec::new();
+    let taken = match feed {
+        Some(feed) => {
+            let cursor = feed.member.cursor();
+            let bound = feed.member.bound();
+            let taken = feed.ring.take_class(cursor, bound, upto, limits, |chunk, i| {
+                ring.push((chunk.clone(), i));
+            });
+            if taken.overflowed {
+                locked.close_as_slow();
+                return Err(Stop::Overflowed);
+            }
+            Some((feed, cursor, taken))
+        }
+        None => None,
+    };
+    let mut drained = Drained::default();
+    let (head, from_queue) = merge_items(&ring, &locked, ready, limits, &mut drained.items);
+    if let Some((feed, cursor, taken)) = taken {
+        if (head > 0 || taken.skipped > 0) && !claim_locked(feed, cursor, &taken, head) {
+            return Ok(Drained { retry: true, ..Drained::default() });
+        }
+        drained.skipped = taken.skipped;
+        if head > 0 {
+            queue.note_taken();
+        }
+    }
+    locked.skip(from_queue);
+    drained.lagged = locked.take_lagged() + drained.skipped;
+    if drained.is_nothing() {
+        if let Some(reason) = locked.ended() {
+            if locked.len() == 0 {
+                return Err(Stop::Ended(reason));
+            }
+        }
+        drained.retry = locked.len() > ready;
+        if let Some(waker) = waker {
+            locked.register(waker);
+        }
+    }
+    Ok(drained)
+}
+
+/// Merges the class ring's entries (`ring`, in order) with the first `ready` queued entries by
+/// sequence number (a ring entry first on a tie) into `out`, within `limits`; returns how many
+/// of each went in.
+fn merge_items(
+    ring: &[(Arc<crate::engine::ring::Chunk>, usize)],
+    locked: &Locked<'_>,
+    ready: usize,
+    limits: Limits,
+    out: &mut Vec<Item>,
+) -> (usize, usize) {
+    let (mut head, mut from_queue, mut bytes) = (0, 0, 0);
+    loop {
+        let entry = ring.get(head).and_then(|(chunk, i)| Some((chunk, *i, chunk.class_entry(*i)?)));
+        let queued = (from_queue < ready).then(|| locked.entry(from_queue));
+        let from_ring = match (&entry, &queued) {
+            (Some((_, _, e)), Some((seq, _))) => e.seq <= *seq,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let len = match (&entry, &queued) {
+            (Some((_, _, e)), _) if from_ring => e.block.len(),
+            (_, Some((_, frame))) => frame.len(),
+            _ => 0,
+        };
+        if !limits.fits(out.len(), bytes, len) {
+            break;
+        }
+        bytes += len;
+        match (entry, queued) {
+            (Some((chunk, index, _)), _) if from_ring => {
+                out.push(Item::Class { chunk: chunk.clone(), index });
+                head += 1;
+            }
+            (_, Some((_, frame))) => {
+                out.push(Item::Own(frame.clone()));
+                from_queue += 1;
+            }
+            _ => break,
+        }
+    }
+    (head, from_queue)
 }
 
 /// Moves into `out` everything `feed`'s ring holds for the subscriber up to `upto`, claiming it

@@ -12,9 +12,10 @@
 //! the topic, so it receives each event once. Patterns are matched against a topic when either
 //! first appears, never per publish.
 
+use crate::engine::class::{Class, ClassKey, Framing};
 use crate::engine::history::{History, HistoryLimits};
 use crate::engine::idmap::IdMap;
-use crate::engine::reader::{Feed, Readers};
+use crate::engine::reader::{Feed, Joined, Readers};
 use crate::engine::ring::{Member, Ring};
 use crate::engine::state::State;
 use crate::engine::tier::{Derived, Tier};
@@ -48,6 +49,9 @@ pub(crate) struct TopicState {
     /// The rate tiers someone reads the topic at (see `tier.rs`): a publish keeps its frame
     /// as its key's pending value in each. Swapped under the writer lock.
     pub(crate) tiers: ArcSwap<Vec<Arc<Derived>>>,
+    /// The stream classes that receive the topic (see `class.rs`): a publish feeds its frame
+    /// to each. Swapped under the writer lock.
+    pub(crate) classes: ArcSwap<Vec<Arc<Class>>>,
 }
 
 impl TopicState {
@@ -114,6 +118,17 @@ struct SubscriberEntry {
     patterns: Vec<Box<str>>,
     /// Its rate tier's interval (`None`: every event as it comes).
     pace: Pace,
+    /// Its stream class, when its stream is compressed.
+    class: Option<Arc<Class>>,
+}
+
+/// Writer-side record of a stream class.
+#[derive(Debug)]
+struct ClassEntry {
+    /// The class.
+    class: Arc<Class>,
+    /// The topics it is on.
+    topics: Set<SharedStr>,
 }
 
 /// A subscription's pace: `None` for every event as it comes, or a rate tier's interval.
@@ -135,6 +150,8 @@ struct Writer {
     floor: u64,
     /// The live rate tiers, by interval.
     tiers: Map<std::time::Duration, Arc<Tier>>,
+    /// The live stream classes.
+    classes: Map<ClassKey, ClassEntry>,
 }
 
 /// A subscriber taken out of the registry.
@@ -182,6 +199,8 @@ pub(crate) struct Registry {
     tiers: ArcSwap<Vec<Arc<Tier>>>,
     /// Most distinct intervals at once (each is ticked by the hub's clock).
     max_intervals: usize,
+    /// The live stream classes, for the hub's frame clock (a copy of the writers' map).
+    classes: ArcSwap<Vec<Arc<Class>>>,
     /// The writers' lock and bookkeeping.
     writer: Mutex<Writer, rank::Writer>,
 }
@@ -195,6 +214,7 @@ impl Registry {
             patterns: arc_swap(Vec::new()),
             tiers: arc_swap(Vec::new()),
             max_intervals: usize::MAX,
+            classes: arc_swap(Vec::new()),
             writer: Mutex::new(Writer::default()),
         }
     }
@@ -303,6 +323,7 @@ impl Registry {
         topics: Vec<SharedStr>,
         patterns: Vec<Pattern>,
         pace: Pace,
+        class: Option<(ClassKey, Framing)>,
         max_subscribers: usize,
     ) -> Result<Vec<Arc<TopicState>>, Refused> {
         let mut writer = lock(&self.writer);
@@ -323,8 +344,12 @@ impl Registry {
                 topics: topics.clone(),
                 patterns: patterns.iter().map(|p| Box::from(p.as_str())).collect(),
                 pace,
+                class: None,
             },
         );
+        if let Some((key, framing)) = class.filter(|_| pace.is_none() && slot.reads_rings()) {
+            self.join_class(&mut writer, slot, key, framing);
+        }
         self.subscribers.rcu(|all| all.insert(id, slot.clone()));
         let mut received: Set<SharedStr> = Set::new();
         for topic in &topics {
@@ -390,6 +415,9 @@ impl Registry {
         if dropped_pattern {
             self.publish_patterns(&writer);
         }
+        if let Some(class) = &entry.class {
+            self.leave_class(&mut writer, &entry.slot, class);
+        }
         left.sort_unstable();
         left.dedup();
         Some(Removed { slot: entry.slot, named: entry.topics, left })
@@ -417,10 +445,11 @@ impl Registry {
             history: Mutex::new(History::default()),
             state: Mutex::new(State::default()),
             tiers: arc_swap(Vec::new()),
+            classes: arc_swap(Vec::new()),
         });
         let mut members = Map::new();
         let mut patterns = Vec::new();
-        let Writer { patterns: live, subscribers, tiers, .. } = writer;
+        let Writer { patterns: live, subscribers, tiers, classes, .. } = writer;
         for (source, pattern) in live.iter_mut() {
             if !pattern.pattern.matches(name) {
                 continue;
@@ -430,8 +459,14 @@ impl Registry {
             for id in &pattern.subscribers {
                 let count = members.entry(*id).or_insert(0u32);
                 if *count == 0 {
-                    if let Some(sub) = subscribers.get(id) {
-                        self.attach(tiers, &state, &sub.slot, sub.pace);
+                    match subscribers.get(id) {
+                        Some(sub) if sub.class.is_some() => {
+                            if let Some(class) = &sub.class {
+                                attach_class(classes, &state, &sub.slot, class);
+                            }
+                        }
+                        Some(sub) => self.attach(tiers, &state, &sub.slot, sub.pace),
+                        None => {}
                     }
                 }
                 *count += 1;
@@ -445,14 +480,18 @@ impl Registry {
 
     /// Counts one more reason for `slot` to be on `topic`, adding it on the first.
     fn add_member(&self, writer: &mut Writer, topic: &SharedStr, slot: &Arc<Slot>) {
-        let pace = writer.subscribers.get(&slot.id).and_then(|e| e.pace);
-        let Writer { topics, tiers, .. } = writer;
+        let sub = writer.subscribers.get(&slot.id);
+        let (pace, class) = (sub.and_then(|e| e.pace), sub.and_then(|e| e.class.clone()));
+        let Writer { topics, tiers, classes, .. } = writer;
         let Some(entry) = topics.get_mut(topic) else {
             return;
         };
         let count = entry.members.entry(slot.id).or_insert(0);
         if *count == 0 {
-            self.attach(tiers, &entry.state, slot, pace);
+            match &class {
+                Some(class) => attach_class(classes, &entry.state, slot, class),
+                None => self.attach(tiers, &entry.state, slot, pace),
+            }
         }
         *count += 1;
     }
@@ -487,6 +526,11 @@ impl Registry {
             return;
         };
         writer.floor = writer.floor.max(lock(&entry.state.history).last_seq());
+        for class in entry.state.classes.load().iter() {
+            if let Some(c) = writer.classes.get_mut(&class.key) {
+                c.topics.remove(topic);
+            }
+        }
         for source in &entry.patterns {
             if let Some(p) = writer.patterns.get_mut(source) {
                 p.topics.remove(topic);
@@ -592,6 +636,93 @@ impl Registry {
     pub(crate) fn tiers(&self) -> Guard<Vec<Arc<Tier>>> {
         self.tiers.load()
     }
+}
+
+impl Registry {
+    /// Puts `slot` in the class of `key` (made if it is new and the hub is under its limit of
+    /// classes; otherwise its stream is not compressed) at the ring's tail. Under the writer
+    /// lock, before the subscriber is attached to its topics.
+    fn join_class(&self, writer: &mut Writer, slot: &Arc<Slot>, key: ClassKey, framing: Framing) {
+        let class = match writer.classes.get(&key) {
+            Some(entry) => entry.class.clone(),
+            None if writer.classes.len() >= framing.max_classes => return,
+            None => {
+                let class = Arc::new(Class::new(key.clone(), framing));
+                writer.classes.insert(key, ClassEntry { class: class.clone(), topics: Set::new() });
+                self.publish_classes(writer);
+                class
+            }
+        };
+        let (cursor, start) = class.join(slot.queue.capacity());
+        let member = Arc::new(Member::new(slot.id, slot.queue.clone(), cursor));
+        slot.add_feed(Feed {
+            ring: class.ring.clone(),
+            readers: class.readers.clone(),
+            member: member.clone(),
+            tier: None,
+        });
+        class.readers.rcu(|set| set.insert(slot.id, member.clone()));
+        let joined = Joined { codec: class.codec(), level: class.level, start };
+        slot.class.rcu(|_| Some(Arc::new(joined)));
+        if let Some(entry) = writer.subscribers.get_mut(&slot.id) {
+            entry.class = Some(class);
+        }
+    }
+
+    /// Takes `slot` out of `class`; the last member out ends the class: its topics forget it
+    /// and its ring lets go of its entries. Under the writer lock.
+    fn leave_class(&self, writer: &mut Writer, slot: &Arc<Slot>, class: &Arc<Class>) {
+        if class.readers.load().get(slot.id).is_some() {
+            class.readers.rcu(|set| set.remove(slot.id));
+        }
+        if slot.feeds().iter().any(|f| Arc::ptr_eq(&f.ring, &class.ring)) {
+            slot.remove_feed(&class.ring);
+        }
+        let members = writer.subscribers.values().filter(|e| {
+            e.class.as_ref().is_some_and(|c| Arc::ptr_eq(c, class))
+        });
+        if members.count() > 0 {
+            return;
+        }
+        let Some(entry) = writer.classes.remove(&class.key) else {
+            return;
+        };
+        for topic in &entry.topics {
+            if let Some(t) = writer.topics.get(topic) {
+                t.state.classes.rcu(|list| without(list, class));
+            }
+        }
+        class.ring.clear();
+        self.publish_classes(writer);
+    }
+
+    /// Publishes the list of live classes for the frame clock.
+    fn publish_classes(&self, writer: &Writer) {
+        let list: Vec<Arc<Class>> = writer.classes.values().map(|e| e.class.clone()).collect();
+        self.classes.store(Arc::new(list));
+    }
+
+    /// The live stream classes (lock-free snapshot), for the hub's frame clock.
+    pub(crate) fn classes(&self) -> Guard<Vec<Arc<Class>>> {
+        self.classes.load()
+    }
+}
+
+/// Puts `slot`, a member of `class`, on `state`'s subscribers, and the class on the topic if it
+/// is not there yet. Under the writer lock.
+fn attach_class(
+    classes: &mut Map<ClassKey, ClassEntry>,
+    state: &Arc<TopicState>,
+    slot: &Arc<Slot>,
+    class: &Arc<Class>,
+) {
+    if !slot.queue.is_closed() && !state.classes.load().iter().any(|c| Arc::ptr_eq(c, class)) {
+        state.classes.rcu(|list| with(list, class));
+        if let Some(entry) = classes.get_mut(&class.key) {
+            entry.topics.insert(state.name.clone());
+        }
+    }
+    state.subscribers.rcu(|set| set.insert(slot.id, slot.clone()));
 }
 
 /// `list` with `item` added.

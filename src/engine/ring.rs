@@ -144,19 +144,69 @@ pub(crate) struct Chunk {
     /// Each entry's sequence number, stored before its frame; read only for written frames,
     /// so the frame's publication orders it.
     seqs: [AtomicU64; CHUNK],
-    /// Each entry's frame.
+    /// Each entry's frame (a stream class's ring: its compressed block).
     frames: AppendOnly<Bytes, CHUNK>,
+    /// A stream class's ring only: bit `i` set when entry `i`'s block ends a compression
+    /// frame. Written before the entry's frame is pushed, so the push publishes it.
+    ends: AtomicU64,
+    /// A stream class's ring only: what each block stands for (see [`Side`]), pushed before
+    /// the entry's frame, so the frame's push publishes it.
+    sides: Option<Box<AppendOnly<Side, CHUNK>>>,
+}
+
+/// What a stream class's ring keeps beside each compressed block (`class.rs`): the event's
+/// frame, for whoever cannot take the block (a subscriber outside the frame's context, a
+/// disconnect handing entries over), and the event compressed alone, made by the first such
+/// subscriber and shared by the rest.
+#[derive(Debug)]
+pub(crate) struct Side {
+    /// The event's frame; empty for an entry that only ends a frame.
+    pub(crate) identity: Bytes,
+    /// The frame compressed on its own, once somebody needed it.
+    pub(crate) solo: ArcSwapOption<Bytes>,
+}
+
+impl Side {
+    /// The side of an entry whose event is `identity`.
+    pub(crate) fn new(identity: Bytes) -> Side {
+        Side { identity, solo: ArcSwapOption::empty() }
+    }
+}
+
+/// A class ring's entry, as a class reader takes it.
+#[derive(Debug)]
+pub(crate) struct ClassEntry<'a> {
+    /// Its sequence number.
+    pub(crate) seq: u64,
+    /// The block, in the class's compression frame.
+    pub(crate) block: &'a Bytes,
+    /// The event's frame and its solo block.
+    pub(crate) side: &'a Side,
+    /// Whether the block ends the frame.
+    pub(crate) ends: bool,
+}
+
+/// What a class ring's push adds beside the block.
+#[derive(Debug)]
+pub(crate) struct Extra {
+    /// The event and its solo block.
+    pub(crate) side: Side,
+    /// Whether the block ends the compression frame.
+    pub(crate) ends: bool,
 }
 
 impl Chunk {
-    /// A chunk starting at position `base`, holding `frame` (sequence number `seq`) there.
-    fn starting(base: u64, seq: u64, frame: &Bytes) -> Chunk {
+    /// A chunk starting at position `base`, holding `frame` (sequence number `seq`) there,
+    /// with `extra` when the ring is a class's (which makes it keep sides).
+    fn starting(base: u64, seq: u64, frame: &Bytes, extra: &mut Option<Extra>) -> Chunk {
         let chunk = Chunk {
             base,
             seqs: std::array::from_fn(|_| AtomicU64::new(0)),
             frames: AppendOnly::new(),
+            ends: AtomicU64::new(0),
+            sides: extra.is_some().then(|| Box::new(AppendOnly::new())),
         };
-        let _ = chunk.append(base, seq, frame);
+        let _ = chunk.append(base, seq, frame, extra);
         chunk
     }
 
@@ -167,14 +217,43 @@ impl Chunk {
 
     /// Writes the entry at position `at` if that is this chunk's next free slot; otherwise
     /// (full, or `at` elsewhere) returns `false`. Publisher only.
-    fn append(&self, at: u64, seq: u64, frame: &Bytes) -> bool {
+    fn append(&self, at: u64, seq: u64, frame: &Bytes, extra: &mut Option<Extra>) -> bool {
         let next = self.base + self.frames.len() as u64;
         if at != next || at >= self.end() {
             return false;
         }
+        let i = (at - self.base) as usize;
         // Relaxed: the frame's push below publishes it (Release).
-        self.seqs[(at - self.base) as usize].store(seq, Ordering::Relaxed);
+        self.seqs[i].store(seq, Ordering::Relaxed);
+        if let (Some(sides), Some(Extra { side, ends })) = (&self.sides, extra.take()) {
+            if ends {
+                // Relaxed: published by the frame's push, like the sequence number.
+                self.ends.fetch_or(1u64 << i, Ordering::Relaxed);
+            }
+            if sides.push(side).is_err() {
+                return false;
+            }
+        }
         self.frames.push(frame.clone()).is_ok()
+    }
+
+    /// Entry `i` (written) as a class reader takes it. A chunk of a ring that is not a
+    /// class's has no sides: `None`.
+    pub(crate) fn class_entry(&self, i: usize) -> Option<ClassEntry<'_>> {
+        let side = self.sides.as_ref()?.get(i..i + 1).first()?;
+        Some(ClassEntry {
+            seq: self.seq(i),
+            block: self.frames.get(i..i + 1).first()?,
+            side,
+            // Relaxed: callers read only written entries (see `seq`).
+            ends: self.ends.load(Ordering::Relaxed) & (1u64 << i) != 0,
+        })
+    }
+
+    /// Whether entry `i` (written) ends a compression frame (a class's ring).
+    pub(crate) fn ends_at(&self, i: usize) -> bool {
+        // Relaxed: callers read only written entries (see `seq`).
+        self.ends.load(Ordering::Relaxed) & (1u64 << i) != 0
     }
 
     /// The sequence number at slot `i` (written).
@@ -200,6 +279,11 @@ impl Run {
     /// The frames.
     pub(crate) fn frames(&self) -> &[Bytes] {
         self.chunk.frames.get(self.start..self.end)
+    }
+
+    /// Whether its last entry ends a compression frame (a class ring's run).
+    pub(crate) fn ends_frame(&self) -> bool {
+        self.end > self.start && self.chunk.ends_at(self.end - 1)
     }
 
     /// The sequence number of its first frame (for the `metrics` feature's latency).
@@ -433,13 +517,25 @@ impl Ring {
     /// sequence order and there is one writer (a second one writing the same chunk at the same
     /// time would panic in the slots' claim, not race).
     pub(crate) fn push(&self, seq: u64, frame: &Bytes) -> bool {
+        self.push_entry(seq, frame, None)
+    }
+
+    /// [`Ring::push`] for a stream class's ring: `block` is what readers in the frame's
+    /// context take, `extra` the event and whether the block ends the frame. A class ring
+    /// gets only these pushes.
+    pub(crate) fn push_class(&self, seq: u64, block: &Bytes, extra: Extra) -> bool {
+        self.push_entry(seq, block, Some(extra))
+    }
+
+    /// See [`Ring::push`].
+    fn push_entry(&self, seq: u64, frame: &Bytes, mut extra: Option<Extra>) -> bool {
         // Relaxed: only pushes store the tail, and the sequencer orders them.
         let at = self.tail.load(Ordering::Relaxed);
         // Keep at least `capacity` entries; older whole chunks go. Relaxed: see `join`.
         let capacity = self.capacity.load(Ordering::Relaxed) as u64;
         let log = self.log.load();
         let last = log.as_ref().and_then(|log| log.chunks.last());
-        let tail = if last.is_some_and(|chunk| chunk.append(at, seq, frame)) {
+        let tail = if last.is_some_and(|chunk| chunk.append(at, seq, frame, &mut extra)) {
             let tail = at + 1;
             // Release: readers that load this tail see the entry.
             self.tail.store(tail, Ordering::Release);
@@ -454,7 +550,7 @@ impl Ring {
             // The last chunk is full, or there is none (never was, trimmed, or cleared).
             // Acquire pairs with `clear`: a new chunk starts past the one it dropped.
             let base = at.max(self.start.load(Ordering::Acquire));
-            let chunk = Arc::new(Chunk::starting(base, seq, frame));
+            let chunk = Arc::new(Chunk::starting(base, seq, frame, &mut extra));
             drop(log);
             // rcu, not store: a clear may swap the snapshot out meanwhile, and its chunks
             // must not come back.
@@ -554,8 +650,41 @@ impl Ring {
     ) -> Taken {
         self.take_with(cursor, bound, upto, limits, |log, taken| {
             log.slices(taken.from, taken.from + taken.count as u64, |chunk, start, frames| {
-                for (i, frame) in frames.iter().enumerate() {
-                    sink(chunk.seq(start + i), frame);
+                match &chunk.sides {
+                    // A class's ring: the events themselves (an entry that only ends a
+                    // compression frame stands for none).
+                    Some(sides) => {
+                        let sides = sides.get(start..start + frames.len());
+                        for (i, side) in sides.iter().enumerate() {
+                            if !side.identity.is_empty() {
+                                sink(chunk.seq(start + i), &side.identity);
+                            }
+                        }
+                    }
+                    None => {
+                        for (i, frame) in frames.iter().enumerate() {
+                            sink(chunk.seq(start + i), frame);
+                        }
+                    }
+                }
+            });
+        })
+    }
+
+    /// [`Ring::take`] for a stream class's reader: each entry as its chunk and its slot in
+    /// it ([`Chunk::class_entry`] reads it).
+    pub(crate) fn take_class(
+        &self,
+        cursor: u64,
+        bound: Bound,
+        upto: u64,
+        limits: Limits,
+        mut sink: impl FnMut(&Arc<Chunk>, usize),
+    ) -> Taken {
+        self.take_with(cursor, bound, upto, limits, |log, taken| {
+            log.slices(taken.from, taken.from + taken.count as u64, |chunk, start, frames| {
+                for i in start..start + frames.len() {
+                    sink(chunk, i);
                 }
             });
         })

@@ -131,6 +131,8 @@ pub(crate) struct FanOut {
     /// The ring the event went into, whose parked readers are woken once the publish is
     /// complete.
     pub(crate) ring: Option<crate::sync::Arc<crate::engine::ring::Ring>>,
+    /// The stream classes' rings the event went into, woken likewise.
+    pub(crate) classes: Vec<crate::sync::Arc<crate::engine::ring::Ring>>,
 }
 
 /// Adds `n` to a counter. Relaxed: these are statistics, read with no ordering expectations.

@@ -34,6 +34,78 @@ use flate2::{Compress, Compression, FlushCompress, Status};
 use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective;
 use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer};
 
+/// A stream's content coding (`Content-Encoding`): what [`Subscribe::with_encoding`] asks for
+/// and [`Subscription::encoding`] says the stream is sent in.
+///
+/// A compressed stream's bytes are shared by every subscription of its stream class (the same
+/// topics and patterns, the same encoding): each event is compressed once per class, not per
+/// subscriber (see the hub's [`Compression`] settings).
+///
+/// # Examples
+///
+/// ```
+/// use ssehub::{Encoding, Event, Hub, Subscribe};
+///
+/// let hub = Hub::new();
+/// let mut sub = hub.subscribe(Subscribe::from("t").with_encoding(Encoding::Zstd))?;
+/// assert_eq!(sub.encoding(), Encoding::Zstd);
+/// hub.publish("t", Event::new("hello"))?;
+/// let bytes = sub.try_recv()?.expect("a batch").into_bytes();
+/// assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// [`Subscribe::with_encoding`]: crate::Subscribe::with_encoding
+/// [`Subscription::encoding`]: crate::Subscription::encoding
+/// [`Compression`]: crate::Compression
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Encoding {
+    /// The events as they are.
+    #[default]
+    Identity,
+    /// `zstd`: a sequence of zstd frames.
+    Zstd,
+    /// `gzip`: one gzip member, without a trailer (the stream ends when the connection does).
+    Gzip,
+}
+
+impl Encoding {
+    /// The `Content-Encoding` value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(ssehub::Encoding::Zstd.as_str(), "zstd");
+    /// ```
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Zstd => "zstd",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    /// The codec, for a compressed encoding.
+    pub(crate) fn codec(self) -> Option<Codec> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Zstd => Some(Codec::Zstd),
+            Encoding::Gzip => Some(Codec::Gzip),
+        }
+    }
+}
+
+impl From<Codec> for Encoding {
+    fn from(codec: Codec) -> Encoding {
+        match codec {
+            Codec::Zstd => Encoding::Zstd,
+            Codec::Gzip => Encoding::Gzip,
+        }
+    }
+}
+
 /// A content coding with shared compressed frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Codec {

@@ -39,6 +39,8 @@ pub(crate) struct Config {
     pub(crate) max_replay: usize,
     /// Most distinct rate tier intervals at once.
     pub(crate) max_intervals: usize,
+    /// Compression of streams that ask for it; `None` for none.
+    pub(crate) compression: Option<crate::Compression>,
     /// This hub's epoch, part of every id it assigns.
     pub(crate) epoch: u64,
     /// The `retry:` hint each subscription starts with: a base and a random extra up to a
@@ -68,6 +70,7 @@ impl Config {
             history: self.history,
             max_replay: self.max_replay,
             max_intervals: self.max_intervals,
+            framing: self.compression.map(|c| c.framing),
             epoch: self.epoch,
             state: self.state,
         };
@@ -105,6 +108,7 @@ impl Default for Config {
             history: None,
             max_replay: 1000,
             max_intervals: 16,
+            compression: Some(crate::Compression::new()),
             epoch: default_epoch(),
             retry: None,
             sessions: None,
@@ -256,6 +260,27 @@ impl HubBuilder {
     /// ```
     pub fn with_max_intervals(mut self, count: usize) -> Self {
         self.config.max_intervals = count;
+        self
+    }
+
+    /// Compression for the streams that ask for it ([`Subscribe::with_encoding`], or an
+    /// `Endpoint` with compression on), with these settings (the default), or none with
+    /// `None` (every stream is sent identity). Each event is compressed once per stream class
+    /// (the subscriptions with the same topics, patterns and encoding), never per subscriber.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Encoding, Hub, Subscribe};
+    /// let hub = Hub::builder().with_compression(None).build();
+    /// let sub = hub.subscribe(Subscribe::from("t").with_encoding(Encoding::Gzip))?;
+    /// assert_eq!(sub.encoding(), Encoding::Identity);
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    ///
+    /// [`Subscribe::with_encoding`]: crate::Subscribe::with_encoding
+    pub fn with_compression(mut self, settings: Option<crate::Compression>) -> Self {
+        self.config.compression = settings;
         self
     }
 

@@ -25,6 +25,7 @@ use crate::services::expiry::Expiries;
 use crate::services::heartbeat::Heartbeat;
 use crate::services::producers::{Producer, Producers};
 use crate::services::sessions::{Lookup, Refused, SessionLimits, Sessions};
+use crate::services::frame_clock::FrameClock;
 use crate::services::tier_clock::TierClock;
 use crate::sync::{
     rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr,
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) heartbeat: Heartbeat,
     /// The rate tiers' timer.
     pub(crate) tier_clock: TierClock,
+    /// The thread that ends quiet stream classes' compression frames.
+    pub(crate) frame_clock: FrameClock,
     /// Subscriptions that end at a set time, and the one thread that ends them.
     pub(crate) expiries: Expiries,
     /// Set while something outside (a backplane) holds the engine's external clock.
@@ -111,6 +114,7 @@ impl Shared {
             jitter: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             heartbeat: Heartbeat::default(),
             tier_clock: TierClock::default(),
+            frame_clock: FrameClock::default(),
             expiries: Expiries::default(),
             claimed: AtomicBool::new(false),
             source: Mutex::new(None),
@@ -174,10 +178,15 @@ impl Shared {
         let snapshot = if request.snapshot { Snapshot::Take } else { Snapshot::Skip };
         let joined = this
             .engine
-            .join(&slot, names, pace, start, snapshot)
+            .join(&slot, names, pace, start, snapshot, request.encoding.codec())
             .inspect_err(|_| this.leave_session(session.as_ref(), slot.id))?;
         if pace.is_some() {
             TierClock::start(this);
+        }
+        if slot.class.load().is_some() {
+            if let Some(framing) = this.engine.config.framing {
+                FrameClock::start(this, framing.frame_time / 2);
+            }
         }
         let mut pending = this.opening_frames(&request, slot.id, session.as_mut(), joined.replay);
         if let Some(taken) = joined.snapshot {
@@ -515,6 +524,9 @@ impl Shared {
         if slot.queue.is_closed() {
             return Err(UpdateError::Ended);
         }
+        if slot.class.load().is_some() {
+            return Err(UpdateError::Compressed);
+        }
         let add = this.engine.checked_names(&change.add_topics, &change.add_patterns)?;
         let remove = this.engine.checked_names(&change.remove_topics, &change.remove_patterns)?;
         let pace = change.interval.map(checked_pace).transpose().map_err(UpdateError::Interval)?;
@@ -696,6 +708,7 @@ impl Shared {
         self.producers.stop_all();
         self.heartbeat.stop();
         self.tier_clock.stop();
+        self.frame_clock.stop();
         self.expiries.stop();
         first
     }
@@ -709,6 +722,7 @@ impl Shared {
         self.producers.stop_all();
         self.heartbeat.stop();
         self.tier_clock.stop();
+        self.frame_clock.stop();
         self.expiries.stop();
         let mut batches = closing.slots.chunks(pacing.batch.max(1)).peekable();
         while let Some(batch) = batches.next() {

@@ -56,6 +56,8 @@ pub struct Subscribe {
     pub(crate) snapshot: bool,
     /// The rate tier's interval; zero for every event as it comes.
     pub(crate) interval: std::time::Duration,
+    /// The content coding asked for.
+    pub(crate) encoding: crate::Encoding,
 }
 
 impl Subscribe {
@@ -399,6 +401,29 @@ impl Subscribe {
     /// [`SubscriptionChange::with_interval`]: crate::SubscriptionChange::with_interval
     pub fn with_interval(mut self, interval: std::time::Duration) -> Self {
         self.interval = interval;
+        self
+    }
+
+    /// Asks for the stream in `encoding` (zstd or gzip; identity, the default, as it is):
+    /// its batches are then the bytes of that coding, to be sent with its `Content-Encoding`.
+    /// Each event is compressed once for every subscription with the same topics, patterns
+    /// and encoding (a stream class), whose members share the compressed bytes. The hub
+    /// answers in identity instead when compression is off
+    /// ([`HubBuilder::with_compression`]), at its limit of classes, and for streams at an
+    /// interval or that conflate; [`Subscription::encoding`] says which it is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Encoding, Subscribe};
+    /// let request = Subscribe::new().with_pattern("price:*").with_encoding(Encoding::Zstd);
+    /// # drop(request);
+    /// ```
+    ///
+    /// [`HubBuilder::with_compression`]: crate::HubBuilder::with_compression
+    /// [`Subscription::encoding`]: crate::Subscription::encoding
+    pub fn with_encoding(mut self, encoding: crate::Encoding) -> Self {
+        self.encoding = encoding;
         self
     }
 }

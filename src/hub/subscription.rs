@@ -11,7 +11,9 @@ use futures_core::Stream;
 
 use crate::engine::batch::Batch;
 use crate::engine::queue::Limits;
+use crate::engine::class::Item;
 use crate::engine::reader::{self, Drained, Slot, Stop, View};
+use crate::Encoding;
 use crate::error::EndReason;
 use crate::hub::Shared;
 use crate::sync::{Arc, SharedStr};
@@ -242,10 +244,34 @@ impl Subscription {
         }
     }
 
+    /// The content coding of this stream's batches: what [`Subscribe::with_encoding`] asked
+    /// for, or [`Encoding::Identity`] when the hub sends it as it is (compression off, at its
+    /// limit of stream classes, a stream at an interval or one that conflates).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use ssehub::{Encoding, Hub, Subscribe};
+    /// let hub = Hub::new();
+    /// let sub = hub.subscribe(Subscribe::from("t").with_encoding(Encoding::Gzip))?;
+    /// assert_eq!(sub.encoding(), Encoding::Gzip);
+    /// assert_eq!(hub.subscribe("t")?.encoding(), Encoding::Identity);
+    /// # Ok::<(), ssehub::SubscribeError>(())
+    /// ```
+    ///
+    /// [`Subscribe::with_encoding`]: crate::Subscribe::with_encoding
+    #[must_use]
+    pub fn encoding(&self) -> Encoding {
+        self.view.class.as_ref().map_or(Encoding::Identity, |class| Encoding::from(class.codec))
+    }
+
     /// The stream's poll, with `cx` absent for `try_recv`.
     pub(crate) fn poll_batch(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Option<Batch>> {
         if self.ended.is_some() {
             return Poll::Ready(None);
+        }
+        if self.view.class.is_some() {
+            return self.poll_compressed(cx);
         }
         let config = self.shared.config();
         // Pending frames (connected, replay or reset) go out before live frames, in batches of
@@ -291,6 +317,58 @@ impl Subscription {
 }
 
 impl Subscription {
+    /// [`Subscription::poll_batch`] for a compressed stream: the same takes, turned into the
+    /// bytes of its coding by its [`ClassView`] (a run of its class's blocks goes as it is).
+    fn poll_compressed(&mut self, cx: Option<&mut Context<'_>>) -> Poll<Option<Batch>> {
+        let config = self.shared.config();
+        let take = self.pending.len().min(config.max_batch_frames);
+        let mut front: Vec<Bytes> = self.pending.drain(..take).collect();
+        let room = config.max_batch_frames - front.len();
+        if !self.pending.is_empty() || room == 0 {
+            return Poll::Ready(Some(self.encoded(front, false, Vec::new(), 0)));
+        }
+        let waker = cx.map(|cx| cx.waker());
+        let drained = match self.next_batch(room, waker) {
+            Ok(drained) => drained,
+            Err(_) if !front.is_empty() => {
+                return Poll::Ready(Some(self.encoded(front, false, Vec::new(), 0)));
+            }
+            Err(reason) => {
+                self.ended = Some(reason);
+                return Poll::Ready(None);
+            }
+        };
+        if front.is_empty() && drained.is_empty() && drained.lagged == 0 {
+            return Poll::Pending;
+        }
+        if drained.lagged > 0 && self.shared.config().lag_event {
+            front.push(crate::hub::lag_frame(drained.lagged));
+        }
+        let mut items = drained.items;
+        if let Some(run) = drained.run {
+            if front.is_empty() {
+                // The usual case: inside the class's frame, a run of its blocks as they are.
+                if let Some(class) = self.view.class.as_mut() {
+                    class.sent_blocks(run.ends_frame());
+                }
+                return Poll::Ready(Some(Batch::from_run(run, drained.lagged)));
+            }
+            items = (run.start..run.end)
+                .map(|index| Item::Class { chunk: run.chunk.clone(), index })
+                .collect();
+        }
+        Poll::Ready(Some(self.encoded(front, drained.skipped > 0, items, drained.lagged)))
+    }
+
+    /// A batch of `front` and `items` in the stream's coding.
+    fn encoded(&mut self, front: Vec<Bytes>, skipped: bool, items: Vec<Item>, lagged: u64) -> Batch {
+        let frames = match self.view.class.as_mut() {
+            Some(class) => class.encode(front, skipped, items),
+            None => front,
+        };
+        Batch::new(frames, lagged)
+    }
+
     /// The hub's counters, for a writer's per-batch metrics.
     #[cfg(any(feature = "server", feature = "axum", feature = "hyper"))]
     pub(crate) fn counters(&self) -> &crate::engine::stats::Counters {

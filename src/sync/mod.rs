@@ -24,6 +24,7 @@
 //! | [`rank::History`] | `TopicState::history` | the sequencer (publish, resume), the writer (sweep, topic removal) |
 //! | [`rank::State`] | `TopicState::state`: a topic's latest event per key | the sequencer (publish, a subscribe with a snapshot), the writer (sweep, topic removal) |
 //! | [`rank::Pending`] | `Derived::pending`: a rate tier's values for its next tick | the sequencer (publish, tick, a subscribe or live change that joins or leaves a tier), the writer (join, leave) |
+//! | [`rank::Framing`] | `Class::framing`: a stream class's compressor and its open frame | the sequencer (a publish feeds the class, the frame clock closes an idle frame), the writer (a subscriber joins the class) |
 //! | [`rank::Queue`] | `Queue::inner`: a subscriber's own queue | the sequencer (a publish's push, ending a stream), the writer (attach wakes it), sessions, clients |
 //! | [`rank::TierWaiting`] | `Tier::waiting`: readers to wake at the next tick | a reader's queue (a tier reader whose own frames wait for the mark), nothing (the tick takes it) |
 //! | [`rank::Parked`] | `Ring::parked`: a ring's parked readers | the sequencer (ending a stream leaves its rings), the writer (detach, clear) |
@@ -36,6 +37,7 @@
 //! | [`rank::Expiries`] | `Expiries::index`: subscriptions by expiry time | nothing |
 //! | [`rank::ExpiryThread`] | `Expiries::thread` | nothing |
 //! | [`rank::TierThread`] | `TierClock::thread` | nothing |
+//! | [`rank::FrameThread`] | `FrameClock::thread` | nothing |
 //!
 //! A topic ring's readers take none of these to read: entries are write-once slots below a tail
 //! published with `Release` (see `src/engine/ring.rs`). A subscriber's feeds (the rings it
@@ -98,6 +100,8 @@ pub(crate) mod rank {
         State = 45,
         /// One rate tier's pending values for a topic.
         Pending = 50,
+        /// One stream class's compressor and frame (`engine/class.rs`).
+        Framing = 55,
         /// One subscriber's own queue.
         Queue = 60,
         /// One interval's queues to wake at its next tick.
@@ -128,5 +132,8 @@ pub(crate) mod rank {
         /// The tier clock's thread handle: taken with nothing else held.
         #[allow(dead_code)]
         TierThread = 88,
+        /// The frame clock's thread handle: taken with nothing else held.
+        #[allow(dead_code)]
+        FrameThread = 89,
     }
 }

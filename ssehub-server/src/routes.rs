@@ -433,6 +433,7 @@ async fn change_subscription(
             Err(error(StatusCode::NOT_FOUND, e.to_string()))
         }
         Err(e @ UpdateError::SessionRefused) => Err(error(StatusCode::FORBIDDEN, e.to_string())),
+        Err(e @ UpdateError::Compressed) => Err(error(StatusCode::CONFLICT, e.to_string())),
         Err(UpdateError::Closed) => {
             Err(error(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
         }
