@@ -44,7 +44,9 @@ fn decode(encoding: Encoding, stream: &[u8]) -> Vec<u8> {
                 inflate
                     .decompress_vec(&input[at..], &mut out, flate2::FlushDecompress::Sync)
                     .expect("a valid deflate stream");
-                if usize::try_from(inflate.total_in()).unwrap() == input.len() && out.len() < out.capacity() {
+                if usize::try_from(inflate.total_in()).unwrap() == input.len()
+                    && out.len() < out.capacity()
+                {
                     break;
                 }
             }
@@ -55,7 +57,8 @@ fn decode(encoding: Encoding, stream: &[u8]) -> Vec<u8> {
 }
 
 fn price(i: usize) -> Event {
-    Event::new(format!("{{\"symbol\":\"S{}\",\"price\":{}.{}}}", i % 7, 100 + i % 13, i % 100)).with_event("price")
+    Event::new(format!("{{\"symbol\":\"S{}\",\"price\":{}.{}}}", i % 7, 100 + i % 13, i % 100))
+        .with_event("price")
 }
 
 #[test]
@@ -83,8 +86,10 @@ fn a_compressed_stream_decodes_to_the_identity_stream_for_every_way_in() {
             }
             if i == 20 {
                 // A frame of its own, mid-frame.
-                hub.send_to(early.id(), Event::new("just for you").with_event("own")).expect("send");
-                hub.send_to(identity.id(), Event::new("just for you").with_event("own")).expect("send");
+                hub.send_to(early.id(), Event::new("just for you").with_event("own"))
+                    .expect("send");
+                hub.send_to(identity.id(), Event::new("just for you").with_event("own"))
+                    .expect("send");
             }
             if i % 4 == 0 {
                 early_bytes.extend(drain(&mut early));
@@ -94,7 +99,12 @@ fn a_compressed_stream_decodes_to_the_identity_stream_for_every_way_in() {
         early_bytes.extend(drain(&mut early));
         identity_bytes.extend(drain(&mut identity));
         assert_eq!(decode(encoding, &early_bytes), identity_bytes, "{encoding:?}: early");
-        assert!(early_bytes.len() * 4 < identity_bytes.len() * 3, "{encoding:?} compresses: {} of {}", early_bytes.len(), identity_bytes.len());
+        assert!(
+            early_bytes.len() * 4 < identity_bytes.len() * 3,
+            "{encoding:?} compresses: {} of {}",
+            early_bytes.len(),
+            identity_bytes.len()
+        );
         let late_bytes = drain(late.as_mut().unwrap());
         let late_identity = drain(late_identity.as_mut().unwrap());
         assert_eq!(decode(encoding, &late_bytes), late_identity, "{encoding:?}: late");
@@ -124,7 +134,10 @@ fn drop_oldest_skips_and_the_stream_still_decodes() {
         .build();
     let mut sub = hub
         .subscribe(
-            Subscribe::from("t").with_encoding(Encoding::Zstd).with_capacity(4).with_slow_policy(SlowPolicy::DropOldest),
+            Subscribe::from("t")
+                .with_encoding(Encoding::Zstd)
+                .with_capacity(4)
+                .with_slow_policy(SlowPolicy::DropOldest),
         )
         .unwrap();
     let mut bytes = Vec::new();

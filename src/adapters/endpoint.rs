@@ -15,11 +15,12 @@ use http::header::{
     HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
     ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ALLOW, CACHE_CONTROL,
-    CONTENT_TYPE, ORIGIN, RETRY_AFTER, VARY, WWW_AUTHENTICATE,
+    CONTENT_ENCODING, CONTENT_TYPE, ORIGIN, RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
+use super::encoding::{negotiate, NotAcceptable};
 use super::resolve::{
     interval_requested, last_event_id, snapshot_requested, QueryTopics, Rejection, Resolver,
 };
@@ -98,6 +99,8 @@ pub struct Endpoint<R = QueryTopics> {
     cors: Option<Arc<Cors>>,
     /// Streams open through this endpoint and its clones.
     open: Arc<AtomicUsize>,
+    /// Whether streams are compressed for clients that ask (`Accept-Encoding`).
+    compression: bool,
 }
 
 /// What an [`Endpoint`] checks before subscribing.
@@ -123,6 +126,7 @@ impl<R> Clone for Endpoint<R> {
             limits: self.limits,
             cors: self.cors.clone(),
             open: self.open.clone(),
+            compression: self.compression,
         }
     }
 }
@@ -163,6 +167,7 @@ impl Endpoint<QueryTopics> {
             },
             cors: None,
             open: Arc::new(AtomicUsize::new(0)),
+            compression: false,
         }
     }
 }
@@ -187,7 +192,29 @@ impl<R: Resolver> Endpoint<R> {
             limits: self.limits,
             cors: self.cors,
             open: self.open,
+            compression: self.compression,
         }
+    }
+
+    /// Compresses streams for clients that ask (`enabled`; off by default): `Accept-Encoding`
+    /// chooses zstd, then gzip (by q-value, zstd on a tie), then identity; the stream is sent
+    /// with its `Content-Encoding` and every answer with `Vary: Accept-Encoding`. A client
+    /// that refuses identity (`identity;q=0`) and accepts neither gets `406`. Each event is
+    /// compressed once per stream class (see [`Subscribe::with_encoding`]), and the hub may
+    /// still answer in identity (compression off in its builder, a stream at an interval).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let endpoint = ssehub::Endpoint::new(ssehub::Hub::new()).with_compression(true);
+    /// # drop(endpoint);
+    /// ```
+    ///
+    /// [`Subscribe::with_encoding`]: crate::Subscribe::with_encoding
+    #[must_use]
+    pub fn with_compression(mut self, enabled: bool) -> Self {
+        self.compression = enabled;
+        self
     }
 
     /// At most `count` topics and patterns per request (the hub enforces its own limit too).
@@ -343,6 +370,9 @@ impl<R: Resolver> Endpoint<R> {
             _ => None,
         };
         let mut response = self.respond(request).await;
+        if self.compression {
+            response.headers_mut().append(VARY, HeaderValue::from_static("accept-encoding"));
+        }
         if let Some((cors, allowed)) = allowed {
             let headers = response.headers_mut();
             if allowed != "*" {
@@ -389,6 +419,14 @@ impl<R: Resolver> Endpoint<R> {
             Ok(Some(interval)) => subscribe = subscribe.with_interval(interval),
             Ok(None) => {}
             Err(rejection) => return rejected(&rejection),
+        }
+        if self.compression {
+            match negotiate(&request.headers) {
+                Ok(encoding) => subscribe = subscribe.with_encoding(encoding),
+                Err(NotAcceptable) => {
+                    return text(StatusCode::NOT_ACCEPTABLE, "no acceptable content coding");
+                }
+            }
         }
         if let Err(error) = self.limits.check(&subscribe) {
             return self.refused(&error);
@@ -710,10 +748,15 @@ async fn contained<F: Future>(start: impl FnOnce() -> F) -> Option<F::Output> {
     .await
 }
 
-/// A 200 streaming `events`, with the SSE headers.
+/// A 200 streaming `events`, with the SSE headers (and its `Content-Encoding` when the stream
+/// is compressed).
 pub(crate) fn stream(events: Events) -> Response<Reply> {
+    let encoding = events.subscription.encoding();
     let mut response = Response::new(Reply::Stream(events));
     let headers = response.headers_mut();
+    if encoding != crate::Encoding::Identity {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding.as_str()));
+    }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));

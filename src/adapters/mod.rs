@@ -5,6 +5,7 @@
 pub(crate) mod accept;
 #[cfg(feature = "axum")]
 pub mod axum;
+pub(crate) mod encoding;
 pub(crate) mod endpoint;
 #[cfg(feature = "hyper")]
 pub mod hyper;

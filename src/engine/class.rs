@@ -195,7 +195,11 @@ pub(crate) struct ClassKey {
 
 impl ClassKey {
     /// The key of subscriptions to `topics` and `patterns` (distinct) in `codec`.
-    pub(crate) fn new(codec: Codec, topics: &[SharedStr], patterns: &[crate::topic::Pattern]) -> ClassKey {
+    pub(crate) fn new(
+        codec: Codec,
+        topics: &[SharedStr],
+        patterns: &[crate::topic::Pattern],
+    ) -> ClassKey {
         let mut topics = topics.to_vec();
         topics.sort_unstable();
         let mut patterns: Vec<Box<str>> = patterns.iter().map(|p| Box::from(p.as_str())).collect();
@@ -292,7 +296,8 @@ impl Class {
         let ends = open.events >= open.framing.frame_events
             || now.duration_since(open.opened) >= open.framing.frame_time;
         let (block, ends) = self.block(&mut open, frame, ends);
-        let scan = self.ring.push_class(seq, &block, Extra { side: Side::new(frame.clone()), ends });
+        let scan =
+            self.ring.push_class(seq, &block, Extra { side: Side::new(frame.clone()), ends });
         drop(open);
         fan.delivered += members.len() as u64;
         if scan {
@@ -305,7 +310,8 @@ impl Class {
                 }
             }
             if !slow.is_empty() {
-                self.readers.rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.id)));
+                self.readers
+                    .rcu(|set| slow.iter().fold((**set).clone(), |set, m| set.remove(m.id)));
             }
         }
         fan.classes.push(self.ring.clone());
@@ -315,14 +321,17 @@ impl Class {
     /// fails (out of memory) is dropped: the frame is ended for whoever was in it and the
     /// event goes as a solo block, as every later one does.
     fn block(&self, open: &mut Open, frame: &Bytes, ends: bool) -> (Bytes, bool) {
+        let mut was_open = false;
         if let Some(encoder) = open.encoder.as_mut() {
+            was_open = encoder.is_open();
             if let Ok(block) = encoder.event(frame, ends) {
                 return (block, ends);
             }
             open.encoder = None;
         }
         let codec = self.key.codec;
-        let mut block = codec.leave().to_vec();
+        // Whoever was inside the frame leaves it; with no frame open there is nothing to end.
+        let mut block = if was_open { codec.leave().to_vec() } else { Vec::new() };
         if let Ok(alone) = solo(codec, self.level, std::slice::from_ref(frame)) {
             block.extend_from_slice(&alone);
         }
@@ -344,9 +353,8 @@ impl Class {
         let Some(block) = encoder.close() else {
             return false;
         };
-        let _ = self
-            .ring
-            .push_class(seq, &block, Extra { side: Side::new(Bytes::new()), ends: true });
+        let _ =
+            self.ring.push_class(seq, &block, Extra { side: Side::new(Bytes::new()), ends: true });
         true
     }
 }
@@ -385,7 +393,13 @@ pub(crate) enum Item {
 impl ClassView {
     /// The view of a stream in `codec` at `level` that starts as `start` says.
     pub(crate) fn new(codec: Codec, level: i32, start: Start) -> ClassView {
-        ClassView { codec, level, started: false, outside: start == Start::Outside, mid_frame: false }
+        ClassView {
+            codec,
+            level,
+            started: false,
+            outside: start == Start::Outside,
+            mid_frame: false,
+        }
     }
 
     /// Whether the stream may send the class's blocks as they are: preamble sent, inside the
@@ -421,7 +435,12 @@ impl ClassView {
     /// The bytes of one batch: `front` (frames of its own that go first: pending opening
     /// frames, a lag notice), then `items` in order, after a skip of ring entries when
     /// `skipped`.
-    pub(crate) fn encode(&mut self, front: Vec<Bytes>, skipped: bool, items: Vec<Item>) -> Vec<Bytes> {
+    pub(crate) fn encode(
+        &mut self,
+        front: Vec<Bytes>,
+        skipped: bool,
+        items: Vec<Item>,
+    ) -> Vec<Bytes> {
         let mut out = Vec::with_capacity(items.len() + 2);
         if !self.started {
             self.started = true;

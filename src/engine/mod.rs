@@ -44,7 +44,6 @@ pub(crate) use resolve::{Replay, Start};
 pub(crate) use pipeline::deliver_to_topic;
 
 use crate::engine::history::HistoryLimits;
-use crate::frame::compress::Codec;
 use crate::engine::history::ResetReason;
 use crate::engine::queue::{Queue, SlowPolicy};
 pub(crate) use crate::engine::registry::Pace;
@@ -53,6 +52,7 @@ use crate::engine::state::{StateConfig, StateTopics};
 use crate::engine::stats::{Counters, Stats};
 use crate::error::EndReason;
 use crate::error::{IntervalError, SubscribeError, TopicError};
+use crate::frame::compress::Codec;
 use crate::sync::{lock, rank, Arc, AtomicBool, AtomicU64, Mutex, Ordering, SharedStr};
 use crate::topic::{validate_topic, Pattern};
 
@@ -350,12 +350,14 @@ impl Engine {
         let joined = |topics| Joined { topics, replay: None, snapshot: None };
         match (&start, snapshot) {
             (Start::Live, Snapshot::Skip) if !atomic_start => {
-                let registered = self.registry.subscribe(slot, topics, patterns, pace, class.clone(), max);
+                let registered =
+                    self.registry.subscribe(slot, topics, patterns, pace, class.clone(), max);
                 return registered.map(joined).map_err(|refused| self.refusal(refused));
             }
             (Start::Live, Snapshot::Skip) => {
                 let _sequencer = lock(&self.sequencer);
-                let registered = self.registry.subscribe(slot, topics, patterns, pace, class.clone(), max);
+                let registered =
+                    self.registry.subscribe(slot, topics, patterns, pace, class.clone(), max);
                 return registered.map(joined).map_err(|refused| self.refusal(refused));
             }
             _ => {}

@@ -129,6 +129,8 @@ struct ClassEntry {
     class: Arc<Class>,
     /// The topics it is on.
     topics: Set<SharedStr>,
+    /// Its registered members.
+    members: usize,
 }
 
 /// A subscription's pace: `None` for every event as it comes, or a rate tier's interval.
@@ -643,12 +645,17 @@ impl Registry {
     /// classes; otherwise its stream is not compressed) at the ring's tail. Under the writer
     /// lock, before the subscriber is attached to its topics.
     fn join_class(&self, writer: &mut Writer, slot: &Arc<Slot>, key: ClassKey, framing: Framing) {
-        let class = match writer.classes.get(&key) {
-            Some(entry) => entry.class.clone(),
-            None if writer.classes.len() >= framing.max_classes => return,
+        let full = writer.classes.len() >= framing.max_classes;
+        let class = match writer.classes.get_mut(&key) {
+            Some(entry) => {
+                entry.members += 1;
+                entry.class.clone()
+            }
+            None if full => return,
             None => {
                 let class = Arc::new(Class::new(key.clone(), framing));
-                writer.classes.insert(key, ClassEntry { class: class.clone(), topics: Set::new() });
+                let entry = ClassEntry { class: class.clone(), topics: Set::new(), members: 1 };
+                writer.classes.insert(key, entry);
                 self.publish_classes(writer);
                 class
             }
@@ -678,10 +685,11 @@ impl Registry {
         if slot.feeds().iter().any(|f| Arc::ptr_eq(&f.ring, &class.ring)) {
             slot.remove_feed(&class.ring);
         }
-        let members = writer.subscribers.values().filter(|e| {
-            e.class.as_ref().is_some_and(|c| Arc::ptr_eq(c, class))
-        });
-        if members.count() > 0 {
+        let Some(entry) = writer.classes.get_mut(&class.key) else {
+            return;
+        };
+        entry.members = entry.members.saturating_sub(1);
+        if entry.members > 0 || !Arc::ptr_eq(&entry.class, class) {
             return;
         }
         let Some(entry) = writer.classes.remove(&class.key) else {

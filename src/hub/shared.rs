@@ -22,10 +22,10 @@ use crate::frame::Event;
 use crate::hub::subscription::{SubscriberId, Subscription};
 use crate::services::clients::{self, Clients, ConnectedClient};
 use crate::services::expiry::Expiries;
+use crate::services::frame_clock::FrameClock;
 use crate::services::heartbeat::Heartbeat;
 use crate::services::producers::{Producer, Producers};
 use crate::services::sessions::{Lookup, Refused, SessionLimits, Sessions};
-use crate::services::frame_clock::FrameClock;
 use crate::services::tier_clock::TierClock;
 use crate::sync::{
     rank, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering, PlainArc, SharedStr,

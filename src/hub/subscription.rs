@@ -10,13 +10,13 @@ use bytes::Bytes;
 use futures_core::Stream;
 
 use crate::engine::batch::Batch;
-use crate::engine::queue::Limits;
 use crate::engine::class::Item;
+use crate::engine::queue::Limits;
 use crate::engine::reader::{self, Drained, Slot, Stop, View};
-use crate::Encoding;
 use crate::error::EndReason;
 use crate::hub::Shared;
 use crate::sync::{Arc, SharedStr};
+use crate::Encoding;
 
 /// A subscriber's id, unique within a hub; the target of
 /// [`Hub::send_to`](crate::Hub::send_to).
@@ -361,7 +361,13 @@ impl Subscription {
     }
 
     /// A batch of `front` and `items` in the stream's coding.
-    fn encoded(&mut self, front: Vec<Bytes>, skipped: bool, items: Vec<Item>, lagged: u64) -> Batch {
+    fn encoded(
+        &mut self,
+        front: Vec<Bytes>,
+        skipped: bool,
+        items: Vec<Item>,
+        lagged: u64,
+    ) -> Batch {
         let frames = match self.view.class.as_mut() {
             Some(class) => class.encode(front, skipped, items),
             None => front,

@@ -6,10 +6,10 @@
 
 pub(crate) mod clients;
 pub(crate) mod expiry;
+pub(crate) mod frame_clock;
 pub(crate) mod heartbeat;
 pub(crate) mod producers;
 pub(crate) mod sessions;
-pub(crate) mod frame_clock;
 pub(crate) mod tier_clock;
 
 /// Stops a service's thread held in `handle` (unparks it, so it sees the hub closed) and waits

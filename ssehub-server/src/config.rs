@@ -88,6 +88,13 @@ pub struct Config {
     #[arg(long, env = "SSEHUB_DEMO_RATE", value_name = "N", default_value = "12",
         value_parser = rate)]
     pub demo_rate: f64,
+    /// Compress streams for clients that accept zstd or gzip (each event compressed once per
+    /// stream class, not per client)
+    #[arg(long, env = "SSEHUB_COMPRESS", value_name = "BOOL", action = ArgAction::Set,
+        num_args = 0..=1, require_equals = true, default_value = "false",
+        default_missing_value = "true", hide_possible_values = true,
+        value_parser = BoolishValueParser::new())]
+    pub compress: bool,
     /// Keep-alive comment on idle streams every SECONDS; fractions allowed, 0 turns it off
     // The fully qualified `Option` keeps clap from reading the field as "flag may be absent":
     // the flag has a default and 0 means `None`.
@@ -240,6 +247,7 @@ impl std::fmt::Debug for Config {
             addr,
             demo,
             demo_rate,
+            compress,
             heartbeat,
             allow_disconnect,
             sessions,
@@ -273,6 +281,7 @@ impl std::fmt::Debug for Config {
             .field("addr", addr)
             .field("demo", demo)
             .field("demo_rate", demo_rate)
+            .field("compress", compress)
             .field("heartbeat", heartbeat)
             .field("allow_disconnect", allow_disconnect)
             .field("sessions", sessions)

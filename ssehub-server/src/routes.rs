@@ -100,8 +100,9 @@ pub(crate) fn router(app: App) -> (Endpoint<Subscribers>, Router) {
     // The crate's adapter: topics and patterns from the query (checked against the token's
     // claim with JWT on), resume from `Last-Event-ID` (or `lastEventId`), limits, and the
     // stream itself.
-    let mut endpoint =
-        Endpoint::new(app.hub.clone()).with_resolver(Subscribers { auth: app.auth.clone() });
+    let mut endpoint = Endpoint::new(app.hub.clone())
+        .with_resolver(Subscribers { auth: app.auth.clone() })
+        .with_compression(app.config.compress);
     if let Some(max) = app.config.max_connections {
         endpoint = endpoint.with_max_connections(max);
     }
