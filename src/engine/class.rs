@@ -74,7 +74,7 @@ impl Compression {
     ///
     /// ```
     /// let settings = ssehub::Compression::new();
-    /// # drop(settings);
+    /// # let _ = settings;
     /// ```
     #[must_use]
     pub fn new() -> Compression {
@@ -95,7 +95,7 @@ impl Compression {
     ///
     /// ```
     /// let settings = ssehub::Compression::new().with_frame_events(64);
-    /// # drop(settings);
+    /// # let _ = settings;
     /// ```
     #[must_use]
     pub fn with_frame_events(mut self, events: usize) -> Compression {
@@ -111,7 +111,7 @@ impl Compression {
     ///
     /// ```
     /// let settings = ssehub::Compression::new().with_frame_time(std::time::Duration::from_millis(250));
-    /// # drop(settings);
+    /// # let _ = settings;
     /// ```
     #[must_use]
     pub fn with_frame_time(mut self, time: Duration) -> Compression {
@@ -126,7 +126,7 @@ impl Compression {
     ///
     /// ```
     /// let settings = ssehub::Compression::new().with_level(ssehub::Encoding::Gzip, 1);
-    /// # drop(settings);
+    /// # let _ = settings;
     /// ```
     #[must_use]
     pub fn with_level(mut self, encoding: Encoding, level: i32) -> Compression {
@@ -147,7 +147,7 @@ impl Compression {
     ///
     /// ```
     /// let settings = ssehub::Compression::new().with_max_classes(64);
-    /// # drop(settings);
+    /// # let _ = settings;
     /// ```
     #[must_use]
     pub fn with_max_classes(mut self, classes: usize) -> Compression {
