@@ -57,7 +57,12 @@ fn loom_compression_join_vs_publish_across_a_frame_end() {
             bytes.extend_from_slice(&batch.into_bytes());
         }
         let decoded = decode(&bytes);
-        let suffixes = ["", "data: e3\n\n", "data: e2\n\ndata: e3\n\n", "data: e1\n\ndata: e2\n\ndata: e3\n\n"];
+        let suffixes = [
+            "",
+            "data: e3\n\n",
+            "data: e2\n\ndata: e3\n\n",
+            "data: e1\n\ndata: e2\n\ndata: e3\n\n",
+        ];
         assert!(suffixes.contains(&decoded.as_str()), "{decoded:?}");
         drop(sub);
         hub.shutdown();

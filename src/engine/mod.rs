@@ -490,6 +490,8 @@ fn topic_error(name: &str, error: TopicError) -> SubscribeError {
 impl Engine {
     /// Ends every stream class's compression frame that has been open for the frame time (the
     /// class went quiet), under the sequencer, and wakes the members: the frame clock's work.
+    // Under loom there is no frame clock thread to call it.
+    #[cfg_attr(ssehub_loom, allow(dead_code))]
     pub(crate) fn close_idle_frames(&self) {
         let classes = self.registry.classes().clone();
         if classes.is_empty() {
