@@ -17,7 +17,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-ORDER = ["inprocess", "hub", "hub-fanout10", "nchan", "ssehub-native", "ssehub-axum", "ssehub-hyper", "axum-broadcast", "floor-write", "floor-writev"]
+ORDER = ["inprocess", "hub", "hub-fanout10", "nchan", "ssehub-native", "ssehub-axum", "ssehub-hyper", "axum-broadcast", "floor-write", "floor-writev", "floor-epoll"]
 
 
 def load(paths):

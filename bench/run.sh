@@ -21,7 +21,7 @@ DURATION=15
 WARMUP=3
 G_DURATION=60
 SEND_BUFFER=16384
-SERVERS="ssehub-native,ssehub-axum,axum-broadcast,floor-write,floor-writev"
+SERVERS="ssehub-native,ssehub-axum,axum-broadcast,floor-writev,floor-epoll"
 SCENARIOS="a,b,c,d,l,m,e,f,g"
 MAX_CLIENTS=0
 SERVER_CPU=0
@@ -44,8 +44,9 @@ usage: bench/run.sh [options]
   --warmup S           warm-up seconds per run                      [$WARMUP]
   --stall-duration S   measured seconds of scenario g               [$G_DURATION]
   --servers LIST       comma-separated, from: ssehub-native ssehub-axum ssehub-hyper
-                       axum-broadcast floor-write floor-writev, and ssehub-native-sb
-                       floor-writev-sb (the same with SO_SNDBUF fixed at --send-buffer)
+                       axum-broadcast floor-epoll floor-write floor-writev, and
+                       ssehub-native-sb floor-epoll-sb floor-writev-sb (the same with
+                       SO_SNDBUF fixed at --send-buffer)
                        [$SERVERS]
   --send-buffer BYTES  SO_SNDBUF of the -sb servers                 [$SEND_BUFFER]
   --extra-server LABEL=COMMAND
@@ -121,7 +122,7 @@ if [ "$BUILD" = 1 ]; then
   cargo build --release --quiet --manifest-path "$ROOT/bench/loadgen/Cargo.toml"
   cargo build --release --quiet --manifest-path "$ROOT/bench/peers/Cargo.toml"
 fi
-for bin in examples/bench_server loadgen summarize axum_broadcast floor; do
+for bin in examples/bench_server loadgen summarize axum_broadcast floor floor_epoll; do
   [ -x "$BIN/$bin" ] || { echo "run.sh: $BIN/$bin is missing (build first)" >&2; exit 1; }
 done
 
@@ -135,8 +136,10 @@ server_cmd() {
     axum-broadcast) echo "$BIN/axum_broadcast" ;;
     floor-write) echo "$BIN/floor --mode write" ;;
     floor-writev) echo "$BIN/floor --mode writev" ;;
+    floor-epoll) echo "$BIN/floor_epoll" ;;
     ssehub-native-sb) echo "$BIN/examples/bench_server --listener native --send-buffer $SEND_BUFFER" ;;
     floor-writev-sb) echo "$BIN/floor --mode writev --send-buffer $SEND_BUFFER" ;;
+    floor-epoll-sb) echo "$BIN/floor_epoll --send-buffer $SEND_BUFFER" ;;
     *) echo "run.sh: unknown server $1" >&2; return 1 ;;
   esac
 }
@@ -269,7 +272,10 @@ for round in $(seq "$ROUNDS"); do
   fi
 done
 
-"$BIN/summarize" --baseline floor-writev "$OUT" | tee "$MD"
+# Ratios against the epoll floor when it ran, else the older writev floor.
+BASELINE=floor-writev
+for s in "${SERVER_LIST[@]}"; do [ "$s" = floor-epoll ] && BASELINE=floor-epoll; done
+"$BIN/summarize" --baseline "$BASELINE" "$OUT" | tee "$MD"
 log "medians: $MD"
 if [ "$PLOT" = 1 ]; then
   python3 "$ROOT/bench/plot.py" --out "$IMG_DIR" "$OUT" || log "plotting failed (see above)"

@@ -120,14 +120,19 @@ impl Config {
         (0..self.topics).map(|t| format!("t{t}")).collect()
     }
 
-    /// The tokio runtime of `--workers` threads; also arms `--exit-after`.
-    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+    /// Arms `--exit-after`: a thread that ends the process once it has passed.
+    pub fn arm_exit_after(&self) {
         if let Some(after) = self.exit_after {
             thread::spawn(move || {
                 thread::sleep(after);
                 std::process::exit(0);
             });
         }
+    }
+
+    /// The tokio runtime of `--workers` threads; also arms `--exit-after`.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        self.arm_exit_after();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.workers)
             .enable_all()
@@ -171,10 +176,17 @@ impl Gate {
 /// The publisher of `examples/bench_server.rs`: once the gate opens, on an absolute 1 ms
 /// schedule, each tick publishes what `config.rate` owes so far, round-robin over topics, with
 /// per-topic sequence numbers from 1. `publish(topic, seq, data)` returns `false` to stop.
-pub fn publisher(
+pub fn publisher(config: &Config, gate: &Gate, publish: impl FnMut(usize, u64, String) -> bool) {
+    publisher_ticks(config, gate, publish, || {});
+}
+
+/// [`publisher`], calling `tick_done` after each tick that published at least one event (the
+/// same schedule, so a peer can hand a tick's events over at once).
+pub fn publisher_ticks(
     config: &Config,
     gate: &Gate,
     mut publish: impl FnMut(usize, u64, String) -> bool,
+    mut tick_done: impl FnMut(),
 ) {
     let deadline = config.exit_after.map(|after| Instant::now() + after);
     if !gate.wait(deadline) {
@@ -195,6 +207,9 @@ pub fn publisher(
             return;
         }
         let owed = (per_ms * tick as f64) as u64;
+        if published >= owed {
+            continue;
+        }
         while published < owed {
             let topic = next_topic;
             next_topic = (next_topic + 1) % config.topics;
@@ -204,6 +219,7 @@ pub fn publisher(
             }
             published += 1;
         }
+        tick_done();
     }
 }
 

@@ -1,6 +1,6 @@
 //! `summarize`: medians of loadgen JSON lines, as markdown tables.
 //!
-//! `summarize [--baseline LABEL] FILE.jsonl...` (default baseline `floor-writev`). Scenarios
+//! `summarize [--baseline LABEL] FILE.jsonl...` (default baseline `floor-epoll`). Scenarios
 //! named `e-*` are saturation ladders: per server and round, the highest rate kept up with (at
 //! least 95% of the expected deliveries, no loss), then the median over rounds. Records of kind
 //! `connect` are connect storms. Everything else is one table row per scenario and server.
@@ -79,7 +79,7 @@ impl Groups {
 }
 
 fn main() {
-    let mut baseline = "floor-writev".to_string();
+    let mut baseline = "floor-epoll".to_string();
     let mut files = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
