@@ -132,7 +132,7 @@ fn subscribe(world: &Arc<World>, id: u64, topic: &SharedStr) -> Arc<Slot> {
 fn register(world: &World, id: u64, topic: &SharedStr) -> Arc<Slot> {
     let slot = Arc::new(Slot::new(id, Queue::new(2, SlowPolicy::Disconnect), None));
     let topics = vec![topic.clone()];
-    world.registry.subscribe(&slot, topics, Vec::new(), None, usize::MAX).expect("open");
+    world.registry.subscribe(&slot, topics, Vec::new(), None, None, usize::MAX).expect("open");
     slot
 }
 

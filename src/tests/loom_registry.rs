@@ -22,7 +22,7 @@ fn slot(id: u64) -> Arc<Slot> {
 /// Subscribes `slot` to the topic `topic`.
 fn subscribe(registry: &Registry, slot: &Arc<Slot>, topic: &str) {
     let topics: Vec<SharedStr> = vec![topic.into()];
-    registry.subscribe(slot, topics, Vec::new(), None, usize::MAX).expect("the registry is open");
+    registry.subscribe(slot, topics, Vec::new(), None, None, usize::MAX).expect("the registry is open");
 }
 
 /// Publishes `bytes` as event `seq` to `topic` through the engine's real delivery: the topic's
@@ -234,7 +234,7 @@ fn loom_registry_pattern_subscribe_vs_publish_to_new_topic() {
         let (r, s, d) = (registry.clone(), a.clone(), done.clone());
         let subscriber = thread::spawn(move || {
             let patterns = vec![Pattern::new("price:*").unwrap()];
-            r.subscribe(&s, Vec::new(), patterns, None, usize::MAX).unwrap();
+            r.subscribe(&s, Vec::new(), patterns, None, None, usize::MAX).unwrap();
             // SeqCst: the publisher reads it before it starts; the flag only records "returned
             // before", the registry's own synchronisation must do the rest.
             d.store(true, Ordering::SeqCst);
