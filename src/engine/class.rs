@@ -367,8 +367,9 @@ impl Class {
 pub(crate) struct ClassView {
     /// The encoding.
     pub(crate) codec: Codec,
-    /// The level of its solo blocks.
-    pub(crate) level: i32,
+    /// The level of its solo blocks (1 to 19: a byte, so the view fits in the padding of the
+    /// stream's state, which every idle connection keeps).
+    level: i8,
     /// Whether the stream's preamble went out.
     started: bool,
     /// Outside the class's frame: solo blocks until a frame ends.
@@ -397,7 +398,7 @@ impl ClassView {
     pub(crate) fn new(codec: Codec, level: i32, start: Start) -> ClassView {
         ClassView {
             codec,
-            level,
+            level: i8::try_from(level).unwrap_or(i8::MAX),
             started: false,
             outside: start == Start::Outside,
             mid_frame: false,
@@ -475,7 +476,7 @@ impl ClassView {
             return;
         }
         self.leave(out);
-        if let Ok(block) = solo(self.codec, self.level, own) {
+        if let Ok(block) = solo(self.codec, i32::from(self.level), own) {
             out.push(block);
         }
         own.clear();
@@ -492,7 +493,7 @@ impl ClassView {
             return;
         }
         if !entry.side.identity.is_empty() {
-            if let Some(block) = shared_solo(self.codec, self.level, entry.side) {
+            if let Some(block) = shared_solo(self.codec, i32::from(self.level), entry.side) {
                 out.push(block);
             }
         }

@@ -22,7 +22,9 @@ fn slot(id: u64) -> Arc<Slot> {
 /// Subscribes `slot` to the topic `topic`.
 fn subscribe(registry: &Registry, slot: &Arc<Slot>, topic: &str) {
     let topics: Vec<SharedStr> = vec![topic.into()];
-    registry.subscribe(slot, topics, Vec::new(), None, None, usize::MAX).expect("the registry is open");
+    registry
+        .subscribe(slot, topics, Vec::new(), None, None, usize::MAX)
+        .expect("the registry is open");
 }
 
 /// Publishes `bytes` as event `seq` to `topic` through the engine's real delivery: the topic's
