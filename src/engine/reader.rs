@@ -733,14 +733,16 @@ fn next_compressed(
     waker: Option<&Waker>,
 ) -> Result<Drained, Stop> {
     view.refresh(slot);
-    let feed = view.lone.clone();
+    // Borrowed, not cloned: the class's ring and readers are shared by every member, and a
+    // refcount per poll would bounce their cache lines between the cores.
+    let feed = view.lone.as_ref();
     let blocks = view.class.as_ref().is_some_and(ClassView::takes_blocks);
-    if let (Some(feed), true) = (&feed, blocks) {
+    if let (Some(feed), true) = (feed, blocks) {
         if let Some(drained) = look_blocks(&view.queue, feed, watermark, limits) {
             return Ok(drained);
         }
     }
-    let drained = look_class_locked(&view.queue, feed.as_ref(), watermark, limits, waker)?;
+    let drained = look_class_locked(&view.queue, feed, watermark, limits, waker)?;
     let Some(waker) = waker else {
         return Ok(drained);
     };
@@ -759,7 +761,7 @@ fn next_compressed(
         return Ok(drained);
     }
     feed.ring.park(&feed.member, waker);
-    let second = look_class_locked(&view.queue, Some(&feed), watermark, limits, Some(waker))?;
+    let second = look_class_locked(&view.queue, Some(feed), watermark, limits, Some(waker))?;
     if second.retry {
         waker.wake_by_ref();
     }
