@@ -48,6 +48,8 @@ USAGE: cargo run --release --example bench_server -- [FLAGS]
   --topics T              topics t0 .. t{T-1}, published round-robin [1]
   --payload P             bytes in each data: line (at least 21)     [128]
   --autostart             publish from the start, not after GET /start
+  --compress              answer Accept-Encoding: zstd / gzip with a stream compressed once
+                          per stream class (identity otherwise)
   --listener KIND         native | axum | hyper                      [native]
   --workers N             tokio worker threads                       [1]
   --capacity N            per-client queue bound, in frames          [4096]
@@ -96,6 +98,8 @@ struct Config {
     exit_after: Option<Duration>,
     /// The PEM certificate chain and key to serve HTTPS with (native listener only).
     tls: Option<(String, String)>,
+    /// Answer `Accept-Encoding: zstd` / `gzip` with a stream compressed once per stream class.
+    compress: bool,
 }
 
 /// The smallest payload: 19 digits of nanoseconds (good until 2286), a space, one byte of padding.
@@ -116,6 +120,7 @@ impl Config {
             send_buffer: None,
             exit_after: None,
             tls: None,
+            compress: false,
         };
         let mut tls = (None, None);
         while let Some(flag) = args.next() {
@@ -127,6 +132,7 @@ impl Config {
                 "--topics" => config.topics = parse(&flag, &value()?)?,
                 "--payload" => config.payload = parse(&flag, &value()?)?,
                 "--autostart" => config.autostart = true,
+                "--compress" => config.compress = true,
                 "--workers" => config.workers = parse(&flag, &value()?)?,
                 "--capacity" => config.capacity = parse(&flag, &value()?)?,
                 "--send-buffer" => config.send_buffer = Some(parse(&flag, &value()?)?),
@@ -333,7 +339,7 @@ fn run(config: Config) -> Result<(), Box<dyn Error>> {
             config.payload,
             if config.autostart { ", publishing" } else { ", waiting for GET /start" },
         );
-        let endpoint = Endpoint::new(hub.clone());
+        let endpoint = Endpoint::new(hub.clone()).with_compression(config.compress);
         match config.listener {
             Listener::Native => serve_native(listener, endpoint, gate, &config).await?,
             Listener::Axum => serve_axum(listener, endpoint, gate).await?,

@@ -81,6 +81,8 @@ USAGE: loadgen [FLAGS]
   --hold S              seconds to hold idle connections                [10]
   --tls-ca FILE         connect over TLS (ALPN http/1.1), trusting the PEM
                         certificate in FILE (the server's, self-signed)   [plain TCP]
+  --accept-encoding C   ask for the stream in coding C (zstd, gzip): sent as
+                        Accept-Encoding, the body decoded per connection  [identity]
   --label TEXT          server name, recorded                           []
   --scenario TEXT       scenario name, recorded                         []
   --round N             round number, recorded                          [0]
@@ -111,6 +113,7 @@ struct Args {
     connect_only: bool,
     hold: Duration,
     label: String,
+    accept_encoding: Option<String>,
     tls: Option<tls::Connector>,
     scenario: String,
     round: u64,
@@ -150,6 +153,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
         connect_only: false,
         hold: Duration::from_secs(10),
         label: String::new(),
+        accept_encoding: None,
         tls: None,
         scenario: String::new(),
         round: 0,
@@ -191,6 +195,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Command, String> {
             "--connect-only" => a.connect_only = true,
             "--hold" => a.hold = secs(&flag, it.next())?,
             "--label" => a.label = it.next().ok_or("--label needs a value")?,
+            "--accept-encoding" => {
+                a.accept_encoding =
+                    Some(it.next().ok_or("--accept-encoding needs a value")?.to_ascii_lowercase())
+            }
             "--tls-ca" => {
                 let file = it.next().ok_or("--tls-ca needs a file")?;
                 a.tls = Some(tls::Connector::trusting(&file)?);
@@ -316,6 +324,7 @@ async fn open(
     tls: Option<&tls::Connector>,
     path: &str,
     rcvbuf: u32,
+    accept_encoding: Option<&str>,
 ) -> Result<(Conn, Head, Vec<u8>), String> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
@@ -330,9 +339,10 @@ async fn open(
     let stream = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let mut stream = tls::Connector::wrap(tls, stream).await?;
+    let coding = accept_encoding.map(|c| format!("Accept-Encoding: {c}\r\n")).unwrap_or_default();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\
-         Cache-Control: no-cache\r\n\r\n"
+         Cache-Control: no-cache\r\n{coding}\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
     stream.flush().await.map_err(|e| format!("write: {e}"))?;
@@ -401,9 +411,11 @@ async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
     let path = args.events_path.replace("{topic}", &format!("t{}", i % args.topics));
     let permit = gate.acquire().await;
     let begun = Instant::now();
-    let opened =
-        tokio::time::timeout(args.setup_timeout, open(args.addr, args.tls.as_ref(), &path, 0))
-            .await;
+    let opened = tokio::time::timeout(
+        args.setup_timeout,
+        open(args.addr, args.tls.as_ref(), &path, 0, args.accept_encoding.as_deref()),
+    )
+    .await;
     drop(permit);
     let (mut stream, head, leftover) = match opened {
         Ok(Ok((stream, head, leftover))) if head.status == 200 && head.event_stream => {
@@ -428,8 +440,14 @@ async fn fast_client(i: usize, args: Arc<Args>, gate: Arc<Semaphore>) {
             return;
         }
     };
+    let Ok(mut decoder) = Decoder::new(head.chunked, head.encoding.as_deref()) else {
+        if c.bad_responses.fetch_add(1, Relaxed) == 0 {
+            eprintln!("loadgen: client {i}: a content coding it cannot read: {head:?}");
+        }
+        c.failed.fetch_add(1, Relaxed);
+        return;
+    };
     c.established.fetch_add(1, Relaxed);
-    let mut decoder = Decoder::new(head.chunked);
     // Fed over HTTP, every client connected before the first POST.
     let by_data = args.publish_path.is_some();
     let mut seq = Sequence { by_data, last: 0, from_one: args.start || by_data, missing: 0 };
@@ -517,7 +535,13 @@ async fn slow_client(
     let permit = gate.acquire().await;
     let opened = tokio::time::timeout(
         args.setup_timeout,
-        open(args.addr, args.tls.as_ref(), &path, args.slow_rcvbuf),
+        open(
+            args.addr,
+            args.tls.as_ref(),
+            &path,
+            args.slow_rcvbuf,
+            args.accept_encoding.as_deref(),
+        ),
     )
     .await;
     drop(permit);
@@ -536,7 +560,10 @@ async fn slow_client(
     // queued in the socket: read it all. A dropped client reaches the end; a live one keeps
     // receiving until the deadline.
     let deadline = tokio::time::Instant::now() + args.drain;
-    let mut decoder = Decoder::new(head.chunked);
+    let Ok(mut decoder) = Decoder::new(head.chunked, head.encoding.as_deref()) else {
+        c.slow_dropped.fetch_add(1, Relaxed);
+        return;
+    };
     if decoder.feed(&leftover, &mut |_| {}).is_err() || decoder.ended {
         c.slow_dropped.fetch_add(1, Relaxed);
         return;
@@ -660,6 +687,7 @@ fn parameters(args: &Args, kind: &str) -> serde_json::Map<String, Value> {
         "warmup_s": args.warmup.as_secs_f64(),
         "duration_s": args.duration.as_secs_f64(),
         "threads": args.threads,
+        "accept_encoding": args.accept_encoding,
         "server_pid": args.server_pid,
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
@@ -849,6 +877,11 @@ async fn measure(args: Arc<Args>) -> Result<Value, (String, Value)> {
         "keep_up": keep_up.map(round3),
         "kept_up": kept_up,
         "rx_bytes_per_s": round3(c.bytes.load(Relaxed) as f64 / secs),
+        "wire_bytes_per_delivery": if deliveries > 0 {
+            json!(round3(c.bytes.load(Relaxed) as f64 / deliveries as f64))
+        } else {
+            Value::Null
+        },
         "latency_us": {
             "count": latency.len(),
             "mean": round3(latency.mean() / 1000.0),

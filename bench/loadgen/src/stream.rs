@@ -16,6 +16,8 @@ pub struct Head {
     pub chunked: bool,
     /// Whether `content-type` is `text/event-stream`.
     pub event_stream: bool,
+    /// The `content-encoding`, when there is one (lower case).
+    pub encoding: Option<String>,
 }
 
 /// Finds the end of a response head in `buf`: `Ok(Some((head, body_start)))` when complete,
@@ -36,7 +38,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let (mut chunked, mut event_stream) = (false, false);
+    let (mut chunked, mut event_stream, mut encoding) = (false, false, None);
     for line in lines {
         let Some((name, value)) = line.split_once(':') else { continue };
         let value = value.trim().to_ascii_lowercase();
@@ -44,9 +46,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
             chunked = value.contains("chunked");
         } else if name.eq_ignore_ascii_case("content-type") {
             event_stream = value.starts_with("text/event-stream");
+        } else if name.eq_ignore_ascii_case("content-encoding") && value != "identity" {
+            encoding = Some(value);
         }
     }
-    Ok(Some((Head { status, chunked, event_stream }, end + 4)))
+    Ok(Some((Head { status, chunked, event_stream, encoding }, end + 4)))
 }
 
 /// Where the chunked decoder is.
@@ -88,18 +92,56 @@ pub struct Decoder {
     pending: bool,
     /// Whether the body ended (last chunk).
     pub ended: bool,
+    /// The content coding undone before the event stream is read, if any.
+    inflate: Option<Inflate>,
+    /// Output buffer of `inflate`, reused.
+    piece: Vec<u8>,
 }
 
+/// A content decoder (the client's side of a compressed stream: its cost is the load
+/// generator's, not the server's).
+enum Inflate {
+    /// zstd: any sequence of frames.
+    Zstd(Box<zstd::zstd_safe::DCtx<'static>>),
+    /// gzip: the 10-byte header ssehub writes (no optional fields), then raw deflate.
+    Gzip { header: usize, inflate: Box<flate2::Decompress> },
+}
+
+impl std::fmt::Debug for Inflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Inflate::Zstd(_) => "zstd",
+            Inflate::Gzip { .. } => "gzip",
+        })
+    }
+}
+
+/// Decoded bytes handed to the line reader at a time.
+const PIECE: usize = 64 * 1024;
+
 impl Decoder {
-    /// A decoder for a body that is chunked or not.
-    pub fn new(chunked: bool) -> Decoder {
-        Decoder {
+    /// A decoder for a body that is chunked or not, in `encoding` (`None`: identity).
+    pub fn new(chunked: bool, encoding: Option<&str>) -> Result<Decoder, String> {
+        let inflate = match encoding {
+            None => None,
+            Some("zstd") => Some(Inflate::Zstd(Box::new(
+                zstd::zstd_safe::DCtx::try_create().ok_or("zstd: out of memory")?,
+            ))),
+            Some("gzip") => Some(Inflate::Gzip {
+                header: 10,
+                inflate: Box::new(flate2::Decompress::new(false)),
+            }),
+            Some(other) => return Err(format!("content-encoding {other} is not zstd or gzip")),
+        };
+        Ok(Decoder {
             chunk: chunked.then_some(Chunk::Size(0, false)),
             carry: Vec::new(),
             frame: Frame::default(),
             pending: false,
             ended: false,
-        }
+            inflate,
+            piece: Vec::new(),
+        })
     }
 
     /// Decodes `input` (bytes as read from the socket), calling `sink` per frame.
@@ -147,8 +189,66 @@ impl Decoder {
         Ok(())
     }
 
-    /// Decodes body bytes: whole lines go straight from `input`, only a split line is copied.
-    fn body(&mut self, mut input: &[u8], sink: &mut impl FnMut(Frame)) -> Result<(), String> {
+    /// Decodes body bytes: undoes the content coding, if any, then reads the event stream.
+    fn body(&mut self, input: &[u8], sink: &mut impl FnMut(Frame)) -> Result<(), String> {
+        let Some(mut inflate) = self.inflate.take() else {
+            return self.lines(input, sink);
+        };
+        let mut piece = std::mem::take(&mut self.piece);
+        let result = self.inflated(&mut inflate, input, &mut piece, sink);
+        self.inflate = Some(inflate);
+        self.piece = piece;
+        result
+    }
+
+    /// Inflates `input` piece by piece into the line reader.
+    fn inflated(
+        &mut self,
+        inflate: &mut Inflate,
+        mut input: &[u8],
+        piece: &mut Vec<u8>,
+        sink: &mut impl FnMut(Frame),
+    ) -> Result<(), String> {
+        loop {
+            piece.clear();
+            piece.resize(PIECE, 0);
+            let (taken, written) = match inflate {
+                Inflate::Zstd(dctx) => {
+                    let mut inb = zstd::zstd_safe::InBuffer::around(input);
+                    let mut outb = zstd::zstd_safe::OutBuffer::around(&mut piece[..]);
+                    dctx.decompress_stream(&mut outb, &mut inb).map_err(|code| {
+                        format!("zstd: {}", zstd::zstd_safe::get_error_name(code))
+                    })?;
+                    (inb.pos(), outb.pos())
+                }
+                Inflate::Gzip { header, inflate } => {
+                    if *header > 0 {
+                        let skip = (*header).min(input.len());
+                        *header -= skip;
+                        (skip, 0)
+                    } else {
+                        let (i, o) = (inflate.total_in(), inflate.total_out());
+                        inflate
+                            .decompress(input, piece, flate2::FlushDecompress::Sync)
+                            .map_err(|e| format!("gzip: {e}"))?;
+                        ((inflate.total_in() - i) as usize, (inflate.total_out() - o) as usize)
+                    }
+                }
+            };
+            self.lines(&piece[..written], sink)?;
+            input = &input[taken..];
+            if input.is_empty() && written < PIECE {
+                return Ok(());
+            }
+            if taken == 0 && written == 0 {
+                return Err("the compressed stream does not progress".into());
+            }
+        }
+    }
+
+    /// Reads event-stream bytes: whole lines go straight from `input`, only a split line is
+    /// copied.
+    fn lines(&mut self, mut input: &[u8], sink: &mut impl FnMut(Frame)) -> Result<(), String> {
         while let Some(end) = memchr::memchr(b'\n', input) {
             if self.carry.is_empty() {
                 self.line(&input[..end], sink);
@@ -248,7 +348,7 @@ mod tests {
     use super::*;
 
     fn frames(chunked: bool, pieces: &[&[u8]]) -> (Vec<Frame>, bool) {
-        let mut decoder = Decoder::new(chunked);
+        let mut decoder = Decoder::new(chunked, None).expect("identity");
         let mut out = Vec::new();
         for piece in pieces {
             decoder.feed(piece, &mut |f| out.push(f)).expect("valid input");
@@ -318,9 +418,35 @@ mod tests {
         let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
                      Transfer-Encoding: chunked\r\n\r\n5\r\n";
         let (parsed, start) = parse_head(head).expect("valid").expect("complete");
-        assert_eq!(parsed, Head { status: 200, chunked: true, event_stream: true });
+        assert_eq!(parsed, Head { status: 200, chunked: true, event_stream: true, encoding: None });
         assert_eq!(&head[start..], b"5\r\n");
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\n"), Ok(None));
         assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn compressed_bodies_decode_into_the_same_frames() {
+        let text: Vec<u8> = (0..200u64)
+            .flat_map(|i| {
+                format!("id: {i}\ndata: {} 7 xxxxxxxxxxxxxxxx\n\n", 1_000_000 + i).into_bytes()
+            })
+            .collect();
+        let zstd_body = zstd::encode_all(&text[..], 3).expect("zstd");
+        let mut gzip_body = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        let mut deflate = flate2::Compress::new(flate2::Compression::new(6), false);
+        let mut out = Vec::with_capacity(text.len() + 64);
+        deflate.compress_vec(&text, &mut out, flate2::FlushCompress::Sync).expect("deflate");
+        gzip_body.extend_from_slice(&out);
+        for (coding, body) in [("zstd", zstd_body), ("gzip", gzip_body)] {
+            for split in [1, 7, body.len()] {
+                let mut decoder = Decoder::new(false, Some(coding)).expect("known");
+                let mut ids = Vec::new();
+                for chunk in body.chunks(split) {
+                    decoder.feed(chunk, &mut |frame| ids.push(frame.id)).expect("decodes");
+                }
+                assert_eq!(ids, (0..200).map(Some).collect::<Vec<_>>(), "{coding} by {split}");
+            }
+        }
+        assert!(Decoder::new(false, Some("br")).is_err());
     }
 }
